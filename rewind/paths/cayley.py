@@ -1,0 +1,66 @@
+"""cayley (OFT's natural path): R(alpha) = Cayley(s(alpha) * Q) per block, W(alpha) = W0 @ blockdiag(R(alpha))^T.
+
+Scaling the generator keeps every point on the orthogonal group (exactly so on the exact-Cayley branch) and equals
+peft's merge of the adapter whose stored generator was multiplied by s(alpha). All blocks of all bound tensors
+with one block size are solved in one batched call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import RewindError
+from ..updates import Rotation, neumann_series, rotate
+from .base import Path, computed
+
+SCALES = {"linear": lambda a: a, "sqrt": lambda a: math.copysign(math.sqrt(abs(a)), a)}
+
+
+class Cayley(Path):
+    name = "cayley"
+    summary = "Cayley(s(alpha)*Q): scale OFT's skew generator (OFT only)"
+
+    def __init__(self, items, cayley_scale: str = "linear", **options):
+        super().__init__(items, **options)
+        if cayley_scale not in SCALES:
+            raise RewindError(f"--cayley-scale {cayley_scale}: choose one of {', '.join(SCALES)}")
+        self.s = SCALES[cayley_scale]
+        self._groups: dict[tuple, list] = {}  # (block size, neumann terms) -> items sharing one batched solve
+        for item in self.items:
+            key = (item.delta.block_size, item.delta.neumann_terms)
+            self._groups.setdefault(key, []).append(item)
+        self._Q = {key: torch.cat([i.delta.Q.to(i.w0.device, torch.float32) for i in group])
+                   for key, group in self._groups.items()}
+
+    @classmethod
+    def accepts(cls, delta):
+        return isinstance(delta, Rotation)
+
+    def _write(self, moving):
+        alpha_of = {id(item): alpha for item, alpha in moving}
+        for key, group in self._groups.items():
+            if not any(id(i) in alpha_of for i in group):
+                continue
+            Q = self._Q[key]
+            scale = torch.cat([torch.full((len(i.delta.Q),), self.s(alpha_of.get(id(i), 0.0))) for i in group])
+            sQ = Q * scale.to(Q.device).view(-1, 1, 1)
+            D = _rotation_minus_identity(sQ, key[1])
+            start = 0
+            for item in group:
+                n = len(item.delta.Q)
+                if id(item) in alpha_of:
+                    # W0 + W0 @ blockdiag(D)^T: only the small part D goes through the compute dtype (bf16 on GPU)
+                    d = D[start:start + n]
+                    computed(item, lambda w0, out, d=d: torch.add(w0, rotate(w0, d.to(w0.dtype)), out=out))
+                start += n
+
+
+def _rotation_minus_identity(Q: torch.Tensor, neumann_terms: int | None) -> torch.Tensor:
+    """R - I, computed directly so that small rotations keep full relative precision."""
+    if neumann_terms is not None:
+        return neumann_series(Q, neumann_terms)
+    eye = torch.eye(Q.shape[-1], dtype=Q.dtype, device=Q.device).expand_as(Q)
+    # (I - Q)(I + Q)^-1 - I = -2Q (I + Q)^-1
+    return torch.linalg.solve(eye + Q, -2 * Q, left=False)

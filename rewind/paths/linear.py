@@ -1,0 +1,49 @@
+"""linear: W(alpha) = W0 + alpha * dW, for every method whose update is additive in its trained parameter.
+
+LoRA-family factors stay factored (one fused addmm per tensor); IA3 rescales its vector, l(alpha) = 1 + alpha(l - 1);
+updates that are not linear in their parameter (DoRA, MiSS, full FT) keep W1 and interpolate, which hits W1 exactly
+at alpha = 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..updates import LowRank, Scale
+from .base import Bound, Path, compute_dtype, computed
+
+
+class Linear(Path):
+    name = "linear"
+    summary = "W0 + alpha*dW (additive methods, full FT)"
+
+    def __init__(self, items, **options):
+        super().__init__(items, **options)
+        self._state = [self._prepare(item) for item in self.items]
+        self._index = {id(item): i for i, item in enumerate(self.items)}
+
+    @classmethod
+    def accepts(cls, delta):
+        return delta.additive
+
+    @staticmethod
+    def _prepare(item: Bound):
+        d, dtype, device = item.delta, compute_dtype(item.w0), item.w0.device
+        if isinstance(d, LowRank):
+            return d.B.to(device, dtype), d.A.to(device, dtype)
+        if isinstance(d, Scale):
+            return d.vector.to(device, torch.float32)
+        return d.merged(item.w0).to(dtype)
+
+    def _write(self, moving):
+        for item, alpha in moving:
+            state = self._state[self._index[id(item)]]
+            d = item.delta
+            if isinstance(d, LowRank):
+                B, A = state
+                computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
+            elif isinstance(d, Scale):
+                factor = (1 + alpha * (state - 1)).reshape(d._shape(item.w0))
+                computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
+            else:
+                computed(item, lambda w0, out: torch.lerp(w0, state, alpha, out=out))

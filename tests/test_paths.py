@@ -1,0 +1,237 @@
+"""Exactness of every path for every method, against peft's own merge (an independent computation)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from rewind.engine import attach
+from rewind.errors import RewindError
+from rewind.paths import Schedule
+from tiny import ADAPTERS, logits, make_adapter, make_full, randomize, rel_err, tiny_base
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_base()
+
+
+def _paths(kind: str) -> list[str]:
+    return ["cayley", "dense"] if kind.startswith("oft") else ["linear", "dense"]
+
+
+CASES = [(kind, path) for kind in ADAPTERS for path in _paths(kind)]
+
+
+@pytest.mark.parametrize("kind,path", CASES)
+def test_endpoints_match_base_and_peft_merge(kind, path, base, tmp_path):
+    merged = make_adapter(kind, base, tmp_path / "adapter")
+    rw = attach(copy.deepcopy(base), tmp_path / "adapter", path=path)
+    before, after = dict(base.named_parameters()), dict(merged.named_parameters())
+    params = dict(rw.model.named_parameters())
+    assert rw.update.deltas, "nothing read"
+
+    rw.set(1.0)
+    for name in rw.update.deltas:
+        assert rel_err(after[name], before[name]) > 1e-3, f"{name}: the adapter did not move it; test is void"
+        assert rel_err(params[name], after[name]) <= 1e-5, name
+    torch.testing.assert_close(logits(rw.model), logits(merged), rtol=1e-4, atol=1e-5)
+
+    rw.set(0.0)
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, before[name]), f"{name} is not bit-exact at alpha=0"
+
+
+@pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "oft", "oft-exact", "miss-bat"])
+def test_full_finetune_and_no_drift(kind, base, tmp_path):
+    make_adapter(kind, base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    rw.set(0.3)
+    snapshot = {n: p.clone() for n, p in rw.model.named_parameters()}
+    rw.set(1.0)
+    rw.set(0.7)
+    rw.set(0.3)
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, snapshot[name]), name
+
+
+def test_full_finetune_endpoints(base, tmp_path):
+    tuned = make_full(base, tmp_path / "full")
+    rw = attach(copy.deepcopy(base), tmp_path / "full")
+    assert rw.update.method.name == "full" and rw.path_name == "linear"
+    assert all(".layers.1." in n or "norm" in n for n in rw.update.deltas)  # unchanged tensors are not kept
+    rw.set(1.0)
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, dict(tuned.named_parameters())[name]), name
+    rw.set(0.0)
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, dict(base.named_parameters())[name]), name
+
+
+def test_linear_path_is_linear_in_alpha(base, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    name = next(iter(rw.update.deltas))
+    w0 = dict(base.named_parameters())[name].detach()
+    rw.set(1.0)
+    w1 = rw.model.get_parameter(name).detach().clone()
+    rw.set(0.4)
+    torch.testing.assert_close(rw.model.get_parameter(name), w0 + 0.4 * (w1 - w0), rtol=1e-5, atol=1e-6)
+
+
+# --- OFT's Cayley path --------------------------------------------------------------------------------------
+
+def _identity_q_base():
+    """A base whose q_proj weights are the identity, so W(alpha) of q_proj is blockdiag(R(alpha))^T itself."""
+    model = tiny_base()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.copy_(torch.eye(64))
+    return model
+
+
+def _oft_peft(kind, base, out, project=False):
+    config, std = ADAPTERS[kind]
+    peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
+    randomize(peft_model, std)
+    if project:  # coft: store the generator peft itself projects, so scaling it is well defined
+        with torch.no_grad():
+            for module in peft_model.modules():
+                if hasattr(module, "oft_R") and "default" in getattr(module, "oft_R", {}):
+                    rot = module.oft_R["default"]
+                    rot.weight.copy_(rot._project_batch(rot.weight, eps=rot.eps))
+    peft_model.save_pretrained(out)
+    return peft_model
+
+
+def test_cayley_exact_branch_stays_orthogonal(tmp_path):
+    base = _identity_q_base()
+    _oft_peft("oft-exact", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a", path="cayley")
+    for alpha in [0.0, 0.1, 0.25, 0.5, 0.9, 1.0, 1.7]:
+        rw.set(alpha, allow_extrapolation=True)
+        for layer in rw.model.model.layers:
+            W = layer.self_attn.q_proj.weight.detach().double()
+            torch.testing.assert_close(W @ W.T, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["oft", "oft-exact"])
+def test_cayley_R1_equals_peft_R(kind, tmp_path):
+    base = _identity_q_base()
+    peft_model = _oft_peft(kind, base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a", path="cayley")
+    rw.set(1.0)
+    for i, layer in enumerate(rw.model.model.layers):
+        peft_layer = peft_model.base_model.model.model.layers[i].self_attn.q_proj
+        with torch.no_grad():
+            R_peft = peft_layer.oft_R["default"].get_weight()  # block-diagonal R, as peft merges it
+        torch.testing.assert_close(layer.self_attn.q_proj.weight.detach().T, R_peft, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["oft", "oft-exact", "oft-coft", "oft-share"])
+@pytest.mark.parametrize("scale", ["linear", "sqrt"])
+def test_cayley_equals_peft_merge_of_scaled_generator(kind, scale, tmp_path):
+    base = tiny_base()
+    peft_model = _oft_peft(kind, base, tmp_path / "a", project=kind == "oft-coft")
+    rw = attach(copy.deepcopy(base), tmp_path / "a", path="cayley", cayley_scale=scale)
+    s = {"linear": lambda a: a, "sqrt": math.sqrt}[scale]
+    for alpha in [0.3, 0.7]:
+        scaled = copy.deepcopy(peft_model)
+        with torch.no_grad():
+            for name, p in scaled.named_parameters():
+                if "oft_R" in name:
+                    p.mul_(s(alpha))
+        reference = dict(scaled.merge_and_unload().named_parameters())
+        rw.set(alpha)
+        for name in rw.update.deltas:
+            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (name, alpha)
+
+
+def test_cayley_differs_from_dense_in_between(tmp_path):
+    """The two OFT paths agree at the ends and part in the middle (else comparing them would be pointless)."""
+    base = tiny_base()
+    make_adapter("oft-exact", base, tmp_path / "a")
+    cay = attach(copy.deepcopy(base), tmp_path / "a", path="cayley")
+    den = attach(copy.deepcopy(base), tmp_path / "a", path="dense")
+    name = next(iter(cay.update.deltas))
+    cay.set(0.5)
+    den.set(0.5)
+    assert rel_err(cay.model.get_parameter(name), den.model.get_parameter(name)) > 1e-4
+    for path_name in ["linear"]:
+        with pytest.raises(RewindError, match="does not apply"):
+            attach(copy.deepcopy(base), tmp_path / "a", path=path_name)
+
+
+# --- layer-wise schedules -------------------------------------------------------------------------------------
+
+def test_layer_list_touches_only_its_layers(base, tmp_path):
+    merged = make_adapter("lora-save-head", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    rw.set(0.5, Schedule.parse("0,1,0"))
+    before, after = dict(base.named_parameters()), dict(merged.named_parameters())
+    for name in rw.update.deltas:
+        p = rw.model.get_parameter(name)
+        if ".layers.1." in name:
+            assert rel_err(p, after[name]) <= 1e-5, name
+        elif ".layers." in name:
+            assert torch.equal(p, before[name]), name
+        else:  # lm_head (modules_to_save) is outside the layers: it takes the global alpha
+            torch.testing.assert_close(p, 0.5 * (before[name] + after[name]), rtol=1e-5, atol=1e-6)
+
+
+def test_ramp_schedule_per_layer(base, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    rw.set(1.0)
+    full = {n: rw.model.get_parameter(n).detach().clone() for n in rw.update.deltas}
+    rw.set(0.2, Schedule.parse("ramp"))
+    expected = {0: 0.2, 1: 0.6, 2: 1.0}  # alpha + (1 - alpha) * l / (L - 1), L = 3
+    for name in rw.update.deltas:
+        layer = int(name.split(".layers.")[1].split(".")[0])
+        w0 = dict(base.named_parameters())[name].detach()
+        torch.testing.assert_close(rw.model.get_parameter(name), w0 + expected[layer] * (full[name] - w0),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_schedule_caps_at_median():
+    alphas = Schedule.parse("balanced").layer_alphas(0.8, 4, {0: 1.0, 1: 2.0, 2: 4.0, 3: 0.5})
+    median = 1.5
+    assert alphas == pytest.approx([0.8, 0.8 * median / 2.0, 0.8 * median / 4.0, 0.8])
+
+
+def test_balanced_schedule_on_oft_uses_generator_norms(base, tmp_path):
+    make_adapter("oft", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    point = rw.set(0.6, Schedule.parse("balanced"))
+    assert point.schedule.kind == "balanced"
+    strengths = rw._strengths
+    norms = {}
+    for name, delta in rw.update.deltas.items():
+        layer = int(name.split(".layers.")[1].split(".")[0])
+        norms[layer] = norms.get(layer, 0.0) + float(delta.Q.norm()) ** 2
+    assert strengths == pytest.approx({k: math.sqrt(v) for k, v in norms.items()})
+
+
+@pytest.mark.parametrize("spec,message", [("0.1,0.2", "has 2 alphas; the model has 3"), ("a,b", "layer schedule"),
+                                          ("0.1,2,0.3", "outside \\[0, 1\\]")])
+def test_bad_schedules(spec, message, base, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    with pytest.raises(RewindError, match=message):
+        rw.set(0.5, Schedule.parse(spec))
+
+
+def test_alpha_outside_unit_interval_needs_flag(base, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    with pytest.raises(RewindError, match="--allow-extrapolation"):
+        rw.set(1.5)
+    assert rw.point is None  # nothing was written
+    rw.set(1.5, allow_extrapolation=True)
+    rw.set(-0.5, allow_extrapolation=True)
+    with pytest.raises(RewindError, match="finite"):
+        rw.set(float("nan"), allow_extrapolation=True)
