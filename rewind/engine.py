@@ -72,16 +72,18 @@ class Rewinder:
     """Binds an Update to a live model: keeps W0 and the update on the model's device, rewrites in place."""
 
     def __init__(self, model: torch.nn.Module, update: adapters.Update, path: str = "auto",
-                 cayley_scale: str = "linear", tokenizer=None):
+                 cayley_scale: str = "linear", tokenizer=None, w0: Mapping[str, torch.Tensor] | None = None):
+        """`w0`: base tensors already kept by another Rewinder of the same model (several paths, one copy)."""
         self.model, self.update, self.tokenizer = model, update, tokenizer
         self.num_layers = int(model.config.num_hidden_layers)
         params = dict(model.named_parameters(remove_duplicate=False))
-        items = [Bound(name, delta, params[name].detach().clone(), params[name].data)
+        w0 = w0 or {}
+        items = [Bound(name, delta, w0[name] if name in w0 else params[name].detach().clone(), params[name].data)
                  for name, delta in update.deltas.items()]
         path_cls = paths.resolve(path, update.natural_path)
         self.path_name, self.cayley_scale = path_cls.name, cayley_scale
         self._path = path_cls(items, cayley_scale=cayley_scale)
-        self._w0 = {item.name: item.w0 for item in items}
+        self.w0 = {item.name: item.w0 for item in items}
         self._strengths: dict[int, float] | None = None
         self.point: Point | None = None
 
@@ -89,8 +91,8 @@ class Rewinder:
         """Move the model to alpha (per-layer with a schedule). Validated before anything is written."""
         point = Point(self.path_name, float(alpha), schedule or Schedule(), self.cayley_scale)
         if point.schedule.kind == "balanced" and self._strengths is None:
-            self._strengths = layer_strengths(self.update, self._w0.__getitem__)
-        alphas = tensor_alphas(list(self._w0), point, self.num_layers, self._strengths, allow_extrapolation)
+            self._strengths = layer_strengths(self.update, self.w0.__getitem__)
+        alphas = tensor_alphas(list(self.w0), point, self.num_layers, self._strengths, allow_extrapolation)
         self._path.write(alphas)
         self.point = point
         return point

@@ -80,7 +80,8 @@ def make_full(base, out: Path, seed: int = 1):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.linalg.vector_norm(a.float() - b.float()) / torch.linalg.vector_norm(b.float()).clamp_min(1e-30))
+    a, b = a.detach().float(), b.detach().float()
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-30))
 
 
 def logits(model, seed: int = 3) -> torch.Tensor:

@@ -1,0 +1,329 @@
+"""`rewind sweep`: evaluate a resident model along paths, stream results, pick the Pareto-best point.
+
+One model stays loaded; each point is an in-place alpha switch plus lm-eval on the live model. Results stream to
+results.jsonl (one line per point x task x split, written whole and flushed as each point finishes), so a killed
+sweep rerun with the same command skips what is done. Selection uses the validation split; the chosen point, the
+base and the final adapter are then scored on the test split.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import adapters, engine, models, pareto, paths
+from .errors import RewindError
+
+VALIDATION, TEST = "validation", "test"
+SWEEP_FILE, RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "sweep.json", "results.jsonl", "summary.json", "pareto.png"
+DEFAULT_OUT = "rewind-sweep"
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+@dataclass
+class SweepSpec:
+    adapter: str
+    base: str | None = None
+    paths: list[str] = field(default_factory=lambda: ["auto"])
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    target: list[str] = field(default_factory=lambda: ["math-offline"])
+    general: list[str] = field(default_factory=lambda: ["general-offline"])
+    limit: int | None = None
+    layers: str | None = None  # a layer schedule applied on every path
+    cayley_scale: str = "linear"
+    init_adapter: str | None = None
+    checkpoints: str | None = None  # glob of a training run's checkpoint dirs: one more path, "train"
+    select: str = "max-target-within"
+    tolerance: float = 1.0
+    weight: float = 0.5
+    dtype: str = "bf16"
+    device: str | None = None
+    batch_size: int | str | None = None
+    allow_extrapolation: bool = False
+
+    def checkpoint_dirs(self) -> list[Path]:
+        if not self.checkpoints:
+            return []
+        found = sorted((Path(p) for p in glob.glob(self.checkpoints) if Path(p).is_dir()), key=_step)
+        if not found:
+            raise RewindError(f"--checkpoints {self.checkpoints}: no checkpoint dirs match")
+        return found
+
+    def run_id(self, adapter_sha: str) -> str:
+        """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results)."""
+        facts = {"base": models.hub_id(self.base), "adapter": adapter_sha, "init": self.init_adapter,
+                 "target": self.target, "general": self.general, "limit": self.limit, "layers": self.layers,
+                 "cayley_scale": self.cayley_scale, "dtype": self.dtype,
+                 "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.name)
+    return int(m.group(1)) if m else 0
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    path: str  # a path name, or "base", "final", "train"
+    alpha: float  # for "train": the checkpoint's step
+
+    @property
+    def key(self) -> str:
+        return f"{self.path}@{self.alpha:g}"
+
+
+def plan_points(spec: SweepSpec, path_names: list[str]) -> list[PointSpec]:
+    """Base and final first (shared by all paths), then each path's interior alphas, then training checkpoints."""
+    points = [PointSpec("base", 0.0), PointSpec("final", 1.0)]
+    for name in path_names:
+        points += [PointSpec(name, a) for a in spec.alphas if a not in (0.0, 1.0)]
+    points += [PointSpec("train", float(_step(d))) for d in spec.checkpoint_dirs()]
+    return points
+
+
+class ResultsLog:
+    """Append-only JSONL; each point's lines go out in one write and are flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._drop_torn_tail()
+
+    def _drop_torn_tail(self) -> None:
+        # A kill during a write can leave a last line without its newline: cut it so the file stays valid JSONL.
+        if not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+    def records(self, run_id: str | None = None) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if run_id is None or record.get("run") == run_id:
+                    out.append(record)
+        return out
+
+    def append(self, records: list[dict]) -> None:
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        with open(self.path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def point_scores(records: list[dict], target: list[str], general: list[str]) -> tuple[float, float]:
+    """(target, general): each the mean over its suites of the suite's mean task score."""
+
+    def role_score(suites):
+        per_suite = []
+        for suite in suites:
+            scores = [r["score"] for r in records if r["suite"] == suite]
+            if scores:
+                per_suite.append(sum(scores) / len(scores))
+        return sum(per_suite) / len(per_suite) if per_suite else float("nan")
+
+    return role_score(target), role_score(general)
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, out: str | Path = DEFAULT_OUT):
+        from .evaluate import harness
+
+        self.spec, self.out = spec, Path(out)
+        if not spec.alphas or (any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
+            raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
+        self.suites = harness.resolve_suites(spec.target + spec.general)  # unknown names fail before any loading
+        self.schedule = paths.Schedule.parse(spec.layers)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.log = ResultsLog(self.out / RESULTS_FILE)
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def _load(self):
+        from .evaluate import harness
+
+        device = self.spec.device
+        if self.world > 1 and (device or models.pick_device()).startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
+        self.model, self.tokenizer = models.load_base(self.spec.base, device, self.spec.dtype)
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        shapes = {n: p.shape for n, p in params.items()}
+        self.update = adapters.read(self.spec.adapter, shapes, self.spec.init_adapter,
+                                    base_tensor=lambda n: params[n].detach())
+        self.path_names = [paths.resolve(p, self.update.natural_path).name for p in self.spec.paths]
+        self.path_names = list(dict.fromkeys(self.path_names))
+        self.run_id = self.spec.run_id(self.update.sha256)
+        self.rewinders: dict[str, engine.Rewinder] = {}
+        self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
+        batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
+        self.evaluators = {split: harness.Evaluator(self.model, self.tokenizer, self.suites, split=split,
+                                                    limit=self.spec.limit, batch_size=batch)
+                           for split in (VALIDATION, TEST)}
+
+    def _rewinder(self, path: str) -> engine.Rewinder:
+        if path not in self.rewinders:
+            shared = next(iter(self.rewinders.values()), None)
+            self.rewinders[path] = engine.Rewinder(self.model, self.update, path, self.spec.cayley_scale,
+                                                   self.tokenizer, w0=shared.w0 if shared else None)
+        return self.rewinders[path]
+
+    def _move(self, point: PointSpec) -> None:
+        """Put the model at `point`."""
+        if self._checkpoint is not None:
+            self._checkpoint.set(0.0)
+            self._checkpoint = None
+        natural = self._rewinder(self.path_names[0])
+        if point.path == "base":
+            natural.set(0.0)
+        elif point.path == "final":
+            natural.set(1.0)
+        elif point.path == "train":
+            self._load_checkpoint(point)
+        else:
+            self._rewinder(point.path).set(point.alpha, self.schedule, self.spec.allow_extrapolation)
+
+    def _load_checkpoint(self, point: PointSpec) -> None:
+        directory = next(d for d in self.spec.checkpoint_dirs() if _step(d) == point.alpha)
+        natural = self._rewinder(self.path_names[0])
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        update = adapters.read(directory, {n: p.shape for n, p in params.items()}, None,
+                               base_tensor=natural.w0.__getitem__)
+        natural.set(0.0)
+        self._checkpoint = engine.Rewinder(self.model, update, "auto", self.spec.cayley_scale, w0=natural.w0)
+        self._checkpoint.set(1.0)
+
+    # -- running --------------------------------------------------------------------------------------------
+    def _done(self) -> set[tuple[str, str]]:
+        n_tasks = {}
+        for r in self.log.records(self.run_id):
+            n_tasks.setdefault((r["point"], r["split"]), set()).add(r["task"])
+        expected = len(self.evaluators[VALIDATION].task_names)
+        return {key for key, tasks in n_tasks.items() if len(tasks) >= expected}
+
+    def _evaluate(self, point: PointSpec, split: str) -> list[dict]:
+        role = {s: "target" for s in self.spec.target} | {s: "general" for s in self.spec.general}
+        start = time.perf_counter()
+        self._move(point)
+        switch = time.perf_counter() - start
+        results = self.evaluators[split].run()
+        elapsed = time.perf_counter() - start
+        records = [{"run": self.run_id, "point": point.key, "path": point.path, "alpha": point.alpha,
+                    "split": split, "role": role[r.suite], **asdict(r), "switch_seconds": round(switch, 4),
+                    "point_seconds": round(elapsed, 3)} for r in results]
+        self.log.append(records)
+        return records
+
+    def run(self, progress: bool = True) -> dict:
+        self._load()
+        self._write_spec()
+        points = plan_points(self.spec, self.path_names)
+        done = self._done()
+        todo = [p for p in points if (p.key, VALIDATION) not in done][self.rank::self.world]
+        for point in tqdm(todo, desc="sweep", unit="point", disable=not progress or self.rank != 0):
+            self._evaluate(point, VALIDATION)
+        _barrier(self.world)
+        if self.rank != 0:
+            return {}
+        selection = self.select(points)
+        for key in {"base@0", "final@1", selection["selected"]["key"]}:
+            if (key, TEST) not in self._done():
+                self._evaluate(next(p for p in points if p.key == key), TEST)
+        return self.summarize(points, selection["selected"]["key"])
+
+    def _write_spec(self) -> None:
+        record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
+                  "method": self.update.method.name, "natural_path": self.update.natural_path}
+        (self.out / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+    # -- selection and report -------------------------------------------------------------------------------
+    def scored(self, points: list[PointSpec], split: str) -> list[dict]:
+        records = [r for r in self.log.records(self.run_id) if r["split"] == split]
+        rows = []
+        for p in points:
+            mine = [r for r in records if r["point"] == p.key]
+            if mine:
+                target, general = point_scores(mine, self.spec.target, self.spec.general)
+                rows.append({"key": p.key, "path": p.path, "alpha": p.alpha, "target": target, "general": general,
+                             "seconds": mine[0]["point_seconds"]})
+        return rows
+
+    def select(self, points: list[PointSpec]) -> dict:
+        rows = self.scored(points, VALIDATION)
+        scored = [pareto.Scored(r["key"], r["target"], r["general"]) for r in rows]
+        base = next(s for s in scored if s.key == "base@0")
+        chosen = pareto.select(scored, base, self.spec.select, self.spec.tolerance, self.spec.weight)
+        return {"selected": next(r for r in rows if r["key"] == chosen.key),
+                "frontier": [s.key for s in pareto.frontier(scored)], "rows": rows}
+
+    def summarize(self, points: list[PointSpec], selected_key: str) -> dict:
+        from .plots import pareto_plot
+
+        selection = self.select(points)
+        tests = {r["key"]: r for r in self.scored(points, TEST)}
+        base = next(r for r in selection["rows"] if r["key"] == "base@0")
+        summary = {
+            "run": self.run_id, "base": models.hub_id(self.spec.base), "adapter": str(self.spec.adapter),
+            "method": self.update.method.name, "paths": self.path_names, "rule": self.spec.select,
+            "tolerance": self.spec.tolerance, "layers": self.spec.layers, "cayley_scale": self.spec.cayley_scale,
+            "selected": {**selection["selected"], "test": tests.get(selected_key)},
+            "base_point": {**base, "test": tests.get("base@0")},
+            "final_point": {**next(r for r in selection["rows"] if r["key"] == "final@1"),
+                            "test": tests.get("final@1")},
+            "frontier": selection["frontier"], "points": selection["rows"],
+        }
+        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        pareto_plot(selection["rows"], set(selection["frontier"]), selected_key, self.out / PLOT_FILE,
+                    title=f"{summary['method']} on {summary['base']} ({', '.join(self.path_names)})")
+        return summary
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+
+
+def table(summary: dict) -> str:
+    """The printed table: one row per point, deltas against the base, frontier and selection marked."""
+    base = summary["base_point"]
+    lines = [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}  front",
+             "-" * 62]
+    for r in summary["points"]:
+        mark = ("*" if r["key"] in summary["frontier"] else "") + (" <- selected" if r["key"] ==
+                                                                   summary["selected"]["key"] else "")
+        lines.append(f"{r['path']:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
+                     f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}  {mark}")
+    sel = summary["selected"]
+    lines.append("")
+    lines.append(f"selected ({summary['rule']}, validation): {sel['path']} alpha={sel['alpha']:g}")
+    for name, row in [("base", base), ("final", summary["final_point"]), ("selected", sel)]:
+        test = row.get("test")
+        if test:
+            lines.append(f"  test  {name:<9} target {test['target']:6.2f}  general {test['general']:6.2f}")
+    return "\n".join(lines)
+
+
+def load(out: str | Path = DEFAULT_OUT) -> tuple[dict, dict | None]:
+    """(sweep.json, summary.json or None) of a sweep dir, for `rewind export` with no flags."""
+    out = Path(out)
+    if not (out / SWEEP_FILE).is_file():
+        raise RewindError(f"no sweep in {out} (no {SWEEP_FILE}): run `rewind sweep` first, or pass --adapter")
+    spec = json.loads((out / SWEEP_FILE).read_text())
+    summary_path = out / SUMMARY_FILE
+    return spec, json.loads(summary_path.read_text()) if summary_path.is_file() else None

@@ -1,0 +1,207 @@
+"""Export: merged checkpoints and scaled adapters reload to the in-memory model's weights; bad input writes nothing."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from rewind import export
+from rewind.engine import attach
+from rewind.errors import RewindError
+from rewind.paths import Schedule
+from tiny import logits, make_adapter, make_full, rel_err, tiny_base
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("base")
+    tiny_base().save_pretrained(d, max_shard_size="200KB")  # several shards, like a real checkpoint
+    return d
+
+
+@pytest.fixture(scope="module")
+def base(base_dir):
+    return AutoModelForCausalLM.from_pretrained(base_dir).eval()
+
+
+def _resident(base, adapter, alpha, **kw):
+    rw = attach(copy.deepcopy(base), adapter, path=kw.pop("path", "auto"),
+                cayley_scale=kw.pop("cayley_scale", "linear"))
+    rw.set(alpha, kw.pop("schedule", None))
+    return rw
+
+
+@pytest.mark.parametrize("kind,path", [("lora", "auto"), ("dora", "auto"), ("ia3", "auto"), ("miss-bat", "auto"),
+                                       ("oft", "auto"), ("oft-exact", "dense"), ("lora-save-head", "auto")])
+def test_merged_export_reloads_to_in_memory_logits(kind, path, base, base_dir, tmp_path):
+    make_adapter(kind, base, tmp_path / "a")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.6, path=path)
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    rw = _resident(base, tmp_path / "a", 0.6, path=path)
+    torch.testing.assert_close(logits(reloaded), logits(rw.model), rtol=0, atol=1e-6)
+    assert len(list(out.glob("*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
+
+
+def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
+    make_full(base, tmp_path / "full")
+    out = export.export(base_dir, tmp_path / "full", tmp_path / "out", alpha=0.5, schedule=Schedule.parse("ramp"))
+    rw = _resident(base, tmp_path / "full", 0.5, schedule=Schedule.parse("ramp"))
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out)), logits(rw.model), rtol=0, atol=1e-6)
+    card = (out / "README.md").read_text()
+    assert "| layer schedule | ramp |" in card and "0: 0.5, 1: 0.75, 2: 1" in card
+
+
+@pytest.mark.parametrize("kind,scale", [("lora", "linear"), ("rslora", "linear"), ("adalora", "linear"),
+                                        ("vera", "linear"), ("ia3", "linear"), ("miss", "linear"),
+                                        ("miss-bat", "linear"), ("oft", "linear"), ("oft", "sqrt"),
+                                        ("oft-exact", "linear"), ("oft-coft", "linear"), ("lora-save-head", "linear")])
+def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
+    make_adapter(kind, base, tmp_path / "a")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.35, fmt="adapter", cayley_scale=scale)
+    served = PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload()
+    rw = _resident(base, tmp_path / "a", 0.35, cayley_scale=scale)
+    reference = dict(served.named_parameters())
+    for name in rw.update.deltas:
+        assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, name
+
+
+@pytest.mark.parametrize("kind,path,message", [("dora", "auto", "not exact for dora"),
+                                               ("oft", "dense", "use --format merged")])
+def test_adapter_export_refused_where_inexact(kind, path, message, base, base_dir, tmp_path):
+    make_adapter(kind, base, tmp_path / "a")
+    with pytest.raises(RewindError, match=message):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5, path=path, fmt="adapter")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_card_and_checksums(base, base_dir, tmp_path):
+    make_adapter("oft", base, tmp_path / "a")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.7, cayley_scale="sqrt")
+    card = (out / "README.md").read_text()
+    from rewind import __version__
+    from rewind.adapters import sha256
+
+    for text in ["| method | oft |", "| path | cayley |", "| alpha | 0.7 |", "| cayley scale | sqrt |",
+                 f"| rewind | {__version__} |", sha256(tmp_path / "a" / "adapter_model.safetensors")]:
+        assert text in card
+    for shard in out.glob("*.safetensors"):
+        assert f"`{shard.name}` {sha256(shard)}" in card
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+def test_residual_pissa_needs_init_adapter_then_matches(base, base_dir, tmp_path):
+    """PiSSA trains on W0 - s*B0@A0: rewind must measure dW against the true base, given the step-0 adapter."""
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa", target_modules=["q_proj", "down_proj"])
+    peft_model = get_peft_model(copy.deepcopy(base), config)
+    peft_model.save_pretrained(tmp_path / "init")
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    peft_model.save_pretrained(tmp_path / "trained")
+    peft_model.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    reference = dict(peft_model.merge_and_unload().named_parameters())
+
+    with pytest.raises(RewindError, match="--init-adapter"):
+        attach(copy.deepcopy(base), tmp_path / "trained")
+    for adapter, init in [(tmp_path / "trained", tmp_path / "init"), (tmp_path / "converted", None)]:
+        rw = attach(copy.deepcopy(base), adapter, init_adapter=init)
+        rw.set(1.0)
+        for name in rw.update.deltas:
+            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (adapter.name, name)
+        rw.set(0.0)
+        for name, p in rw.model.named_parameters():
+            assert torch.equal(p, dict(base.named_parameters())[name])
+
+
+# --- bad input: one clear error, nothing on disk ---------------------------------------------------------------
+
+def _assert_nothing_written(parent, out):
+    assert not out.exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}")], "temporary dir left behind"
+
+
+def test_wrong_architecture_adapter(base_dir, tmp_path):
+    other = tiny_base(layers=3)
+    small = type(other)(type(other.config)(**{**other.config.to_dict(), "hidden_size": 32, "intermediate_size": 64}))
+    make_adapter("lora", small, tmp_path / "a")
+    with pytest.raises(RewindError, match="does not fit this base"):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5)
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_adapter_for_missing_module(base, base_dir, tmp_path):
+    make_adapter("lora", tiny_base(layers=5), tmp_path / "a")
+    with pytest.raises(RewindError, match="not in the base model"):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("peft_type", "unsupported peft_type 'PREFIX_TUNING'"),
+    ("weights", "adapter_model.safetensors: missing"),
+    ("truncate", "not a readable safetensors file"),
+    ("nan", "NaN/Inf"),
+    ("config", "unreadable JSON"),
+])
+def test_damaged_adapters(damage, message, base, base_dir, tmp_path):
+    a = tmp_path / "a"
+    make_adapter("lora", base, a)
+    weights, config = a / "adapter_model.safetensors", a / "adapter_config.json"
+    if damage == "peft_type":
+        config.write_text(json.dumps({**json.loads(config.read_text()), "peft_type": "PREFIX_TUNING"}))
+    elif damage == "weights":
+        weights.unlink()
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:200])
+    elif damage == "nan":
+        tensors = load_file(weights)
+        next(iter(tensors.values()))[0, 0] = float("nan")
+        save_file(tensors, weights)
+    else:
+        config.write_text("{not json")
+    with pytest.raises(RewindError, match=message):
+        export.export(base_dir, a, tmp_path / "out")
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_refuses_non_empty_out_and_bad_alpha(base, base_dir, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(RewindError, match="--force"):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    with pytest.raises(RewindError, match="outside \\[0, 1\\]"):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out2", alpha=1.2)
+    _assert_nothing_written(tmp_path, tmp_path / "out2")
+    export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5, force=True)
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "README.md").is_file()
+    _assert_nothing_written(tmp_path, tmp_path / "out3")
+
+
+def test_failure_mid_write_leaves_no_half_checkpoint(base, base_dir, tmp_path, monkeypatch):
+    make_adapter("lora", base, tmp_path / "a")
+    plan = export.plan(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(OSError):
+        export.write(plan)
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_dry_run_plan_touches_nothing(base, base_dir, tmp_path):
+    make_adapter("oft", base, tmp_path / "a")
+    plan = export.plan(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.25, schedule=Schedule.parse("ramp"))
+    text = plan.summary()
+    assert "cayley(alpha=0.25, layers=ramp)" in text and "12 updated" in text
+    assert plan.layer_alphas() == {0: 0.25, 1: 0.625, 2: 1.0}
+    _assert_nothing_written(tmp_path, tmp_path / "out")
