@@ -175,8 +175,9 @@ def _lora(module, parts, config, shapes, shared):
 def _adalora(module, parts, config, shapes, shared):
     _only(parts, {"lora_A", "lora_B", "lora_E"}, module)
     A = parts["lora_A"]
-    rank = A.shape[0]  # peft's ranknum: the module's rank as loaded (after any rank_pattern pruning)
-    scale = (config["lora_alpha"] if config["lora_alpha"] > 0 else float(rank)) / (rank + 1e-5)
+    # peft divides by ranknum, which stays init_r when rank allocation prunes rows (rank_pattern) away.
+    ranknum = float(config.get("init_r") or A.shape[0])
+    scale = (config["lora_alpha"] if config["lora_alpha"] > 0 else float(A.shape[0])) / (ranknum + 1e-5)
     return {f"{module}.weight": LowRank(parts["lora_B"], A * parts["lora_E"], scale)}
 
 

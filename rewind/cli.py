@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -32,6 +33,8 @@ def _offline_defaults(online: bool) -> None:
 def cli(ctx, online, debug):
     """Rewind PEFT finetunes along parameterization-aware paths, evaluate, and export the best point."""
     _offline_defaults(online)
+    if not debug:  # libraries' deprecation chatter is not the user's problem
+        warnings.simplefilter("ignore", FutureWarning)
     ctx.obj = {"debug": debug}
 
 
@@ -177,6 +180,36 @@ def _floats(text: str, flag: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise RewindError(f"{flag} {text!r}: give comma-separated numbers") from None
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(), required=True, help="Run dir: adapter, checkpoints, recipe.yaml, log.")
+@click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and stop.")
+def train(recipe, overrides, out, print_recipe):
+    """Train RECIPE (a YAML file or a shipped name like sft/oft) with key=value OVERRIDES.
+
+    \b
+    rewind train recipes/sft/oft.yaml --out runs/oft
+    rewind train sft/lora trainer.max_steps=100 peft.r=16 --out runs/lora16
+    rewind train grpo/oft base=qwen --out runs/oft-grpo --print-recipe
+    """
+    from . import train as training
+
+    if print_recipe:
+        click.echo(training.load_recipe(recipe, list(overrides)).to_yaml())
+        return
+    click.echo(f"wrote {training.train(recipe, list(overrides), out)}")
+
+
+@cli.command()
+@click.option("--base", default=None, help="Alias, hub id or dir (only its config is read). Default: smollm2.")
+def recipes(base):
+    """List the shipped recipes with their exact trainable-parameter counts on BASE (budget matching)."""
+    from . import train as training
+
+    click.echo(training.format_table(training.budget_table(base or "smollm2")))
 
 
 @cli.command()

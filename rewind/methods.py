@@ -21,6 +21,9 @@ class Method:
     summary: str
     config_class: str | None = None  # name of the peft config class
     defaults: dict[str, Any] = field(default_factory=dict)
+    # Training replaces the base by a residual W0 - s*B0@A0; `rewind train` saves such adapters converted (rank 2r,
+    # relative to W0), so readers never see the residual.
+    residual_init: bool = False
 
     def peft_config(self, **overrides: Any):
         """The peft config for training this method; `overrides` replace the defaults."""
@@ -42,9 +45,9 @@ METHODS: dict[str, Method] = {
         Method("rslora", "LORA", LINEAR, "LoRA with s = alpha/sqrt(r)", "LoraConfig", {**_LORA, "use_rslora": True}),
         Method("dora", "LORA", LINEAR, "LoRA with a learned per-row magnitude", "LoraConfig", {**_LORA, "use_dora": True}),
         Method("pissa", "LORA", LINEAR, "LoRA initialised on the principal singular components (residual base)",
-               "LoraConfig", {**_LORA, "init_lora_weights": "pissa"}),
+               "LoraConfig", {**_LORA, "init_lora_weights": "pissa"}, residual_init=True),
         Method("milora", "LORA", LINEAR, "LoRA initialised on the minor singular components (residual base)",
-               "LoraConfig", _LORA),
+               "LoraConfig", _LORA, residual_init=True),
         Method("keeplora", "LORA", LINEAR, "LoRA kept away from the base's principal subspace", "LoraConfig", _LORA),
         Method("adalora", "ADALORA", LINEAR, "SVD-form LoRA with adaptive rank", "AdaLoraConfig",
                {"init_r": 12, "target_r": 8, "lora_alpha": 16, "target_modules": _ALL_LINEAR}),
