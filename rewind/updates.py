@@ -32,14 +32,14 @@ class LowRank(Delta):
     A: torch.Tensor  # [r, in]
     scale: float
 
-    def delta(self) -> torch.Tensor:
-        return self.scale * (self.B.float() @ self.A.float())
+    def delta(self, device=None) -> torch.Tensor:
+        return self.scale * (self.B.to(device).float() @ self.A.to(device).float())
 
     def merged(self, w0):
-        return w0.float() + self.delta()
+        return w0.float() + self.delta(w0.device)
 
     def strength(self, w0):
-        return float(torch.linalg.vector_norm(self.delta()))
+        return float(torch.linalg.vector_norm(self.delta(w0.device)))
 
 
 @dataclass
@@ -52,8 +52,8 @@ class DoRA(Delta):
     magnitude: torch.Tensor  # [out]
 
     def merged(self, w0):
-        v = w0.float() + self.scale * (self.B.float() @ self.A.float())
-        return (self.magnitude.float() / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1) * v
+        v = w0.float() + self.scale * (self.B.to(w0.device).float() @ self.A.to(w0.device).float())
+        return (self.magnitude.to(w0.device).float() / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1) * v
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Scale(Delta):
         return 1 + alpha * (self.vector.float() - 1)
 
     def merged(self, w0):
-        return w0.float() * self.factor(1.0).reshape(self._shape(w0))
+        return w0.float() * self.factor(1.0).to(w0.device).reshape(self._shape(w0))
 
     def _shape(self, w0):
         return self.vector.shape if w0.dim() == 2 else (-1,)  # a bias scales like the rows
@@ -81,7 +81,7 @@ class MissTiled(Delta):
     def merged(self, w0):
         out, fan_in = w0.shape
         r = self.block.shape[0]
-        tiled = self.block.float().t().repeat(1, -(-fan_in // r))[:, :fan_in]
+        tiled = self.block.to(w0.device).float().t().repeat(1, -(-fan_in // r))[:, :fan_in]
         return w0.float() + tiled
 
 
@@ -93,7 +93,7 @@ class MissBat(Delta):
 
     def merged(self, w0):
         out, fan_in = w0.shape
-        b = self.block.float()
+        b = self.block.to(w0.device).float()
         r = b.shape[-1]
         w = w0.float().reshape(out // r, r, fan_in // r, r).permute(2, 0, 1, 3)
         return (w + w @ b + b).permute(1, 2, 0, 3).reshape(out, fan_in)
@@ -106,7 +106,7 @@ class Replace(Delta):
     w1: torch.Tensor
 
     def merged(self, w0):
-        return self.w1.float()
+        return self.w1.to(w0.device).float()
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Rotation(Delta):
         return self.Q.shape[-1]
 
     def merged(self, w0):
-        return rotate(w0.float(), cayley(self.Q.float(), self.neumann_terms))
+        return rotate(w0.float(), cayley(self.Q.to(w0.device).float(), self.neumann_terms))
 
     def strength(self, w0):
         return float(torch.linalg.vector_norm(self.Q.float()))

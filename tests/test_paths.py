@@ -235,3 +235,13 @@ def test_alpha_outside_unit_interval_needs_flag(base, tmp_path):
     rw.set(-0.5, allow_extrapolation=True)
     with pytest.raises(RewindError, match="finite"):
         rw.set(float("nan"), allow_extrapolation=True)
+
+
+@pytest.mark.parametrize("kind,path", CASES)
+def test_paths_run_where_the_model_is(kind, path, base, tmp_path):
+    """Adapters load on the CPU; the model may live elsewhere. The meta device stands in for a GPU here: any
+    CPU tensor that reaches the model's device unmoved raises, as it would on CUDA."""
+    make_adapter(kind, base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base).to("meta"), tmp_path / "a", path=path)
+    rw.set(0.5)
+    assert all(p.device.type == "meta" for p in rw.model.parameters())
