@@ -1,0 +1,242 @@
+"""The lm-eval bridge: evaluate a live, in-memory model (its weights changed in place between runs) on suites.
+
+A suite is a named list of lm-eval tasks. Three kinds resolve by name:
+- bundled offline suites (`math-offline`, `med-offline`, `general-offline`): lm-eval tags over the YAMLs in
+  rewind/evaluate/suites/tasks, with data shipped in the package; their tasks also resolve one by one;
+- the paper's suites (`math`, `med`, `general`): lm-eval's own tasks, which fetch data from the HF hub;
+- any other lm-eval task or group name: a suite of that one task.
+
+The Evaluator loads tasks and wraps the model once, then each `run()` evaluates the weights as they are now.
+Each task (or group) is its own `lm_eval.evaluator.evaluate` call, so its result equals what lm-eval's
+`simple_evaluate(model=HFLM(model), tasks=[task], limit=...)` gives for the same weights and batch size.
+Measured on an H200 in bf16: equal on all bundled tasks but CHAMP, whose 256-token greedy generations vary
+from run to run on the GPU in lm-eval itself (two identical simple_evaluate calls gave 0.025 and 0.05).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RewindError
+from .suites import NLTK_DIR, SPLITS, TASKS_DIR
+
+BUNDLED = ("math-offline", "med-offline", "general-offline")
+PAPER_SUITES = {
+    "math": ("minerva_math500", "aime24"),  # lm-eval 0.4.13 has no AMC23 task
+    "med": ("medmcqa", "medqa_4options", "pubmedqa", "mmlu_pro_health"),
+    "general": ("ifeval", "nq_open", "bbh"),
+}
+# Where a task's first higher-is-better metric is not the one to report.
+PRIMARY_METRICS = {"minerva_math500": "math_verify,none"}
+# Primary metrics that are not already a 0-1 "higher is better" value, mapped to 0-100.
+SCORE_MAPS = {"bits_per_byte": lambda bpb: 100.0 * 2.0 ** -bpb}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    tasks: tuple[str, ...]
+    include_path: Path | None  # the bundled tasks dir; None for lm-eval's own tasks
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    suite: str
+    task: str
+    split: str
+    metric: str  # lm-eval's "metric,filter" key of the primary metric
+    value: float
+    stderr: float | None
+    score: float  # 0-100, higher is better
+    seconds: float
+    n: int
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric lm-eval reported, by its key
+
+
+def use_bundled_nltk_data() -> None:
+    """Let nltk find the bundled punkt_tab, so lm-eval's IFEval scorer does not try to download it.
+
+    Must run before `lm_eval.tasks.ifeval.instructions_util` is imported: it looks for punkt_tab on import.
+    nltk reads NLTK_DATA once, when it is imported, so an nltk already imported gets the path directly.
+    """
+    path = str(NLTK_DIR)
+    paths = [p for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
+    if path not in paths:
+        os.environ["NLTK_DATA"] = os.pathsep.join([path, *paths])
+    nltk = sys.modules.get("nltk")
+    if nltk is not None and path not in nltk.data.path:
+        nltk.data.path.insert(0, path)
+
+
+class _DropCustomDatasetNotice(logging.Filter):
+    # lm-eval warns on every load of a task with `custom_dataset` (all bundled tasks) about a CLI option.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+
+
+@functools.cache
+def _bundled_manager():
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetNotice())
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+
+
+@functools.cache
+def _default_manager():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()  # indexes lm-eval's ~14,700 tasks: seconds, so only when a name needs it
+
+
+def resolve_suites(names: list[str]) -> list[Suite]:
+    """Suites by name: bundled, the paper's, a bundled task, or any lm-eval task/group name."""
+    suites = []
+    for name in names:
+        if name in BUNDLED:
+            tasks = tuple(sorted(_bundled_manager().task_index[name].tags))
+            suites.append(Suite(name, tasks, TASKS_DIR))
+        elif name in PAPER_SUITES:
+            suites.append(Suite(name, PAPER_SUITES[name], None))
+        elif name in _bundled_manager().all_subtasks:
+            suites.append(Suite(name, (name,), TASKS_DIR))
+        elif name in _default_manager().all_tasks:
+            suites.append(Suite(name, (name,), None))
+        else:
+            known = ", ".join([*BUNDLED, *PAPER_SUITES])
+            raise RewindError(f"unknown suite {name!r}: use one of {known}, a bundled task or an lm-eval task name")
+    return suites
+
+
+def suite_scores(results: list[TaskResult]) -> dict[str, float]:
+    """Each suite's score: the mean of its tasks' 0-100 scores."""
+    by_suite: dict[str, list[float]] = {}
+    for result in results:
+        by_suite.setdefault(result.suite, []).append(result.score)
+    return {suite: sum(scores) / len(scores) for suite, scores in by_suite.items()}
+
+
+def to_score(metric: str, value: float) -> float:
+    """A primary metric's value on the 0-100 "higher is better" scale."""
+    mapping = SCORE_MAPS.get(metric.split(",")[0])
+    return mapping(value) if mapping else 100.0 * value
+
+
+@dataclass
+class _Entry:
+    """One evaluate() call: a requested task or group, loaded once."""
+    suite: str
+    name: str
+    loaded: dict  # TaskManager.load() output
+    chat: bool
+    split: str
+
+
+class Evaluator:
+    """Evaluates the current weights of `model` on `suites`; build once, `run()` after every weight change.
+
+    `split` picks the bundled tasks' split ("validation" to choose, "test" to report); lm-eval's own tasks
+    always use their fixed evaluation split, which each TaskResult records. `gen_kwargs` update every
+    generation task's settings, as lm-eval's --gen_kwargs does (e.g. {"do_sample": True, "temperature": 0.7}).
+    """
+
+    def __init__(self, model, tokenizer, suites: list[Suite], split: str = "validation", limit: int | None = None,
+                 batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None):
+        if split not in SPLITS:
+            raise RewindError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        use_bundled_nltk_data()
+        from lm_eval.models.huggingface import HFLM
+
+        if batch_size is None:
+            batch_size = "auto" if model.device.type == "cuda" else 8
+        self.split, self.limit = split, limit
+        # Never a use_cache path: lm-eval's response cache keys on the request, not the weights.
+        self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        if batch_size == "auto":
+            # HFLM probes again on every generation call (seconds each, at the model's full context); probe
+            # once, at full context, and keep that size for every request type and run.
+            self.lm.batch_size_per_gpu = self.lm._detect_batch_size()
+        self.entries = [self._load(suite, task, split, gen_kwargs) for suite in suites for task in suite.tasks]
+
+    @staticmethod
+    def _load(suite: Suite, task: str, split: str, gen_kwargs: dict[str, Any] | None) -> _Entry:
+        from lm_eval.defaults import DEFAULT_OTHER_SEED
+
+        manager = _bundled_manager() if suite.include_path is not None else _default_manager()
+        loaded = manager.load([task])
+        chat = False
+        for leaf in loaded["tasks"].values():
+            # What simple_evaluate does to each task before it evaluates.
+            if gen_kwargs and leaf.get_config("output_type") == "generate_until":
+                leaf.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
+            if leaf.get_config("num_fewshot") is None:
+                leaf.set_config(key="num_fewshot", value=0)
+            leaf.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+            if suite.include_path is not None:
+                leaf.set_config(key="test_split", value=split)
+            chat = chat or bool((leaf.get_config("metadata") or {}).get("chat_template"))
+        first = next(iter(loaded["tasks"].values()))
+        used = first.get_config("test_split") if first.has_test_docs() else first.get_config("validation_split")
+        return _Entry(suite.name, task, loaded, chat, used)
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks (or groups) that `run()` reports, in order."""
+        return [entry.name for entry in self.entries]
+
+    def run(self) -> list[TaskResult]:
+        """Evaluate the model's current weights on every task."""
+        return [self._run(entry) for entry in self.entries]
+
+    def _run(self, entry: _Entry) -> TaskResult:
+        import numpy as np
+        from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+        from lm_eval.evaluator import evaluate
+        from lm_eval.utils import set_torch_seed
+
+        # simple_evaluate's seeding, so sampled generations repeat and match it.
+        random.seed(DEFAULT_RANDOM_SEED)
+        np.random.seed(DEFAULT_OTHER_SEED)
+        set_torch_seed(DEFAULT_OTHER_SEED)
+        start = time.perf_counter()
+        out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=self.limit, log_samples=False,
+                       apply_chat_template=entry.chat)
+        seconds = time.perf_counter() - start
+        return _result(entry, out, seconds)
+
+
+def _result(entry: _Entry, out: dict, seconds: float) -> TaskResult:
+    values = out["results"][entry.name]
+    metrics = {k: float(v) for k, v in values.items()
+               if "," in k and "_stderr," not in k and isinstance(v, (int, float))}
+    metric = _primary_metric(entry, out)
+    stderr = values.get(metric.replace(",", "_stderr,", 1))
+    value = float(values[metric])
+    n = sum(out["n-samples"][leaf]["effective"] for leaf in entry.loaded["tasks"])
+    return TaskResult(entry.suite, entry.name, entry.split, metric, value,
+                      float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
+                      to_score(metric, value), seconds, n, metrics)
+
+
+def _primary_metric(entry: _Entry, out: dict) -> str:
+    if entry.name in entry.loaded["tasks"]:
+        declared = (entry.loaded["tasks"][entry.name].get_config("metadata") or {}).get("primary_metric")
+        if declared:
+            return declared
+    if entry.name in PRIMARY_METRICS:
+        return PRIMARY_METRICS[entry.name]
+    higher = out.get("higher_is_better", {}).get(entry.name, {})
+    for key in out["results"][entry.name]:
+        metric = key.split(",")[0]
+        if "," in key and "_stderr" not in key and (higher.get(metric) or metric in SCORE_MAPS):
+            return key
+    raise RewindError(f"task {entry.name}: no higher-is-better metric among {list(out['results'][entry.name])}")
