@@ -1,0 +1,162 @@
+"""What every diagnostic shares: the finetuned point, per-tensor W(alpha) from the path engine, module names, output.
+
+The point is planned by `export.plan`, so a diagnostic checks its inputs and gives each tensor its alpha exactly as
+`rewind export` would, and W(alpha) comes from the same path classes writing into a scratch buffer (one tensor at
+a time, in fp32): the weights a diagnostic measures are the weights that export writes, at higher precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import adapters, paths
+from ..errors import RewindError
+from ..export import ExportPlan, plan as export_plan
+from ..paths import Bound, Schedule
+
+# Module leaf names -> the short types the reports group by; other adapted matrices keep their leaf name.
+MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+                "down_proj": "down"}
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """A base, an adapter and the point on its path that the diagnostics compare with the base (alpha = 0)."""
+
+    adapter: str | Path
+    base: str | Path | None = None
+    alpha: float = 1.0
+    path: str = "auto"
+    schedule: Schedule = field(default_factory=Schedule)
+    cayley_scale: str = "linear"
+    init_adapter: str | Path | None = None
+    allow_extrapolation: bool = False
+
+    def plan(self, out: Path) -> ExportPlan:
+        """Every input checked and every tensor's alpha decided; `out` must be a writable dir (made if absent)."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise RewindError(f"--out {out} is a file, not a dir")
+        # force: a diagnostics dir may already hold other reports; plan writes nothing there.
+        planned = export_plan(self.base, self.adapter, out, self.alpha, self.path, self.schedule, force=True,
+                              init_adapter=self.init_adapter, cayley_scale=self.cayley_scale,
+                              allow_extrapolation=self.allow_extrapolation)
+        out.mkdir(parents=True, exist_ok=True)
+        return planned
+
+
+def moved(plan: ExportPlan, name: str, w0: torch.Tensor) -> torch.Tensor:
+    """W(alpha) of one tensor in fp32, on w0's device: the plan's path writing into a scratch buffer, as export does."""
+    w0 = w0.float()
+    out = torch.empty_like(w0)
+    path_cls = paths.resolve(plan.point.path, plan.update.natural_path)
+    path_cls([Bound(name, plan.update.deltas[name], w0, out)], cayley_scale=plan.point.cayley_scale).write(
+        [plan.alphas[name]])
+    return out
+
+
+def module_of(name: str) -> str:
+    """'model.layers.3.mlp.down_proj.weight' -> 'model.layers.3.mlp.down_proj'."""
+    return name.rsplit(".", 1)[0]
+
+
+def module_type(name: str) -> str:
+    """The short type of a module or parameter name: q, k, v, o, gate, up, down, or the module's leaf name."""
+    leaf = module_of(name).rsplit(".", 1)[-1] if name.endswith((".weight", ".bias")) else name.rsplit(".", 1)[-1]
+    return MODULE_TYPES.get(leaf, leaf)
+
+
+def parse_modules(spec: str | Sequence[str] | None) -> list[str] | None:
+    """`--modules q,v,down` or full module names; None means every adapted matrix."""
+    if spec is None:
+        return None
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if not items:
+        raise RewindError("--modules is empty: give module types (q,k,v,o,gate,up,down) or module names")
+    return items
+
+
+def matrices(plan: ExportPlan, shapes: Mapping[str, Sequence[int]], wanted: Sequence[str] | None = None) -> list[str]:
+    """The adapted 2-D weights of a plan (biases and norms skipped), input side first, filtered by `wanted`."""
+    names = [n for n in plan.update.deltas if n.endswith(".weight") and len(shapes[n]) == 2]
+    if wanted is not None:
+        names = [n for n in names if module_type(n) in wanted or module_of(n) in wanted]
+        if not names:
+            kinds = sorted({module_type(n) for n in plan.update.deltas})
+            raise RewindError(f"--modules {','.join(wanted)}: matches no adapted matrix (this adapter has "
+                              f"{', '.join(kinds)})")
+    return sorted(names, key=_order)
+
+
+def _order(name: str) -> tuple:
+    layer = adapters.layer_of(name)
+    return (layer is None, -1 if layer is None else layer, name)
+
+
+def describe(plan: ExportPlan) -> dict:
+    """What a report was computed on: enough to tell two reports apart."""
+    return {"base": plan.base, "adapter": str(plan.adapter), "adapter_sha256": plan.update.sha256,
+            "method": plan.update.method.name, "point": plan.point.describe(), "path": plan.point.path,
+            "alpha": plan.point.alpha, "layers": plan.point.schedule.describe(),
+            "cayley_scale": plan.point.cayley_scale}
+
+
+def clean(value):
+    """JSON-safe: non-finite floats become null (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: Path, data: dict) -> Path:
+    path.write_text(json.dumps(clean(data), indent=2) + "\n")
+    return path
+
+
+def stats(values: Iterable[float | None]) -> dict:
+    """mean/min/max over the defined values (None and NaN skipped); all null when none is defined."""
+    xs = [v for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return {"mean": None, "min": None, "max": None, "n": 0}
+    return {"mean": sum(xs) / len(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def by_type(rows: list[dict], keys: Sequence[str]) -> dict:
+    """Per module type (and 'all'): each key's mean/min/max over the rows, and its value layer by layer."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["type"], []).append(row)
+    groups["all"] = rows
+    out = {}
+    for kind, members in groups.items():
+        entry = {"n": len(members), "layers": [m["layer"] for m in members]}
+        for key in keys:
+            values = [m.get(key) for m in members]
+            entry[key] = {**stats(values), **({"by_layer": values} if kind != "all" else {})}
+        out[kind] = entry
+    return out
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers or in tests)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
