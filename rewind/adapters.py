@@ -49,27 +49,93 @@ def layer_of(name: str) -> int | None:
 
 
 def read(adapter: str | Path, base_shapes: Mapping[str, torch.Size], init_adapter: str | Path | None = None,
-         base_tensor: Callable[[str], torch.Tensor] | None = None) -> Update:
+         base_tensor: Callable[[str], torch.Tensor] | None = None, base_config: Mapping | None = None) -> Update:
     """Read an adapter dir (or a full checkpoint dir) against a base given by its parameter shapes.
 
     `base_tensor(name)` is needed only for full checkpoints (to skip tensors the finetune left unchanged).
     `init_adapter` is the step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA saved unconverted).
+    `base_config` (the base's config.json as a dict), when given, is checked against the architecture the adapter
+    says it was trained on: same-shaped models of another family (a Qwen2 adapter on a Llama) fail here too.
     """
     path = Path(adapter)
     if not path.is_dir():
         raise RewindError(f"--adapter {adapter}: no such directory")
+    if init_adapter is not None and not Path(init_adapter).is_dir():
+        raise RewindError(f"--init-adapter {init_adapter}: no such directory (give the step-0 adapter dir)")
     if (path / ADAPTER_CONFIG).is_file():
-        return _read_peft(path, base_shapes, init_adapter)
+        return _read_peft(path, base_shapes, init_adapter, base_config)
     if (path / "config.json").is_file():
-        return _read_full(path, base_shapes, base_tensor)
+        return _read_full(path, base_shapes, base_tensor, base_config)
     raise RewindError(f"--adapter {adapter}: neither a peft adapter ({ADAPTER_CONFIG}) nor a model dir (config.json)")
 
 
-def _load_json(path: Path) -> dict:
+def load_json(path: Path) -> dict:
+    """A JSON object from a file, or a one-line RewindError naming the file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RewindError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise RewindError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _family(name) -> str:
+    """'Qwen2ForCausalLM' / 'qwen2' / 'GPT2LMHeadModel' -> 'qwen2' / 'qwen2' / 'gpt2' (comparable spellings)."""
+    name = re.sub(r"(For[A-Z]\w*|LMHeadModel|Model)$", "", str(name))
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _cached_model_type(repo_id: str) -> str | None:
+    """model_type of a hub model whose config.json is in the local HF cache (never a download, never a path)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+        if isinstance(found, str):
+            return json.loads(Path(found).read_text()).get("model_type")
+    except Exception:  # noqa: BLE001 - an unreadable cache entry only means "no evidence"
+        pass
+    return None
+
+
+def check_architecture(config: Mapping, base_config: Mapping | None, source: Path) -> None:
+    """Refuse an adapter whose own metadata names another model family than the base's.
+
+    Evidence, when present: peft's `auto_mapping.base_model_class` (saved without a task type), a full checkpoint's
+    `architectures`/`model_type`, and for a hub `base_model_name_or_path` the model_type of its config in the HF
+    cache. No value from the adapter is used as a file path.
+    """
+    if not base_config:
+        return
+    base_families = {_family(a) for a in base_config.get("architectures") or [] if isinstance(a, str)}
+    if isinstance(base_config.get("model_type"), str):
+        base_families.add(_family(base_config["model_type"]))
+    if not base_families:
+        return
+    claims = []
+    mapping = config.get("auto_mapping")
+    if isinstance(mapping, dict) and isinstance(mapping.get("base_model_class"), str):
+        claims.append((mapping["base_model_class"], "auto_mapping.base_model_class"))
+    for arch in config.get("architectures") or []:
+        if isinstance(arch, str):
+            claims.append((arch, "architectures"))
+    if isinstance(config.get("model_type"), str) and "peft_type" not in config:
+        claims.append((config["model_type"], "model_type"))
+    hub = config.get("base_model_name_or_path")
+    if isinstance(hub, str) and _HUB_ID.fullmatch(hub) and ".." not in hub:
+        cached = _cached_model_type(hub)
+        if cached:
+            claims.append((cached, f"the cached config of {hub}"))
+    for claim, where in claims:
+        if _family(claim) and _family(claim) not in base_families:
+            base_name = base_config.get("model_type") or next(iter(base_families))
+            raise RewindError(f"{source} was trained on a {claim} model ({where}) but --base is a {base_name} model: "
+                              f"pass the base it was trained on")
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -98,12 +164,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter) -> Update:
-    config = _load_json(path / ADAPTER_CONFIG)
-    sidecar = _load_json(path / methods.SIDECAR) if (path / methods.SIDECAR).is_file() else None
+def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_config=None) -> Update:
+    config = load_json(path / ADAPTER_CONFIG)
+    sidecar = load_json(path / methods.SIDECAR) if (path / methods.SIDECAR).is_file() else None
     method = methods.identify(config, sidecar)
+    _check_config(config, path / ADAPTER_CONFIG)
+    check_architecture(config, base_config, path)
     weights_file = path / ADAPTER_WEIGHTS
     tensors = load_safetensors(weights_file)
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise RewindError(f"{weights_file}: tensor {key} is {t.dtype}; adapter weights are floating point")
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     shared: dict[str, torch.Tensor] = {}
     deltas: dict[str, Delta] = {}
@@ -122,7 +193,14 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter) -> Up
         if f"{module}.weight" not in shapes:
             raise RewindError(f"adapter module {module} is not in the base model; was the adapter trained on "
                               f"{config.get('base_model_name_or_path') or 'another model'}?")
-        deltas.update(reader(module, parts, config, shapes, shared))
+        try:
+            deltas.update(reader(module, parts, config, shapes, shared))
+        except RewindError:
+            raise
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError, re.error,
+                RuntimeError) as exc:
+            raise RewindError(f"{path / ADAPTER_CONFIG}: cannot read module {module} ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}); the adapter is malformed") from exc
     if method.natural_path == "linear" and isinstance(config.get("init_lora_weights"), str):
         _rebase_residual(deltas, config, init_adapter, path)
     for name, delta in deltas.items():
@@ -130,6 +208,56 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter) -> Up
     if not deltas:
         raise RewindError(f"{weights_file}: no adapter tensors found")
     return Update(method, path, config, deltas, sha256(weights_file))
+
+
+# adapter_config.json fields the readers use: (peft types, key, check, what it must be, required). Missing optional
+# keys take peft's defaults in the readers; peft always writes `r` and `lora_alpha`. (AdaLoRA's rank_pattern holds
+# masks, not ranks: it is not read.)
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pattern_map(v):
+    return v is None or (isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()))
+
+
+_CONFIG_FIELDS = [
+    (("LORA",), "r", _positive_int, "a positive integer", True),
+    (("ADALORA",), "init_r", lambda v: v is None or _positive_int(v), "a positive integer", False),
+    (("LORA", "ADALORA"), "lora_alpha", _number, "a number", True),
+    (("LORA",), "rank_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
+    (("LORA",), "alpha_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
+    (("OFT",), "num_cayley_neumann_terms", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+     "a non-negative integer", False),
+    (("OFT",), "eps", _number, "a number", False),
+    (("OFT",), "use_cayley_neumann", lambda v: isinstance(v, bool), "true or false", False),
+]
+
+
+def _check_config(config: dict, where: Path) -> None:
+    peft_type = str(config.get("peft_type", "")).upper()
+    for types_, key, ok, what, required in _CONFIG_FIELDS:
+        if peft_type not in types_:
+            continue
+        if key not in config:
+            if required:
+                raise RewindError(f"{where}: `{key}` is missing; a {peft_type} adapter config has it")
+            continue
+        if not ok(config[key]):
+            raise RewindError(f"{where}: `{key}` is {config[key]!r}; it must be {what}")
+    for key in ("rank_pattern", "alpha_pattern") if peft_type == "LORA" else ():
+        for pattern in (config.get(key) or {}):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RewindError(f"{where}: {key} pattern {pattern!r} is not a valid regex ({exc})") from None
+            r = config[key][pattern]
+            if key == "rank_pattern" and not _positive_int(r):
+                raise RewindError(f"{where}: rank_pattern[{pattern!r}] is {r!r}; it must be a positive integer")
 
 
 def _split_key(key: str) -> tuple[str, str]:
@@ -247,7 +375,7 @@ def _rebase_residual(deltas: dict[str, Delta], config: dict, init_adapter, path:
         raise RewindError(
             f"{path} was trained on a residual base ({config['init_lora_weights']} init): pass --init-adapter DIR "
             f"with its step-0 adapter, or convert it with peft's path_initial_model_for_weight_conversion")
-    init_config = _load_json(Path(init_adapter) / ADAPTER_CONFIG)
+    init_config = load_json(Path(init_adapter) / ADAPTER_CONFIG)
     init_weights = load_safetensors(Path(init_adapter) / ADAPTER_WEIGHTS)
     for name, delta in deltas.items():
         module = name[: -len(".weight")]
@@ -265,6 +393,10 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
     if name not in shapes:
         raise RewindError(f"adapter tensor {name} is not in the base model")
     want = tuple(shapes[name])
+    if isinstance(delta, (LowRank, DoRA)) and (delta.B.dim() != 2 or delta.A.dim() != 2
+                                               or delta.B.shape[1] != delta.A.shape[0]):
+        raise RewindError(f"adapter factors of {name} do not fit each other: B is {tuple(delta.B.shape)}, A is "
+                          f"{tuple(delta.A.shape)} (expected [out, r] and [r, in]); the adapter is broken")
     if isinstance(delta, (LowRank, DoRA)):
         got = (delta.B.shape[0], delta.A.shape[1])
     elif isinstance(delta, Scale):
@@ -283,8 +415,9 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
                           f"(trained on {base}?)")
 
 
-def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor) -> Update:
-    config = _load_json(path / "config.json")
+def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_config=None) -> Update:
+    config = load_json(path / "config.json")
+    check_architecture(config, base_config, path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise RewindError(f"{path}: a full checkpoint needs *.safetensors weights")

@@ -103,11 +103,12 @@ def attach(model: torch.nn.Module, adapter, path: str = "auto", init_adapter=Non
     """Read `adapter` against `model`'s own weights and bind it. The model is left at alpha = 0 (its base)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     shapes = {name: p.shape for name, p in params.items()}
-    update = adapters.read(adapter, shapes, init_adapter, base_tensor=lambda n: params[n].detach())
+    update = adapters.read(adapter, shapes, init_adapter, base_tensor=lambda n: params[n].detach(),
+                           base_config=model.config.to_dict() if hasattr(model, "config") else None)
     return Rewinder(model, update, path, cayley_scale, tokenizer)
 
 
-def open(base=None, adapter=None, path: str = "auto", device: str | None = None, dtype: str = "bf16",
+def open(base=None, adapter=None, path: str = "auto", device: str | None = None, dtype: str = "auto",
          init_adapter=None, cayley_scale: str = "linear") -> Rewinder:  # noqa: A001 - reads like the builtin
     """Load the base (alias, hub id or dir) onto `device` and attach the adapter."""
     if adapter is None:

@@ -8,7 +8,6 @@ dir next to `out` that is renamed into place only when complete: no half checkpo
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -44,6 +43,9 @@ class ExportPlan:
     alphas: dict[str, float]  # updated tensor -> its alpha
     shards: list[Path] = field(default_factory=list)
     num_layers: int = 0
+    init_adapter: Path | None = None
+    allow_extrapolation: bool = False
+    verified: float | None = None  # after write(verify=True): max |logit difference| reloaded vs in memory
 
     def summary(self) -> str:
         lines = [f"export {self.fmt} {self.point.describe()} -> {self.out}",
@@ -65,8 +67,18 @@ class ExportPlan:
 def base_shards(base_dir: Path) -> list[Path]:
     index = base_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [base_dir / f for f in dict.fromkeys(weight_map.values())]
+        weight_map = adapters.load_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise RewindError(f"{index}: no weight_map; the checkpoint index is broken")
+        shards = []
+        for name in dict.fromkeys(weight_map.values()):
+            # Shards are files of the base dir itself: a name like ../../x or /etc/x is refused, never read.
+            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                raise RewindError(f"{index}: shard {name!r} is not a file name in {base_dir}; the index is broken")
+            if not (base_dir / name).is_file():
+                raise RewindError(f"{index}: shard {name} is missing from {base_dir}")
+            shards.append(base_dir / name)
+        return shards
     single = base_dir / "model.safetensors"
     if single.is_file():
         return [single]
@@ -82,10 +94,14 @@ class BaseTensors:
         self._where: dict[str, Path] = {}
         self.shapes: dict[str, torch.Size] = {}
         for shard in shards:
-            with safe_open(shard, "pt") as f:
-                for name in f.keys():
-                    self._where[name] = shard
-                    self.shapes[name] = torch.Size(f.get_slice(name).get_shape())
+            try:
+                with safe_open(shard, "pt") as f:
+                    for name in f.keys():
+                        self._where[name] = shard
+                        self.shapes[name] = torch.Size(f.get_slice(name).get_shape())
+            except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the shard is what matters
+                raise RewindError(f"{shard}: not a readable safetensors file ({str(exc).splitlines()[0]}); the base "
+                                  f"checkpoint is damaged: re-download or re-save it") from exc
 
     def __call__(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -95,14 +111,19 @@ class BaseTensors:
 
 
 def check_out(out: Path, force: bool) -> None:
+    """`out` can be written: absent or empty (or --force), under a writable dir. Creates nothing."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise RewindError(f"--out {out} exists and is not empty: pass --force to replace it")
     parent = out.resolve().parent
+    existing = parent
+    while not existing.exists():  # the dirs write() will create: the nearest existing one must take them
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RewindError(f"--out {out}: {existing} is a file, not a directory; choose another --out")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=parent).close()
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as exc:
-        raise RewindError(f"--out {out}: cannot write in {parent} ({exc.strerror})") from exc
+        raise RewindError(f"--out {out}: cannot write in {existing} ({exc.strerror}); choose another --out") from exc
 
 
 def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: paths.Schedule | None = None,
@@ -114,21 +135,22 @@ def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: p
     out = Path(out)
     check_out(out, force)
     base_dir = models.local_dir(base)
+    base_config = adapters.load_json(base_dir / "config.json")
     shards = base_shards(base_dir)
     tensors = BaseTensors(shards)
-    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors)
+    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors, base_config=base_config)
     path_cls = paths.resolve(path, update.natural_path)
     for name, delta in update.deltas.items():
         if not path_cls.accepts(delta):
             raise RewindError(f"path {path_cls.name!r} does not apply to {update.method.name} ({name}); "
                               f"try --path auto")
     point = Point(path_cls.name, float(alpha), schedule or paths.Schedule(), cayley_scale)
-    num_layers = int(json.loads((base_dir / "config.json").read_text()).get("num_hidden_layers", 0))
+    num_layers = int(base_config.get("num_hidden_layers") or 0)
     strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
     names = list(update.deltas)
     alphas = dict(zip(names, tensor_alphas(names, point, num_layers, strengths, allow_extrapolation)))
     result = ExportPlan(models.hub_id(base), base_dir, Path(adapter), update, point, fmt, out, alphas,
-                        shards, num_layers)
+                        shards, num_layers, Path(init_adapter) if init_adapter else None, allow_extrapolation)
     if fmt == ADAPTER:
         _check_adapter_format(result)
     return result
@@ -147,26 +169,103 @@ def _check_adapter_format(p: ExportPlan) -> None:
                           "path_initial_model_for_weight_conversion) or use --format merged")
 
 
-def write(p: ExportPlan, device: str = "cpu") -> Path:
-    """Carry out a plan. Returns the output dir."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.tmp-", dir=p.out.resolve().parent))
+def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
+    """Carry out a plan. Returns the output dir.
+
+    `verify`: before the result is moved into place, reload it (transformers for a merged checkpoint, peft for an
+    adapter) and compare its logits on a fixed prompt with the in-memory model at the same point (`engine.attach`
+    on a fresh base load); a difference beyond the dtype's tolerance is a RewindError and nothing is written. The
+    max |difference| is kept in `p.verified` and in the model card.
+    """
+    device = models.pick_device(device)
+    parent = p.out.resolve().parent
+    created = [d for d in (parent, *parent.parents) if not d.exists()]  # deepest first: removed again on failure
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.tmp-", dir=parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise RewindError(f"--out {p.out}: cannot write in {parent} ({exc.strerror}); choose another --out") from exc
     try:
         files = _write_merged(p, tmp, device) if p.fmt == MERGED else _write_adapter(p, tmp)
+        if verify:
+            p.verified = verify_export(p, tmp, device)
         (tmp / "README.md").write_text(model_card(p, files))
         _default_permissions(tmp)
         _replace(tmp, p.out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
+        raise RewindError(f"--out {p.out}: writing failed ({exc.strerror or exc}); nothing was written: free space "
+                          f"or choose another --out") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created)
         raise
     return p.out
 
 
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+# Max |logit difference| allowed by verify, relative to max(1, max |logit|): an export reloads to the in-memory
+# model bit for bit through the same path code, so these only absorb kernel and (adapter format) peft-merge rounding.
+VERIFY_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def verify_prompt(vocab_size: int, length: int = 16) -> torch.Tensor:
+    """A fixed prompt of token ids spread over the vocabulary (no tokenizer needed)."""
+    return torch.tensor([[(7919 * i + 13) % vocab_size for i in range(length)]])
+
+
+def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
+    """Max |logits(reloaded export) - logits(in-memory model at p.point)| on `verify_prompt`; RewindError past the
+    dtype's tolerance. The two models are loaded one after the other (peak: one model plus its updated tensors)."""
+    from transformers import AutoModelForCausalLM
+
+    from .engine import attach
+
+    def fresh_base():
+        return AutoModelForCausalLM.from_pretrained(p.base_dir, dtype="auto", use_safetensors=True).to(device).eval()
+
+    def run(model) -> torch.Tensor:
+        with torch.no_grad():
+            ids = verify_prompt(model.config.vocab_size).to(model.device)
+            return model(input_ids=ids).logits.float().cpu()
+
+    if p.fmt == MERGED:
+        reloaded = AutoModelForCausalLM.from_pretrained(written, dtype="auto", use_safetensors=True).to(device).eval()
+    else:
+        from peft import PeftModel
+
+        reloaded = PeftModel.from_pretrained(fresh_base(), written).merge_and_unload().eval()
+    dtype = next(reloaded.parameters()).dtype
+    got = run(reloaded)
+    del reloaded
+    rw = attach(fresh_base(), p.adapter, p.point.path, p.init_adapter, p.point.cayley_scale)
+    rw.set(p.point.alpha, p.point.schedule, p.allow_extrapolation)
+    want = run(rw.model)
+    del rw
+    diff = float((got - want).abs().max())
+    tolerance = VERIFY_TOLERANCE.get(dtype, 1e-2) * max(1.0, float(want.abs().max()))
+    if not diff <= tolerance:  # NaN fails too
+        raise RewindError(f"verify: the written {p.fmt} checkpoint's logits differ from the in-memory model at "
+                          f"{p.point.describe()} by {diff:.3g} (tolerance {tolerance:.3g} for {dtype}); nothing was "
+                          f"written to {p.out}: rerun with --debug and report it")
+    return diff
+
+
 def export(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule=None, fmt: str = MERGED,
            force: bool = False, init_adapter=None, cayley_scale: str = "linear", allow_extrapolation: bool = False,
-           device: str = "cpu") -> Path:
+           device: str = "cpu", verify: bool = False) -> Path:
     """Plan and write in one call (the notebook form of `rewind export`)."""
     return write(plan(base, adapter, out, alpha, path, schedule, fmt, force, init_adapter, cayley_scale,
-                      allow_extrapolation), device)
+                      allow_extrapolation), device, verify)
 
 
 def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
@@ -175,27 +274,28 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
 
     path_cls = paths.resolve(p.point.path, p.update.natural_path)
     checksums = {}
-    bar = tqdm(total=sum(len(_keys(s)) for s in p.shards), desc="export", unit="tensor", leave=False)
-    for shard in p.shards:
-        tensors = {}
-        with safe_open(shard, "pt") as f:
-            for name in f.keys():
-                w0 = f.get_tensor(name)
-                if name in p.alphas:
-                    w0 = w0.to(device)
-                    out = torch.empty_like(w0)
-                    path_cls([Bound(name, p.update.deltas[name], w0, out)],
-                             cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
-                    w0 = out.cpu()
-                tensors[name] = w0.contiguous()
-                bar.update()
-        save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
-        checksums[shard.name] = adapters.sha256(tmp / shard.name)
-        del tensors
-    bar.close()
-    for extra in p.base_dir.iterdir():
+    # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
+    with tqdm(total=sum(len(_keys(s)) for s in p.shards), desc="export", unit="tensor", leave=False) as bar:
+        for shard in p.shards:
+            tensors = {}
+            with safe_open(shard, "pt") as f:
+                for name in f.keys():
+                    w0 = f.get_tensor(name)
+                    if name in p.alphas:
+                        w0 = w0.to(device)
+                        out = torch.empty_like(w0)
+                        path_cls([Bound(name, p.update.deltas[name], w0, out)],
+                                 cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
+                        w0 = out.cpu()
+                    tensors[name] = w0.contiguous()
+                    bar.update()
+            save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
+            checksums[shard.name] = adapters.sha256(tmp / shard.name)
+            del tensors
+    for extra in sorted(p.base_dir.iterdir()):
         if extra.is_file() and not extra.name.endswith(_NOT_COPIED) and extra.name != "README.md":
             shutil.copy2(extra, tmp / extra.name)
+            checksums[extra.name] = adapters.sha256(tmp / extra.name)
     return checksums
 
 
@@ -238,10 +338,12 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
             t = (rotation.Q[:, rows, cols] * SCALES[p.point.cayley_scale](alpha)).to(t.dtype)
         tensors_out[key] = t.contiguous()
     save_file(tensors_out, tmp / adapters.ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    checksums = {adapters.ADAPTER_WEIGHTS: adapters.sha256(tmp / adapters.ADAPTER_WEIGHTS)}
     for extra in (adapters.ADAPTER_CONFIG, "rewind_adapter.json"):
         if (p.adapter / extra).is_file():
             shutil.copy2(p.adapter / extra, tmp / extra)
-    return {adapters.ADAPTER_WEIGHTS: adapters.sha256(tmp / adapters.ADAPTER_WEIGHTS)}
+            checksums[extra] = adapters.sha256(tmp / extra)
+    return checksums
 
 
 def model_card(p: ExportPlan, checksums: dict[str, str]) -> str:
@@ -273,6 +375,8 @@ def model_card(p: ExportPlan, checksums: dict[str, str]) -> str:
         lines.append(f"| layer schedule | {p.point.schedule.kind} |")
         lines.append("| per-layer alpha | " + ", ".join(f"{i}: {a:.4g}" for i, a in sorted(layer_alphas.items()))
                      + " |")
+    if p.verified is not None:
+        lines.append(f"| verified | reloaded logits within {p.verified:.3g} (max abs) of the in-memory model |")
     lines += [f"| rewind | {__version__} |", f"| written | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} |",
               "", "## Files (sha256)", ""]
     lines += [f"- `{name}` {digest}" for name, digest in checksums.items()]
@@ -294,6 +398,11 @@ def _replace(tmp: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
         out.rename(old)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:  # put the old export back: a failed --force replaces nothing
+            old.rename(out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

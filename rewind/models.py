@@ -109,34 +109,58 @@ def local_dir(base: str | os.PathLike | None) -> Path:
 
 
 def pick_device(device: str | None = None) -> str:
+    """`--device` checked: auto/None picks cuda when present; cuda without a GPU, or a typo, is a one-line error."""
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RewindError("--device cuda asked for, but no CUDA GPU is visible: use --device cpu")
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        raise RewindError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RewindError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= \
+            torch.cuda.device_count():
+        raise RewindError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     return device
 
 
-def torch_dtype(dtype: str):
+def resolve_dtype(dtype: str, device: str | None = None) -> str:
+    """`auto`: bf16 on an accelerator, fp32 on a CPU (where bf16 matmuls run several times slower)."""
+    if dtype != "auto":
+        return dtype
+    return "fp32" if pick_device(device) == "cpu" else "bf16"
+
+
+def torch_dtype(dtype: str, device: str | None = None):
     import torch
 
+    dtype = resolve_dtype(dtype, device)
     if dtype not in DTYPES:
         raise RewindError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
     return getattr(torch, DTYPES[dtype])
 
 
-def load_base(base: str | os.PathLike | None = None, device: str | None = None, dtype: str = "bf16"):
-    """(model, tokenizer) on `device`, in eval mode; trust_remote_code stays off."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def load_base(base: str | os.PathLike | None = None, device: str | None = None, dtype: str = "auto"):
+    """(model, tokenizer) on `device`, in eval mode; safetensors weights only, trust_remote_code stays off."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = resolve(base)
+    device = pick_device(device)  # before the load: a bad --device costs nothing
+    if Path(where).is_dir() and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
+        raise RewindError(f"--base {where}: no tokenizer there ({' / '.join(TOKENIZER_FILES[:2])}); save the "
+                          f"tokenizer of the model it came from into that dir (tokenizer.save_pretrained)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype))
-    except OSError as exc:
-        raise RewindError(f"--base {where}: cannot load ({str(exc).splitlines()[0]})") from exc
-    model.to(pick_device(device)).eval()
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype, device), use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        hint = " (rewind loads safetensors weights only)" if "safetensors" in str(exc) else ""
+        raise RewindError(f"--base {where}: cannot load ({str(exc).strip().splitlines()[0]}){hint}") from exc
+    model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ..errors import RewindError
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 PRESETS_DIR = RECIPES_DIR / "presets"
 KINDS = ("sft", "grpo")
+_PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 DOMAINS = ("math", "medical")
 DATA_SOURCES = ("reasoning_gym", "hub", "unavailable")
 REWARDS = ("reasoning_gym", "math")
@@ -131,6 +133,9 @@ def load(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ())
 
 def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict:
     """A preset with what it `extends` merged under it."""
+    if not isinstance(name, str) or not _PRESET_NAME.fullmatch(name):
+        # `preset:` and `extends:` come from recipe files: a name, never a path (no ../ out of recipes/presets).
+        raise RewindError(f"preset {name!r}: give the name of a file in {PRESETS_DIR} (e.g. smollm2), not a path")
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,22 @@ def train(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()
         raise RewindError("train: give an out_dir")
     spec = load(recipe, overrides)
     out = Path(out_dir)
+    device = models.pick_device(spec.device)  # a bad device fails before anything is written
+    created = not out.exists()
+    try:
+        trainer, resume_from, side, tokenizer = _set_up(recipe, spec, out, device, callbacks)
+    except BaseException:
+        if created:  # a run that fails before its first step leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    side = {**side, "step": trainer.state.global_step}
+    checkpoints.save(trainer.model, out, spec.method_info, side, out, tokenizer)
+    return out
+
+
+def _set_up(recipe, spec: Recipe, out: Path, device: str, callbacks):
+    """Everything before the first step: out dir and recipe.yaml, data, model, trainer."""
     resume_from = _prepare(out, spec)
     method = spec.method_info
     source = str(recipe) if isinstance(recipe, (str, Path)) else "<dict>"
@@ -32,7 +49,6 @@ def train(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()
     import transformers
 
     rows = data.build(spec.data)  # before the model: data errors come fast
-    device = models.pick_device(spec.device)
     model, tokenizer = models.load_base(spec.base, device, spec.dtype)
     transformers.set_seed(spec.seed)  # the adapter's random init
     if method.config_class is not None:
@@ -54,10 +70,7 @@ def train(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()
         _set_adalora_steps(trainer)
     if resume_from is not None:
         checkpoints.trim_log(out, checkpoints.step_of(resume_from))
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    side = {**side, "step": trainer.state.global_step}
-    checkpoints.save(trainer.model, out, method, side, out, tokenizer)
-    return out
+    return trainer, resume_from, side, tokenizer
 
 
 def _prepare(out: Path, spec: Recipe) -> Path | None:
@@ -76,8 +89,11 @@ def _prepare(out: Path, spec: Recipe) -> Path | None:
         if checkpoints.checkpoint_dirs(out) or (out / methods.SIDECAR).is_file():
             raise RewindError(f"{out} already holds a training run: pass resume=true to continue it, or use an "
                               f"empty out_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_file.write_text(spec.to_yaml())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        recipe_file.write_text(spec.to_yaml())
+    except OSError as exc:
+        raise RewindError(f"--out {out}: cannot write there ({exc.strerror or exc}); choose another --out") from exc
     return latest
 
 

@@ -1,0 +1,418 @@
+"""Issue 7, bad inputs: every one is a single `rewind: error: ...` line that names the problem and the fix, a non-zero
+exit, no traceback (unless --debug), and nothing left behind (no out dir, no temp dirs).
+
+Each case runs through `rewind.cli.main([...])`.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import tinysweep
+from rewind.cli import main
+from tiny import make_adapter, make_full, tiny_base
+
+W, C = "adapter_model.safetensors", "adapter_config.json"
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]  # placeholders: {base} {tbase} {tlora} {a} {b} {out} {tmp} {file}
+    expect: tuple[str, ...]  # all in the error line
+    code: int = 2
+    adapter: str = ""  # world entry copied to {a} (then `damage`d)
+    damage: Callable[[Path], None] | None = None
+    base: str = ""  # world entry copied to {b} (then `base_damage`d)
+    base_damage: Callable[[Path], None] | None = None
+    setup: Callable | None = None  # (case_dir, monkeypatch) -> None
+    prefix: str = "rewind: error: "
+    may_leave: bool = False  # a sweep dir may stay (it resumes); `check` says what must hold then
+    check: Callable[[Path], list[str]] | None = None
+
+
+# --- damage ----------------------------------------------------------------------------------------------------
+
+def truncate(a):
+    (a / W).write_bytes((a / W).read_bytes()[:200])
+
+
+def flip_header(a):
+    data = bytearray((a / W).read_bytes())
+    data[20] ^= 0xFF  # inside the JSON header: no longer UTF-8
+    (a / W).write_bytes(bytes(data))
+
+
+def huge_header(a):
+    (a / W).write_bytes(struct.pack("<Q", 10**12) + b"{}")
+
+
+def poison(value):
+    def damage(a):
+        tensors = load_file(a / W)
+        next(iter(tensors.values()))[0, 0] = value
+        save_file(tensors, a / W)
+    return damage
+
+
+def config(**changes):
+    def damage(a):
+        (a / C).write_text(json.dumps({**json.loads((a / C).read_text()), **changes}))
+    return damage
+
+
+def raw_config(text):
+    def damage(a):
+        (a / C).write_text(text)
+    return damage
+
+
+def pickle_only(a):
+    (a / W).unlink()
+    (a / "adapter_model.bin").write_bytes(b"never unpickled")
+
+
+def rank_mismatch(a):
+    tensors = load_file(a / W)
+    key = next(k for k in sorted(tensors) if "lora_A" in k)
+    tensors[key] = tensors[key][:2].clone()
+    save_file(tensors, a / W)
+
+
+def hub_trained(a):
+    """A LoRA saved with a task type (no auto_mapping) that names its base by hub id."""
+    config(base_model_name_or_path="Qwen/Qwen2.5-0.5B", auto_mapping=None)(a)
+
+
+def fake_hf_cache(case_dir, monkeypatch):
+    cached = case_dir / "hub-config.json"
+    cached.write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache",
+                        lambda repo, name, **kw: str(cached) if repo == "Qwen/Qwen2.5-0.5B" else None)
+
+
+def index_traversal(b):
+    index = json.loads((b / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../../outside.safetensors"
+    (b / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def damaged_shard(b):
+    shard = sorted(b.glob("model-*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:1000])
+
+
+def pickle_base(b):
+    (b / "model.safetensors").unlink()
+    (b / "pytorch_model.bin").write_bytes(b"never unpickled")
+
+
+def no_tokenizer(b):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (b / name).unlink(missing_ok=True)
+
+
+def write_yaml(text):
+    def setup(case_dir, monkeypatch):
+        (case_dir / "recipe.yaml").write_text(text)
+    return setup
+
+
+def cuda_missing(case_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU box answers like this one
+
+
+def disk_full(case_dir, monkeypatch):
+    def save_file(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("safetensors.torch.save_file", save_file)
+
+
+def results_disk_full(case_dir, monkeypatch):
+    real = os.fsync
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("results.jsonl"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def task_data_missing(case_dir, monkeypatch):
+    """As if data/math_basic_arithmetic.*.jsonl.gz had been deleted (suite_utils has no data-dir hook to point
+    elsewhere: see MISSING_DATA)."""
+    real = gzip.open
+
+    def open_(path, *args, **kwargs):
+        if "math_basic_arithmetic" in str(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(gzip, "open", open_)
+
+
+def unwritable_dir(case_dir: Path) -> Path:
+    """A dir nobody can create files in. chmod 0o500 does not stop root: then /sys (read-only to root in a
+    container), else a path under a regular file."""
+    d = case_dir / "locked"
+    d.mkdir()
+    d.chmod(0o500)
+    try:
+        (d / "probe").touch()
+    except OSError:
+        return d
+    (d / "probe").unlink()
+    d.chmod(0o700)
+    try:
+        (Path("/sys") / ".rewind-probe").touch()
+    except OSError:
+        return Path("/sys")
+    (Path("/sys") / ".rewind-probe").unlink()
+    return case_dir / "file"
+
+
+def valid_results(case_dir) -> list[str]:
+    results = case_dir / "work" / "out" / "results.jsonl"
+    if not results.is_file():
+        return []
+    try:
+        for line in results.read_text().splitlines():
+            json.loads(line)
+    except json.JSONDecodeError as exc:
+        return [f"results.jsonl is not valid JSONL after the failure: {exc}"]
+    return []
+
+
+EXPORT = ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{out}"]
+RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
+
+CASES = [
+    # -- adapters of another base --------------------------------------------------------------------------------
+    Case("shape", EXPORT, ("does not fit this base", "(64, 128) in the base but (32, 64)"), adapter="small_lora"),
+    Case("arch-same-shapes", EXPORT, ("trained on a Qwen2ForCausalLM model", "pass the base it was trained on"),
+         adapter="qwen_lora"),
+    Case("arch-full-checkpoint", EXPORT, ("trained on a Qwen2ForCausalLM model",), adapter="qwen_full"),
+    Case("arch-hub-id", EXPORT, ("trained on a qwen2 model", "cached config of Qwen/Qwen2.5-0.5B"),
+         adapter="lora", damage=hub_trained, setup=fake_hf_cache),
+    Case("arch-inspect", ["inspect", "--base", "{base}", "--adapter", "{a}"], ("trained on a Qwen2ForCausalLM",),
+         adapter="qwen_lora"),
+    Case("missing-module", EXPORT, ("not in the base model",), adapter="deep_lora"),
+    # -- damaged adapters ------------------------------------------------------------------------------------------
+    Case("peft-type", EXPORT, ("unsupported peft_type 'PREFIX_TUNING'", "rewind reads"), adapter="lora",
+         damage=config(peft_type="PREFIX_TUNING")),
+    Case("truncated", EXPORT, ("not a readable safetensors file",), adapter="lora", damage=truncate),
+    Case("corrupt-header", EXPORT, ("not a readable safetensors file", "invalid UTF-8"), adapter="lora",
+         damage=flip_header),
+    Case("huge-header", ["inspect", "--base", "{base}", "--adapter", "{a}"], ("not a readable safetensors file",),
+         adapter="lora", damage=huge_header),
+    Case("nan", EXPORT, ("NaN/Inf", "the adapter is broken"), adapter="lora", damage=poison(float("nan"))),
+    Case("inf-oft", EXPORT, ("NaN/Inf",), adapter="oft", damage=poison(float("inf"))),
+    Case("config-json", EXPORT, ("unreadable JSON",), adapter="lora", damage=raw_config("{not json")),
+    Case("config-list", EXPORT, ("expected a JSON object",), adapter="lora", damage=raw_config("[1, 2]")),
+    Case("config-r-type", EXPORT, ("`r` is 'four'", "positive integer"), adapter="lora", damage=config(r="four")),
+    Case("config-r-zero", EXPORT, ("`r` is 0",), adapter="lora", damage=config(r=0)),
+    Case("config-bad-regex", EXPORT, ("rank_pattern pattern '(q'", "not a valid regex"), adapter="lora",
+         damage=config(rank_pattern={"(q": 2})),
+    Case("config-oft-terms", EXPORT, ("`num_cayley_neumann_terms` is 'x'",), adapter="oft",
+         damage=config(num_cayley_neumann_terms="x")),
+    Case("factor-shapes", EXPORT, ("do not fit each other", "the adapter is broken"), adapter="lora",
+         damage=rank_mismatch),
+    Case("pickle-adapter", EXPORT, ("missing", "rewind reads no pickle files"), adapter="lora", damage=pickle_only),
+    Case("no-adapter", ["export", "--base", "{base}", "--adapter", "{tmp}/nope", "--out", "{out}"],
+         ("--adapter", "no such directory")),
+    Case("init-adapter-missing", [*EXPORT, "--init-adapter", "{tmp}/nope"], ("--init-adapter", "no such directory"),
+         adapter="lora"),
+    # -- damaged bases ---------------------------------------------------------------------------------------------
+    Case("index-traversal", ["export", "--base", "{b}", "--adapter", "{a}", "--out", "{out}"],
+         ("'../../outside.safetensors' is not a file name",), adapter="lora", base="sharded",
+         base_damage=index_traversal),
+    Case("damaged-shard", ["inspect", "--base", "{b}", "--adapter", "{a}"],
+         ("not a readable safetensors file", "re-download or re-save"), adapter="lora", base="sharded",
+         base_damage=damaged_shard),
+    Case("pickle-base", tinysweep.sweep_args(Path("{b}"), Path("{tlora}"), Path("{out}")),
+         ("cannot load", "safetensors weights only"), base="tbase", base_damage=pickle_base),
+    Case("no-tokenizer", tinysweep.sweep_args(Path("{b}"), Path("{tlora}"), Path("{out}")),
+         ("no tokenizer there", "tokenizer.save_pretrained"), base="tbase", base_damage=no_tokenizer),
+    # -- points, schedules, paths ----------------------------------------------------------------------------------
+    Case("alpha", [*EXPORT, "--alpha", "1.5"], ("alpha 1.5 is outside [0, 1]", "--allow-extrapolation"),
+         adapter="lora"),
+    Case("alpha-nan", [*EXPORT, "--alpha", "nan", "--allow-extrapolation"], ("alpha nan is not a finite number",),
+         adapter="lora"),
+    Case("layers-syntax", [*EXPORT, "--layers", "0.1,abc"], ("layer schedule '0.1,abc'", "give uniform, ramp"),
+         adapter="lora"),
+    Case("layers-json-object", [*EXPORT, "--layers", '{{"a": 1}}'], ("layer schedule",), adapter="lora"),
+    Case("layers-length", [*EXPORT, "--layers", "0.1,0.2"], ("has 2 alphas; the model has 3",), adapter="lora"),
+    Case("layers-value", [*EXPORT, "--layers", "0.1,0.2,1.5"], ("alpha 1.5 is outside [0, 1]",), adapter="lora"),
+    Case("sweep-alphas", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--alphas", "0,2"),
+         ("--alphas must lie in [0, 1]", "--allow-extrapolation")),
+    Case("sweep-layers-length",
+         tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--layers", "0.1,0.2,0.3",
+                              "--alphas", "0.5", limit=1),
+         ("has 3 alphas; the model has 2",)),
+    Case("sweep-path", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--path", "cayley"),
+         ("does not apply", "--path auto")),
+    # -- tasks -----------------------------------------------------------------------------------------------------
+    Case("unknown-suite", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--target",
+                           "no_such_suite"], ("unknown suite 'no_such_suite'", "use one of")),
+    Case("task-data-missing", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}")),
+         ("math_basic_arithmetic",), setup=task_data_missing),
+    # -- where the output goes -------------------------------------------------------------------------------------
+    Case("out-not-empty", EXPORT, ("exists and is not empty", "--force"), adapter="lora",
+         setup=lambda d, mp: ((d / "work" / "out").mkdir(), (d / "work" / "out" / "keep.txt").write_text("mine"))),
+    Case("out-under-file", ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{file}/out"],
+         ("is a file, not a directory", "choose another --out"), adapter="lora"),
+    Case("out-not-writable", ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{locked}/out"],
+         ("cannot write in", "choose another --out"), adapter="lora"),
+    Case("disk-full", EXPORT, ("No space left on device", "nothing was written", "free space"), adapter="lora",
+         setup=disk_full),
+    Case("disk-full-new-dirs", ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{tmp}/work/new/dirs/out"],
+         ("No space left on device",), adapter="lora", setup=disk_full),  # the dirs it made go again
+    Case("sweep-out-under-file", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{file}/out")),
+         ("--out", "choose another --out")),
+    Case("sweep-disk-full", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--alphas", "0.5",
+                                                 limit=1),
+         ("No space left on device", "rerun"), setup=results_disk_full, may_leave=True, check=valid_results),
+    Case("train-data", ["train", "sft/lora", *RECIPE[:4], "data.generators=[no_such_generator]", "--out", "{out}"],
+         ("cannot make 'no_such_generator'",)),  # fails after recipe.yaml was written: the run dir goes again
+    Case("train-out-under-file", ["train", "sft/lora", *RECIPE, "--out", "{file}/run"],
+         ("cannot write there", "choose another --out")),
+    # -- devices ---------------------------------------------------------------------------------------------------
+    Case("export-cuda", [*EXPORT, "--device", "cuda"], ("no CUDA GPU", "--device cpu"), adapter="lora",
+         setup=cuda_missing),
+    Case("export-device-typo", [*EXPORT, "--device", "gpu"], ("--device gpu: not a device",), adapter="lora"),
+    Case("sweep-cuda", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--device", "cuda",
+                        "--limit", "1", "--target", tinysweep.TARGET, "--general", tinysweep.GENERAL],
+         ("no CUDA GPU", "--device cpu"), setup=cuda_missing),
+    Case("sweep-cuda-bf16", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--device",
+                             "cuda", "--dtype", "bf16", "--target", tinysweep.TARGET, "--general", tinysweep.GENERAL],
+         ("no CUDA GPU", "--device cpu"), setup=cuda_missing),
+    Case("train-cuda", ["train", "sft/lora", *RECIPE[:2], "device=cuda", *RECIPE[3:], "--out", "{out}"],
+         ("no CUDA GPU", "--device cpu"), setup=cuda_missing),
+    # -- recipes ---------------------------------------------------------------------------------------------------
+    Case("recipe-unknown-key", ["train", "sft/lora", "foo=1", "--out", "{out}"], ("unknown key 'foo'", "known:")),
+    Case("recipe-unknown-nested", ["train", "sft/lora", "trainer.nonsense=1", "--out", "{out}"],
+         ("trainer.nonsense: not a field of SFTConfig",)),
+    Case("recipe-int-type", ["train", "sft/lora", "save_steps=abc", "--out", "{out}"],
+         ("save_steps: expected an integer, got 'abc'",)),
+    Case("recipe-float-type", ["train", "sft/lora", "trainer.learning_rate=fast", "--out", "{out}"],
+         ("trainer.learning_rate: expected a number",)),
+    Case("recipe-section-type", ["train", "sft/lora", "data=5", "--out", "{out}"],
+         ("data: expected a section",)),
+    Case("recipe-file-keys", ["train", "{tmp}/recipe.yaml", "--out", "{out}"], ("unknown key 'epochs'",),
+         setup=write_yaml("kind: sft\nmethod: lora\nepochs: 3\n")),
+    Case("recipe-yaml", ["train", "{tmp}/recipe.yaml", "--out", "{out}"], ("unreadable YAML",),
+         setup=write_yaml("kind: [sft\n")),
+    Case("recipe-missing", ["train", "{tmp}/nope.yaml", "--out", "{out}"], ("no such file",)),
+    Case("recipe-preset-traversal", ["train", "sft/lora", "preset=../../../tmp/x", "--out", "{out}"],
+         ("not a path",)),
+    Case("click-usage", [*EXPORT, "--format", "zip"], ("--format", "zip"), adapter="lora"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    base = tiny_base()
+    base.save_pretrained(root / "base")
+    base.save_pretrained(root / "sharded", max_shard_size="200KB")
+    make_adapter("lora", base, root / "lora")
+    make_adapter("oft", base, root / "oft")
+    small = type(base)(type(base.config)(**{**base.config.to_dict(), "hidden_size": 32, "intermediate_size": 64}))
+    make_adapter("lora", small, root / "small_lora")
+    make_adapter("lora", tiny_base(layers=5), root / "deep_lora")
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(**{k: base.config.to_dict()[k] for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")}))
+    make_adapter("lora", qwen, root / "qwen_lora")  # same tensor names and shapes as a Llama LoRA
+    make_full(qwen, root / "qwen_full")
+    tinysweep.make(root)
+    return root
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(d.rglob("*"))}
+
+
+def _run(argv, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+def _problems(case: Case, code, err: str) -> list[tuple[str, str]]:
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("rewind:")]
+    noise = [line for line in lines if not line.startswith("rewind:") and "%|" not in line]  # progress bars pass
+    found = []
+    if code != case.code:
+        found.append(("message", f"exit code {code}, expected {case.code}"))
+    if "Traceback" in err:
+        found.append(("message", "a traceback without --debug"))
+    if len(ours) != 1 or noise:
+        found.append(("message", f"not one line: {lines}"))
+    elif not ours[0].startswith(case.prefix) or not all(e in ours[0] for e in case.expect):
+        found.append(("message", f"{ours[0]!r} lacks {case.prefix!r} + {case.expect}"))
+    return found
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "file").write_text("a regular file")
+    where = {"base": world / "base", "tbase": world / "tbase", "tlora": world / "tlora", "tmp": tmp_path,
+             "out": work / "out", "file": tmp_path / "file", "a": tmp_path / "a", "b": tmp_path / "b"}
+    if case.adapter:
+        shutil.copytree(world / case.adapter, where["a"])
+        if case.damage:
+            case.damage(where["a"])
+    if case.base:
+        shutil.copytree(world / case.base, where["b"])
+        if case.base_damage:
+            case.base_damage(where["b"])
+    if "{locked}" in " ".join(case.argv):
+        where["locked"] = unwritable_dir(tmp_path)
+    if case.setup:
+        case.setup(tmp_path, monkeypatch)
+    before = _snapshot(work)
+    argv = [str(arg).format(**where) for arg in case.argv]
+
+    code, err = _run(argv, capsys)
+
+    problems = _problems(case, code, err)
+    if not case.may_leave and _snapshot(work) != before:
+        problems.append(("leftover", f"left behind in {work}: {sorted(set(_snapshot(work)) ^ set(before))}"))
+    problems += [("leftover", p) for p in (case.check(tmp_path) if case.check else [])]
+    assert not problems, f"{argv}\n{err}\n{problems}"
+
+
+def test_debug_shows_the_traceback(world, tmp_path, capsys):
+    argv = ["--debug", "export", "--base", str(world / "base"), "--adapter", str(world / "small_lora"), "--out",
+            str(tmp_path / "out")]
+    code, err = _run(argv, capsys)
+    assert code == 2 and "Traceback (most recent call last)" in err and "RewindError" in err
+    assert err.strip().splitlines()[-1].startswith("rewind: error: adapter does not fit this base")
+    assert not (tmp_path / "out").exists()
+
+
+def test_matrix_covers_every_command():
+    commands = {c.argv[0] for c in CASES}
+    assert {"train", "sweep", "export", "inspect"} <= commands and len(CASES) >= 20

@@ -1,0 +1,41 @@
+"""A sweepable tiny base: a random 2-layer Llama with SmolLM2's tokenizer (chat template included) and a LoRA.
+
+Shared by the reliability tests (bad inputs, crash safety); the sweep's own tests build the same thing.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from rewind import models
+from tiny import randomize
+
+# One cheap task per role keeps a point at well under a second on CPU.
+TARGET, GENERAL = "math_offline_basic_arithmetic", "general_offline_truthfulqa_mc1"
+
+
+def make(root: Path, layers: int = 2) -> tuple[Path, Path]:
+    """(base dir with tokenizer, LoRA adapter dir) under `root`."""
+    tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    base = LlamaForCausalLM(config)
+    base.generation_config.max_new_tokens = 8
+    base.save_pretrained(root / "tbase")
+    tokenizer.save_pretrained(root / "tbase")
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    randomize(peft_model, 0.2)
+    peft_model.save_pretrained(root / "tlora")
+    return root / "tbase", root / "tlora"
+
+
+def sweep_args(base: Path, adapter: Path, out: Path, *extra: str, limit: int = 2) -> list[str]:
+    return ["sweep", "--base", str(base), "--adapter", str(adapter), "--out", str(out), "--device", "cpu",
+            "--dtype", "fp32", "--limit", str(limit), "--target", TARGET, "--general", GENERAL, *extra]
