@@ -85,8 +85,10 @@ def _path_and_schedule(path: str, layers: str | None):
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
 @click.option("--device", default="cpu", show_default=True, help="Where tensors are computed while streaming.")
+@click.option("--verify", is_flag=True,
+              help="Reload what was written and compare its logits with the in-memory model before publishing it.")
 def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, out, fmt, sweep_dir,
-           force, dry_run, device):
+           force, dry_run, device, verify):
     """Write the model at one point of a path: merged checkpoint or peft adapter.
 
     With no --adapter, exports from the last sweep: its selected Pareto-best point, or --alpha on its path.
@@ -102,7 +104,9 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     click.echo(plan.summary())
     if dry_run:
         return
-    exporter.write(plan, device)
+    exporter.write(plan, device, verify=verify)
+    if plan.verified is not None:
+        click.echo(f"verified: max |logit diff| vs the in-memory model {plan.verified:.3g}")
     click.echo(f"wrote {out}")
 
 
@@ -149,7 +153,8 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
 @click.option("--weight", type=float, default=0.5, show_default=True, help="weighted: weight of the target score.")
 @click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir.")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32", "fp16"]), default="bf16", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 on a GPU, fp32 on a CPU.")
 @click.option("--batch-size", default=None, help="lm-eval batch size (default: auto on GPU, 8 on CPU).")
 def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
           limit, checkpoints, rule, tolerance, weight, out, device, dtype, batch_size):
@@ -220,8 +225,10 @@ def inspect(base, adapter, init_adapter):
 
     if adapter is None:
         raise RewindError("--adapter is required")
-    tensors = exporter.BaseTensors(exporter.base_shards(models.local_dir(base)))
-    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors)
+    base_dir = models.local_dir(base)
+    tensors = exporter.BaseTensors(exporter.base_shards(base_dir))
+    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors,
+                           base_config=adapters.load_json(base_dir / "config.json"))
     click.echo(f"adapter   {update.source}\nmethod    {update.method.name} ({update.method.summary})\n"
                f"path      {update.natural_path} (natural)\ntensors   {len(update.deltas)} updated\n"
                f"sha256    {update.sha256}")
@@ -232,6 +239,144 @@ def inspect(base, adapter, init_adapter):
         click.echo(f"  layer {layer:3d}  {value:.4g}")
 
 
+@cli.group()
+def diagnose():
+    """Why a finetune forgets: spectral profiles, capability-conditioned drift, activation geometry.
+
+    Each compares the base (alpha = 0) with one point of a path (default: alpha 1 on the natural path) and writes
+    JSON and PNGs to --out. Definitions: docs/diagnostics.md.
+    """
+
+
+def _diagnose_options(f):
+    f = click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")(f)
+    f = click.option("--out", type=click.Path(), required=True, help="Report dir (JSON + PNG), created if absent.")(f)
+    f = click.option("--modules", default=None,
+                     help="Comma list of module types (q,k,v,o,gate,up,down) or full module names.")(f)
+    f = click.option("--alpha", type=float, default=1.0, show_default=True,
+                     help="The point compared with the base: 0 = base, 1 = finetune.")(f)
+    return f
+
+
+def _probe_options(f):
+    f = click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
+                     show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU.")(f)
+    f = click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per item.")(f)
+    f = click.option("--batch-size", type=int, default=8, show_default=True)(f)
+    f = click.option("--limit", type=int, default=32, show_default=True,
+                     help="Items per data set, round-robin over the suite's tasks.")(f)
+    f = click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)(f)
+    f = click.option("--target", default="math-offline", show_default=True,
+                     help="Bundled suite (or bundled task) behind --data target.")(f)
+    f = click.option("--data", type=click.Choice(["general", "target"]), multiple=True, default=("general", "target"),
+                     show_default=True, help="Probe data: general-offline and/or the --target suite. Repeatable.")(f)
+    return f
+
+
+def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha):
+    from .diagnostics import Finetune
+
+    if adapter is None:
+        raise RewindError("--adapter is required")
+    path, schedule = _path_and_schedule(path, layers)
+    return Finetune(adapter, base, alpha, path, schedule, cayley_scale, init_adapter, allow_extrapolation)
+
+
+def _probe(data, target, split, limit, batch_size, max_length):
+    from .diagnostics import Probe
+
+    return Probe(tuple(data), target, split, limit, batch_size, max_length)
+
+
+def _wrote(out, report, json_name):
+    return f"wrote {os.path.join(out, json_name)}" + "".join(f", {p}" for p in report["plots"])
+
+
+@diagnose.command("spectral")
+@base_options
+@path_options()
+@_diagnose_options
+def diagnose_spectral(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
+                      out, device):
+    """Per adapted matrix, in W0's singular basis: retention and adaptation profiles, effective rank of dW,
+    fluctuation, spectrum shift, and for OFT singular-vector alignment."""
+    from .diagnostics import spectral
+    from .diagnostics.common import parse_modules
+
+    report = spectral.run(_finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation,
+                                    alpha), out, parse_modules(modules), device)
+    click.echo(f"{len(report['matrices'])} matrices at {report['point']}; {_wrote(out, report, spectral.JSON)}")
+
+
+@diagnose.command("csd")
+@base_options
+@path_options()
+@_diagnose_options
+@_probe_options
+def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out,
+                 device, data, target, split, limit, batch_size, max_length, dtype):
+    """Capability-conditioned drift E||dW h||^2 (absolute, relative to E||W0 h||^2, per unit update and input),
+    h the base model's inputs to each adapted module on general or target data."""
+    from .diagnostics import csd
+    from .diagnostics.common import parse_modules
+
+    report = csd.run(_finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
+                     out, _probe(data, target, split, limit, batch_size, max_length), parse_modules(modules),
+                     device, dtype)
+    click.echo(f"{len(report['modules'])} modules at {report['point']}; {_wrote(out, report, csd.JSON)}")
+
+
+@diagnose.command("activations")
+@base_options
+@path_options()
+@_diagnose_options
+@_probe_options
+@click.option("--probe-layers", default=None,
+              help="Comma list of layer indices for --modules types (default: 4 evenly spaced, first and last).")
+@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Tokens kept per module and data set.")
+def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
+                         out, device, data, target, split, limit, batch_size, max_length, dtype, probe_layers,
+                         max_tokens):
+    """Base vs finetuned module outputs on the same tokens: linear CKA, Procrustes residual, Gram distortion,
+    cosine and norm drift (default modules: q,k,v,down at a few evenly spaced layers)."""
+    from .diagnostics import activations
+    from .diagnostics.common import parse_modules
+
+    report = activations.run(
+        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha), out,
+        _probe(data, target, split, limit, batch_size, max_length), parse_modules(modules),
+        activations.parse_layers(probe_layers), max_tokens,
+        device=device, dtype=dtype)
+    click.echo(f"{len(report['probed'])} modules at {report['point']}; {_wrote(out, report, activations.JSON)}")
+
+
+@cli.command()
+@click.argument("adapter_dirs", metavar="ADAPTERS...", nargs=-1, required=True, type=click.Path())
+@click.option("--base", default=None, help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")
+@click.option("--sweep", "sweeps", multiple=True, type=click.Path(),
+              help="A finished sweep dir per adapter, in the adapters' order (default: found by adapter path).")
+@click.option("--sweeps-root", type=click.Path(), default=".", show_default=True,
+              help="Without --sweep: look for sweep dirs here and in each adapter's dir.")
+@click.option("--diagnostics", default="spectral,csd,activations", show_default=True,
+              help="Comma list of diagnostics to run and correlate with forgetting (may be empty: scores only).")
+@_probe_options
+@click.option("--out", type=click.Path(), required=True, help="Report dir: arena.md, arena.csv, correlations.csv, "
+                                                              "arena.json, arena.png, per-adapter diagnostics.")
+@click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
+def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, data, target, split, limit, batch_size, max_length,
+          dtype, out, device):
+    """Finetunes of one base side by side: method, trainable params, target and general scores from their sweeps,
+    and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score)."""
+    from .diagnostics import arena as arena_
+
+    report = arena_.run(list(adapter_dirs), base, out, list(sweeps) or None, sweeps_root,
+                        tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
+                        _probe(data, target, split, limit, batch_size, max_length), device, dtype)
+    click.echo(arena_.markdown(report))
+    click.echo(f"wrote {os.path.join(out, arena_.MARKDOWN)}, {arena_.TABLE}, {arena_.CORRELATIONS}, {arena_.JSON}"
+               + "".join(f", {p}" for p in report["plots"]))
+
+
 def main(argv=None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -240,7 +385,9 @@ def main(argv=None) -> None:
         click.echo("rewind: aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as exc:
-        exc.show()
+        where = f"rewind {exc.ctx.command_path.split(' ', 1)[1]} --help" if getattr(exc, "ctx", None) and \
+            " " in exc.ctx.command_path else "rewind --help"
+        click.echo(f"rewind: error: {exc.format_message()} (see {where})", err=True)
         sys.exit(exc.exit_code)
     except RewindError as exc:
         if debug:
@@ -250,7 +397,8 @@ def main(argv=None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless --debug
         if debug:
             raise
-        click.echo(f"rewind: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+        first = (str(exc).strip().splitlines() or [""])[0]
+        click.echo(f"rewind: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
                    err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # --help and --version return their exit code

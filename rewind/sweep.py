@@ -44,7 +44,7 @@ class SweepSpec:
     select: str = "max-target-within"
     tolerance: float = 1.0
     weight: float = 0.5
-    dtype: str = "bf16"
+    dtype: str = "auto"  # bf16 on an accelerator, fp32 on a CPU
     device: str | None = None
     batch_size: int | str | None = None
     allow_extrapolation: bool = False
@@ -119,9 +119,15 @@ class ResultsLog:
     def append(self, records: list[dict]) -> None:
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         with open(self.path, "a") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.tell()
+            try:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:  # e.g. disk full: drop the partial point, keep every finished one
+                f.truncate(size)
+                raise RewindError(f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
+                                  f"same command (finished points are kept)") from exc
 
 
 def point_scores(records: list[dict], target: list[str], general: list[str]) -> tuple[float, float]:
@@ -143,12 +149,11 @@ class Sweep:
         from .evaluate import harness
 
         self.spec, self.out = spec, Path(out)
+        spec.dtype = models.resolve_dtype(spec.dtype, spec.device)  # the run id records what actually ran
         if not spec.alphas or (any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
             raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
         self.suites = harness.resolve_suites(spec.target + spec.general)  # unknown names fail before any loading
         self.schedule = paths.Schedule.parse(spec.layers)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.log = ResultsLog(self.out / RESULTS_FILE)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
     # -- set-up ---------------------------------------------------------------------------------------------
@@ -162,9 +167,17 @@ class Sweep:
         params = dict(self.model.named_parameters(remove_duplicate=False))
         shapes = {n: p.shape for n, p in params.items()}
         self.update = adapters.read(self.spec.adapter, shapes, self.spec.init_adapter,
-                                    base_tensor=lambda n: params[n].detach())
-        self.path_names = [paths.resolve(p, self.update.natural_path).name for p in self.spec.paths]
-        self.path_names = list(dict.fromkeys(self.path_names))
+                                    base_tensor=lambda n: params[n].detach(), base_config=self.model.config.to_dict())
+        path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
+        for path_cls in path_classes:  # refuse now, not after the base point was evaluated
+            if not all(path_cls.accepts(d) for d in self.update.deltas.values()):
+                raise RewindError(f"path {path_cls.name!r} does not apply to {self.update.method.name}; try --path auto")
+        self.path_names = [c.name for c in path_classes]
+        names, layers = list(self.update.deltas), int(self.model.config.num_hidden_layers)
+        for alpha in self.spec.alphas:
+            if self.schedule.kind != "balanced":  # balanced needs W0 norms; its alphas never exceed the global one
+                engine.tensor_alphas(names, engine.Point("", alpha, self.schedule), layers, None,
+                                     self.spec.allow_extrapolation)
         self.run_id = self.spec.run_id(self.update.sha256)
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
@@ -228,6 +241,11 @@ class Sweep:
 
     def run(self, progress: bool = True) -> dict:
         self._load()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RewindError(f"--out {self.out}: cannot create ({exc.strerror}); choose another --out") from exc
+        self.log = ResultsLog(self.out / RESULTS_FILE)
         self._write_spec()
         points = plan_points(self.spec, self.path_names)
         done = self._done()

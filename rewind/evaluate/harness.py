@@ -77,17 +77,22 @@ def use_bundled_nltk_data() -> None:
         nltk.data.path.insert(0, path)
 
 
-class _DropCustomDatasetNotice(logging.Filter):
-    # lm-eval warns on every load of a task with `custom_dataset` (all bundled tasks) about a CLI option.
+class _DropExpectedNotices(logging.Filter):
+    # lm-eval warns on every load of a `custom_dataset` task (all bundled tasks) about a CLI option, and on every
+    # HFLM built around a live model (what rewind always does) that it was not given a name.
+    EXPECTED = ("Custom kwargs can be passed to `--metadata`", "`pretrained` model kwarg is not of type `str`",
+                "Passed an already-initialized model through `pretrained`")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Custom kwargs can be passed to `--metadata`" not in record.getMessage()
+        return not any(text in record.getMessage() for text in self.EXPECTED)
 
 
 @functools.cache
 def _bundled_manager():
     from lm_eval.tasks import TaskManager
 
-    logging.getLogger("lm_eval.api.task").addFilter(_DropCustomDatasetNotice())
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface"):
+        logging.getLogger(name).addFilter(_DropExpectedNotices())
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
@@ -172,7 +177,11 @@ class Evaluator:
         from lm_eval.defaults import DEFAULT_OTHER_SEED
 
         manager = _bundled_manager() if suite.include_path is not None else _default_manager()
-        loaded = manager.load([task])
+        try:
+            loaded = manager.load([task])
+        except FileNotFoundError as exc:  # a bundled data file is gone: the install is damaged
+            raise RewindError(f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
+                              f"python -m rewind.evaluate.suites.build") from exc
         chat = False
         for leaf in loaded["tasks"].values():
             # What simple_evaluate does to each task before it evaluates.

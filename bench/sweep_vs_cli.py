@@ -1,0 +1,92 @@
+"""Seconds per sweep point: `rewind sweep` (resident model, in-place switch) vs the old way per point.
+
+The old way, as PEFT-Arena's scripts do it: write a merged checkpoint for the point, then cold-start the
+`lm_eval` CLI on it (one call per chat / non-chat task group, as the bundled tasks need). Reads the rewind
+numbers from a finished sweep's results.jsonl, runs the old way for a few of its points, and checks that both
+report the same scores.
+
+    python bench/sweep_vs_cli.py --sweep rewind-sweep --points base@0,final@1 [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rewind import export, sweep
+from rewind.evaluate.suites import TASKS_DIR
+
+
+def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str, workdir: Path) -> dict:
+    """Merge to disk + lm_eval CLI per point. Returns seconds and the scores it printed."""
+    start = time.perf_counter()
+    out = workdir / f"merged-{point['path']}-{point['alpha']:g}"
+    alpha = {"base": 0.0, "final": 1.0}.get(point["path"], point["alpha"])
+    path = point["path"] if point["path"] not in ("base", "final") else "auto"
+    export.export(spec["base"], spec["adapter"], out, alpha=alpha, path=path, force=True)
+    merged_s = time.perf_counter() - start
+    scores = {}
+    for chat in (True, False):
+        names = [t for t, c in tasks.items() if c == chat]
+        if not names:
+            continue
+        results = workdir / f"lm_eval-{chat}"
+        cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+               f"pretrained={out},dtype=bfloat16", "--tasks", ",".join(names), "--include_path", str(TASKS_DIR),
+               "--device", device, "--batch_size", "auto", "--output_path", str(results)]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        if chat:
+            cmd += ["--apply_chat_template"]
+        subprocess.run(cmd, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+                       stdout=subprocess.DEVNULL)
+        for file in results.rglob("results_*.json"):
+            for task, values in json.loads(file.read_text())["results"].items():
+                scores[task] = values
+    return {"seconds": time.perf_counter() - start, "merge_seconds": merged_s, "scores": scores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", default=sweep.DEFAULT_OUT)
+    parser.add_argument("--points", required=True, help="comma list of point keys, e.g. linear@0.5,final@1")
+    # The bundled YAMLs point lm_eval's CLI at their test split: compare points the sweep scored on test.
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    record, _ = sweep.load(args.sweep)
+    spec = record["spec"]
+    lines = [r for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
+             if r["split"] == args.split]
+    tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.points.split(","):
+            mine = [r for r in lines if r["point"] == key]
+            point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
+            old = old_way(spec, point, tasks, spec["limit"], args.device, Path(tmp))
+            agree = {r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"]) for r in mine
+                     if r["task"] in old["scores"]}
+            result = {"bench": "sweep_vs_cli", "point": key, "split": args.split, "limit": spec["limit"],
+                      "rewind_point_s": mine[0]["point_seconds"],
+                      "rewind_switch_s": mine[0]["switch_seconds"], "old_way_s": old["seconds"],
+                      "old_merge_s": old["merge_seconds"], "speedup": old["seconds"] / mine[0]["point_seconds"],
+                      "max_abs_score_diff": max(agree.values()) if agree else None,
+                      "tasks": len(tasks), "rewind_point_s_median_all": statistics.median(
+                          {r["point"]: r["point_seconds"] for r in lines}.values())}
+            line = json.dumps(result)
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The sweep on a tiny model: scores equal lm-eval's on peft's merge; resume; new run ids; export from the sweep."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from rewind import export, models, sweep
+from rewind.cli import main
+from tiny import randomize
+
+TARGET, GENERAL = ["math_offline_basic_arithmetic"], ["general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
+LIMIT = 3
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny Llama with SmolLM2's tokenizer (so chat templates work) and a random LoRA adapter."""
+    root = tmp_path_factory.mktemp("sweep")
+    tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    base = LlamaForCausalLM(config)
+    base.generation_config.max_new_tokens = 8
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    randomize(peft_model, 0.2)
+    peft_model.save_pretrained(root / "lora")
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(root / "merged")
+    tokenizer.save_pretrained(root / "merged")
+    return root
+
+
+def _spec(workdir, **kw):
+    fields = dict(adapter=str(workdir / "lora"), base=str(workdir / "base"), alphas=[0, 0.5, 1], target=TARGET,
+                  general=GENERAL, limit=LIMIT, dtype="fp32", device="cpu")
+    return sweep.SweepSpec(**{**fields, **kw})
+
+
+@pytest.fixture(scope="module")
+def swept(workdir):
+    out = workdir / "sweep"
+    summary = sweep.Sweep(_spec(workdir), out).run(progress=False)
+    return out, summary
+
+
+def test_sweep_writes_results_summary_plot(swept):
+    out, summary = swept
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    validation = [r for r in records if r["split"] == "validation"]
+    assert {r["point"] for r in validation} == {"base@0", "final@1", "linear@0.5"}
+    assert len(validation) == 3 * 3  # points x tasks
+    assert {r["point"] for r in records if r["split"] == "test"} == {"base@0", "final@1", summary["selected"]["key"]}
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert summary["base_point"]["test"] is not None
+    assert summary["selected"]["key"] in summary["frontier"]  # max-target-within never picks a dominated point
+    text = sweep.table(summary)
+    assert "linear" in text and "selected (max-target-within, validation)" in text
+
+
+def test_final_point_equals_lm_eval_on_peft_merge(swept, workdir):
+    """The sweep's alpha=1 numbers are what lm-eval itself reports on peft's merged model (same tasks, limit)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from rewind.evaluate.harness import _bundled_manager
+
+    out, _ = swept
+    mine = {r["task"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+            if r["point"] == "final@1" and r["split"] == "test"}
+    merged = AutoModelForCausalLM.from_pretrained(workdir / "merged", dtype=torch.float32).eval()
+    lm = HFLM(pretrained=merged, tokenizer=AutoTokenizer.from_pretrained(workdir / "merged"), batch_size=8)
+    for task in TARGET + GENERAL:
+        chat = task.startswith("math")
+        result = simple_evaluate(model=lm, tasks=[task], task_manager=_bundled_manager(), limit=LIMIT,
+                                 apply_chat_template=chat)["results"][task]
+        assert result[mine[task]["metric"]] == pytest.approx(mine[task]["value"], rel=1e-6), task
+
+
+def test_rerun_resumes_and_kill_loses_only_the_point_in_flight(swept, workdir):
+    out, _ = swept
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    sweep.Sweep(_spec(workdir), out).run(progress=False)
+    assert results.read_text().splitlines(keepends=True) == lines  # nothing recomputed
+
+    # A kill while linear@0.5 was being written: its lines gone but for a torn fragment.
+    kept = [line for line in lines if '"point": "linear@0.5"' not in line]
+    results.write_text("".join(kept) + '{"run": "torn')
+    sweep.Sweep(_spec(workdir), out).run(progress=False)
+    after = [json.loads(line) for line in results.read_text().splitlines()]  # every line parses
+    assert len(after) == len(lines)
+    redone = after[len(kept):]  # its validation lines, and its test lines if it was the selected point
+    assert {r["point"] for r in redone} == {"linear@0.5"} and len(redone) == len(lines) - len(kept)
+
+
+def test_changed_configuration_gets_a_new_run(swept, workdir):
+    out, summary = swept
+    other = _spec(workdir, limit=2)
+    assert other.run_id("x") != _spec(workdir).run_id("x")
+    assert _spec(workdir, alphas=[0, 0.25, 1]).run_id("x") == _spec(workdir).run_id("x")  # more points: same run
+
+
+def test_export_from_the_sweep_dir(swept, workdir, tmp_path, monkeypatch, capsys):
+    out, summary = swept
+    monkeypatch.chdir(workdir)  # `rewind export` with no flags reads ./rewind-sweep
+    (workdir / "rewind-sweep").symlink_to(out)
+    with pytest.raises(SystemExit) as code:
+        main(["export", "--out", str(tmp_path / "best"), "--dry-run"])
+    assert code.value.code == 0
+    chosen = summary["selected"]
+    alpha = {"base": 0.0, "final": 1.0}.get(chosen["path"], chosen["alpha"])
+    assert f"linear(alpha={alpha:g})" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export", "--alpha", "0.5", "--out", str(tmp_path / "half")])
+    written = (tmp_path / "half" / "README.md").read_text()
+    assert "| alpha | 0.5 |" in written and "| path | linear |" in written
+    plan = export.plan(workdir / "base", workdir / "lora", tmp_path / "x", alpha=0.5)
+    assert plan.update.sha256 in written
+
+
+def test_training_checkpoints_become_the_train_path(swept, workdir, tmp_path):
+    """A checkpoint whose B is half the final one sits exactly at linear@0.5: the train path must score it so."""
+    from safetensors.torch import load_file, save_file
+    import shutil
+
+    for step, factor in [(10, 0.5), (20, 1.0)]:
+        ckpt = tmp_path / "run" / f"checkpoint-{step}"
+        shutil.copytree(workdir / "lora", ckpt)
+        tensors = load_file(ckpt / "adapter_model.safetensors")
+        save_file({k: v * factor if "lora_B" in k else v for k, v in tensors.items()},
+                  ckpt / "adapter_model.safetensors")
+    out = tmp_path / "sweep"
+    summary = sweep.Sweep(_spec(workdir, checkpoints=str(tmp_path / "run" / "checkpoint-*")), out).run(progress=False)
+    rows = {r["key"]: r for r in summary["points"]}
+    assert {"train@10", "train@20"} <= set(rows)
+    for train, twin in [("train@10", "linear@0.5"), ("train@20", "final@1")]:
+        assert rows[train]["target"] == pytest.approx(rows[twin]["target"], abs=1e-9)
+        assert rows[train]["general"] == pytest.approx(rows[twin]["general"], abs=1e-4)
