@@ -12,14 +12,15 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from scipy.linalg import orthogonal_procrustes
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewind import models, sweep
+from rewind import sweep
 from rewind.cli import main
 from rewind.diagnostics import Finetune, Probe, activations, arena, csd, geometry, spectral
 from rewind.diagnostics.data import texts
 from rewind.errors import RewindError
 from rewind.updates import cayley, rotate
+import tinysweep
 from tiny import make_adapter
 
 GEN = torch.Generator().manual_seed(0)
@@ -110,13 +111,7 @@ def test_exact_input_rotation_keeps_the_spectrum():
 def workdir(tmp_path_factory):
     """A tiny Llama with SmolLM2's tokenizer (chat template, real text) saved as a base dir."""
     root = tmp_path_factory.mktemp("diagnostics")
-    tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    LlamaForCausalLM(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    tinysweep.chat_base(root / "base", layers=3)
     return root
 
 

@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewind import export, models, sweep
+from rewind import export, sweep
 from rewind.cli import main
+import tinysweep
 from tiny import randomize
 
 TARGET, GENERAL = ["math_offline_basic_arithmetic"], ["general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
@@ -22,15 +23,8 @@ LIMIT = 3
 def workdir(tmp_path_factory):
     """A tiny Llama with SmolLM2's tokenizer (so chat templates work) and a random LoRA adapter."""
     root = tmp_path_factory.mktemp("sweep")
-    tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    base = LlamaForCausalLM(config)
-    base.generation_config.max_new_tokens = 8
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    base = tinysweep.chat_base(root / "base")
+    tokenizer = AutoTokenizer.from_pretrained(root / "base")
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
     randomize(peft_model, 0.2)
     peft_model.save_pretrained(root / "lora")

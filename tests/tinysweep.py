@@ -1,6 +1,6 @@
 """A sweepable tiny base: a random 2-layer Llama with SmolLM2's tokenizer (chat template included) and a LoRA.
 
-Shared by the reliability tests (bad inputs, crash safety); the sweep's own tests build the same thing.
+Shared by the sweep, diagnostics and reliability tests.
 """
 
 from __future__ import annotations
@@ -19,17 +19,23 @@ from tiny import randomize
 TARGET, GENERAL = "math_offline_basic_arithmetic", "general_offline_truthfulqa_mc1"
 
 
-def make(root: Path, layers: int = 2) -> tuple[Path, Path]:
-    """(base dir with tokenizer, LoRA adapter dir) under `root`."""
+def chat_base(dest: Path, layers: int = 2) -> LlamaForCausalLM:
+    """A random Llama with SmolLM2's tokenizer, saved with that tokenizer into `dest` (a loadable --base dir)."""
     tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     base = LlamaForCausalLM(config)
-    base.generation_config.max_new_tokens = 8
-    base.save_pretrained(root / "tbase")
-    tokenizer.save_pretrained(root / "tbase")
+    base.generation_config.max_new_tokens = 8  # short generations keep CPU sweeps fast
+    base.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return base
+
+
+def make(root: Path, layers: int = 2) -> tuple[Path, Path]:
+    """(base dir with tokenizer, LoRA adapter dir) under `root`."""
+    base = chat_base(root / "tbase", layers)
     peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
     randomize(peft_model, 0.2)
     peft_model.save_pretrained(root / "tlora")

@@ -14,7 +14,7 @@ import torch
 from .. import adapters, engine, models
 from ..errors import RewindError
 from . import geometry
-from .common import Finetune, by_type, describe, module_type, pyplot, write_json
+from .common import Finetune, by_type, describe, layer_plot, module_type, write_json
 from .data import Probe, stream, texts
 
 JSON, PLOT = "activations.json", "activations.png"
@@ -111,22 +111,5 @@ def _keep(chunks: list):
 
 def plot(rows: list[dict], data: list[str], path: Path, title: str = "") -> str:
     """activations.png: each measure by layer, one line per module type and data set."""
-    plt = pyplot()
     keys = ("cka", "procrustes_residual", "gram_distortion", "cosine_drift", "norm_drift")
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), dpi=110)
-    types = list(dict.fromkeys(r["type"] for r in rows))
-    for ax, key in zip(axes, keys):
-        for j, kind in enumerate(types):
-            for style, d in zip(("o-", "s--"), data):
-                mine = [r for r in rows if r["type"] == kind and r["data"] == d and r["layer"] is not None]
-                ax.plot([r["layer"] for r in mine], [r[key] for r in mine], style, ms=3, lw=1, color=f"C{j}",
-                        label=f"{kind} ({d})")
-        ax.set_xlabel("layer")
-        ax.set_title(key, fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
+    return layer_plot(rows, data, keys, lambda r, d, key: r[key] if r["data"] == d else None, path, title)

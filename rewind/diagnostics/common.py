@@ -158,5 +158,31 @@ def pyplot():
     return plt
 
 
+def layer_plot(rows: list[dict], data: list[str], metrics: Sequence[str], value, path: Path, title: str = "",
+               log: bool = False) -> str:
+    """One panel per metric: value(row, data, metric) by layer, one line per module type and data set."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 1.8, 3.5), dpi=110, squeeze=False)
+    types = list(dict.fromkeys(r["type"] for r in rows))
+    for ax, metric in zip(axes[0], metrics):
+        for j, kind in enumerate(types):
+            for style, d in zip(("o-", "s--"), data):
+                mine = [(r["layer"], value(r, d, metric)) for r in rows if r["type"] == kind and r["layer"] is not None]
+                mine = [(layer, v) for layer, v in mine if v is not None and (v or not log)]
+                ax.plot([m[0] for m in mine], [m[1] for m in mine], style, ms=3, lw=1, color=f"C{j}",
+                        label=f"{kind} ({d})")
+        ax.set_xlabel("layer")
+        ax.set_title(metric, fontsize=9)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, ncol=2)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)

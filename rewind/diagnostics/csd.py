@@ -19,7 +19,7 @@ import torch
 
 from .. import adapters, models
 from ..errors import RewindError
-from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, write_json
+from .common import Finetune, by_type, describe, layer_plot, matrices, module_of, module_type, moved, write_json
 from .data import Probe, stream, texts
 
 JSON, PLOT = "csd.json", "csd.png"
@@ -95,22 +95,4 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
 
 def plot(rows: list[dict], data: list[str], path: Path, title: str = "") -> str:
     """csd.png: csd_rel and csd_norm by layer, one line per module type and data set."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
-    types = list(dict.fromkeys(r["type"] for r in rows))
-    for ax, metric in zip(axes, ("csd_rel", "csd_norm")):
-        for j, kind in enumerate(types):
-            for style, d in zip(("o-", "s--"), data):
-                mine = [r for r in rows if r["type"] == kind and r["layer"] is not None and r[d][metric]]
-                ax.plot([r["layer"] for r in mine], [r[d][metric] for r in mine], style, ms=3, lw=1, color=f"C{j}",
-                        label=f"{kind} ({d})")
-        ax.set_xlabel("layer")
-        ax.set_title(metric, fontsize=9)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, ncol=2)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path.name
+    return layer_plot(rows, data, ("csd_rel", "csd_norm"), lambda r, d, metric: r[d][metric], path, title, log=True)
