@@ -377,7 +377,8 @@ def model_card(p: ExportPlan, checksums: dict[str, str]) -> str:
                      + " |")
     if p.verified is not None:
         lines.append(f"| verified | reloaded logits within {p.verified:.3g} (max abs) of the in-memory model |")
-    lines += [f"| rewind | {__version__} |", f"| written | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} |",
+    written = datetime.datetime.now(datetime.timezone.utc)
+    lines += [f"| rewind | {__version__} |", f"| written | {written:%Y-%m-%d %H:%M UTC} |",
               "", "## Files (sha256)", ""]
     lines += [f"- `{name}` {digest}" for name, digest in checksums.items()]
     return "\n".join(lines) + "\n"

@@ -23,9 +23,10 @@ class Scored:
 
 def frontier(points: Sequence[Scored]) -> list[Scored]:
     """Points no other point beats on both axes (ties kept), sorted by target."""
-    front = [p for p in points
-             if not any(q.target >= p.target and q.general >= p.general and (q.target, q.general) != (p.target, p.general)
-                        for q in points)]
+    def beats(q: Scored, p: Scored) -> bool:
+        return q.target >= p.target and q.general >= p.general and (q.target, q.general) != (p.target, p.general)
+
+    front = [p for p in points if not any(beats(q, p) for q in points)]
     return sorted(front, key=lambda p: (p.target, p.general))
 
 

@@ -171,7 +171,8 @@ class Sweep:
         path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
         for path_cls in path_classes:  # refuse now, not after the base point was evaluated
             if not all(path_cls.accepts(d) for d in self.update.deltas.values()):
-                raise RewindError(f"path {path_cls.name!r} does not apply to {self.update.method.name}; try --path auto")
+                raise RewindError(f"path {path_cls.name!r} does not apply to {self.update.method.name}; "
+                                  f"try --path auto")
         self.path_names = [c.name for c in path_classes]
         names, layers = list(self.update.deltas), int(self.model.config.num_hidden_layers)
         for alpha in self.spec.alphas:

@@ -14,7 +14,7 @@ import torch
 from .. import adapters, engine, models
 from ..errors import RewindError
 from . import geometry
-from .common import Finetune, by_type, describe, layer_plot, module_type, write_json
+from .common import Finetune, by_type, describe, layer_plot, module_type, report_dir, write_json
 from .data import Probe, stream, texts
 
 JSON, PLOT = "activations.json", "activations.png"
@@ -95,6 +95,7 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
                 del x0, x1
     finally:
         rewinder.set(0.0)  # alpha 0 writes W0 back: the resident model leaves exactly as it came
+    report_dir(out)
     summary = {data: by_type([r for r in rows if r["data"] == data], METRICS) for data in suites}
     report = {"kind": "activations", **describe(plan), "split": probe.split, "max_length": probe.max_length,
               "max_tokens": max_tokens, "gram_tokens": gram_tokens, "data": counts, "probed": names,

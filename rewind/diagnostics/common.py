@@ -40,7 +40,7 @@ class Finetune:
     allow_extrapolation: bool = False
 
     def plan(self, out: Path) -> ExportPlan:
-        """Every input checked and every tensor's alpha decided; `out` must be a writable dir (made if absent)."""
+        """Every input checked and every tensor's alpha decided; `out` is made only when results are written."""
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise RewindError(f"--out {out} is a file, not a dir")
@@ -48,7 +48,6 @@ class Finetune:
         planned = export_plan(self.base, self.adapter, out, self.alpha, self.path, self.schedule, force=True,
                               init_adapter=self.init_adapter, cayley_scale=self.cayley_scale,
                               allow_extrapolation=self.allow_extrapolation)
-        out.mkdir(parents=True, exist_ok=True)
         return planned
 
 
@@ -117,6 +116,12 @@ def clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def report_dir(out: Path) -> Path:
+    """Made at the first write, after every input was checked: a refused run leaves nothing behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -19,7 +19,8 @@ import torch
 
 from .. import adapters, models
 from ..errors import RewindError
-from .common import Finetune, by_type, describe, layer_plot, matrices, module_of, module_type, moved, write_json
+from .common import (Finetune, by_type, describe, layer_plot, matrices, module_of, module_type, moved,
+                     report_dir, write_json)
 from .data import Probe, stream, texts
 
 JSON, PLOT = "csd.json", "csd.png"
@@ -86,6 +87,7 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
         for entry in summary.values():
             g, t = entry["general.csd_rel"]["mean"], entry["target.csd_rel"]["mean"]
             entry["general_over_target_rel"] = g / t if g is not None and t else None
+    report_dir(out)
     report = {"kind": "csd", **describe(plan), "split": probe.split, "max_length": probe.max_length, "data": counts,
               "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
               if plots else [], "modules": rows, "summary": summary}

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .. import adapters, models
 from ..export import BaseTensors
 from ..updates import Rotation
-from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, write_json
+from .common import (Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir,
+                     write_json)
 
 WINDOW = 5
 JSON, PROFILES = "spectral.json", "spectral_profiles.npz"
@@ -92,6 +93,7 @@ def run(finetune: Finetune, out: str | Path, modules: list[str] | None = None, d
                      "shape": list(w0.shape), "alpha": plan.alphas[name], **scalars})
         arrays.update({f"{module_of(name)}::{key}": value.numpy() for key, value in profiles.items()})
         del w0
+    report_dir(out)
     np.savez_compressed(out / PROFILES, **arrays)
     report = {"kind": "spectral", **describe(plan), "window": window, "profiles": PROFILES,
               "plots": plot(rows, arrays, out, f"{plan.update.method.name} {plan.point.describe()}") if plots else [],
