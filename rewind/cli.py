@@ -146,6 +146,8 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
               help="General suite(s): general-offline, general, or any lm-eval task name.")
 @click.option("--limit", type=int, default=None, help="At most N items per task and split (quick runs).")
 @click.option("--checkpoints", default=None, help="Glob of a training run's checkpoint dirs: one more path, 'train'.")
+@click.option("--pass-k", default=None,
+              help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks.")
 @click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
               default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
 @click.option("--tolerance", type=float, default=1.0, show_default=True,
@@ -157,7 +159,7 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
               help="auto: bf16 on a GPU, fp32 on a CPU.")
 @click.option("--batch-size", default=None, help="lm-eval batch size (default: auto on GPU, 8 on CPU).")
 def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-          limit, checkpoints, rule, tolerance, weight, out, device, dtype, batch_size):
+          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
 
@@ -173,7 +175,7 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
         general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
         checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
         batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-        allow_extrapolation=allow_extrapolation)
+        allow_extrapolation=allow_extrapolation, pass_k=[int(k) for k in _floats(pass_k or "", "--pass-k")])
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(sweeper.table(summary))

@@ -48,6 +48,7 @@ class SweepSpec:
     device: str | None = None
     batch_size: int | str | None = None
     allow_extrapolation: bool = False
+    pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
 
     def checkpoint_dirs(self) -> list[Path]:
         if not self.checkpoints:
@@ -61,7 +62,7 @@ class SweepSpec:
         """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results)."""
         facts = {"base": models.hub_id(self.base), "adapter": adapter_sha, "init": self.init_adapter,
                  "target": self.target, "general": self.general, "limit": self.limit, "layers": self.layers,
-                 "cayley_scale": self.cayley_scale, "dtype": self.dtype,
+                 "cayley_scale": self.cayley_scale, "dtype": self.dtype, "pass_k": sorted(self.pass_k),
                  "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -144,6 +145,15 @@ def point_scores(records: list[dict], target: list[str], general: list[str]) -> 
     return role_score(target), role_score(general)
 
 
+def pass_scores(records: list[dict], ks: list[int]) -> dict:
+    """{"pass@k": mean over the point's sampled generation tasks, 0-100} for each k asked for."""
+    sampled = [r for r in records if r["role"] == "pass@k"]
+    if not ks or not sampled:
+        return {}
+    return {f"pass@{k}": 100 * sum(r["metrics"][f"pass@{k},pass_at_k"] for r in sampled) / len(sampled)
+            for k in sorted(ks)}
+
+
 class Sweep:
     def __init__(self, spec: SweepSpec, out: str | Path = DEFAULT_OUT):
         from .evaluate import harness
@@ -184,7 +194,7 @@ class Sweep:
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
         batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
         self.evaluators = {split: harness.Evaluator(self.model, self.tokenizer, self.suites, split=split,
-                                                    limit=self.spec.limit, batch_size=batch)
+                                                    limit=self.spec.limit, batch_size=batch, pass_k=self.spec.pass_k)
                            for split in (VALIDATION, TEST)}
 
     def _rewinder(self, path: str) -> engine.Rewinder:
@@ -223,12 +233,15 @@ class Sweep:
     def _done(self) -> set[tuple[str, str]]:
         n_tasks = {}
         for r in self.log.records(self.run_id):
-            n_tasks.setdefault((r["point"], r["split"]), set()).add(r["task"])
-        expected = len(self.evaluators[VALIDATION].task_names)
+            n_tasks.setdefault((r["point"], r["split"]), set()).add((r["suite"], r["task"]))
+        expected = len(self.evaluators[VALIDATION].entries)
         return {key for key, tasks in n_tasks.items() if len(tasks) >= expected}
 
     def _evaluate(self, point: PointSpec, split: str) -> list[dict]:
+        from .evaluate import harness
+
         role = {s: "target" for s in self.spec.target} | {s: "general" for s in self.spec.general}
+        role |= {s + harness.PASS_SUFFIX: "pass@k" for s in role}
         start = time.perf_counter()
         self._move(point)
         switch = time.perf_counter() - start
@@ -276,7 +289,7 @@ class Sweep:
             if mine:
                 target, general = point_scores(mine, self.spec.target, self.spec.general)
                 rows.append({"key": p.key, "path": p.path, "alpha": p.alpha, "target": target, "general": general,
-                             "seconds": mine[0]["point_seconds"]})
+                             "seconds": mine[0]["point_seconds"], **pass_scores(mine, self.spec.pass_k)})
         return rows
 
     def select(self, points: list[PointSpec]) -> dict:
@@ -321,13 +334,15 @@ def _barrier(world: int) -> None:
 def table(summary: dict) -> str:
     """The printed table: one row per point, deltas against the base, frontier and selection marked."""
     base = summary["base_point"]
-    lines = [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}  front",
-             "-" * 62]
+    passes = [key for key in base if key.startswith("pass@")]
+    lines = [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
+             + "".join(f" {key:>8}" for key in passes) + "  front", "-" * (62 + 9 * len(passes))]
     for r in summary["points"]:
         mark = ("*" if r["key"] in summary["frontier"] else "") + (" <- selected" if r["key"] ==
                                                                    summary["selected"]["key"] else "")
         lines.append(f"{r['path']:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
-                     f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}  {mark}")
+                     f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
+                     + "".join(f" {r.get(key, float('nan')):>8.2f}" for key in passes) + f"  {mark}")
     sel = summary["selected"]
     lines.append("")
     lines.append(f"selected ({summary['rule']}, validation): {sel['path']} alpha={sel['alpha']:g}")

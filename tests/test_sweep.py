@@ -140,3 +140,38 @@ def test_training_checkpoints_become_the_train_path(swept, workdir, tmp_path):
     for train, twin in [("train@10", "linear@0.5"), ("train@20", "final@1")]:
         assert rows[train]["target"] == pytest.approx(rows[twin]["target"], abs=1e-9)
         assert rows[train]["general"] == pytest.approx(rows[twin]["general"], abs=1e-4)
+
+
+def test_pass_at_k_formula_against_enumeration():
+    from itertools import combinations
+
+    from rewind.evaluate.harness import pass_at_k
+
+    for n, c, k in [(4, 1, 1), (4, 1, 2), (5, 2, 3), (6, 0, 2), (3, 3, 1), (8, 2, 8)]:
+        right = [1] * c + [0] * (n - c)
+        draws = list(combinations(range(n), k))
+        expected = sum(any(right[i] for i in d) for d in draws) / len(draws)
+        assert pass_at_k(n, c, k) == pytest.approx(expected), (n, c, k)
+
+
+def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeypatch):
+    from rewind.evaluate import harness
+
+    seen = []
+    original = harness.pass_at_k
+    monkeypatch.setattr(harness, "pass_at_k", lambda n, c, k: seen.append((n, c, k)) or original(n, c, k))
+    out = tmp_path / "sweep"
+    summary = sweep.Sweep(_spec(workdir, alphas=[0, 1], pass_k=[1, 3]), out).run(progress=False)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    sampled = [r for r in records if r["role"] == "pass@k"]
+    assert {r["task"] for r in sampled} == set(TARGET)  # generation tasks only
+    assert {n for n, _, _ in seen} == {3} and all(0 <= c <= 3 for _, c, _ in seen)
+    # every item of every sampled run was scored for each k: limit items x 2 ks per run
+    assert len(seen) == len(sampled) * LIMIT * 2
+    greedy = {(r["point"], r["split"], r["task"]): r["value"] for r in records if r["role"] != "pass@k"}
+    first = {(r["point"], r["split"], r["task"]): r["value"]
+             for r in map(json.loads, (swept[0] / "results.jsonl").read_text().splitlines())}
+    assert all(first[key] == value for key, value in greedy.items() if key in first)  # pass@k leaves greedy alone
+    for row in summary["points"]:
+        assert 0 <= row["pass@1"] <= row["pass@3"] <= 100
+    assert "pass@3" in sweep.table(summary)

@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ PAPER_SUITES = {
 }
 # Where a task's first higher-is-better metric is not the one to report.
 PRIMARY_METRICS = {"minerva_math500": "math_verify,none"}
+# Sampling for pass@k (generation tasks only); greedy accuracy is always reported beside it.
+DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
+PASS_SUFFIX, PASS_FILTER = ":pass@k", "pass_at_k"
 # Primary metrics that are not already a 0-1 "higher is better" value, mapped to 0-100.
 SCORE_MAPS = {"bits_per_byte": lambda bpb: 100.0 * 2.0 ** -bpb}
 
@@ -144,6 +148,7 @@ class _Entry:
     loaded: dict  # TaskManager.load() output
     chat: bool
     split: str
+    primary: str | None = None  # the metric to report, where not the task's own (pass@k runs)
 
 
 class Evaluator:
@@ -152,10 +157,13 @@ class Evaluator:
     `split` picks the bundled tasks' split ("validation" to choose, "test" to report); lm-eval's own tasks
     always use their fixed evaluation split, which each TaskResult records. `gen_kwargs` update every
     generation task's settings, as lm-eval's --gen_kwargs does (e.g. {"do_sample": True, "temperature": 0.7}).
+    `pass_k` (e.g. [1, 8]) adds, for every generation task, a sampled run of max(k) responses per item (`sampling`
+    settings) scored as unbiased pass@k; its results carry the suite name + ":pass@k".
     """
 
     def __init__(self, model, tokenizer, suites: list[Suite], split: str = "validation", limit: int | None = None,
-                 batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None):
+                 batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None,
+                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None):
         if split not in SPLITS:
             raise RewindError(f"split {split!r}: use one of {', '.join(SPLITS)}")
         use_bundled_nltk_data()
@@ -171,6 +179,12 @@ class Evaluator:
             # once, at full context, and keep that size for every request type and run.
             self.lm.batch_size_per_gpu = self.lm._detect_batch_size()
         self.entries = [self._load(suite, task, split, gen_kwargs) for suite in suites for task in suite.tasks]
+        if pass_k:
+            ks = sorted({int(k) for k in pass_k})
+            if ks[0] < 1:
+                raise RewindError(f"--pass-k {','.join(map(str, pass_k))}: k must be at least 1")
+            self.entries += [self._sampled(suite, task, split, ks, {**DEFAULT_SAMPLING, **(sampling or {})})
+                             for suite in suites for task in suite.tasks if _generates(self.entries, suite, task)]
 
     @staticmethod
     def _load(suite: Suite, task: str, split: str, gen_kwargs: dict[str, Any] | None) -> _Entry:
@@ -196,6 +210,31 @@ class Evaluator:
         first = next(iter(loaded["tasks"].values()))
         used = first.get_config("test_split") if first.has_test_docs() else first.get_config("validation_split")
         return _Entry(suite.name, task, loaded, chat, used)
+
+    @classmethod
+    def _sampled(cls, suite: Suite, task: str, split: str, ks: list[int], sampling: dict[str, Any]) -> _Entry:
+        """`task` answered max(ks) times per item with sampling; each response scored by an untouched copy."""
+        from lm_eval.api.metrics import mean
+        from lm_eval.filters import build_filter_ensemble
+
+        n = ks[-1]
+        entry = cls._load(suite, task, split, sampling)
+        scorers = cls._load(suite, task, split, None).loaded["tasks"]
+        names = [f"pass@{k}" for k in ks]
+        for name, leaf in entry.loaded["tasks"].items():
+            metric = _declared_metric(scorers[name]) or "exact_match"
+
+            def score(doc, results, scorer=scorers[name], metric=metric):
+                correct = sum(scorer.process_results(doc, [r])[metric] >= 1 for r in results[0])
+                return {f"pass@{k}": pass_at_k(n, correct, k) for k in ks}
+
+            leaf.set_config(key="repeats", value=n)
+            leaf.set_config(key="process_results", value=score)
+            leaf._filters = [build_filter_ensemble(PASS_FILTER, [["take_first_k", {"k": n}]])]  # keep all n
+            leaf._metric_fn_list = dict.fromkeys(names)
+            leaf._aggregation_list = dict.fromkeys(names, mean)
+            leaf._higher_is_better = dict.fromkeys(names, True)
+        return _Entry(suite.name + PASS_SUFFIX, task, entry.loaded, entry.chat, entry.split, f"pass@{n},{PASS_FILTER}")
 
     @property
     def task_names(self) -> list[str]:
@@ -236,7 +275,26 @@ def _result(entry: _Entry, out: dict, seconds: float) -> TaskResult:
                       to_score(metric, value), seconds, n, metrics)
 
 
+def pass_at_k(n: int, correct: int, k: int) -> float:
+    """Unbiased pass@k from n samples with `correct` right: 1 - C(n - c, k) / C(n, k) (Chen et al., 2021)."""
+    if n - correct < k:
+        return 1.0
+    return 1.0 - math.comb(n - correct, k) / math.comb(n, k)
+
+
+def _declared_metric(leaf) -> str | None:
+    declared = (leaf.get_config("metadata") or {}).get("primary_metric")
+    return declared.split(",")[0] if declared else None
+
+
+def _generates(entries: list[_Entry], suite: Suite, task: str) -> bool:
+    entry = next(e for e in entries if e.suite == suite.name and e.name == task)
+    return all(leaf.get_config("output_type") == "generate_until" for leaf in entry.loaded["tasks"].values())
+
+
 def _primary_metric(entry: _Entry, out: dict) -> str:
+    if entry.primary:
+        return entry.primary
     if entry.name in entry.loaded["tasks"]:
         declared = (entry.loaded["tasks"][entry.name].get_config("metadata") or {}).get("primary_metric")
         if declared:
