@@ -175,3 +175,25 @@ def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeyp
     for row in summary["points"]:
         assert 0 <= row["pass@1"] <= row["pass@3"] <= 100
     assert "pass@3" in sweep.table(summary)
+
+
+def test_two_ranks_share_the_points(tmp_path):
+    """Under torchrun each rank evaluates its share of the points once; rank 0 selects and reports."""
+    import subprocess
+    import sys
+    from collections import Counter
+
+    base, adapter = tinysweep.make(tmp_path)
+    out = tmp_path / "sweep"
+    argv = tinysweep.sweep_args(base, adapter, out, "--alphas", "0,0.25,0.5,0.75,1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "rewind.cli",
+                           *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    counts = Counter((r["point"], r["split"], r["task"]) for r in records)
+    assert set(counts.values()) == {1}  # no point evaluated twice
+    points = {p for p, split, _ in counts if split == "validation"}
+    assert points == {"base@0", "final@1", "linear@0.25", "linear@0.5", "linear@0.75"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["points"]) == 5 and summary["selected"]["test"] is not None
+    assert done.stdout.count("selected (max-target-within") == 1  # only rank 0 reports
