@@ -311,7 +311,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from .paths.cayley import SCALES
-    from .updates import Replace, Rotation
+    from .updates import Replace, Rotation, ia3_factor
 
     prefix = "base_model.model."
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)
@@ -331,7 +331,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
         if rule == "scale":
             t = t * alpha
         elif rule == "ia3":
-            t = 1 + alpha * (t - 1)
+            t = ia3_factor(t, alpha)
         else:  # OFT: scale the generator peft will use (already projected when coft is on)
             rotation: Rotation = p.update.deltas[name[: -len(leaf)] + "weight"]
             rows, cols = torch.triu_indices(rotation.block_size, rotation.block_size, 1)

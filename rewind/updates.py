@@ -63,7 +63,7 @@ class Scale(Delta):
     vector: torch.Tensor
 
     def factor(self, alpha: float) -> torch.Tensor:
-        return 1 + alpha * (self.vector.float() - 1)
+        return ia3_factor(self.vector.float(), alpha)
 
     def merged(self, w0):
         return w0.float() * self.factor(1.0).to(w0.device).reshape(self._shape(w0))
@@ -131,6 +131,11 @@ class Rotation(Delta):
 
     def strength(self, w0):
         return float(torch.linalg.vector_norm(self.Q.float()))
+
+
+def ia3_factor(vector: torch.Tensor, alpha: float) -> torch.Tensor:
+    """IA3's vector at alpha: l(alpha) = 1 + alpha (l - 1), so alpha 0 is the identity and 1 the trained l."""
+    return 1 + alpha * (vector - 1)
 
 
 def cayley(Q: torch.Tensor, neumann_terms: int | None) -> torch.Tensor:

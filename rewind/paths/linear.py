@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..updates import LowRank, Scale
+from ..updates import LowRank, Scale, ia3_factor
 from .base import Bound, Path, compute_dtype, computed
 
 
@@ -19,8 +19,7 @@ class Linear(Path):
 
     def __init__(self, items, **options):
         super().__init__(items, **options)
-        self._state = [self._prepare(item) for item in self.items]
-        self._index = {id(item): i for i, item in enumerate(self.items)}
+        self._state = {id(item): self._prepare(item) for item in self.items}
 
     @classmethod
     def accepts(cls, delta):
@@ -37,13 +36,13 @@ class Linear(Path):
 
     def _write(self, moving):
         for item, alpha in moving:
-            state = self._state[self._index[id(item)]]
+            state = self._state[id(item)]
             d = item.delta
             if isinstance(d, LowRank):
                 B, A = state
                 computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
             elif isinstance(d, Scale):
-                factor = (1 + alpha * (state - 1)).reshape(d._shape(item.w0))
+                factor = ia3_factor(state, alpha).reshape(d._shape(item.w0))
                 computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
             else:
                 computed(item, lambda w0, out: torch.lerp(w0, state, alpha, out=out))
