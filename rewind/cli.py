@@ -129,38 +129,44 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
         alpha = {"base": 0.0, "final": 1.0}.get(chosen["path"], chosen["alpha"])
         if chosen["path"] not in ("base", "final"):
             path = chosen["path"]
+        if chosen.get("layers"):  # a schedule found by `rewind search`
+            layers = ",".join(f"{v:g}" for v in chosen["layers"])
     if path == "auto":
         path = record["paths"][0]
     return base, adapter, init_adapter, path, layers, spec["cayley_scale"] if cayley_scale == "linear" else \
         cayley_scale, alpha
 
 
-@cli.command()
-@base_options
-@path_options(multiple=True)
-@click.option("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), show_default=True,
-              help="Comma list of alphas per path (0 and 1 are always evaluated).")
-@click.option("--target", multiple=True, default=["math-offline"], show_default=True,
-              help="Target suite(s): math-offline, med-offline, math, med, or any lm-eval task name.")
-@click.option("--general", multiple=True, default=["general-offline"], show_default=True,
-              help="General suite(s): general-offline, general, or any lm-eval task name.")
-@click.option("--limit", type=int, default=None, help="At most N items per task and split (quick runs).")
-@click.option("--checkpoints", default=None, help="Glob of a training run's checkpoint dirs: one more path, 'train'.")
-@click.option("--pass-k", default=None,
-              help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks.")
-@click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
-              default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
-@click.option("--tolerance", type=float, default=1.0, show_default=True,
-              help="max-target-within: general may drop this many points below the base.")
-@click.option("--weight", type=float, default=0.5, show_default=True, help="weighted: weight of the target score.")
-@click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir.")
-@click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 on a GPU, fp32 on a CPU.")
-@click.option("--batch-size", default=None, help="lm-eval batch size (default: auto on GPU, 8 on CPU).")
-def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size):
-    """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
+def sweep_options(f):
+    """What defines a sweep's points and scores; shared by `sweep` and `search` (which sweeps first)."""
+    for option in reversed([
+        click.option("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), show_default=True,
+                     help="Comma list of alphas per path (0 and 1 are always evaluated)."),
+        click.option("--target", multiple=True, default=["math-offline"], show_default=True,
+                     help="Target suite(s): math-offline, med-offline, math, med, or any lm-eval task name."),
+        click.option("--general", multiple=True, default=["general-offline"], show_default=True,
+                     help="General suite(s): general-offline, general, or any lm-eval task name."),
+        click.option("--limit", type=int, default=None, help="At most N items per task and split (quick runs)."),
+        click.option("--checkpoints", default=None,
+                     help="Glob of a training run's checkpoint dirs: one more path, 'train'."),
+        click.option("--pass-k", default=None,
+                     help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks."),
+        click.option("--tolerance", type=float, default=1.0, show_default=True,
+                     help="max-target-within: general may drop this many points below the base."),
+        click.option("--weight", type=float, default=0.5, show_default=True,
+                     help="weighted: weight of the target score."),
+        click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
+        click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
+        click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
+                     show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU."),
+        click.option("--batch-size", default=None, help="lm-eval batch size (default: auto on GPU, 8 on CPU)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
+                general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size):
     from . import sweep as sweeper
 
     if adapter is None:
@@ -170,16 +176,80 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
         if layers is None:
             raise RewindError("--path layerwise needs --layers ramp|balanced|a,b,...")
         paths = ["auto" if p == "layerwise" else p for p in paths]
-    spec = sweeper.SweepSpec(
+    return sweeper.SweepSpec(
         adapter=adapter, base=base, paths=paths, alphas=_floats(alphas, "--alphas"), target=list(target),
         general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
         checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
-        batch_size=int(batch_size) if batch_size and batch_size.isdigit() else batch_size,
-        allow_extrapolation=allow_extrapolation, pass_k=[int(k) for k in _floats(pass_k or "", "--pass-k")])
+        batch_size=_batch_size(batch_size), allow_extrapolation=allow_extrapolation,
+        pass_k=[int(k) for k in _floats(pass_k or "", "--pass-k")])
+
+
+def _batch_size(text):
+    return int(text) if text and text.isdigit() else text
+
+
+@cli.command()
+@base_options
+@path_options(multiple=True)
+@sweep_options
+@click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
+              default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
+def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
+          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size):
+    """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
+    from . import sweep as sweeper
+
+    spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
+                       general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size)
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(sweeper.table(summary))
         click.echo(f"wrote {out}/results.jsonl, summary.json, pareto.png")
+
+
+@cli.command()
+@base_options
+@path_options(multiple=True)
+@sweep_options
+@click.option("--objective", "rule", type=click.Choice(["max-target-within", "max-sum", "weighted"]),
+              default="max-target-within", show_default=True,
+              help="What the search maximises on validation (the sweep's selection rule; also picks the export).")
+@click.option("--groups", default="4", show_default=True,
+              help="Contiguous layer groups with one alpha each: a number, or 'layer' for one per layer.")
+@click.option("--budget", type=int, default=24, show_default=True, help="New validation evaluations at most.")
+@click.option("--step", type=float, default=0.2, show_default=True, help="First alpha move of a group.")
+@click.option("--min-step", type=float, default=0.05, show_default=True,
+              help="Smallest move; alphas lie on its grid.")
+def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
+           limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, groups, budget, step,
+           min_step):
+    """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
+
+    \b
+    With --adapter: sweeps first (or resumes that sweep in --out), then searches.
+    Without: continues the sweep already in --out (its base, adapter, suites and limit).
+    --path picks the path searched (default the sweep's first). Candidates join the sweep's results.jsonl,
+    table and pareto.png; `rewind export --from OUT` then writes the selected point.
+    """
+    from . import search as searcher, sweep as sweeper
+
+    if adapter is not None:
+        spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas,
+                           target, general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype,
+                           batch_size)
+    else:
+        record, _ = sweeper.load(out)
+        spec = sweeper.SweepSpec(**record["spec"])
+        spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
+        spec.batch_size = _batch_size(batch_size) or spec.batch_size
+    search_path = next((p for p in path if p not in ("auto", "layerwise")), None) if path else None
+    plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
+    report = searcher.Search(sweeper.Sweep(spec, out), plan).run()
+    if report:
+        click.echo(sweeper.table(sweeper.load(out)[1]))
+        click.echo()
+        click.echo(searcher.report_table(report))
+        click.echo(f"wrote {out}/search.json; results.jsonl, summary.json and pareto.png include the search")
 
 
 def _floats(text: str, flag: str) -> list[float]:

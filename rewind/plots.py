@@ -15,7 +15,10 @@ def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str |
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     ends = [p for p in points if p["path"] in ("base", "final")]
-    for i, path in enumerate(sorted({p["path"] for p in points} - {"base", "final"})):
+    searched = [p for p in points if p.get("layers")]
+    points = [p for p in points if not p.get("layers")]
+    paths = sorted({p["path"] for p in points} - {"base", "final"})
+    for i, path in enumerate(paths):
         line = sorted([p for p in points if p["path"] == path] + ([] if path == "train" else ends),
                       key=lambda p: (p["alpha"] if p["path"] != "base" else -1, p["path"] == "final"))
         ax.plot([p["target"] for p in line], [p["general"] for p in line], "o-", ms=4, lw=1.4,
@@ -24,6 +27,10 @@ def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str |
             if p["path"] == path:
                 ax.annotate(f"{p['alpha']:g}", (p["target"], p["general"]), fontsize=6, alpha=0.7,
                             xytext=(3, 3), textcoords="offset points")
+    if searched:  # per-layer schedules are points, not a line: there is no single alpha to order them by
+        ax.plot([p["target"] for p in searched], [p["general"] for p in searched], "x", ms=6, mew=1.4,
+                color=f"C{len(paths)}", label="per-layer search")
+        points = points + searched
     front = sorted([p for p in points if p["key"] in frontier_keys], key=lambda p: p["target"])
     ax.plot([p["target"] for p in front], [p["general"] for p in front], "s", ms=10, mfc="none", mec="k",
             mew=1.2, label="Pareto frontier")
@@ -32,8 +39,9 @@ def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str |
                 label=f"{p['path']} (alpha={p['alpha']:g})")
     chosen = next((p for p in points if p["key"] == selected_key), None)
     if chosen:
+        kind = " per-layer" if chosen.get("layers") else ""
         ax.plot(chosen["target"], chosen["general"], "o", ms=16, mfc="none", mec="red", mew=2,
-                label=f"selected: {chosen['path']} {chosen['alpha']:g}")
+                label=f"selected: {chosen['path']} {chosen['alpha']:g}{kind}")
     ax.set_xlabel("target score (validation)")
     ax.set_ylabel("general score (validation)")
     ax.set_title(title, fontsize=9)

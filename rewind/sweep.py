@@ -75,11 +75,30 @@ def _step(path: Path) -> int:
 @dataclass(frozen=True)
 class PointSpec:
     path: str  # a path name, or "base", "final", "train"
-    alpha: float  # for "train": the checkpoint's step
+    alpha: float  # for "train": the checkpoint's step; with `layers`: the alpha of tensors outside the layers
+    layers: tuple[float, ...] | None = None  # one alpha per transformer layer (a searched schedule)
 
     @property
     def key(self) -> str:
-        return f"{self.path}@{self.alpha:g}"
+        if self.layers is None:
+            return f"{self.path}@{self.alpha:g}"
+        return f"{self.path}@{self.alpha:g}[{compact(self.layers)}]"
+
+    @classmethod
+    def of(cls, record: dict) -> PointSpec:
+        layers = record.get("layers")
+        return cls(record["path"], record["alpha"], tuple(layers) if layers else None)
+
+
+def compact(values) -> str:
+    """Run-length form of a per-layer schedule: 0.6x8,0.8x8,1x14 (short keys for tables and plots)."""
+    runs: list[list] = []
+    for v in values:
+        if runs and runs[-1][0] == v:
+            runs[-1][1] += 1
+        else:
+            runs.append([v, 1])
+    return ",".join(f"{v:g}" if n == 1 else f"{v:g}x{n}" for v, n in runs)
 
 
 def plan_points(spec: SweepSpec, path_names: list[str]) -> list[PointSpec]:
@@ -216,6 +235,9 @@ class Sweep:
             natural.set(1.0)
         elif point.path == "train":
             self._load_checkpoint(point)
+        elif point.layers is not None:
+            self._rewinder(point.path).set(point.alpha, paths.Schedule("list", point.layers),
+                                           self.spec.allow_extrapolation)
         else:
             self._rewinder(point.path).set(point.alpha, self.schedule, self.spec.allow_extrapolation)
 
@@ -248,7 +270,8 @@ class Sweep:
         results = self.evaluators[split].run()
         elapsed = time.perf_counter() - start
         records = [{"run": self.run_id, "point": point.key, "path": point.path, "alpha": point.alpha,
-                    "split": split, "role": role[r.suite], **asdict(r), "switch_seconds": round(switch, 4),
+                    "layers": list(point.layers) if point.layers else None, "split": split, "role": role[r.suite],
+                    **asdict(r), "switch_seconds": round(switch, 4),
                     "point_seconds": round(elapsed, 3)} for r in results]
         self.log.append(records)
         return records
@@ -269,11 +292,25 @@ class Sweep:
         _barrier(self.world)
         if self.rank != 0:
             return {}
+        points = self.known_points(points)
         selection = self.select(points)
-        for key in {"base@0", "final@1", selection["selected"]["key"]}:
-            if (key, TEST) not in self._done():
-                self._evaluate(next(p for p in points if p.key == key), TEST)
+        self.evaluate_test(points, ["base@0", "final@1", selection["selected"]["key"]])
         return self.summarize(points, selection["selected"]["key"])
+
+    def known_points(self, planned: list[PointSpec]) -> list[PointSpec]:
+        """The planned points, then any other point this run has evaluated (e.g. by `rewind search`)."""
+        seen = {p.key for p in planned}
+        extra = {}
+        for r in self.log.records(self.run_id):
+            if r["point"] not in seen and r["split"] == VALIDATION:
+                extra.setdefault(r["point"], PointSpec.of(r))
+        return planned + list(extra.values())
+
+    def evaluate_test(self, points: list[PointSpec], keys: list[str]) -> None:
+        done = self._done()
+        for key in dict.fromkeys(keys):
+            if (key, TEST) not in done:
+                self._evaluate(next(p for p in points if p.key == key), TEST)
 
     def _write_spec(self) -> None:
         record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
@@ -288,7 +325,8 @@ class Sweep:
             mine = [r for r in records if r["point"] == p.key]
             if mine:
                 target, general = point_scores(mine, self.spec.target, self.spec.general)
-                rows.append({"key": p.key, "path": p.path, "alpha": p.alpha, "target": target, "general": general,
+                rows.append({"key": p.key, "path": p.path, "alpha": p.alpha,
+                             "layers": list(p.layers) if p.layers else None, "target": target, "general": general,
                              "seconds": mine[0]["point_seconds"], **pass_scores(mine, self.spec.pass_k)})
         return rows
 
@@ -340,12 +378,16 @@ def table(summary: dict) -> str:
     for r in summary["points"]:
         mark = ("*" if r["key"] in summary["frontier"] else "") + (" <- selected" if r["key"] ==
                                                                    summary["selected"]["key"] else "")
-        lines.append(f"{r['path']:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
+        if r.get("layers"):
+            mark += f" layers {compact(r['layers'])}"
+        name = r["path"] + ("+L" if r.get("layers") else "")
+        lines.append(f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
                      f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
                      + "".join(f" {r.get(key, float('nan')):>8.2f}" for key in passes) + f"  {mark}")
     sel = summary["selected"]
     lines.append("")
-    lines.append(f"selected ({summary['rule']}, validation): {sel['path']} alpha={sel['alpha']:g}")
+    layers = f" layers={compact(sel['layers'])}" if sel.get("layers") else ""
+    lines.append(f"selected ({summary['rule']}, validation): {sel['path']} alpha={sel['alpha']:g}{layers}")
     for name, row in [("base", base), ("final", summary["final_point"]), ("selected", sel)]:
         test = row.get("test")
         if test:
