@@ -24,7 +24,8 @@ from rewind import export, sweep
 from rewind.evaluate.suites import TASKS_DIR
 
 
-def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str, workdir: Path) -> dict:
+def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str, workdir: Path,
+            batch_size: str = "auto") -> dict:
     """Merge to disk + lm_eval CLI per point. Returns seconds and the scores it printed."""
     start = time.perf_counter()
     out = workdir / f"merged-{point['path']}-{point['alpha']:g}"
@@ -40,7 +41,7 @@ def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str,
         results = workdir / f"lm_eval-{chat}"
         cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                f"pretrained={out},dtype=bfloat16", "--tasks", ",".join(names), "--include_path", str(TASKS_DIR),
-               "--device", device, "--batch_size", "auto", "--output_path", str(results)]
+               "--device", device, "--batch_size", batch_size, "--output_path", str(results)]
         if limit:
             cmd += ["--limit", str(limit)]
         if chat:
@@ -60,6 +61,7 @@ def main() -> None:
     # The bundled YAMLs point lm_eval's CLI at their test split: compare points the sweep scored on test.
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (auto if it had none)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     record, _ = sweep.load(args.sweep)
@@ -71,10 +73,12 @@ def main() -> None:
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
             point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
-            old = old_way(spec, point, tasks, spec["limit"], args.device, Path(tmp))
+            batch = args.batch_size or str(spec.get("batch_size") or "auto")
+            old = old_way(spec, point, tasks, spec["limit"], args.device, Path(tmp), batch)
             agree = {r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"]) for r in mine
                      if r["task"] in old["scores"]}
             result = {"bench": "sweep_vs_cli", "point": key, "split": args.split, "limit": spec["limit"],
+                      "batch_size": batch,
                       "rewind_point_s": mine[0]["point_seconds"],
                       "rewind_switch_s": mine[0]["switch_seconds"], "old_way_s": old["seconds"],
                       "old_merge_s": old["merge_seconds"], "speedup": old["seconds"] / mine[0]["point_seconds"],
