@@ -793,26 +793,30 @@ def table(shape_recs: list[dict], rings: dict[str, Ring], bandwidth: Optional[fl
 
 
 def report(records: list[dict], clock: Clock) -> None:
+    """Kernels first, the per-shape table last: the end of the output is what a truncated log keeps."""
+    kern = [r for r in records if r.get("section") == "kernels" and "variant" in r]
+    if kern:
+        print(f"\nkernels of one call on {kern[0]['shape']} ({'device' if clock.cuda else 'cpu'} us, top 5):")
+        for rec in kern:
+            ks = (rec.get("kernels") or [])[:5]
+            print(f"  {rec['family']}/{rec['variant']}: " + (rec.get("error") or "; ".join(
+                f"{k['name'][:56]} x{k['calls']} {k['us']:.0f}" for k in ks)))
     print("\nR(alpha) - I for all blocks of the model at once (ms):")
     for rec in records:
-        if rec.get("section") == "R-I":
+        if rec.get("section") == "R-I" and "variant" in rec:
             extra = f"  rel err {rec['rel_err_vs_rewind']:.1e}" if "rel_err_vs_rewind" in rec else ""
             print(f"  {rec['variant']:52} {rec.get('model_s', float('nan')) * 1e3:9.3f}{extra}"
                   + (f"  {rec['error']}" if "error" in rec else ""))
     print("\nwhole model, 196 tensors in the model's order over the rings (ms; cpu = time to issue the launches):")
     for rec in records:
-        if rec.get("section") == "model":
+        if rec.get("section") == "model" and "variant" in rec:
             if "error" in rec:
                 print(f"  {rec['variant']:58} {rec['error']}")
             else:
                 print(f"  {rec['variant']:58} {rec['model_s'] * 1e3:9.2f}   cpu {rec['cpu_issue_s'] * 1e3:8.2f}")
-    kern = [r for r in records if r.get("section") == "kernels"]
-    if kern:
-        print(f"\nkernels of one call on {kern[0]['shape']} ({'device' if clock.cuda else 'cpu'} us, top 8):")
-        for rec in kern:
-            ks = rec.get("kernels") or []
-            print(f"  {rec['family']}/{rec['variant']}: " + (rec.get("error") or "; ".join(
-                f"{k['name'][:70]} x{k['calls']} {k['us']:.0f}" for k in ks)))
+    for rec in records:
+        if "error" in rec and "variant" not in rec:
+            print(f"section {rec['section']} failed: {rec['error']}")
 
 
 def main() -> None:
@@ -895,8 +899,8 @@ def main() -> None:
         emit(compiled + [{"section": "compile", "state": state, "ready_at_s": child.ready_at,
                           "parent_ended_s": elapsed()}])
         log(f"compile child: {state}, {len(compiled)} records")
-    emit(table([r for r in shape_recs if "shape" in r], rings, bandwidth, clock.cuda))
     report(records, clock)
+    emit(table([r for r in shape_recs if "shape" in r], rings, bandwidth, clock.cuda))
     bad = [r for r in shape_recs if r.get("ok") is False and r.get("variant") != "bmm-R-bf16"]
     log(f"done; {len(bad)} unexpected mismatches" + (": " + ", ".join(f"{r['family']}/{r['variant']}/{r['shape']}"
                                                                       for r in bad) if bad else ""))
