@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rewind.errors import RewindError
 from rewind.paths import Bound, Schedule
-from rewind.paths.cayley import Cayley
+from rewind.paths.cayley import Cayley, rotate_add
 from rewind.paths.dense import Dense
 from rewind.paths.linear import Linear
 from rewind.updates import LowRank, Rotation, Scale, cayley, neumann_series, rotate
@@ -135,6 +135,22 @@ def test_cayley_path_at_alpha_is_rotate_w0_by_cayley_of_scaled_q(out, blocks, b,
     Cayley([item], cayley_scale=scale).write([1.0])  # alpha = 1 on either scale: the finetune, peft's merge
     _close(item.out, rotate(w0.double(), cayley(Q.double(), terms)))
     _close(item.out, Rotation(Q, terms).merged(w0).double())
+
+
+@FAST
+@given(out=st.integers(0, 12), blocks=st.integers(1, 4), b=st.sampled_from([2, 3, 8, 16, 32, 33]), share=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), strided_out=st.booleans(), seed=seeds)
+def test_rotate_add_matches_add_of_rotate(out, blocks, b, share, dtype, strided_out, seed):
+    """The Cayley path's rotation into its output (bmm on strided block views, then += w0) against the einsum
+    formula it replaced: the same arithmetic, up to the matmul kernel's summation order (a rounding of the max)."""
+    w0 = torch.randn(out, blocks * b, generator=_gen(seed)).to(dtype)
+    d = (0.1 * _skew(1 if share else blocks, b, seed)).to(dtype)
+    dest = torch.empty(blocks * b, out, dtype=dtype).t() if strided_out else torch.empty_like(w0)
+    assert rotate_add(w0, d, dest) is dest
+    want = torch.add(w0, rotate(w0, d))
+    tol = 2 * torch.finfo(dtype).eps * (float(want.abs().max()) if want.numel() else 0.0)
+    for got in (dest, rotate_add(w0, d)):
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
 
 
 @FAST

@@ -53,8 +53,29 @@ class Cayley(Path):
                 if id(item) in alpha_of:
                     # W0 + W0 @ blockdiag(D)^T: only the small part D goes through the compute dtype (bf16 on GPU)
                     d = D[start:start + n]
-                    computed(item, lambda w0, out, d=d: torch.add(w0, rotate(w0, d.to(w0.dtype)), out=out))
+                    computed(item, lambda w0, out, d=d: rotate_add(w0, d.to(w0.dtype), out))
                 start += n
+
+
+def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out <- w0 + w0 @ blockdiag(d)^T, d [blocks or 1, b, b], with no W-sized temporary.
+
+    One batched matmul over the blocks, on strided [blocks, rows, b] views of w0 and out (block j of every row),
+    writes w0 @ blockdiag(d)^T straight into out; then out += w0. Same arithmetic as add(w0, rotate(w0, d)) (a
+    product rounded to the dtype, then the add), but W-sized data crosses memory 5 times instead of 7: einsum's
+    result is a [blocks, rows, b] temporary that rotate's reshape copies once more before the add reads it.
+    """
+    rows, fan_in = w0.shape
+    b = d.shape[-1]
+    if out is None:
+        out = torch.empty_like(w0, memory_format=torch.contiguous_format)
+    if not (w0.is_contiguous() and out.is_contiguous()) or out.data_ptr() == w0.data_ptr():
+        return torch.add(w0, rotate(w0, d), out=out)  # views need dense rows; out must not overwrite w0 early
+    blocks = fan_in // b
+    d = d.expand(blocks, b, b).contiguous()  # block_share: one block repeated (a copy of b x b blocks, no stride 0)
+    torch.bmm(w0.view(rows, blocks, b).transpose(0, 1), d.transpose(1, 2),
+              out=out.view(rows, blocks, b).transpose(0, 1))
+    return out.add_(w0)
 
 
 def _rotation_minus_identity(Q: torch.Tensor, neumann_terms: int | None) -> torch.Tensor:
