@@ -73,15 +73,15 @@ class Sampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def child_env() -> dict:
+def child_env(root: Path = ROOT) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 
 
-def measure(args: list[str], interval: float = 0.01, trace: Path | None = None) -> dict:
+def measure(args: list[str], interval: float = 0.01, trace: Path | None = None, root: Path = ROOT) -> dict:
     """Run `python ARGS` in a fresh process (under _peak.py); wall time, its own peak RSS and the sampled split.
 
     Peak RSS is the child's VmHWM at exit (see _peak.py for why not ru_maxrss); the sampler's split (anonymous /
@@ -89,7 +89,7 @@ def measure(args: list[str], interval: float = 0.01, trace: Path | None = None) 
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
         cmd = [sys.executable, str(Path(__file__).resolve().parent / "_peak.py"), report.name, *args]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, env=child_env(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sampler = Sampler(proc.pid, interval, trace is not None)
         sampler.start()
         output = proc.stdout.read()
@@ -142,6 +142,14 @@ def versions() -> dict:
             "safetensors": safetensors.__version__}
 
 
+def commit(root: Path) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
@@ -151,14 +159,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="smollm2", help="smollm2, llama1b, llama, qwen (see bench/_shapes.py)")
     parser.add_argument("--methods", default="lora16", help="comma list of lora, lora16, oft")
-    parser.add_argument("--targets", default="all-linear", help="all-linear or a comma list (q_proj,v_proj)")
+    parser.add_argument("--targets", action="append", default=None,
+                        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for more")
     parser.add_argument("--devices", default=None, help="comma list; default cpu, plus cuda when present")
     parser.add_argument("--ways", default="rewind,old", help="rewind, old or both")
+    parser.add_argument("--runs", default=None,
+                        help="way:device pairs instead of ways x devices, e.g. rewind:cpu,rewind:cuda,old:cpu")
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--max-shard-size", default="5GB", help="shard size of the random base (and the old way's)")
     parser.add_argument("--work", default=None, help="dir for the base, adapters and outputs (default: a temp dir; "
                                                      "needs ~2x the model's size free)")
     parser.add_argument("--keep", action="store_true", help="keep --work's base and adapters afterwards")
+    parser.add_argument("--reps", type=int, default=1, help="runs of each export (one JSON line each)")
+    parser.add_argument("--rewind-root", default=str(ROOT),
+                        help="checkout whose rewind the rewind way runs (e.g. another branch's worktree)")
     parser.add_argument("--interval", type=float, default=0.01, help="RSS sampling period, seconds")
     parser.add_argument("--trace", action="store_true", help="write each run's RSS timeline next to --out")
     parser.add_argument("--out", default=None, help="append JSON lines here")
@@ -176,11 +190,17 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if cuda else [])
+    runs = [tuple(r.split(":")) for r in args.runs.split(",")] if args.runs else \
+        [(way, device) for device in devices for way in args.ways.split(",")]
+    devices = list(dict.fromkeys(device for _, device in runs))
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="export-rss-"))
     work.mkdir(parents=True, exist_ok=True)
     common = {"bench": "export_rss", "shape": args.shape, "machine": machine(), "max_shard_size": args.max_shard_size,
               **versions()}
     records = []
+    # `python -m rewind.cli` needs click; a machine without it runs the library call that the CLI makes
+    entry = "cli" if subprocess.run([sys.executable, "-c", "import rewind.cli"], env=child_env(
+        Path(args.rewind_root).resolve()), capture_output=True).returncode == 0 else "library"
 
     def emit(record: dict) -> None:
         line = json.dumps(record)
@@ -192,7 +212,7 @@ def main() -> None:
                 f.write(line + "\n")
 
     try:
-        base = work / f"base-{args.shape}"
+        base = work / f"base-{args.shape}-{args.max_shard_size}"
         if (base / "config.json").is_file():
             from rewind.export import base_shards
 
@@ -206,42 +226,49 @@ def main() -> None:
               "shards": len(created["shards"]), "largest_shard_bytes": largest, "base_bytes": created["bytes"],
               "params": created.get("params"), "create_s": created["create_s"]})
         baselines = {}
-        for name in ["import", "import+hf"] + (["import+cuda"] if "cuda" in devices else []):
+        olds = any(way == "old" for way, _ in runs)
+        for name in ["import"] + (["import+hf"] if olds else []) + (["import+cuda"] if "cuda" in devices else []):
             m = measure(["-c", BASELINES[name]], args.interval)
             baselines[name] = m["peak_rss_bytes"]
             emit({**common, "kind": "baseline", "baseline": name, "code": BASELINES[name], **m})
-        for method in args.methods.split(","):
-            adapter = work / f"adapter-{method}-{_shapes.targets_label(args.targets)}"
-            made = _shapes.write_adapter(args.shape, method, adapter, args.targets)
-            for device in devices:
-                for way in args.ways.split(","):
-                    # net of what the way imports before it loads anything (on cuda: of a started CUDA context)
-                    baseline = "import+cuda" if device.startswith("cuda") else "import+hf" if way == "old" else \
-                        "import"
-                    out = work / f"out-{way}-{device}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    if way == "rewind":
-                        cmd = ["-m", "rewind.cli", "export", "--base", str(base), "--adapter",
-                               str(adapter), "--alpha", str(args.alpha), "--out", str(out), "--device", device]
-                    else:
-                        cmd = [str(Path(__file__).resolve()), "--child", str(base), str(adapter),
-                               str(out), device, str(args.alpha), args.max_shard_size]
-                    trace = Path(args.out).with_suffix(f".{args.shape}-{method}-{device}-{way}.trace.jsonl") \
-                        if args.trace and args.out else None
-                    m = measure(cmd, args.interval, trace)
-                    written = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
-                    out_largest = max(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
-                    shutil.rmtree(out, ignore_errors=True)
-                    bound = largest + made["adapter_bytes"]
-                    emit({**common, "kind": "export", "way": way, "method": method,
-                          "targets": _shapes.targets_label(args.targets), "device": device, "alpha": args.alpha,
-                          **m, "largest_shard_bytes": largest, "out_largest_shard_bytes": out_largest,
-                          "written_bytes": written, **made, "baseline": baseline,
-                          "baseline_rss_bytes": baselines[baseline], "import_rss_bytes": baselines["import"],
-                          "ratio": m["peak_rss_bytes"] / bound,
-                          "net_ratio": (m["peak_rss_bytes"] - baselines[baseline]) / bound,
-                          "target_met": m["peak_rss_bytes"] <= TARGET_RATIO * bound,
-                          "net_target_met": m["peak_rss_bytes"] - baselines[baseline] <= TARGET_RATIO * bound})
+        for method, targets in [(m, t) for m in args.methods.split(",") for t in args.targets or ["all-linear"]]:
+            adapter = work / f"adapter-{method}-{_shapes.targets_label(targets)}"
+            made = _shapes.write_adapter(args.shape, method, adapter, targets)
+            for (way, device), rep in [(run, r) for run in runs for r in range(args.reps)]:
+                # net of what the way imports before it loads anything (on cuda: of a started CUDA context)
+                baseline = "import+cuda" if device.startswith("cuda") else "import+hf" if way == "old" else \
+                    "import"
+                out = work / f"out-{way}-{device}"
+                shutil.rmtree(out, ignore_errors=True)
+                if way == "rewind" and entry == "cli":
+                    cmd = ["-m", "rewind.cli", "export", "--base", str(base), "--adapter",
+                           str(adapter), "--alpha", str(args.alpha), "--out", str(out), "--device", device]
+                elif way == "rewind":  # the same plan + write, without the CLI's imports
+                    cmd = ["-c", "import sys; from rewind.export import export; export(sys.argv[1], sys.argv[2], "
+                           "sys.argv[3], float(sys.argv[4]), device=sys.argv[5])", str(base), str(adapter), str(out),
+                           str(args.alpha), device]
+                else:
+                    cmd = [str(Path(__file__).resolve()), "--child", str(base), str(adapter),
+                           str(out), device, str(args.alpha), args.max_shard_size]
+                label = f"{args.shape}-{method}-{_shapes.targets_label(targets)}-{device}-{way}-{rep}"
+                trace = Path(args.out).with_suffix(f".{label}.trace.jsonl") if args.trace and args.out else None
+                m = measure(cmd, args.interval, trace, Path(args.rewind_root).resolve())
+                written = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+                out_largest = max(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
+                shutil.rmtree(out, ignore_errors=True)
+                bound = largest + made["adapter_bytes"]
+                emit({**common, "kind": "export", "way": way, "rep": rep, "method": method,
+                      "rewind_root": str(Path(args.rewind_root).resolve()) if way == "rewind" else None,
+                      "rewind_commit": commit(Path(args.rewind_root)) if way == "rewind" else None,
+                      "entry": entry if way == "rewind" else "peft",
+                      "targets": _shapes.targets_label(targets), "device": device, "alpha": args.alpha,
+                      **m, "largest_shard_bytes": largest, "out_largest_shard_bytes": out_largest,
+                      "written_bytes": written, **made, "baseline": baseline,
+                      "baseline_rss_bytes": baselines[baseline], "import_rss_bytes": baselines["import"],
+                      "ratio": m["peak_rss_bytes"] / bound,
+                      "net_ratio": (m["peak_rss_bytes"] - baselines[baseline]) / bound,
+                      "target_met": m["peak_rss_bytes"] <= TARGET_RATIO * bound,
+                      "net_target_met": m["peak_rss_bytes"] - baselines[baseline] <= TARGET_RATIO * bound})
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
