@@ -1,31 +1,35 @@
 """Seconds to move a resident model to a new alpha, against merging and reloading a checkpoint per point.
 
     python bench/alpha_switch.py [--base smollm2 | --shape qwen] [--device cuda] [--methods lora,oft] [--out FILE]
+    python bench/alpha_switch.py --shape smollm2,llama1b,qwen --targets all-linear --targets q_proj,v_proj \
+        --methods lora16 --reload-reps 0                 # the scaling grid: model size x adapted modules
 
-Adapters are random (LoRA r8 and OFT b32 on all linear layers): timing does not depend on the values. `--shape
-ALIAS` builds the alias's architecture (from its recipe preset) with random bf16 weights instead of loading it, so
-a 7B-shaped model needs no download; the old-way reload then saves and loads that random model.
-One JSON line per (method, path) on stdout (and appended to --out).
+Adapters are random (LoRA r8 / r16 and OFT b32, on all linear layers or on --targets): timing does not depend on
+the values. `--shape` builds an architecture (a recipe preset's, or a bench-local one such as llama1b: see
+bench/_shapes.py) with random bf16 weights instead of loading it, so a 7B-shaped model needs no download; the
+old-way reload then saves and loads that random model. A comma list of shapes and repeated --targets run as a
+grid, one model build per shape. One JSON line per (shape, targets, method, path) on stdout (and appended to --out).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, OFTConfig, get_peft_model
+from peft import get_peft_model
 
 from rewind import engine, models
 
-CONFIGS = {"lora": LoraConfig(r=8, target_modules="all-linear"),
-           "lora16": LoraConfig(r=16, target_modules="all-linear"),
-           "oft": OFTConfig(r=0, oft_block_size=32, target_modules="all-linear")}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _shapes  # noqa: E402 - bench-local module, found through the line above
 
 
 def sync(device: str) -> None:
@@ -33,8 +37,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def random_adapter(base, method: str, out: Path) -> Path:
-    peft_model = get_peft_model(base, CONFIGS[method])
+def random_adapter(base, method: str, out: Path, targets: str = _shapes.ALL_LINEAR) -> Path:
+    peft_model = get_peft_model(base, _shapes.adapter_config(method, targets))
     with torch.no_grad():
         for p in peft_model.parameters():
             if p.requires_grad:
@@ -60,13 +64,10 @@ def time_switches(rw: engine.Rewinder, reps: int, device: str) -> list[float]:
 def load(base_id, shape, device: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
-    from rewind.train.budget import model_config
-
     if shape is None:
         return AutoModelForCausalLM.from_pretrained(models.resolve(base_id), dtype=models.torch_dtype(dtype)).to(
             device).eval()
-    with torch.device(device):
-        return AutoModelForCausalLM.from_config(model_config(shape), dtype=models.torch_dtype(dtype)).eval()
+    return _shapes.build(shape, device, models.torch_dtype(dtype))
 
 
 def copy_bandwidth(device: str, gib: float = 4.0) -> float:
@@ -107,7 +108,11 @@ def time_reload(base_id, shape, adapter: Path, device: str, dtype: str, reps: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2")
-    parser.add_argument("--shape", default=None, help="random weights in this alias's architecture (qwen, smollm2)")
+    parser.add_argument("--shape", default=None,
+                        help="random weights in this architecture (smollm2, llama1b, llama, qwen); a comma list runs "
+                             "each")
+    parser.add_argument("--targets", action="append", default=None,
+                        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for a grid")
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--methods", default="lora,oft")
@@ -119,38 +124,54 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.processor() or 'cpu'} " \
         f"({torch.get_num_threads()} threads)"
     bandwidth = copy_bandwidth(device) if device.startswith("cuda") else None
+    shapes = args.shape.split(",") if args.shape else [None]
     with tempfile.TemporaryDirectory() as tmp:
-        for method in args.methods.split(","):
-            model = load(args.base, args.shape, device, args.dtype)
-            adapter = random_adapter(model, method, Path(tmp) / method)
-            for path in (["cayley", "dense"] if method == "oft" else ["linear"]):
-                rw = engine.attach(model, adapter, path=path)
-                switch = time_switches(rw, args.reps, device)
-                moved = sum(w.numel() * w.element_size() for w in rw.w0.values())
-                record = {"bench": "alpha_switch", "base": args.shape or args.base,
-                          "weights": "random" if args.shape else "real", "method": method, "path": path,
-                          "device": where, "dtype": args.dtype, "tensors": len(rw.w0),
-                          "adapted_bytes": moved, "switch_s_median": statistics.median(switch),
-                          "switch_s_min": min(switch), "reps": args.reps, "torch": torch.__version__,
-                          "copy_bytes_per_s": bandwidth,
-                          # reading W0 and writing W: the least any in-place switch must move
-                          "copy_bound_s": 2 * moved / bandwidth if bandwidth else None}
-                rw.set(0.0)
-                if path in ("linear", "cayley") and args.reload_reps:
-                    reload = time_reload(args.base, args.shape, adapter, device, args.dtype, args.reload_reps)
-                    record["reload_s_median"] = statistics.median(reload)
-                    record["speedup"] = record["reload_s_median"] / record["switch_s_median"]
-                line = json.dumps(record)
-                print(line, flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(line + "\n")
-            del model, rw
-            import gc
-
+        for shape in shapes:
+            start = time.perf_counter()
+            model = load(args.base, shape, device, args.dtype)
+            sync(device)
+            build_s = time.perf_counter() - start
+            params = sum(p.numel() for p in model.parameters())
+            for targets in args.targets or [_shapes.ALL_LINEAR]:
+                for method in args.methods.split(","):
+                    label = _shapes.targets_label(targets)
+                    adapter = random_adapter(model, method, Path(tmp) / f"{shape}-{method}-{label}", targets)
+                    for path in (["cayley", "dense"] if method == "oft" else ["linear"]):
+                        rw = engine.attach(model, adapter, path=path)
+                        switch = time_switches(rw, args.reps, device)
+                        moved = sum(w.numel() * w.element_size() for w in rw.w0.values())
+                        record = {"bench": "alpha_switch", "base": shape or args.base,
+                                  "weights": "random" if shape else "real", "method": method, "path": path,
+                                  "targets": label, "params": params, "build_s": build_s,
+                                  "device": where, "dtype": args.dtype, "tensors": len(rw.w0),
+                                  "adapted_bytes": moved, "switch_s_median": statistics.median(switch),
+                                  "switch_s_min": min(switch), "reps": args.reps, "torch": torch.__version__,
+                                  "copy_bytes_per_s": bandwidth,
+                                  # reading W0 and writing W: the least any in-place switch must move
+                                  "copy_bound_s": 2 * moved / bandwidth if bandwidth else None}
+                        restore(model, rw)
+                        if path in ("linear", "cayley") and args.reload_reps:
+                            reload = time_reload(args.base, shape, adapter, device, args.dtype, args.reload_reps)
+                            record["reload_s_median"] = statistics.median(reload)
+                            record["speedup"] = record["reload_s_median"] / record["switch_s_median"]
+                        line = json.dumps(record)
+                        print(line, flush=True)
+                        if args.out:
+                            with open(args.out, "a") as f:
+                                f.write(line + "\n")
+                        del rw
+            del model
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+
+
+def restore(model, rw: engine.Rewinder) -> None:
+    """Put W0 back exactly, so the next adapter in the grid starts from the same base (no rebuild per adapter)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, w0 in rw.w0.items():
+            params[name].copy_(w0)
 
 
 if __name__ == "__main__":

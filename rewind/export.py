@@ -280,13 +280,17 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
             tensors = {}
             with safe_open(shard, "pt") as f:
                 for name in f.keys():
-                    w0 = f.get_tensor(name)
                     if name in p.alphas:
-                        w0 = w0.to(device)
+                        # Through a mapping of its own, unmapped once W is computed: read through `f`, W0's pages
+                        # would stay resident until the shard is saved, next to W (peak: shard + updated part).
+                        with safe_open(shard, "pt") as one:
+                            w0 = one.get_tensor(name).to(device)
                         out = torch.empty_like(w0)
                         path_cls([Bound(name, p.update.deltas[name], w0, out)],
                                  cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
                         w0 = out.cpu()
+                    else:
+                        w0 = f.get_tensor(name)  # untouched: its pages are read once, by save_file
                     tensors[name] = w0.contiguous()
                     bar.update()
             save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
