@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$HOME/rw/repo"
 source bench/gpu/env.sh
 O=$R/out; mkdir -p "$O/logs" "$O/runs" "$O/sw"
-DEADLINE=$(( $(date +%s) + ${STUDY_SECONDS:-1140} ))  # chains still running then are stopped; results stay valid
+DEADLINE=$(( $(date +%s) + ${STUDY_SECONDS:-900} ))  # chains still running then are stopped; results stay valid
 # Knobs (defaults: the recorded study; a CPU smoke test shrinks them and points BASE at a tiny model).
 LIMIT=${LIMIT:-32} STEPS=${STEPS:-500} GRPO_STEPS=${GRPO_STEPS:-150} LAYER_GROUPS=${LAYER_GROUPS:-4} BUDGET=${BUDGET:-8}
 BASE=${BASE:-smollm2} EXTRA_DELAY=${EXTRA_DELAY:-150}
@@ -70,10 +70,13 @@ chain_extra() {  # NAME LR: more methods for the arena's correlations; final poi
   stamp "swept $1 rc=$?"
 }
 
-chain_p3() {  # host-side export benchmark on random 7B-shaped weights (GPU idle apart from the reload)
-  [ -f bench/export_rss.py ] || return 0
-  OMP_NUM_THREADS=8 python3 bench/export_rss.py ${P3_ARGS:-} > "$O/logs/p3.log" 2>&1
-  stamp "p3 rc=$?"
+chain_p3() {  # P3: export's peak host RSS and wall time on random-weight shapes, 7B first (host-side work)
+  [ "$BASE" = smollm2 ] || return 0
+  for shape in qwen llama1b smollm2; do
+    OMP_NUM_THREADS=8 python3 bench/export_rss.py --shape $shape --methods lora16,oft --devices cpu,cuda \
+        --work "$R/p3work-$shape" --out "$O/p3_export_rss.jsonl" >> "$O/logs/p3.log" 2>&1
+    stamp "p3 $shape rc=$?"; rm -rf "$R/p3work-$shape"
+  done
 }
 
 stamp "start (deadline in $(( DEADLINE - $(date +%s) )) s)"
@@ -101,12 +104,18 @@ for d in "$O"/sw/*/; do
   [ -f "$d/summary.json" ] && [ -d "$O/runs/$name" ] && { adapters+=("$O/runs/$name"); sweeps+=(--sweep "$d"); }
 done
 stamp "arena over ${#adapters[@]} adapters"
-timeout 240 python3 -m rewind.cli arena "${adapters[@]}" "${sweeps[@]}" --base "$BASE" --limit 32 --out "$O/arena" \
+timeout 180 python3 -m rewind.cli arena "${adapters[@]}" "${sweeps[@]}" --base "$BASE" --limit 32 --out "$O/arena" \
     > "$O/logs/arena.log" 2>&1
 stamp "arena rc=$?"
 
 # P1 on a quiet GPU: the alpha-switch scaling grid and the kernel probe.
-[ -f bench/switch_probe.py ] && { timeout 120 python3 bench/switch_probe.py ${PROBE_ARGS:-} > "$O/logs/probe.log" 2>&1; stamp "probe rc=$?"; }
-[ -n "${P1_CMD:-}" ] && { timeout 300 bash -c "$P1_CMD" > "$O/logs/p1.log" 2>&1; stamp "p1 rc=$?"; }
+if [ "$BASE" = smollm2 ]; then
+  timeout 90 python3 bench/switch_probe.py --device cuda --compile-cap 20 --out "$O/switch_probe_h200.jsonl" \
+      --child-log "$O/logs/compile_child.log" > "$O/logs/probe.log" 2>&1
+  stamp "probe rc=$?"
+  timeout 180 python3 bench/alpha_switch.py --shape smollm2,llama1b,qwen --targets all-linear --targets q_proj,v_proj \
+      --methods lora16,oft --reps 5 --reload-reps 0 --device cuda --out "$O/p1_grid.jsonl" > "$O/logs/p1.log" 2>&1
+  stamp "p1 rc=$?"
+fi
 stamp "done"
 touch "$O/DONE"
