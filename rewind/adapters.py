@@ -434,7 +434,7 @@ def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_c
             if tuple(w1.shape) != tuple(shapes[name]):
                 raise RewindError(f"checkpoint does not fit this base: {name} is {tuple(shapes[name])} in the base "
                                   f"but {tuple(w1.shape)} in {path}")
-            if not torch.equal(w1.to(w0.dtype), w0):
+            if not torch.equal(w1.to(w0.device, w0.dtype), w0):  # compared where the base lives (a GPU, often)
                 deltas[name] = Replace(w1)
     if not deltas:
         raise RewindError(f"{path}: identical to the base; nothing to rewind")

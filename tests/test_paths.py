@@ -59,17 +59,19 @@ def test_full_finetune_and_no_drift(kind, base, tmp_path):
         assert torch.equal(p, snapshot[name]), name
 
 
-def test_full_finetune_endpoints(base, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the checkpoint is read on the CPU, the model lives on a GPU"))])
+def test_full_finetune_endpoints(base, tmp_path, device):
     tuned = make_full(base, tmp_path / "full")
-    rw = attach(copy.deepcopy(base), tmp_path / "full")
+    rw = attach(copy.deepcopy(base).to(device), tmp_path / "full")
     assert rw.update.method.name == "full" and rw.path_name == "linear"
     assert all(".layers.1." in n or "norm" in n for n in rw.update.deltas)  # unchanged tensors are not kept
     rw.set(1.0)
     for name, p in rw.model.named_parameters():
-        assert torch.equal(p, dict(tuned.named_parameters())[name]), name
+        assert torch.equal(p.cpu(), dict(tuned.named_parameters())[name]), name
     rw.set(0.0)
     for name, p in rw.model.named_parameters():
-        assert torch.equal(p, dict(base.named_parameters())[name]), name
+        assert torch.equal(p.cpu(), dict(base.named_parameters())[name]), name
 
 
 def test_linear_path_is_linear_in_alpha(base, tmp_path):
