@@ -1,12 +1,19 @@
 """Issue 7, security: generated code is scored in a separate, time- and memory-limited process in a temporary dir
-(rewind/evaluate/sandbox.py), never in rewind's process."""
+(rewind/evaluate/sandbox.py), never in rewind's process; code-offline (HumanEval) scores through it."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import sys
 import time
 from pathlib import Path
 
-from rewind.evaluate import sandbox
+from rewind.evaluate import harness, sandbox
+from rewind.evaluate.suites import DATA_DIR, SPLITS, TASKS_DIR
+
+sys.path.insert(0, str(TASKS_DIR))
+import suite_utils  # noqa: E402  (lm-eval loads it by path; the tests import it the same way)
 
 
 def running(pid: int) -> bool:
@@ -83,3 +90,49 @@ def test_the_callers_environment_is_not_passed_on(monkeypatch):
                "assert 'HF_TOKEN' not in os.environ and 'AWS_SECRET_ACCESS_KEY' not in os.environ\n"
                "assert not any('secret_value' in v for v in os.environ.values()), os.environ\n")
     assert sandbox.run(program).passed
+
+
+def read_data(split: str) -> list[dict]:
+    with gzip.open(DATA_DIR / f"code_humaneval.{split}.jsonl.gz", "rt") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_canonical_solutions_pass_the_suite_scorer_and_empty_completions_fail():
+    docs = read_data("validation")[:3] + read_data("test")[:2]
+    for doc in docs:
+        assert suite_utils.code_pass_at_1(doc, [doc["canonical_solution"]]) == {"pass_at_1": 1.0}, doc["task_id"]
+        assert suite_utils.code_pass_at_1(doc, [""]) == {"pass_at_1": 0.0}, doc["task_id"]
+
+
+def test_completions_are_taken_from_a_fenced_block_or_as_a_continuation():
+    doc = read_data("test")[0]
+    body, prompt, name = doc["canonical_solution"], doc["prompt"], doc["entry_point"]
+    function = prompt.lstrip() + body
+    responses = [
+        body,  # the body, continuing the prompt's function
+        f"Sure! Here it is:\n```python\n{function}```\nIt works because...",  # the whole function, fenced
+        f"```Python\n{function}",  # fenced, cut off by the token limit before the closing fence
+        function,  # the whole function, no fence
+        # A wrong demo after a right function does not fail it; it is not run.
+        f"```python\n{function}\nprint({name}(None))\nassert {name} is None\nif __name__ == '__main__':\n    1 / 0\n```",
+    ]
+    for response in responses:
+        assert suite_utils.code_pass_at_1(doc, [response])["pass_at_1"] == 1.0, response
+    for wrong in ["    return None\n", f"```python\ndef {name}(*args):\n    return None\n```", "I cannot help."]:
+        assert suite_utils.code_pass_at_1(doc, [wrong])["pass_at_1"] == 0.0, wrong
+
+
+def test_code_offline_resolves_and_loads_in_lm_eval():
+    [suite] = harness.resolve_suites(["code-offline"])
+    assert suite.tasks == ("code_offline_humaneval",) and suite.include_path == TASKS_DIR
+    task = harness._bundled_manager().load(["code_offline_humaneval"])["tasks"]["code_offline_humaneval"]
+    assert task.get_config("output_type") == "generate_until" and task.UNSAFE_CODE
+    assert task.get_config("metadata")["primary_metric"] == "pass_at_1,none"
+    assert task.get_config("generation_kwargs")["max_gen_toks"] == 384
+    for split in SPLITS:
+        task.set_config(key="test_split", value=split)
+        docs = list(task.eval_docs)
+        assert len(docs) == len(read_data(split)) == 82
+        assert docs[0]["prompt"] in task.doc_to_text(docs[0])
+    ids = {d["task_id"] for s in SPLITS for d in read_data(s)}
+    assert len(ids) == 164  # all of HumanEval, each problem in one split
