@@ -143,7 +143,7 @@ def sweep_options(f):
         click.option("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), show_default=True,
                      help="Comma list of alphas per path (0 and 1 are always evaluated)."),
         click.option("--target", multiple=True, default=["math-offline"], show_default=True,
-                     help="Target suite(s): math-offline, med-offline, math, med, or any lm-eval task name."),
+                     help="Target suite(s): math-offline, med-offline, code-offline, math, med, or any lm-eval task name."),
         click.option("--general", multiple=True, default=["general-offline"], show_default=True,
                      help="General suite(s): general-offline, general, or any lm-eval task name."),
         click.option("--limit", type=int, default=None, help="At most N items per task and split (quick runs)."),

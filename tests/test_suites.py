@@ -63,7 +63,7 @@ def test_bundled_suites_load_both_splits_offline():
 
 def test_validation_and_test_items_are_disjoint():
     tasks = harness._bundled_manager().all_subtasks
-    assert len(tasks) == 12
+    assert len(tasks) == 13
     for task in tasks:
         keys = {}
         for split in SPLITS:

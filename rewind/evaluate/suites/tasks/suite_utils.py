@@ -1,19 +1,24 @@
 """Data loading and scoring for the bundled task YAMLs (referenced from them as `!function suite_utils.X`).
 
-lm-eval imports this file by path, so it imports nothing from rewind.
+lm-eval imports this file by path, so it imports nothing from rewind; the code sandbox is loaded by path too.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import gzip
+import importlib.util
 import json
 import re
 import string
+import sys
 from collections import Counter
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+SANDBOX = Path(__file__).resolve().parents[2] / "sandbox.py"  # rewind/evaluate/sandbox.py
 
 
 def load(data: str, **_metadata):
@@ -104,3 +109,47 @@ def perplexity(doc: dict, results: list[float]) -> dict:
         "byte_perplexity": (loglikelihood, size),
         "bits_per_byte": (loglikelihood, size),
     }
+
+
+# --- code: HumanEval pass@1. The answer is the first fenced block of the response (a chat model's usual reply),
+# else the whole response: a function, or the body that continues the prompt's. Prompt + code + the problem's tests
+# run in rewind's sandbox: a separate, limited process, never this one.
+CODE_TIMEOUT = 10.0  # seconds per program; the canonical solutions take about 0.1
+_FENCED = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # to the closing fence, or to the end if cut off
+# Top-level statements kept from a whole-function answer; calls, prints, asserts and `if` blocks are its demo.
+_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
+                ast.AnnAssign)
+
+
+@functools.cache
+def _sandbox():
+    """rewind/evaluate/sandbox.py, loaded by path as lm-eval loads this file (it needs the standard library only)."""
+    spec = importlib.util.spec_from_file_location("_rewind_sandbox", SANDBOX)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses looks the module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _definitions(code: str) -> str:
+    """`code` without its top-level demo statements, so that a wrong example does not fail a right function (as
+    evalplus sanitizes). Only parsed, never run; code that does not parse is kept as it is and fails in the test."""
+    try:
+        tree = ast.parse(code)
+        return ast.unparse(ast.Module([node for node in tree.body if isinstance(node, _DEFINITIONS)], []))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return code
+
+
+def code_program(doc: dict, response: str) -> str:
+    """The program that tests `response`: the prompt, the model's code, the tests, the call to check()."""
+    fenced = _FENCED.search(response)
+    code = fenced.group(1) if fenced else response
+    if re.search(rf"^def {re.escape(doc['entry_point'])}\s*\(", code, re.M):
+        # A whole function: after the prompt, whose imports and helper functions it may use.
+        code = "\n" + _definitions(code) + "\n"
+    return f"{doc['prompt']}{code}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+
+
+def code_pass_at_1(doc: dict, results: list[str]) -> dict:
+    return {"pass_at_1": float(_sandbox().run(code_program(doc, results[0]), timeout=CODE_TIMEOUT).passed)}
