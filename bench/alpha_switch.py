@@ -125,6 +125,7 @@ def main() -> None:
         f"({torch.get_num_threads()} threads)"
     bandwidth = copy_bandwidth(device) if device.startswith("cuda") else None
     shapes = args.shape.split(",") if args.shape else [None]
+    records = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
             start = time.perf_counter()
@@ -154,6 +155,7 @@ def main() -> None:
                             reload = time_reload(args.base, shape, adapter, device, args.dtype, args.reload_reps)
                             record["reload_s_median"] = statistics.median(reload)
                             record["speedup"] = record["reload_s_median"] / record["switch_s_median"]
+                        records.append(record)
                         line = json.dumps(record)
                         print(line, flush=True)
                         if args.out:
@@ -164,6 +166,17 @@ def main() -> None:
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
+    table(records)
+
+
+def table(records: list[dict]) -> None:
+    print("| shape | params | targets | method | path | tensors | adapted MB | switch ms (median) | copy bound ms | "
+          "switch / bound |\n" + "|" + " --- |" * 10)
+    for r in records:
+        bound = r["copy_bound_s"]  # None off an accelerator
+        bound_text = f"{bound * 1e3:.2f} | {r['switch_s_median'] / bound:.1f}" if bound else "– | –"
+        print(f"| {r['base']} | {r['params'] / 1e9:.2f}B | {r['targets']} | {r['method']} | {r['path']} | "
+              f"{r['tensors']} | {r['adapted_bytes'] / 1e6:.0f} | {r['switch_s_median'] * 1e3:.2f} | {bound_text} |")
 
 
 def restore(model, rw: engine.Rewinder) -> None:
