@@ -271,7 +271,7 @@ class Sweep:
         elapsed = time.perf_counter() - start
         records = [{"run": self.run_id, "point": point.key, "path": point.path, "alpha": point.alpha,
                     "layers": list(point.layers) if point.layers else None, "split": split, "role": role[r.suite],
-                    **asdict(r), "switch_seconds": round(switch, 4),
+                    **asdict(r), "device": str(self.model.device), "switch_seconds": round(switch, 4),
                     "point_seconds": round(elapsed, 3)} for r in results]
         self.log.append(records)
         return records

@@ -177,7 +177,9 @@ def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeyp
     assert "pass@3" in sweep.table(summary)
 
 
-def test_two_ranks_share_the_points(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs two GPUs: each rank keeps its model on its own"))])
+def test_two_ranks_share_the_points(tmp_path, device):
     """Under torchrun each rank evaluates its share of the points once; rank 0 selects and reports."""
     import subprocess
     import sys
@@ -186,6 +188,7 @@ def test_two_ranks_share_the_points(tmp_path):
     base, adapter = tinysweep.make(tmp_path)
     out = tmp_path / "sweep"
     argv = tinysweep.sweep_args(base, adapter, out, "--alphas", "0,0.25,0.5,0.75,1")
+    argv[argv.index("--device") + 1] = device
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "rewind.cli",
                            *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -197,3 +200,5 @@ def test_two_ranks_share_the_points(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["points"]) == 5 and summary["selected"]["test"] is not None
     assert done.stdout.count("selected (max-target-within") == 1  # only rank 0 reports
+    devices = {r["device"] for r in records if r["split"] == "validation"}
+    assert devices == ({"cpu"} if device == "cpu" else {"cuda:0", "cuda:1"})  # each rank on its own device
