@@ -110,6 +110,13 @@ def plan_points(spec: SweepSpec, path_names: list[str]) -> list[PointSpec]:
     return points
 
 
+def shard(points: list[PointSpec], done: set[tuple[str, str]], rank: int, world: int) -> list[PointSpec]:
+    """This rank's unfinished validation points. The planned list is sharded first, then finished points are
+    skipped, so a rank owns the same points whenever it reads the log; sharding what is left would shift with each
+    rank's timing, evaluating some points twice and others never."""
+    return [p for p in points[rank::world] if (p.key, VALIDATION) not in done]
+
+
 class ResultsLog:
     """Append-only JSONL; each point's lines go out in one write and are flushed and fsynced."""
 
@@ -285,8 +292,7 @@ class Sweep:
         self.log = ResultsLog(self.out / RESULTS_FILE)
         self._write_spec()
         points = plan_points(self.spec, self.path_names)
-        done = self._done()
-        todo = [p for p in points if (p.key, VALIDATION) not in done][self.rank::self.world]
+        todo = shard(points, self._done(), self.rank, self.world)
         for point in tqdm(todo, desc="sweep", unit="point", disable=not progress or self.rank != 0):
             self._evaluate(point, VALIDATION)
         _barrier(self.world)

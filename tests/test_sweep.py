@@ -177,6 +177,14 @@ def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeyp
     assert "pass@3" in sweep.table(summary)
 
 
+def test_ranks_own_their_points_whenever_they_read_the_log():
+    points = [sweep.PointSpec("linear", a / 10) for a in range(7)]
+    finished_by_rank_1 = {(points[1].key, "validation")}  # rank 1 was quicker: rank 0 reads the log after it
+    mine = {0: sweep.shard(points, finished_by_rank_1, 0, 2), 1: sweep.shard(points, set(), 1, 2)}
+    evaluated = [p.key for rank in (0, 1) for p in mine[rank]]
+    assert sorted(evaluated) == sorted(p.key for p in points)  # each point exactly once, none skipped
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     torch.cuda.device_count() < 2, reason="needs two GPUs: each rank keeps its model on its own"))])
 def test_two_ranks_share_the_points(tmp_path, device):
