@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import pareto
 from .errors import RewindError
-from .sweep import TEST, VALIDATION, PointSpec, Sweep
+from .sweep import TEST, VALIDATION, PointSpec, Sweep, plan_points
 
 SEARCH_FILE = "search.json"
 
@@ -123,7 +123,7 @@ class Search:
             layers = tuple(group_alphas[g] for g, members in enumerate(groups) for _ in members)
             point = _point(path, start_alpha, layers)
             if point.key not in rows:
-                sweep._evaluate(point, VALIDATION)
+                sweep.evaluate(point, VALIDATION)
                 spent += 1
                 bar.update(1)
                 rows[point.key] = sweep.scored([point], VALIDATION)[0]
@@ -157,8 +157,6 @@ class Search:
 
 
 def _planned(sweep: Sweep) -> list[PointSpec]:
-    from .sweep import plan_points
-
     return plan_points(sweep.spec, sweep.path_names)
 
 

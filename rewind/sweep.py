@@ -266,7 +266,8 @@ class Sweep:
         expected = len(self.evaluators[VALIDATION].entries)
         return {key for key, tasks in n_tasks.items() if len(tasks) >= expected}
 
-    def _evaluate(self, point: PointSpec, split: str) -> list[dict]:
+    def evaluate(self, point: PointSpec, split: str) -> list[dict]:
+        """Move the model to `point`, score it on `split`, append its lines to results.jsonl."""
         from .evaluate import harness
 
         role = {s: "target" for s in self.spec.target} | {s: "general" for s in self.spec.general}
@@ -294,7 +295,7 @@ class Sweep:
         points = plan_points(self.spec, self.path_names)
         todo = shard(points, self._done(), self.rank, self.world)
         for point in tqdm(todo, desc="sweep", unit="point", disable=not progress or self.rank != 0):
-            self._evaluate(point, VALIDATION)
+            self.evaluate(point, VALIDATION)
         _barrier(self.world)
         if self.rank != 0:
             return {}
@@ -316,7 +317,7 @@ class Sweep:
         done = self._done()
         for key in dict.fromkeys(keys):
             if (key, TEST) not in done:
-                self._evaluate(next(p for p in points if p.key == key), TEST)
+                self.evaluate(next(p for p in points if p.key == key), TEST)
 
     def _write_spec(self) -> None:
         record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
