@@ -8,6 +8,7 @@ import traceback
 import warnings
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .errors import RewindError
@@ -96,8 +97,9 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     from . import export as exporter
 
     if adapter is None or sweep_dir is not None:
+        given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT
         base, adapter, init_adapter, path, layers, cayley_scale, alpha = _from_sweep(
-            sweep_dir or DEFAULT_SWEEP, base, path, layers, cayley_scale, alpha)
+            sweep_dir or DEFAULT_SWEEP, base, path, layers, cayley_scale if given else None, alpha)
     path, schedule = _path_and_schedule(path, layers)
     plan = exporter.plan(base, adapter, out, 1.0 if alpha is None else alpha, path, schedule, fmt, force,
                          init_adapter, cayley_scale, allow_extrapolation)
@@ -111,7 +113,7 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
 
 
 def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
-    """Fill export's arguments from a sweep dir; explicit flags win."""
+    """Fill export's arguments from a sweep dir; explicit flags win (`cayley_scale` None: not given)."""
     from . import sweep
 
     record, summary = sweep.load(sweep_dir)
@@ -133,8 +135,7 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
             layers = ",".join(f"{v:g}" for v in chosen["layers"])
     if path == "auto":
         path = record["paths"][0]
-    return base, adapter, init_adapter, path, layers, spec["cayley_scale"] if cayley_scale == "linear" else \
-        cayley_scale, alpha
+    return base, adapter, init_adapter, path, layers, cayley_scale or spec["cayley_scale"], alpha
 
 
 def sweep_options(f):

@@ -30,6 +30,8 @@ class Point:
 
     def describe(self) -> str:
         extra = "" if self.schedule.kind == "uniform" else f", layers={self.schedule.describe()}"
+        if self.path == "cayley" and self.cayley_scale != "linear":
+            extra += f", scale={self.cayley_scale}"
         return f"{self.path}(alpha={self.alpha:g}{extra})"
 
 

@@ -84,3 +84,19 @@ def test_cuda_without_gpu_is_a_clear_error(base_dir, tmp_path, capsys):
 
     with pytest.raises(RewindError, match="no CUDA GPU"):
         models.pick_device("cuda")
+
+
+def test_export_from_a_sweep_keeps_its_cayley_scale_unless_given(base_dir, tmp_path, capsys):
+    import json
+
+    make_adapter("oft", AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "a")
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    spec = {"base": str(base_dir), "adapter": str(tmp_path / "a"), "init_adapter": None, "layers": None,
+            "cayley_scale": "sqrt"}
+    (sweep_dir / "sweep.json").write_text(json.dumps({"run": "x", "spec": spec, "paths": ["cayley"]}))
+    argv = ["export", "--from", sweep_dir, "--alpha", "0.5", "--out", tmp_path / "o", "--dry-run"]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "cayley(alpha=0.5, scale=sqrt)" in out  # the sweep's scale
+    code, out, _ = _run([*argv, "--cayley-scale", "linear"], capsys)
+    assert code == 0 and "cayley(alpha=0.5) " in out  # an explicit flag wins, even when it names the default
