@@ -5,7 +5,7 @@ The old way, as PEFT-Arena's scripts do it: write a merged checkpoint for the po
 numbers from a finished sweep's results.jsonl, runs the old way for a few of its points, and checks that both
 report the same scores.
 
-    python bench/sweep_vs_cli.py --sweep rewind-sweep --points base@0,final@1 [--out FILE]
+    python bench/sweep_vs_cli.py --sweep rewind-sweep --points base@0,final@1 [--remeasure] [--out FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +57,14 @@ def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str,
     return {"seconds": time.perf_counter() - start, "merge_seconds": merged_s, "scores": scores}
 
 
+def remeasure(spec: dict, keys: list[str], lines: list[dict], split: str, device: str, out: Path) -> list[dict]:
+    """rewind's lines for `keys` timed again in this process: one resident model, each point an in-place switch."""
+    again = sweep.Sweep(sweep.SweepSpec(**{**spec, "device": device}), out)
+    again.open()
+    points = {r["point"]: sweep.PointSpec.of(r) for r in lines}
+    return [line for key in keys for line in again.evaluate(points[key], split)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", default=sweep.DEFAULT_OUT)
@@ -65,6 +73,9 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (auto if it had none)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="time rewind's points again here, right before the old way, instead of reading the "
+                             "sweep's seconds (which may have shared the GPU with other work)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     record, _ = sweep.load(args.sweep)
@@ -73,6 +84,8 @@ def main() -> None:
              if r["split"] == args.split]
     tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
     with tempfile.TemporaryDirectory() as tmp:
+        if args.remeasure:
+            lines = remeasure(spec, args.points.split(","), lines, args.split, args.device, Path(tmp) / "again")
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
             point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
@@ -81,7 +94,7 @@ def main() -> None:
             agree = {r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"]) for r in mine
                      if r["task"] in old["scores"]}
             result = {"bench": "sweep_vs_cli", "point": key, "split": args.split, "limit": spec["limit"],
-                      "batch_size": batch,
+                      "batch_size": batch, "rewind_remeasured": args.remeasure,
                       "rewind_point_s": mine[0]["point_seconds"],
                       "rewind_switch_s": mine[0]["switch_seconds"], "old_way_s": old["seconds"],
                       "old_merge_s": old["merge_seconds"], "speedup": old["seconds"] / mine[0]["point_seconds"],

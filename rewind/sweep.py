@@ -284,7 +284,8 @@ class Sweep:
         self.log.append(records)
         return records
 
-    def run(self, progress: bool = True) -> dict:
+    def open(self) -> None:
+        """Everything before the first point: load the model, bind the paths, open results.jsonl."""
         self._load()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -292,6 +293,9 @@ class Sweep:
             raise RewindError(f"--out {self.out}: cannot create ({exc.strerror}); choose another --out") from exc
         self.log = ResultsLog(self.out / RESULTS_FILE)
         self._write_spec()
+
+    def run(self, progress: bool = True) -> dict:
+        self.open()
         points = plan_points(self.spec, self.path_names)
         todo = shard(points, self._done(), self.rank, self.world)
         for point in tqdm(todo, desc="sweep", unit="point", disable=not progress or self.rank != 0):
