@@ -243,7 +243,7 @@ def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
         spec = sweeper.SweepSpec(**record["spec"])
         spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
         spec.batch_size = _batch_size(batch_size) or spec.batch_size
-    search_path = next((p for p in path if p not in ("auto", "layerwise")), None) if path else None
+    search_path = next((p for p in path if p not in ("auto", "layerwise")), None)
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
     report = searcher.Search(sweeper.Sweep(spec, out), plan).run()
     if report:

@@ -3,9 +3,8 @@
 The paper leaves open how to pick per-layer rewinding magnitudes. We climb the sweep's own selection objective
 (`pareto.objective`) with a compass search over contiguous layer groups: try each group's alpha one step in the
 direction that last paid off (down at first), then the other, keep the first move that improves, halve the step when
-none does. It needs no gradients, copes with the
-step-shaped scores of a finite evaluation set, and is deterministic; alphas sit on a grid of the smallest step, so
-a candidate met twice is evaluated once.
+none does. It needs no gradients, copes with the step-shaped scores of a finite evaluation set, and is deterministic;
+alphas sit on a grid of the smallest step, so a candidate met twice is evaluated once.
 
 Every candidate is one more point of the sweep (same results.jsonl, same run id), so the sweep's table and
 pareto.png show uniform and searched points together, and `rewind export --from` exports the chosen schedule.
@@ -118,10 +117,13 @@ class Search:
         spent, history = 0, []
         bar = tqdm(total=self.spec.budget, desc="search", unit="eval", disable=not progress)
 
+        def point_of(group_alphas: tuple[float, ...]) -> PointSpec:
+            return _point(path, start_alpha, tuple(group_alphas[g] for g, members in enumerate(groups)
+                                                   for _ in members))
+
         def evaluate(group_alphas: tuple[float, ...]) -> tuple:
             nonlocal spent
-            layers = tuple(group_alphas[g] for g, members in enumerate(groups) for _ in members)
-            point = _point(path, start_alpha, layers)
+            point = point_of(group_alphas)
             if point.key not in rows:
                 sweep.evaluate(point, VALIDATION)
                 spent += 1
@@ -137,7 +139,7 @@ class Search:
         bar.close()
 
         points = sweep.known_points(_planned(sweep))
-        chosen_key = _point(path, start_alpha, tuple(best[g] for g, m in enumerate(groups) for _ in m)).key
+        chosen_key = point_of(best).key
         selection = sweep.select(points)  # over every evaluated point, uniform or searched
         sweep.evaluate_test(points, ["base@0", "final@1", start_row["key"], chosen_key,
                                      selection["selected"]["key"]])
@@ -161,10 +163,14 @@ def _planned(sweep: Sweep) -> list[PointSpec]:
 
 
 def _point(path: str, alpha: float, layers: tuple[float, ...]) -> PointSpec:
-    # A schedule with every layer at the start alpha is that uniform point, not a new one.
-    if all(a == alpha for a in layers):
-        return PointSpec("final", 1.0) if alpha == 1.0 else PointSpec(path, alpha) if alpha else PointSpec("base", 0.0)
-    return PointSpec(path, alpha, layers)
+    if any(a != alpha for a in layers):
+        return PointSpec(path, alpha, layers)
+    # Every layer at the start alpha: that uniform point, under the key the sweep gave it.
+    if alpha == 0.0:
+        return PointSpec("base", 0.0)
+    if alpha == 1.0:
+        return PointSpec("final", 1.0)
+    return PointSpec(path, alpha)
 
 
 def _scored(row: dict) -> pareto.Scored:

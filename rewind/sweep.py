@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -92,12 +93,7 @@ class PointSpec:
 
 def compact(values) -> str:
     """Run-length form of a per-layer schedule: 0.6x8,0.8x8,1x14 (short keys for tables and plots)."""
-    runs: list[list] = []
-    for v in values:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
+    runs = ((v, len(list(run))) for v, run in itertools.groupby(values))
     return ",".join(f"{v:g}" if n == 1 else f"{v:g}x{n}" for v, n in runs)
 
 
