@@ -27,6 +27,7 @@ import torch
 from peft import get_peft_model
 
 from rewind import engine, models
+from rewind.paths import fused
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _shapes  # noqa: E402 - bench-local module, found through the line above
@@ -145,6 +146,8 @@ def main() -> None:
                                   "weights": "random" if shape else "real", "method": method, "path": path,
                                   "targets": label, "params": params, "build_s": build_s,
                                   "device": where, "dtype": args.dtype, "tensors": len(rw.w0),
+                                  # which kernels wrote W (rewind/paths/fused.py): Triton on CUDA unless disabled
+                                  "writes": "triton" if device.startswith("cuda") and fused.available() else "torch",
                                   "adapted_bytes": moved, "switch_s_median": statistics.median(switch),
                                   "switch_s_min": min(switch), "reps": args.reps, "torch": torch.__version__,
                                   "copy_bytes_per_s": bandwidth,

@@ -13,8 +13,10 @@ then runs real 196-tensor loops (in the model's order, over the rings) to show l
 
 Variants (W0 bf16, W the output, c = alpha * lora scale; D = R(alpha) - I per 32x32 block, fp32, as rewind's path):
   copy                 W.copy_(W0): the bound every switch is measured against (reads W0, writes W)
-  lora/rewind          rewind.paths.linear.Linear.write over the ring: addmm(W0, B, A, alpha=c, out=W)
-  lora/addmm           the same op called directly (no path overhead)
+  lora/rewind          rewind.paths.linear.Linear.write over the ring: on CUDA the Triton kernel (lora/triton),
+                       else addmm(W0, B, A, alpha=c, out=W)
+  lora/triton-MxN/w    rewind.paths.fused.lowrank_add with M x N tiles and w warps: reads W0 once, writes W once
+  lora/addmm           the torch write, called directly (no path overhead)
   lora/copy+addmm_     what addmm(out=W) does inside torch for a 2-D input: copy W0 -> W, then gemm with beta=1
   lora/mm+add_         mm(cB, A, out=W), W += W0 (bf16 product rounded before the add)
   lora/part:addmm_     the gemm alone, in place on W (beta=1: reads and writes W; its values are not checked)
@@ -23,6 +25,7 @@ Variants (W0 bf16, W the output, c = alpha * lora scale; D = R(alpha) - I per 32
   lora/baddbmm-view    baddbmm on [1, out, in] views (same work as addmm)
   lora/baddbmm-stack   one baddbmm over the whole ring stacked [K, out, in] (per-shape batching; needs stacked storage)
   oft/rewind-series    rewind.paths.cayley.Cayley.write (this checkout), peft's default Neumann series (5 terms)
+  oft/triton-M         rewind.paths.fused.rotate_add, M rows x one 32-column block per program
   oft/rewind-exact     the same on the exact-Cayley branch (batched linalg.solve)
   oft/einsum-formula   rewind before branch switch-probe: add(W0, rotate(W0, D.bf16), out=W) (rotate = einsum + reshape)
   oft/part:einsum      its einsum alone (bmm into a temporary)
@@ -66,6 +69,7 @@ from typing import Callable, Optional
 
 import torch
 
+from rewind.paths import fused
 from rewind.paths.base import Bound, computed
 from rewind.paths.cayley import Cayley, _rotation_minus_identity
 from rewind.paths.linear import Linear
@@ -287,6 +291,9 @@ def lora_variants(chunk_mib: list[int]) -> list[Variant]:
     def baddbmm_stack(r):
         return lambda: torch.baddbmm(r.w0, r.B, r.A, alpha=c, out=r.w)
 
+    def triton(tile):
+        return lambda r: (lambda i: fused.lowrank_add(r.w0[i], r.B[i], r.A[i], c, r.w[i], tile))
+
     out = [Variant("lora", "copy", copy, profile=True, check=False),
            Variant("lora", "rewind", rewind_one, rewind_all, profile=True),
            Variant("lora", "addmm", addmm, profile=True),
@@ -297,6 +304,10 @@ def lora_variants(chunk_mib: list[int]) -> list[Variant]:
     out += [Variant("lora", f"chunk{m}", chunked(m), profile=m == chunk_mib[-1]) for m in chunk_mib]
     out += [Variant("lora", "baddbmm-view", baddbmm_view),
             Variant("lora", "baddbmm-stack", lambda r: (lambda i: baddbmm_stack(r)()), baddbmm_stack)]
+    if torch.cuda.is_available() and fused.available():
+        out += [Variant("lora", f"triton-{m}x{n}/{w}", triton({"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}),
+                        profile=(m, n, w) == (64, 128, 4))
+                for m, n, w in ((64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (128, 64, 4), (32, 128, 4))]
     return out
 
 
@@ -382,6 +393,9 @@ def oft_variants(chunk_mib: list[int]) -> list[Variant]:
     def dense_lerp(r):
         return lambda i: torch.lerp(r.w0[i], r.extra["w1"][i], ALPHA, out=r.w[i])
 
+    def triton(rows):
+        return lambda r: (lambda i: fused.rotate_add(r.w0[i], r.D[i].to(BF16), r.w[i], rows))
+
     series_one, series_all = rewind(NEUMANN)
     exact_one, exact_all = rewind(None)
     out = [Variant("oft", "rewind-series", series_one, series_all, profile=True),
@@ -397,6 +411,8 @@ def oft_variants(chunk_mib: list[int]) -> list[Variant]:
            Variant("oft", "bmm-R-bf16", bmm_r_bf16, profile=True)]
     out += [Variant("oft", f"chunk{m}", chunked(m), profile=m == chunk_mib[-1]) for m in chunk_mib]
     out += [Variant("oft", "dense-lerp", dense_lerp, check=False, profile=True)]
+    if torch.cuda.is_available() and fused.available():
+        out += [Variant("oft", f"triton-{m}", triton(m), profile=m == 64) for m in (32, 64, 128, 256)]
     return out
 
 

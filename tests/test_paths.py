@@ -25,17 +25,20 @@ def _paths(kind: str) -> list[str]:
 
 
 CASES = [(kind, path) for kind in ADAPTERS for path in _paths(kind)]
+# On a GPU the same checks run on CUDA, where the LoRA and Cayley writes are rewind's Triton kernels (fused.py).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind,path", CASES)
-def test_endpoints_match_base_and_peft_merge(kind, path, base, tmp_path):
+def test_endpoints_match_base_and_peft_merge(kind, path, base, tmp_path, device):
     merged = make_adapter(kind, base, tmp_path / "adapter")
-    rw = attach(copy.deepcopy(base), tmp_path / "adapter", path=path)
+    rw = attach(copy.deepcopy(base).to(device), tmp_path / "adapter", path=path)
     before, after = dict(base.named_parameters()), dict(merged.named_parameters())
-    params = dict(rw.model.named_parameters())
     assert rw.update.deltas, "nothing read"
 
     rw.set(1.0)
+    params = {n: p.cpu() for n, p in rw.model.named_parameters()}
     for name in rw.update.deltas:
         assert rel_err(after[name], before[name]) > 1e-3, f"{name}: the adapter did not move it; test is void"
         assert rel_err(params[name], after[name]) <= 1e-5, name
@@ -43,13 +46,14 @@ def test_endpoints_match_base_and_peft_merge(kind, path, base, tmp_path):
 
     rw.set(0.0)
     for name, p in rw.model.named_parameters():
-        assert torch.equal(p, before[name]), f"{name} is not bit-exact at alpha=0"
+        assert torch.equal(p.cpu(), before[name]), f"{name} is not bit-exact at alpha=0"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "oft", "oft-exact", "miss-bat"])
-def test_full_finetune_and_no_drift(kind, base, tmp_path):
+def test_full_finetune_and_no_drift(kind, base, tmp_path, device):
     make_adapter(kind, base, tmp_path / "a")
-    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    rw = attach(copy.deepcopy(base).to(device), tmp_path / "a")
     rw.set(0.3)
     snapshot = {n: p.clone() for n, p in rw.model.named_parameters()}
     rw.set(1.0)

@@ -87,4 +87,4 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def logits(model, seed: int = 3) -> torch.Tensor:
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return model(input_ids=ids).logits
+        return model(input_ids=ids.to(model.device)).logits.cpu()

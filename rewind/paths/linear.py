@@ -1,8 +1,8 @@
 """linear: W(alpha) = W0 + alpha * dW, for every method whose update is additive in its trained parameter.
 
-LoRA-family factors stay factored (one fused addmm per tensor); IA3 rescales its vector, l(alpha) = 1 + alpha(l - 1);
-updates that are not linear in their parameter (DoRA, MiSS, full FT) keep W1 and interpolate, which hits W1 exactly
-at alpha = 1.
+LoRA-family factors stay factored (one addmm per tensor; on CUDA a Triton kernel that reads W0 once, see fused.py);
+IA3 rescales its vector, l(alpha) = 1 + alpha(l - 1); updates that are not linear in their parameter (DoRA, MiSS,
+full FT) keep W1 and interpolate, which hits W1 exactly at alpha = 1.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..updates import LowRank, Scale, ia3_factor
+from . import fused
 from .base import Bound, Path, compute_dtype, computed
 
 
@@ -40,9 +41,16 @@ class Linear(Path):
             d = item.delta
             if isinstance(d, LowRank):
                 B, A = state
-                computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
+                computed(item, lambda w0, out: lowrank_add(w0, B, A, alpha * d.scale, out))
             elif isinstance(d, Scale):
                 factor = ia3_factor(state, alpha).reshape(d._shape(item.w0))
                 computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
             else:
                 computed(item, lambda w0, out: torch.lerp(w0, state, alpha, out=out))
+
+
+def lowrank_add(w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor | None):
+    """out <- w0 + scale * B @ A."""
+    if fused.enabled(w0, out):
+        return fused.lowrank_add(w0, B, A, scale, out)
+    return torch.addmm(w0, B, A, alpha=scale, out=out)
