@@ -2,8 +2,11 @@
 
 On a GPU they run as compiled kernels (and the paths use them: see the cuda cases of test_paths.py); without
 one, in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), which checks the same indexing, masking and
-arithmetic. The interpreter rounds fp32 -> bf16 toward zero where the GPU rounds to nearest, so the bound here is
-one unit in the last place (ulp) of the exact value; on CUDA the result must also agree with torch's own write.
+arithmetic. Each result must be the fp32 sum rounded once: within half a unit in the last place (ulp) of the
+exact value on CUDA, plus the fp32 sum's own error; the interpreter rounds fp32 -> bf16 toward zero, so there
+the bound is one ulp. torch's writes are no reference at this precision: cuBLAS may reduce bf16 products in
+reduced precision (on an H200 addmm differed from the exact sum in 7% of bf16 elements by more than that) and
+the torch Cayley write rounds the product before the add.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import pytest
 import torch
 
 from rewind.paths import fused
-from rewind.updates import rotate
 
 pytest.importorskip("triton", reason="Triton is optional: CPU installs may lack it (pip install triton)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,11 +30,12 @@ def ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp2(exponent) * info.eps
 
 
-def assert_within_one_ulp(out: torch.Tensor, exact: torch.Tensor, terms: torch.Tensor) -> None:
-    """|out - exact| <= 1 ulp of exact, plus fp32 accumulation error (eps32 * the summed |terms|)."""
+def assert_rounded_once(out: torch.Tensor, exact: torch.Tensor, terms: torch.Tensor, summands: int) -> None:
+    """|out - exact| <= half an ulp of out (one ulp interpreted) plus the fp32 sum's error bound, summands * eps32
+    * the sum of |terms| (Higham's gamma_n)."""
     assert not out.isnan().any(), "some elements were not written"
     err = (out.double() - exact).abs()
-    bound = ulp(exact, out.dtype) + 4 * 2**-24 * terms
+    bound = (0.5 if DEVICE == "cuda" else 1.0) * ulp(out.double(), out.dtype) + summands * 2**-24 * terms
     assert bool((err <= bound).all()), f"max error {float((err - bound).max()):.3g} over the bound"
 
 
@@ -51,10 +54,7 @@ def test_lowrank_add_is_w0_plus_scaled_product(rows, cols, rank, dtype):
     assert fused.lowrank_add(w0, B, A, scale, out) is out
     product = B.double() @ A.double()
     exact = w0.double() + scale * product
-    assert_within_one_ulp(out, exact, w0.double().abs() + abs(scale) * (B.double().abs() @ A.double().abs()))
-    if DEVICE == "cuda":  # the same single rounding as addmm: equal but for the order of the fp32 sums
-        reference = torch.addmm(w0, B, A, alpha=scale)
-        assert float((out != reference).double().mean()) < 1e-3
+    assert_rounded_once(out, exact, w0.double().abs() + abs(scale) * (B.double().abs() @ A.double().abs()), rank + 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -69,10 +69,23 @@ def test_rotate_add_is_w0_plus_blockdiagonal_product(rows, cols, block, shared, 
     d64 = d.double().expand(cols // block, block, block)
     exact = w0.double() + torch.einsum("ojk,jck->ojc", blocks, d64).reshape(rows, cols)
     terms = w0.double().abs() + torch.einsum("ojk,jck->ojc", blocks.abs(), d64.abs()).reshape(rows, cols)
-    assert_within_one_ulp(out, exact, terms)
-    if DEVICE == "cuda":  # torch's write rounds the product before the add: at most 1 ulp apart
-        reference = torch.add(w0, rotate(w0, d))
-        assert bool(((out.double() - reference.double()).abs() <= ulp(reference.double(), dtype)).all())
+    assert_rounded_once(out, exact, terms, block + 2)
+
+
+def test_rotate_add_rounds_d_to_the_weights_dtype():
+    """The Cayley path hands the kernel D = R - I in fp32; the kernel uses it rounded to W's dtype, as the torch
+    write does."""
+    w0 = random((64, 128), torch.bfloat16, seed=6)
+    d = random((4, 32, 32), torch.float32, 0.05, 7)
+    if DEVICE != "cuda":  # the interpreter truncates where the GPU rounds: there, check the fp32 read alone
+        d = d.to(torch.bfloat16).float()
+    out = torch.full_like(w0, math.nan)
+    fused.rotate_add(w0, d, out)
+    blocks = w0.double().view(64, 4, 32)
+    d16 = d.to(torch.bfloat16).double()
+    exact = w0.double() + torch.einsum("ojk,jck->ojc", blocks, d16).reshape(64, 128)
+    terms = w0.double().abs() + torch.einsum("ojk,jck->ojc", blocks.abs(), d16.abs()).reshape(64, 128)
+    assert_rounded_once(out, exact, terms, 34)
 
 
 def test_paths_use_the_kernels_only_where_they_apply(monkeypatch):

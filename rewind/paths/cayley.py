@@ -52,14 +52,14 @@ class Cayley(Path):
             for item in group:
                 n = len(item.delta.Q)
                 if id(item) in alpha_of:
-                    # W0 + W0 @ blockdiag(D)^T: only the small part D goes through the compute dtype (bf16 on GPU)
                     d = D[start:start + n]
-                    computed(item, lambda w0, out, d=d: rotate_add(w0, d.to(w0.dtype), out))
+                    computed(item, lambda w0, out, d=d: rotate_add(w0, d, out))
                 start += n
 
 
 def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """out <- w0 + w0 @ blockdiag(d)^T, d [blocks or 1, b, b], with no W-sized temporary.
+    """out <- w0 + w0 @ blockdiag(d)^T, d [blocks or 1, b, b], with no W-sized temporary. d is rounded to w0's dtype
+    first (bf16 on GPU): only the small part D = R - I goes through it, so small rotations keep their precision.
 
     One batched matmul over the blocks, on strided [blocks, rows, b] views of w0 and out (block j of every row),
     writes w0 @ blockdiag(d)^T straight into out; then out += w0. Same arithmetic as add(w0, rotate(w0, d)) (a
@@ -70,7 +70,8 @@ def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = Non
     rows, fan_in = w0.shape
     b = d.shape[-1]
     if fused.enabled(w0, out) and fused.rotate_add_supported(b):
-        return fused.rotate_add(w0, d, out)  # one pass over W instead of 5 (fused.py)
+        return fused.rotate_add(w0, d, out)  # one pass over W instead of 5 (fused.py); rounds d in registers
+    d = d.to(w0.dtype)
     if out is None:
         out = torch.empty_like(w0, memory_format=torch.contiguous_format)
     if not (w0.is_contiguous() and out.is_contiguous()) or out.data_ptr() == w0.data_ptr():

@@ -23,7 +23,7 @@ import torch
 # Tile shapes: a W tile of BLOCK_M x BLOCK_N elements per program, the grid's first axis along W's rows so that
 # programs running side by side cover contiguous memory. 64 x 128 bf16 is 16 KiB read and 16 KiB written per program.
 LOWRANK_TILE = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}
-ROTATE_ROWS = 64  # rows per program of the block-diagonal write; its columns are one OFT block
+ROTATE_ROWS = 128  # rows per program of the block-diagonal write; its columns are one OFT block
 
 
 def available() -> bool:
@@ -76,8 +76,8 @@ def rotate_add_supported(block: int) -> bool:
 
 
 def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor, rows: int = ROTATE_ROWS) -> torch.Tensor:
-    """out <- w0 + w0 @ blockdiag(d)^T, for w0/out [m, n] and d [n / b or 1, b, b] (one block shared by all).
-    `rows` per program is for benchmarks trying other tiles."""
+    """out <- w0 + w0 @ blockdiag(d)^T, for w0/out [m, n] and d [n / b or 1, b, b] (one block shared by all), d
+    rounded to w0's dtype as it is read (no cast kernel per tensor). `rows` per program: for benchmarks."""
     triton, _, kernels = _triton()
     m, n = w0.shape
     b = d.shape[-1]
@@ -121,8 +121,8 @@ def _kernels(triton, tl) -> dict:
         inside = rows[:, None] < M
         offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
         w = tl.load(w0 + offsets, mask=inside, other=0.0)
-        # d_j^T as a [BLOCK, BLOCK] tile: element (k, c) is d_j[c, k]
-        d_t = tl.load(d + block * d_block_stride + k[None, :] * BLOCK + k[:, None])
+        # d_j^T as a [BLOCK, BLOCK] tile: element (k, c) is d_j[c, k], in W's dtype as the torch write has it
+        d_t = tl.load(d + block * d_block_stride + k[None, :] * BLOCK + k[:, None]).to(w0.dtype.element_ty)
         acc = tl.dot(w.to(tl.float32), d_t.to(tl.float32), input_precision=PRECISION)
         tl.store(out + offsets, (acc + w.to(tl.float32)).to(out.dtype.element_ty), mask=inside)
 
