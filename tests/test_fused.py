@@ -11,6 +11,7 @@ the torch Cayley write rounds the product before the add.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -72,6 +73,32 @@ def test_rotate_add_is_w0_plus_blockdiagonal_product(rows, cols, block, shared, 
     assert_rounded_once(out, exact, terms, block + 2)
 
 
+def test_one_launch_writes_many_tensors():
+    """The paths' batched calls: each tensor of a launch gets its own factors, scale, or span of D's blocks."""
+    dtype = torch.bfloat16
+    w0s = [random((40, 96), dtype, seed=10 + i) for i in range(3)]
+    outs = [torch.full_like(w, math.nan) for w in w0s]
+    factors = [(random((40, 8), dtype, 0.1, 20 + i), random((8, 96), dtype, 0.1, 30 + i)) for i in range(3)]
+    scales = [0.5, -1.0, 2.0]
+    fused.lowrank_add_many([(w, B, A, o, c) for w, (B, A), o, c in zip(w0s, factors, outs, scales)])
+    for w, (B, A), o, c in zip(w0s, factors, outs, scales):
+        exact = w.double() + c * B.double() @ A.double()
+        assert_rounded_once(o, exact, w.double().abs() + abs(c) * B.double().abs() @ A.double().abs(), 10)
+
+    for shared in (False, True):  # D holds every tensor's blocks back to back; tensor i starts at block firsts[i]
+        per_tensor = 1 if shared else 96 // 32
+        d = random((3 * per_tensor + 2, 32, 32), torch.float32, 0.05, 40).to(dtype).float()
+        firsts = [2 + i * per_tensor for i in range(3)][::-1]  # any order: the table says where each one starts
+        outs = [torch.full_like(w, math.nan) for w in w0s]
+        fused.rotate_add_many([(w, o, f) for w, o, f in zip(w0s, outs, firsts)], d, shared)
+        for w, o, f in zip(w0s, outs, firsts):
+            blocks = w.double().view(40, 3, 32)
+            mine = d[f:f + per_tensor].double().expand(3, 32, 32)
+            exact = w.double() + torch.einsum("ojk,jck->ojc", blocks, mine).reshape(40, 96)
+            terms = w.double().abs() + torch.einsum("ojk,jck->ojc", blocks.abs(), mine.abs()).reshape(40, 96)
+            assert_rounded_once(o, exact, terms, 34)
+
+
 def test_rotate_add_rounds_d_to_the_weights_dtype():
     """The Cayley path hands the kernel D = R - I in fp32; the kernel uses it rounded to W's dtype, as the torch
     write does."""
@@ -100,3 +127,29 @@ def test_paths_use_the_kernels_only_where_they_apply(monkeypatch):
         assert not fused.enabled(wc, wc.t().contiguous().t())  # a strided output: torch handles it
         monkeypatch.setenv("REWIND_TRITON", "0")
         assert not fused.enabled(wc, wc.clone())
+
+
+@pytest.mark.parametrize("kind", ["lora", "oft", "oft-exact", "oft-share"])
+def test_paths_batch_their_tensors_into_the_kernels(kind, tmp_path, monkeypatch):
+    """The paths' grouping (one launch per shape, each tensor its own alpha and span of D) writes what the torch
+    writes do, per layer too. Without a GPU the kernels run interpreted, so the paths are let use them on CPU."""
+    from rewind import paths
+    from rewind.engine import attach
+    from tiny import make_adapter, tiny_base
+
+    base = tiny_base()
+    make_adapter(kind, base, tmp_path / "a")
+    reference, kernels = (attach(copy.deepcopy(base).to(DEVICE), tmp_path / "a") for _ in range(2))
+    if DEVICE == "cpu":
+        monkeypatch.setattr(fused, "enabled", lambda w0, out: out is not None and fused._dense(w0)
+                            and fused._dense(out) and fused.available())  # REWIND_TRITON=0 still means torch
+    for alpha, schedule in [(0.7, None), (1.0, paths.Schedule("list", (0.2, 1.3, 0.0)))]:
+        with monkeypatch.context() as m:
+            m.setenv("REWIND_TRITON", "0")
+            reference.set(alpha, schedule, allow_extrapolation=True)
+        kernels.set(alpha, schedule, allow_extrapolation=True)
+        moved = 0
+        for (name, want), got in zip(reference.model.named_parameters(), kernels.model.parameters()):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+            moved += name in kernels.update.deltas
+        assert moved == len(kernels.update.deltas) > 0

@@ -7,6 +7,7 @@ with one block size are solved in one batched call.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -34,6 +35,10 @@ class Cayley(Path):
             self._groups.setdefault(key, []).append(item)
         self._Q = {key: torch.cat([i.delta.Q.to(i.w0.device, torch.float32) for i in group])
                    for key, group in self._groups.items()}
+        self._spans = {}  # key -> (item, its first block in the group's Q, its number of blocks)
+        for key, group in self._groups.items():
+            starts = itertools.accumulate((len(i.delta.Q) for i in group), initial=0)
+            self._spans[key] = [(i, start, len(i.delta.Q)) for i, start in zip(group, starts)]
 
     @classmethod
     def accepts(cls, delta):
@@ -45,16 +50,21 @@ class Cayley(Path):
             if not any(id(i) in alpha_of for i in group):
                 continue
             Q = self._Q[key]
-            scale = torch.cat([torch.full((len(i.delta.Q),), self.s(alpha_of.get(id(i), 0.0))) for i in group])
+            scale = torch.cat([torch.full((n,), self.s(alpha_of.get(id(i), 0.0))) for i, _, n in self._spans[key]])
             sQ = Q * scale.to(Q.device).view(-1, 1, 1)
             D = _rotation_minus_identity(sQ, key[1])
-            start = 0
-            for item in group:
-                n = len(item.delta.Q)
-                if id(item) in alpha_of:
+            batches = {}  # tensors the fused kernel writes: one launch per shape
+            for item, start, n in self._spans[key]:
+                if id(item) not in alpha_of:
+                    continue
+                if fused.enabled(item.w0, item.out) and fused.rotate_add_supported(key[0]):
+                    batch = (item.w0.shape, item.w0.dtype, item.w0.device, n == 1)
+                    batches.setdefault(batch, []).append((item.w0, item.out, start))
+                else:
                     d = D[start:start + n]
                     computed(item, lambda w0, out, d=d: rotate_add(w0, d, out))
-                start += n
+            for (*_, shared), jobs in batches.items():
+                fused.rotate_add_many(jobs, D, shared)
 
 
 def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,12 +75,10 @@ def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = Non
     writes w0 @ blockdiag(d)^T straight into out; then out += w0. Same arithmetic as add(w0, rotate(w0, d)) (a
     product rounded to the dtype, then the add), but W-sized data crosses memory 5 times instead of 7: einsum's
     result is a [blocks, rows, b] temporary that rotate's reshape copies once more before the add reads it.
-    On CUDA, fused.rotate_add does it in one pass, rounding the sum once (power-of-two blocks of 16 or more).
+    On CUDA the path writes with fused.rotate_add_many instead: one pass, the sum rounded once.
     """
     rows, fan_in = w0.shape
     b = d.shape[-1]
-    if fused.enabled(w0, out) and fused.rotate_add_supported(b):
-        return fused.rotate_add(w0, d, out)  # one pass over W instead of 5 (fused.py); rounds d in registers
     d = d.to(w0.dtype)
     if out is None:
         out = torch.empty_like(w0, memory_format=torch.contiguous_format)

@@ -8,21 +8,26 @@ to, and rounds once to W's dtype; addmm rounds the same sum once too, so LoRA wr
 but for the order of the fp32 accumulation. For the Cayley write the sum is now rounded once where the torch path
 rounds the product first: at most one unit in the last place apart, never further from the exact value.
 
-The paths use them when W0 and W are contiguous CUDA tensors and Triton imports (it comes with CUDA builds of
-torch); REWIND_TRITON=0 turns them off, e.g. to time the torch writes against them. Called directly under
-TRITON_INTERPRET=1, the kernels also run on CPU tensors: that is how the CPU test suite checks them.
+One launch writes every tensor of one shape: the kernels read their tensors' addresses from a small table, so a
+7B model's 196 adapted matrices take 4 launches, not 196 (Triton's Python launch costs ~40 us, which made a
+launch per tensor as slow as the writes themselves on an H200).
+
+The paths use them when W0 and W are contiguous, 16-byte aligned CUDA tensors and Triton imports (it comes with
+CUDA builds of torch); REWIND_TRITON=0 turns them off, e.g. to time the torch writes against them. Called directly
+under TRITON_INTERPRET=1, the kernels also run on CPU tensors: that is how the CPU test suite checks them.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 
 import torch
 
 # Tile shapes: a W tile of BLOCK_M x BLOCK_N elements per program, the grid's first axis along W's rows so that
-# programs running side by side cover contiguous memory. 64 x 128 bf16 is 16 KiB read and 16 KiB written per program.
-LOWRANK_TILE = {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4}
+# programs running side by side cover contiguous memory. 32 x 128 bf16 is 8 KiB read and 8 KiB written per program.
+LOWRANK_TILE = {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}  # the fastest of 6 tiles on an H200 (switch_probe)
 ROTATE_ROWS = 128  # rows per program of the block-diagonal write; its columns are one OFT block
 
 
@@ -32,19 +37,30 @@ def available() -> bool:
 
 
 def enabled(w0: torch.Tensor, out: torch.Tensor | None) -> bool:
-    """Whether a path's write of W0 -> out runs here: both dense on one CUDA device, and Triton available."""
-    return (out is not None and w0.is_cuda and out.device == w0.device and w0.is_contiguous()
-            and out.is_contiguous() and available())
+    """Whether a path's write of W0 -> out runs here: both dense and aligned on one CUDA device, Triton available."""
+    return (out is not None and w0.is_cuda and out.device == w0.device and _dense(w0) and _dense(out)
+            and available())
+
+
+def _dense(t: torch.Tensor) -> bool:
+    # the kernels promise the compiler 16-byte aligned rows starts (vector loads); torch allocates 256-byte aligned
+    return t.is_contiguous() and t.data_ptr() % 16 == 0
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    return t if _dense(t) else t.contiguous().clone()
 
 
 @functools.cache
 def _triton():
-    try:
+    try:  # imported on first use: Triton is optional (CPU installs may lack it) and slow to import
         import triton
         import triton.language as tl
+
+        from . import triton_kernels
     except ImportError:
         return None
-    return triton, tl, _kernels(triton, tl)
+    return triton, tl, triton_kernels
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -54,20 +70,34 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """The tensors' addresses, one row per tensor, where the kernel reads them."""
+    return torch.tensor(rows, dtype=torch.int64).to(device)
+
+
 def lowrank_add(w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor,
                 tile: dict = LOWRANK_TILE) -> torch.Tensor:
-    """out <- w0 + scale * B @ A, for w0/out [m, n], B [m, r], A [r, n]; same value as torch.addmm(w0, B, A,
-    alpha=scale). `tile` (BLOCK_M, BLOCK_N, num_warps) is for benchmarks trying other shapes."""
-    triton, _, kernels = _triton()
-    m, n = w0.shape
-    rank = B.shape[1]
-    grid = (triton.cdiv(n, tile["BLOCK_N"]), triton.cdiv(m, tile["BLOCK_M"]))
-    rank_step = max(16, min(64, triton.next_power_of_2(rank)))  # tl.dot's K is 16 at least; ranks > 64 loop
-    kernels["lowrank_add"][grid](
-        w0, B.contiguous(), A.contiguous(), out, m, n, float(scale),
-        R=rank, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_R=rank_step,
-        PRECISION=_precision(w0.dtype), num_warps=tile["num_warps"])
+    """out <- w0 + scale * B @ A, for w0/out [m, n], B [m, r], A [r, n]: the same value as torch.addmm(w0, B, A,
+    alpha=scale) up to the order of the fp32 sums. `tile` (BLOCK_M, BLOCK_N, num_warps) is for benchmarks."""
+    lowrank_add_many([(w0, B, A, out, scale)], tile)
     return out
+
+
+def lowrank_add_many(jobs: Sequence[tuple], tile: dict = LOWRANK_TILE) -> None:
+    """lowrank_add for each (w0, B, A, out, scale) in one launch; all of one shape, rank, dtype and device."""
+    triton, tl, kernels = _triton()
+    w0 = jobs[0][0]
+    m, n = w0.shape
+    rank = jobs[0][1].shape[1]
+    factors = [(_aligned(B), _aligned(A)) for _, B, A, _, _ in jobs]  # kept alive until the launch is queued
+    table = _table([[j[0].data_ptr(), B.data_ptr(), A.data_ptr(), j[3].data_ptr()]
+                    for j, (B, A) in zip(jobs, factors)], w0.device)
+    scales = torch.tensor([float(j[4]) for j in jobs], dtype=torch.float32).to(w0.device)
+    grid = (triton.cdiv(n, tile["BLOCK_N"]), triton.cdiv(m, tile["BLOCK_M"]), len(jobs))
+    rank_step = max(16, min(64, triton.next_power_of_2(rank)))  # tl.dot's K is 16 at least; ranks > 64 loop
+    kernels.lowrank_add[grid](
+        table, scales, m, n, R=rank, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_R=rank_step,
+        DTYPE=_DTYPES[w0.dtype](tl), PRECISION=_precision(w0.dtype), num_warps=tile["num_warps"])
 
 
 def rotate_add_supported(block: int) -> bool:
@@ -78,52 +108,24 @@ def rotate_add_supported(block: int) -> bool:
 def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor, rows: int = ROTATE_ROWS) -> torch.Tensor:
     """out <- w0 + w0 @ blockdiag(d)^T, for w0/out [m, n] and d [n / b or 1, b, b] (one block shared by all), d
     rounded to w0's dtype as it is read (no cast kernel per tensor). `rows` per program: for benchmarks."""
-    triton, _, kernels = _triton()
-    m, n = w0.shape
-    b = d.shape[-1]
-    d = d.contiguous()
-    grid = (n // b, triton.cdiv(m, rows))
-    kernels["rotate_add"][grid](
-        w0, d, out, m, n, 0 if d.shape[0] == 1 else b * b,
-        BLOCK_M=rows, BLOCK=b, PRECISION=_precision(w0.dtype), num_warps=4)
+    rotate_add_many([(w0, out, 0)], d, d.shape[0] == 1, rows)
     return out
 
 
-def _kernels(triton, tl) -> dict:
-    """The kernels, defined once Triton has imported (it is optional: CPU installs may lack it)."""
+def rotate_add_many(jobs: Sequence[tuple], d: torch.Tensor, shared: bool, rows: int = ROTATE_ROWS) -> None:
+    """rotate_add for each (w0, out, first block) in one launch: tensor i uses d[first_i : first_i + n / b], or
+    d[first_i] for all its blocks if `shared` (OFT's block_share). All of one shape, dtype and device."""
+    triton, tl, kernels = _triton()
+    w0 = jobs[0][0]
+    m, n = w0.shape
+    b = d.shape[-1]
+    d = _aligned(d)
+    table = _table([[j[0].data_ptr(), j[1].data_ptr(), j[2] * b * b] for j in jobs], w0.device)
+    grid = (n // b, triton.cdiv(m, rows), len(jobs))
+    kernels.rotate_add[grid](
+        table, d, m, n, 0 if shared else b * b, BLOCK_M=rows, BLOCK=b, DTYPE=_DTYPES[w0.dtype](tl),
+        PRECISION=_precision(w0.dtype), num_warps=4)
 
-    @triton.jit
-    def lowrank_add_kernel(w0, b, a, out, M, N, scale,
-                           R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-                           PRECISION: tl.constexpr):
-        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in tl.static_range(0, R, BLOCK_R):  # the rank is a compile-time constant: few distinct values
-            ks = k0 + tl.arange(0, BLOCK_R)
-            b_tile = tl.load(b + rows[:, None] * R + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < R),
-                             other=0.0)
-            a_tile = tl.load(a + ks[:, None] * N + cols[None, :], mask=(ks[:, None] < R) & (cols[None, :] < N),
-                             other=0.0)
-            acc = tl.dot(b_tile.to(tl.float32), a_tile.to(tl.float32), acc, input_precision=PRECISION)
-        inside = (rows[:, None] < M) & (cols[None, :] < N)
-        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
-        w = tl.load(w0 + offsets, mask=inside)
-        tl.store(out + offsets, (scale * acc + w.to(tl.float32)).to(out.dtype.element_ty), mask=inside)
 
-    @triton.jit
-    def rotate_add_kernel(w0, d, out, M, N, d_block_stride,
-                          BLOCK_M: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr):
-        block = tl.program_id(0)
-        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = block * BLOCK + tl.arange(0, BLOCK)
-        k = tl.arange(0, BLOCK)
-        inside = rows[:, None] < M
-        offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
-        w = tl.load(w0 + offsets, mask=inside, other=0.0)
-        # d_j^T as a [BLOCK, BLOCK] tile: element (k, c) is d_j[c, k], in W's dtype as the torch write has it
-        d_t = tl.load(d + block * d_block_stride + k[None, :] * BLOCK + k[:, None]).to(w0.dtype.element_ty)
-        acc = tl.dot(w.to(tl.float32), d_t.to(tl.float32), input_precision=PRECISION)
-        tl.store(out + offsets, (acc + w.to(tl.float32)).to(out.dtype.element_ty), mask=inside)
-
-    return {"lowrank_add": lowrank_add_kernel, "rotate_add": rotate_add_kernel}
+_DTYPES = {torch.bfloat16: lambda tl: tl.bfloat16, torch.float16: lambda tl: tl.float16,
+           torch.float32: lambda tl: tl.float32}

@@ -1,6 +1,6 @@
 """linear: W(alpha) = W0 + alpha * dW, for every method whose update is additive in its trained parameter.
 
-LoRA-family factors stay factored (one addmm per tensor; on CUDA a Triton kernel that reads W0 once, see fused.py);
+LoRA-family factors stay factored (one addmm per tensor; on CUDA a Triton kernel, one launch per shape: fused.py);
 IA3 rescales its vector, l(alpha) = 1 + alpha(l - 1); updates that are not linear in their parameter (DoRA, MiSS,
 full FT) keep W1 and interpolate, which hits W1 exactly at alpha = 1.
 """
@@ -36,21 +36,21 @@ class Linear(Path):
         return d.merged(item.w0).to(dtype)
 
     def _write(self, moving):
+        batches = {}  # LoRA-family tensors the fused kernel writes: one launch per shape
         for item, alpha in moving:
             state = self._state[id(item)]
             d = item.delta
-            if isinstance(d, LowRank):
+            if isinstance(d, LowRank) and fused.enabled(item.w0, item.out):
                 B, A = state
-                computed(item, lambda w0, out: lowrank_add(w0, B, A, alpha * d.scale, out))
+                key = (item.w0.shape, item.w0.dtype, item.w0.device, B.shape[1])
+                batches.setdefault(key, []).append((item.w0, B, A, item.out, alpha * d.scale))
+            elif isinstance(d, LowRank):
+                B, A = state
+                computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
             elif isinstance(d, Scale):
                 factor = ia3_factor(state, alpha).reshape(d._shape(item.w0))
                 computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
             else:
                 computed(item, lambda w0, out: torch.lerp(w0, state, alpha, out=out))
-
-
-def lowrank_add(w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor | None):
-    """out <- w0 + scale * B @ A."""
-    if fused.enabled(w0, out):
-        return fused.lowrank_add(w0, B, A, scale, out)
-    return torch.addmm(w0, B, A, alpha=scale, out=out)
+        for jobs in batches.values():
+            fused.lowrank_add_many(jobs)
