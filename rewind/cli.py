@@ -424,7 +424,7 @@ def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale
 
 
 @cli.command()
-@click.argument("adapter_dirs", metavar="ADAPTERS...", nargs=-1, required=True, type=click.Path())
+@click.argument("adapter_dirs", metavar="[ADAPTERS]...", nargs=-1, type=click.Path())
 @click.option("--base", default=None, help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")
 @click.option("--sweep", "sweeps", multiple=True, type=click.Path(),
               help="A finished sweep dir per adapter, in the adapters' order (default: found by adapter path).")
@@ -432,19 +432,26 @@ def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale
               help="Without --sweep: look for sweep dirs here and in each adapter's dir.")
 @click.option("--diagnostics", default="spectral,csd,activations", show_default=True,
               help="Comma list of diagnostics to run and correlate with forgetting (may be empty: scores only).")
+@click.option("--include", "includes", multiple=True, type=click.Path(),
+              help="An earlier arena report (its --out dir or arena.json) whose rows join this one as recorded, "
+                   "before the ADAPTERS, without their adapters. Same --base and --diagnostics; with csd or "
+                   "activations, also the same --data, --target, --split, --limit, --max-length. A name already "
+                   "taken gets a -N suffix. Repeatable.")
 @_probe_options
 @click.option("--out", type=click.Path(), required=True, help="Report dir: arena.md, arena.csv, correlations.csv, "
                                                               "arena.json, arena.png, per-adapter diagnostics.")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
-def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, data, target, split, limit, batch_size, max_length,
-          dtype, out, device):
+def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, includes, data, target, split, limit, batch_size,
+          max_length, dtype, out, device):
     """Finetunes of one base side by side: method, trainable params, target and general scores from their sweeps,
-    and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score)."""
+    and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score).
+    --include adds the rows of earlier arena reports, so one report can grow adapter by adapter."""
     from .diagnostics import arena as arena_
 
     report = arena_.run(list(adapter_dirs), base, out, list(sweeps) or None, sweeps_root,
                         tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
-                        _probe(data, target, split, limit, batch_size, max_length), device, dtype)
+                        _probe(data, target, split, limit, batch_size, max_length), device, dtype,
+                        include=list(includes))
     click.echo(arena_.markdown(report))
     click.echo(f"wrote {os.path.join(out, arena_.MARKDOWN)}, {arena_.TABLE}, {arena_.CORRELATIONS}, {arena_.JSON}"
                + "".join(f", {p}" for p in report["plots"]))

@@ -334,3 +334,80 @@ def test_arena_end_to_end(workdir, sweeps, tmp_path, capsys):
     assert (tmp_path / "ia3" / "csd" / "csd.json").is_file()
     assert (tmp_path / "lora" / "spectral" / "spectral.json").is_file()
     assert "| oft-exact | oft |" in (tmp_path / "arena.md").read_text() and "arena.md" in out
+
+
+def _arena_argv(workdir, sweeps, kinds, out, *extra):
+    argv = ["arena", *[workdir / k for k in kinds], "--base", workdir / "base", "--diagnostics", "spectral,csd",
+            "--data", "general", "--limit", "2", "--dtype", "fp32", "--device", "cpu", "--out", out, *extra]
+    for k in kinds:
+        argv += ["--sweep", sweeps[k]]
+    return argv
+
+
+def _cli_error(argv, capsys) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def arena_of_two(workdir, sweeps, tmp_path_factory):
+    """An arena report of lora and ia3, to include."""
+    out = tmp_path_factory.mktemp("arena") / "two"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in _arena_argv(workdir, sweeps, ("lora", "ia3"), out)])
+    assert exit_info.value.code == 0
+    return out
+
+
+def test_arena_include_equals_one_arena_over_all(workdir, sweeps, arena_of_two, tmp_path, capsys):
+    _cli(_arena_argv(workdir, sweeps, ("lora", "ia3", "oft-exact"), tmp_path / "all"), capsys)
+    _cli(_arena_argv(workdir, sweeps, ("oft-exact",), tmp_path / "grown", "--include", arena_of_two), capsys)
+    direct, grown = (json.loads((tmp_path / d / "arena.json").read_text()) for d in ("all", "grown"))
+    assert grown["probe"] == direct["probe"] == {"data": ["general"], "target": "math-offline", "split": "validation",
+                                                 "limit": 2, "batch_size": 8, "max_length": 512}
+    assert [r.get("from") for r in grown["adapters"]] == [str(arena_of_two / "arena.json")] * 2 + [None]
+    # CPU, fp32, the same inputs: every value is the same float, so equality, not approx.
+    assert [{k: v for k, v in r.items() if k != "from"} for r in grown["adapters"]] == direct["adapters"]
+    assert grown["correlations"] == direct["correlations"] and grown["correlations"]["csd.general.csd_rel"]["n"] == 3
+    assert not (tmp_path / "grown" / "lora").exists() and (tmp_path / "grown" / "oft-exact" / "csd").is_dir()
+    assert "| lora | lora |" in (tmp_path / "grown" / "arena.md").read_text()
+
+
+def test_arena_include_refuses_other_base_diagnostics_or_probe(workdir, sweeps, arena_of_two, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.loads((arena_of_two / "arena.json").read_text()), "base": "someone/else"}))
+    cases = [(other, (), "its base is someone/else, not"),
+             (arena_of_two, ("--diagnostics", "spectral"), "its diagnostics are spectral,csd, not spectral"),
+             (arena_of_two, ("--limit", "3"), "its probe differs: --limit 2 (this run: 3)"),
+             (tmp_path, (), "not an arena report")]
+    for included, extra, message in cases:  # extra options come last, and the last value of an option wins
+        argv = _arena_argv(workdir, sweeps, ("oft-exact",), tmp_path / "out", "--include", included, *extra)
+        assert message in _cli_error(argv, capsys)
+        assert not (tmp_path / "out").exists()
+
+
+def test_arena_include_without_probe_notes_it_and_renames(workdir, sweeps, arena_of_two, tmp_path, capsys):
+    old = json.loads((arena_of_two / "arena.json").read_text())
+    del old["probe"]  # as reports written before the probe was recorded
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    # Includes only: nothing is computed, no adapter is needed.
+    argv = _arena_argv(workdir, sweeps, (), tmp_path / "out", "--include", tmp_path / "old.json",
+                       "--include", arena_of_two)
+    _cli(argv, capsys)
+    report = json.loads((tmp_path / "out" / "arena.json").read_text())
+    assert [r["name"] for r in report["adapters"]] == ["lora", "ia3", "lora-3", "ia3-4"]
+    assert f"{tmp_path / 'old.json'} did not record its probe settings: they are assumed to match this run's" in \
+        report["notes"]
+    assert "did not record its probe" in (tmp_path / "out" / "arena.md").read_text()
+    assert sum("did not record" in n for n in report["notes"]) == 1
+    twice = _cli_error(argv + ["--include", arena_of_two / "arena.json"], capsys)
+    assert "given twice" in twice
+
+
+def test_arena_needs_adapters_or_include(workdir, tmp_path, capsys):
+    err = _cli_error(["arena", "--base", workdir / "base", "--out", tmp_path / "out"], capsys)
+    assert "rewind arena needs at least one adapter or --include" in err and not (tmp_path / "out").exists()

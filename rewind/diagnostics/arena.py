@@ -12,13 +12,20 @@ Diagnostics run per adapter at alpha = 1 on the natural path, into OUT/<adapter 
 `rewind diagnose` draws one adapter's plots), with one resident base model shared by the data-driven ones; each
 is reduced to scalars (means over matrices or modules) and correlated with forgetting over the adapters (Pearson
 and Spearman, scipy; needs 3 or more adapters).
+
+`include`: earlier arena reports whose rows (scores and diagnostic scalars) join this run's as recorded, first and in
+the order given, so an arena grows without its old adapters. They must share this run's base and diagnostics, and,
+for csd or activations, the probe's data, target, split, limit and max_length (arena.json records the probe; a
+report without one is assumed to match, and a note says so). A name already taken gets a -N suffix.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -35,6 +42,10 @@ SPECTRAL_KEYS = ("relative_update", "effective_rank", "retention_deviation_rel",
 CSD_KEYS = ("csd_rel", "csd_norm")
 ACTIVATION_KEYS = ("cka", "procrustes_residual", "gram_distortion", "cosine_drift", "norm_drift")
 JSON, TABLE, CORRELATIONS, MARKDOWN, PLOT = "arena.json", "arena.csv", "correlations.csv", "arena.md", "arena.png"
+DATA_DRIVEN = {"csd", "activations"}
+# Probe fields an included report must share. Not batch_size: items are batched with right padding and the pads never
+# reach a measure, so it changes only floating-point rounding (about 1e-7 relative in fp32 on the tiny test model).
+PROBE_KEYS = ("data", "target", "split", "limit", "max_length")
 
 
 def find_sweep(adapter: str | Path, root: str | Path = ".") -> Path:
@@ -126,27 +137,78 @@ def _defined(v) -> bool:
     return v is not None and math.isfinite(v)
 
 
+def included(path: str | Path, base, diagnostics: tuple[str, ...], probe: Probe) -> tuple[list[dict], str | None]:
+    """The rows of an earlier arena report (its dir or its arena.json), each with "from" (the arena.json whose run
+    computed it), checked against this run; and a note when the report did not record the probe that mattered."""
+    path, file = Path(path), _report_file(path)
+    try:
+        report = json.loads(file.read_text())
+    except (OSError, ValueError):
+        report = None
+    if not isinstance(report, dict) or report.get("kind") != "arena":
+        raise RewindError(f"--include {path}: not an arena report (no {JSON} of kind arena there)")
+    if not _same_base(report["base"], base):
+        raise RewindError(f"--include {path}: its base is {report['base']}, not {models.hub_id(base)}")
+    if set(report["diagnostics"]) != set(diagnostics):
+        raise RewindError(f"--include {path}: its diagnostics are {','.join(report['diagnostics']) or 'none'}, not "
+                          f"{','.join(diagnostics) or 'none'}: pass --diagnostics {','.join(report['diagnostics'])}")
+    note = None
+    if DATA_DRIVEN & set(diagnostics):  # spectral reads no data: the probe cannot matter to it
+        if "probe" not in report:
+            note = f"{file} did not record its probe settings: they are assumed to match this run's"
+        else:
+            mine, theirs = _settings(asdict(probe)), _settings(report["probe"])
+            differ = [f"--{k.replace('_', '-')} {theirs[k]} (this run: {mine[k]})" for k in PROBE_KEYS
+                      if theirs[k] != mine[k]]
+            if differ:
+                raise RewindError(f"--include {path}: its probe differs: {'; '.join(differ)}")
+    # A row included before keeps its "from": that report's dir holds the row's per-adapter diagnostics.
+    return [{**row, "from": row.get("from") or str(file)} for row in report["adapters"]], note
+
+
+def _report_file(path: str | Path) -> Path:
+    return Path(path) / JSON if Path(path).is_dir() else Path(path)
+
+
+def _settings(probe: dict) -> dict:
+    # The order of --data only orders the columns.
+    return {**probe, "data": ",".join(sorted(probe["data"]))}
+
+
 def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str | Path] | None = None,
         sweeps_root: str | Path = ".", diagnostics: tuple[str, ...] = DIAGNOSTICS, probe: Probe = Probe(),
-        device: str | None = None, dtype: str = "auto", plots: bool = True) -> dict:
-    """Scores, diagnostics and correlations for `adapter_dirs`; writes JSON, CSVs, Markdown and a PNG to `out`."""
+        device: str | None = None, dtype: str = "auto", plots: bool = True,
+        include: list[str | Path] = ()) -> dict:
+    """Scores, diagnostics and correlations for `adapter_dirs` and the rows of the arena reports in `include`;
+    writes JSON, CSVs, Markdown and a PNG to `out`."""
     out = Path(out)
-    if not adapter_dirs:
-        raise RewindError("rewind arena needs at least one adapter")
+    if not adapter_dirs and not include:
+        raise RewindError("rewind arena needs at least one adapter or --include")
     if sweeps and len(sweeps) != len(adapter_dirs):
         raise RewindError(f"--sweep given {len(sweeps)} times for {len(adapter_dirs)} adapters: give one per adapter, "
                           f"in the same order, or none to find them")
     unknown = set(diagnostics) - set(DIAGNOSTICS)
     if unknown:
         raise RewindError(f"--diagnostics {','.join(sorted(unknown))}: choose from {', '.join(DIAGNOSTICS)}")
-    if {"csd", "activations"} & set(diagnostics):
+    if DATA_DRIVEN & set(diagnostics):
         probe.suites()  # a bad --data or --split fails before anything is computed
+    files = [str(_report_file(p).resolve()) for p in include]
+    twice = {f for f in files if files.count(f) > 1}
+    if twice:  # its rows would count twice in every correlation
+        raise RewindError(f"--include {', '.join(sorted(twice))} given twice")
+    old, notes = [], []
+    for path in include:
+        rows, note = included(path, base, diagnostics, probe)
+        old += rows
+        notes += [f"the rows from {path} are as recorded there (scores and diagnostics not recomputed)"]
+        notes += [note] if note else []
     sweep_dirs = [Path(s) for s in sweeps] if sweeps else [find_sweep(a, sweeps_root) for a in adapter_dirs]
-    rows = [{"adapter": str(a), **scores(s, base)} for a, s in zip(adapter_dirs, sweep_dirs)]
-    for row, name in zip(rows, _names(adapter_dirs)):
+    new = [{"adapter": str(a), **scores(s, base)} for a, s in zip(adapter_dirs, sweep_dirs)]
+    rows = old + new
+    for row, name in zip(rows, _unique([r["name"] for r in old] + [Path(a).resolve().name for a in adapter_dirs])):
         row["name"] = name
     resident = None
-    for row in tqdm(rows, desc="arena", unit="adapter", leave=False):
+    for row in tqdm(new, desc="arena", unit="adapter", leave=False):
         finetune = Finetune(row["adapter"], base)
         directory = out / safe_name(row["name"])
         update = finetune.plan(directory).update
@@ -160,19 +222,20 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
                 report = runner(finetune, directory / kind, probe, device=device, dtype=dtype, resident=resident,
                                 plots=False)
             row.update(scalars(report))
-    columns = [c for c in rows[0] if "." in c]
+    # Over all rows: a report that did not record its probe may have probed other data (other columns).
+    columns = list(dict.fromkeys(c for r in rows for c in r if "." in c))
     correlations = {c: correlate([r.get(c) for r in rows], [r["forgetting"] for r in rows]) for c in columns}
-    notes = []
     if len({r["suites"] for r in rows}) > 1:
         notes.append("the sweeps differ in suites or limit: their scores are not directly comparable")
     if len({r["split"] for r in rows}) > 1:
         notes.append("some sweeps are scored on validation, others on test")
     if len(rows) < 3:
         notes.append("correlations need 3 or more adapters")
-    report = {"kind": "arena", "base": models.hub_id(base), "diagnostics": list(diagnostics), "adapters": rows,
+    out.mkdir(parents=True, exist_ok=True)  # before the plot: with only included rows nothing made it yet
+    report = {"kind": "arena", "base": models.hub_id(base), "diagnostics": list(diagnostics),
+              "probe": {**asdict(probe), "data": list(probe.data)}, "adapters": rows,
               "correlations": correlations, "notes": notes,
               "plots": [plot(rows, correlations, out / PLOT)] if plots and columns else []}
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / JSON, report)
     _write_csv(out / TABLE, rows)
     _write_csv(out / CORRELATIONS, [{"diagnostic": c, **v} for c, v in correlations.items()])
@@ -180,12 +243,15 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
     return report
 
 
-def _names(adapter_dirs) -> list[str]:
-    names = []
-    for a in adapter_dirs:
-        name = Path(a).resolve().name
-        names.append(name if name not in names else f"{name}-{len(names) + 1}")
-    return names
+def _unique(names: list[str]) -> list[str]:
+    """Each name once: a repeat gets its position as a suffix (lora, ia3, lora-3)."""
+    out = []
+    for name in names:
+        unique, n = name, len(out) + 1
+        while unique in out:
+            unique, n = f"{name}-{n}", n + 1
+        out.append(unique)
+    return out
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
