@@ -125,6 +125,7 @@ def test_paths_use_the_kernels_only_where_they_apply(monkeypatch):
         wc = w.cuda()
         assert fused.enabled(wc, wc.clone())
         assert not fused.enabled(wc, wc.t().contiguous().t())  # a strided output: torch handles it
+        assert not fused.enabled(wc, wc.half()) and not fused.enabled(wc.double(), wc.double())
         monkeypatch.setenv("REWIND_TRITON", "0")
         assert not fused.enabled(wc, wc.clone())
 

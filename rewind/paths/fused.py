@@ -4,9 +4,9 @@ torch has no single kernel for either switch that moves W-sized data twice. `add
 W and then runs a beta=1 gemm that reads W back, and the Cayley write is a bmm into W followed by W += W0: both
 cross memory 5 times per element where 2 suffice (bench/switch_probe.py measured this on an H200). Each kernel
 here computes a tile of the low-rank or block-diagonal product in fp32 registers next to the W0 tile it is added
-to, and rounds once to W's dtype; addmm rounds the same sum once too, so LoRA writes agree with it to the last bit
-but for the order of the fp32 accumulation. For the Cayley write the sum is now rounded once where the torch path
-rounds the product first: at most one unit in the last place apart, never further from the exact value.
+to, and rounds once to W's dtype. That is at least as exact as torch: addmm also rounds once, but cuBLAS may sum
+bf16 products in reduced precision (on an H200 its error against fp32 math was 4.7e-3 of max|W|, the kernel's
+3.4e-3), and the torch Cayley write rounds the product before the add.
 
 One launch writes every tensor of one shape: the kernels read their tensors' addresses from a small table, so a
 7B model's 196 adapted matrices take 4 launches, not 196 (Triton's Python launch costs ~40 us, which made a
@@ -38,8 +38,8 @@ def available() -> bool:
 
 def enabled(w0: torch.Tensor, out: torch.Tensor | None) -> bool:
     """Whether a path's write of W0 -> out runs here: both dense and aligned on one CUDA device, Triton available."""
-    return (out is not None and w0.is_cuda and out.device == w0.device and _dense(w0) and _dense(out)
-            and available())
+    return (out is not None and w0.is_cuda and out.device == w0.device and out.dtype == w0.dtype
+            and w0.dtype in _DTYPES and _dense(w0) and _dense(out) and available())
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -89,7 +89,8 @@ def lowrank_add_many(jobs: Sequence[tuple], tile: dict = LOWRANK_TILE) -> None:
     w0 = jobs[0][0]
     m, n = w0.shape
     rank = jobs[0][1].shape[1]
-    factors = [(_aligned(B), _aligned(A)) for _, B, A, _, _ in jobs]  # kept alive until the launch is queued
+    # in W's dtype (the kernel reads every address as one), kept alive until the launch is queued
+    factors = [(_aligned(B.to(w0.dtype)), _aligned(A.to(w0.dtype))) for _, B, A, _, _ in jobs]
     table = _table([[j[0].data_ptr(), B.data_ptr(), A.data_ptr(), j[3].data_ptr()]
                     for j, (B, A) in zip(jobs, factors)], w0.device)
     scales = torch.tensor([float(j[4]) for j in jobs], dtype=torch.float32).to(w0.device)
