@@ -57,12 +57,18 @@ def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str,
     return {"seconds": time.perf_counter() - start, "merge_seconds": merged_s, "scores": scores}
 
 
-def remeasure(spec: dict, keys: list[str], lines: list[dict], split: str, device: str, out: Path) -> list[dict]:
-    """rewind's lines for `keys` timed again in this process: one resident model, each point an in-place switch."""
+def remeasure(spec: dict, keys: list[str], lines: list[dict], split: str, device: str, out: Path
+              ) -> tuple[list[dict], float]:
+    """rewind's lines for `keys` timed again in this process: one resident model, each point an in-place switch.
+
+    The first point of a process also pays one-time start-up (CUDA kernels, lm-eval's first generation), which a
+    sweep pays once for all its points: so the first key is evaluated once on the other split first, untimed here;
+    its seconds come back separately."""
     again = sweep.Sweep(sweep.SweepSpec(**{**spec, "device": device}), out)
     again.open()
     points = {r["point"]: sweep.PointSpec.of(r) for r in lines}
-    return [line for key in keys for line in again.evaluate(points[key], split)]
+    warm_up = again.evaluate(points[keys[0]], "validation" if split == "test" else "test")
+    return [line for key in keys for line in again.evaluate(points[key], split)], warm_up[0]["point_seconds"]
 
 
 def main() -> None:
@@ -75,7 +81,8 @@ def main() -> None:
     parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (auto if it had none)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time rewind's points again here, right before the old way, instead of reading the "
-                             "sweep's seconds (which may have shared the GPU with other work)")
+                             "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
+                             "other split goes first")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     record, _ = sweep.load(args.sweep)
@@ -83,9 +90,11 @@ def main() -> None:
     lines = [r for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
              if r["split"] == args.split]
     tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
+    first_point_s = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.remeasure:
-            lines = remeasure(spec, args.points.split(","), lines, args.split, args.device, Path(tmp) / "again")
+            lines, first_point_s = remeasure(spec, args.points.split(","), lines, args.split, args.device,
+                                             Path(tmp) / "again")
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
             point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
@@ -95,6 +104,7 @@ def main() -> None:
                      if r["task"] in old["scores"]}
             result = {"bench": "sweep_vs_cli", "point": key, "split": args.split, "limit": spec["limit"],
                       "batch_size": batch, "rewind_remeasured": args.remeasure,
+                      "rewind_first_point_s": first_point_s,  # with --remeasure: the warm-up, start-up included
                       "rewind_point_s": mine[0]["point_seconds"],
                       "rewind_switch_s": mine[0]["switch_seconds"], "old_way_s": old["seconds"],
                       "old_merge_s": old["merge_seconds"], "speedup": old["seconds"] / mine[0]["point_seconds"],
