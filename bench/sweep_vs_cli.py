@@ -78,7 +78,7 @@ def main() -> None:
     # The bundled YAMLs point lm_eval's CLI at their test split: compare points the sweep scored on test.
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (auto if it had none)")
+    parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (if it had none: auto on cuda, 8 on cpu)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time rewind's points again here, right before the old way, instead of reading the "
                              "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
@@ -98,7 +98,8 @@ def main() -> None:
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
             point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
-            batch = args.batch_size or str(spec.get("batch_size") or "auto")
+            # lm-eval's auto batch size probes ever larger batches: minutes and GBs on a CPU
+            batch = args.batch_size or str(spec.get("batch_size") or ("auto" if args.device.startswith("cuda") else 8))
             old = old_way(spec, point, tasks, spec["limit"], args.device, Path(tmp), batch)
             agree = {r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"]) for r in mine
                      if r["task"] in old["scores"]}
