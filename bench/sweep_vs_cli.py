@@ -78,7 +78,8 @@ def main() -> None:
     # The bundled YAMLs point lm_eval's CLI at their test split: compare points the sweep scored on test.
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batch-size", default=None, help="lm_eval's; default: the sweep's (if it had none: auto on cuda, 8 on cpu)")
+    parser.add_argument("--batch-size", default=None,
+                        help="lm_eval's; default: the sweep's (if it had none: auto on cuda, 8 on cpu)")
     parser.add_argument("--remeasure", action="store_true",
                         help="time rewind's points again here, right before the old way, instead of reading the "
                              "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
