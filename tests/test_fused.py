@@ -5,8 +5,9 @@ one, in Triton's CPU interpreter (conftest sets TRITON_INTERPRET=1), which check
 arithmetic. Each result must be the fp32 sum rounded once: within half a unit in the last place (ulp) of the
 exact value on CUDA, plus the fp32 sum's own error; the interpreter rounds fp32 -> bf16 toward zero, so there
 the bound is one ulp. torch's writes are no reference at this precision: cuBLAS may reduce bf16 products in
-reduced precision (on an H200 addmm differed from the exact sum in 7% of bf16 elements by more than that) and
-the torch Cayley write rounds the product before the add.
+reduced precision (on an H200, addmm's bf16 result for the 64 x 128, rank-16 case below differed from this
+kernel's, which meets the half-ulp bound, in 6.6% of the elements), and the torch Cayley write rounds the product
+before the add.
 """
 
 from __future__ import annotations
