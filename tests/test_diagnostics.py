@@ -370,6 +370,7 @@ def test_arena_include_equals_one_arena_over_all(workdir, sweeps, arena_of_two, 
     assert grown["probe"] == direct["probe"] == {"data": ["general"], "target": "math-offline", "split": "validation",
                                                  "limit": 2, "batch_size": 8, "max_length": 512}
     assert [r.get("from") for r in grown["adapters"]] == [str(arena_of_two / "arena.json")] * 2 + [None]
+    assert {r["dtype"] for r in grown["adapters"]} == {"fp32"} and not grown["notes"][1:]  # one precision: no note
     # CPU, fp32, the same inputs: every value is the same float, so equality, not approx.
     assert [{k: v for k, v in r.items() if k != "from"} for r in grown["adapters"]] == direct["adapters"]
     assert grown["correlations"] == direct["correlations"] and grown["correlations"]["csd.general.csd_rel"]["n"] == 3
@@ -404,6 +405,12 @@ def test_arena_include_without_probe_notes_it_and_renames(workdir, sweeps, arena
         report["notes"]
     assert "did not record its probe" in (tmp_path / "out" / "arena.md").read_text()
     assert sum("did not record" in n for n in report["notes"]) == 1
+    assert not any("computed in" in n for n in report["notes"])
+    old["adapters"][0]["dtype"] = "bf16"  # a row probed on a GPU joins CPU-probed ones: the note says so
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    _cli(argv, capsys)
+    report = json.loads((tmp_path / "out" / "arena.json").read_text())
+    assert "computed in bf16 and fp32 (column dtype)" in " ".join(report["notes"])
     twice = _cli_error(argv + ["--include", arena_of_two / "arena.json"], capsys)
     assert "given twice" in twice
 

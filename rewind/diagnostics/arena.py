@@ -16,7 +16,8 @@ and Spearman, scipy; needs 3 or more adapters).
 `include`: earlier arena reports whose rows (scores and diagnostic scalars) join this run's as recorded, first and in
 the order given, so an arena grows without its old adapters. They must share this run's base and diagnostics, and,
 for csd or activations, the probe's data, target, split, limit and max_length (arena.json records the probe; a
-report without one is assumed to match, and a note says so). A name already taken gets a -N suffix.
+report without one is assumed to match, and a note says so). A name already taken gets a -N suffix. Each computed
+row records the dtype its csd and activations ran in; rows of different dtypes get a note.
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
         row["name"] = name
     resident = None
     for row in tqdm(new, desc="arena", unit="adapter", leave=False):
+        if DATA_DRIVEN & set(diagnostics):  # the precision the probe ran in: rows of other runs may differ
+            row["dtype"] = models.resolve_dtype(dtype, device)
         finetune = Finetune(row["adapter"], base)
         directory = out / safe_name(row["name"])
         update = finetune.plan(directory).update
@@ -231,6 +234,10 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
         notes.append("some sweeps are scored on validation, others on test")
     if len(rows) < 3:
         notes.append("correlations need 3 or more adapters")
+    precisions = {r["dtype"] for r in rows if r.get("dtype")}
+    if len(precisions) > 1:
+        notes.append(f"the rows' csd and activation values were computed in {' and '.join(sorted(precisions))} "
+                     f"(column dtype): they differ by that rounding too")
     out.mkdir(parents=True, exist_ok=True)  # before the plot: with only included rows nothing made it yet
     report = {"kind": "arena", "base": models.hub_id(base), "diagnostics": list(diagnostics),
               "probe": {**asdict(probe), "data": list(probe.data)}, "adapters": rows,
