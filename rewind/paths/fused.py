@@ -43,7 +43,7 @@ def enabled(w0: torch.Tensor, out: torch.Tensor | None) -> bool:
 
 
 def _dense(t: torch.Tensor) -> bool:
-    # the kernels promise the compiler 16-byte aligned rows starts (vector loads); torch allocates 256-byte aligned
+    # the kernels promise the compiler 16-byte aligned base addresses (vector loads); torch allocates 256-byte aligned
     return t.is_contiguous() and t.data_ptr() % 16 == 0
 
 
@@ -77,8 +77,8 @@ def _table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 
 def lowrank_add(w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor,
                 tile: dict = LOWRANK_TILE) -> torch.Tensor:
-    """out <- w0 + scale * B @ A, for w0/out [m, n], B [m, r], A [r, n]: the same value as torch.addmm(w0, B, A,
-    alpha=scale) up to the order of the fp32 sums. `tile` (BLOCK_M, BLOCK_N, num_warps) is for benchmarks."""
+    """out <- w0 + scale * B @ A, for w0/out [m, n], B [m, r], A [r, n], the fp32 sum rounded once (what
+    torch.addmm(w0, B, A, alpha=scale) computes). `tile` (BLOCK_M, BLOCK_N, num_warps) is for benchmarks."""
     lowrank_add_many([(w0, B, A, out, scale)], tile)
     return out
 
@@ -89,7 +89,8 @@ def lowrank_add_many(jobs: Sequence[tuple], tile: dict = LOWRANK_TILE) -> None:
     w0 = jobs[0][0]
     m, n = w0.shape
     rank = jobs[0][1].shape[1]
-    # in W's dtype (the kernel reads every address as one), kept alive until the launch is queued
+    # in W's dtype (the kernel reads every address as one); temporaries may go when this returns: the caching
+    # allocator hands their memory out again only to work queued after the launch
     factors = [(_aligned(B.to(w0.dtype)), _aligned(A.to(w0.dtype))) for _, B, A, _, _ in jobs]
     table = _table([[j[0].data_ptr(), B.data_ptr(), A.data_ptr(), j[3].data_ptr()]
                     for j, (B, A) in zip(jobs, factors)], w0.device)
