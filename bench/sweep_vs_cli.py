@@ -6,6 +6,9 @@ numbers from a finished sweep's results.jsonl, runs the old way for a few of its
 report the same scores.
 
     python bench/sweep_vs_cli.py --sweep rewind-sweep --points base@0,final@1 [--remeasure] [--out FILE]
+    python bench/sweep_vs_cli.py --adapter A --base smollm2 --limit 32 --batch-size 64 --points base@0   # no sweep
+
+Without a finished sweep (`--adapter`), the points are parsed from their keys (`path@alpha`) and always timed here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rewind import export, sweep
@@ -66,9 +70,14 @@ def remeasure(spec: dict, keys: list[str], lines: list[dict], split: str, device
     its seconds come back separately."""
     again = sweep.Sweep(sweep.SweepSpec(**{**spec, "device": device}), out)
     again.open()
-    points = {r["point"]: sweep.PointSpec.of(r) for r in lines}
+    points = {key: _point(key) for key in keys} | {r["point"]: sweep.PointSpec.of(r) for r in lines}
     warm_up = again.evaluate(points[keys[0]], "validation" if split == "test" else "test")
     return [line for key in keys for line in again.evaluate(points[key], split)], warm_up[0]["point_seconds"]
+
+
+def _point(key: str) -> sweep.PointSpec:
+    path, alpha = key.split("@")  # uniform points only: a searched schedule needs its sweep's record
+    return sweep.PointSpec(path, float(alpha))
 
 
 def main() -> None:
@@ -84,18 +93,26 @@ def main() -> None:
                         help="time rewind's points again here, right before the old way, instead of reading the "
                              "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
                              "other split goes first")
+    parser.add_argument("--adapter", default=None, help="no finished sweep: this adapter's points, timed here")
+    parser.add_argument("--base", default=None, help="with --adapter: the base (default smollm2)")
+    parser.add_argument("--limit", type=int, default=None, help="with --adapter: items per task")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    record, _ = sweep.load(args.sweep)
-    spec = record["spec"]
-    lines = [r for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
-             if r["split"] == args.split]
-    tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
+    if args.adapter:
+        batch = int(args.batch_size) if args.batch_size and args.batch_size.isdigit() else args.batch_size
+        spec = asdict(sweep.SweepSpec(adapter=args.adapter, base=args.base, limit=args.limit, batch_size=batch))
+        lines, args.remeasure = [], True
+    else:
+        record, _ = sweep.load(args.sweep)
+        spec = record["spec"]
+        lines = [r for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
+                 if r["split"] == args.split]
     first_point_s = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.remeasure:
             lines, first_point_s = remeasure(spec, args.points.split(","), lines, args.split, args.device,
                                              Path(tmp) / "again")
+        tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
             point = {"path": mine[0]["path"], "alpha": mine[0]["alpha"]}
