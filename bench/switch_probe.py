@@ -228,6 +228,19 @@ def block_views(w0: torch.Tensor, w: torch.Tensor, d: torch.Tensor):
             d.expand(nb, BLOCK, BLOCK).transpose(1, 2))
 
 
+def path_writers(path_cls, items_of):
+    """(one, all) for a rewind path: bound to each ring tensor alone (f(i) writes tensor i), and to the whole ring
+    at once (g() writes them all, as a model's switch does)."""
+    def one(r):
+        paths = [path_cls([item]) for item in items_of(r)]
+        return lambda i: paths[i].write([ALPHA])
+
+    def all_(r):
+        path = path_cls(items_of(r))
+        return lambda: path.write([ALPHA] * r.k)
+    return one, all_
+
+
 def chunks(r: Ring, mib: int) -> list[tuple[int, int]]:
     step = max(1, (mib * 2**20) // (r.cols * 2))
     return [(s, min(s + step, r.rows)) for s in range(0, r.rows, step)]
@@ -242,13 +255,7 @@ def lora_variants(chunk_mib: list[int]) -> list[Variant]:
     def rewind_paths(r):
         return [Bound(f"{r.name}.{i}", LowRank(r.B[i], r.A[i], LORA_SCALE), r.w0[i], r.w[i]) for i in range(r.k)]
 
-    def rewind_one(r):
-        paths = [Linear([item]) for item in rewind_paths(r)]
-        return lambda i: paths[i].write([ALPHA])
-
-    def rewind_all(r):
-        path = Linear(rewind_paths(r))
-        return lambda: path.write([ALPHA] * r.k)
+    rewind_one, rewind_all = path_writers(Linear, rewind_paths)
 
     def addmm(r):
         return lambda i: torch.addmm(r.w0[i], r.B[i], r.A[i], alpha=c, out=r.w[i])
@@ -317,15 +324,7 @@ def oft_variants(chunk_mib: list[int]) -> list[Variant]:
     def rewind(terms):
         def items(r):
             return [Bound(f"{r.name}.{i}", Rotation(r.Q[i], terms), r.w0[i], r.w[i]) for i in range(r.k)]
-
-        def one(r):
-            paths = [Cayley([item]) for item in items(r)]
-            return lambda i: paths[i].write([ALPHA])
-
-        def all_(r):
-            path = Cayley(items(r))
-            return lambda: path.write([ALPHA] * r.k)
-        return one, all_
+        return path_writers(Cayley, items)
 
     def einsum_formula(r):
         return lambda i: torch.add(r.w0[i], rotate(r.w0[i], r.D[i].to(BF16)), out=r.w[i])
@@ -471,17 +470,14 @@ def series_parts(rings: dict[str, Ring], clock: Clock, device) -> list[dict]:
 def old_cayley_write(path: Cayley, alphas) -> None:
     """rewind.paths.cayley.Cayley._write before this branch (einsum + reshape + add), kept to time it."""
     alpha_of = {id(item): a for item, a in zip(path.items, alphas)}
-    for key, group in path._groups.items():
+    for key, spans in path._spans.items():
         Q = path._Q[key]
-        scale = torch.cat([torch.full((len(i.delta.Q),), path.s(alpha_of.get(id(i), 0.0))) for i in group])
+        scale = torch.cat([torch.full((n,), path.s(alpha_of.get(id(i), 0.0))) for i, _, n in spans])
         sQ = Q * scale.to(Q.device).view(-1, 1, 1)
         D = _rotation_minus_identity(sQ, key[1])
-        start = 0
-        for item in group:
-            n = len(item.delta.Q)
+        for item, start, n in spans:
             d = D[start:start + n]
             computed(item, lambda w0, out, d=d: torch.add(w0, rotate(w0, d.to(w0.dtype)), out=out))
-            start += n
 
 
 def model_loops(rings: dict[str, Ring], clock: Clock, args, device) -> list[dict]:

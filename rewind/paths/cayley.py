@@ -29,14 +29,13 @@ class Cayley(Path):
         if cayley_scale not in SCALES:
             raise RewindError(f"--cayley-scale {cayley_scale}: choose one of {', '.join(SCALES)}")
         self.s = SCALES[cayley_scale]
-        self._groups: dict[tuple, list] = {}  # (block size, neumann terms) -> items sharing one batched solve
+        groups: dict[tuple, list] = {}  # (block size, neumann terms) -> items sharing one batched solve
         for item in self.items:
-            key = (item.delta.block_size, item.delta.neumann_terms)
-            self._groups.setdefault(key, []).append(item)
+            groups.setdefault((item.delta.block_size, item.delta.neumann_terms), []).append(item)
         self._Q = {key: torch.cat([i.delta.Q.to(i.w0.device, torch.float32) for i in group])
-                   for key, group in self._groups.items()}
+                   for key, group in groups.items()}
         self._spans = {}  # key -> (item, its first block in the group's Q, its number of blocks)
-        for key, group in self._groups.items():
+        for key, group in groups.items():
             starts = itertools.accumulate((len(i.delta.Q) for i in group), initial=0)
             self._spans[key] = [(i, start, len(i.delta.Q)) for i, start in zip(group, starts)]
 
@@ -46,18 +45,19 @@ class Cayley(Path):
 
     def _write(self, moving):
         alpha_of = {id(item): alpha for item, alpha in moving}
-        for key, group in self._groups.items():
-            if not any(id(i) in alpha_of for i in group):
+        for key, spans in self._spans.items():
+            if not any(id(i) in alpha_of for i, _, _ in spans):
                 continue
             Q = self._Q[key]
-            scale = torch.cat([torch.full((n,), self.s(alpha_of.get(id(i), 0.0))) for i, _, n in self._spans[key]])
+            scale = torch.cat([torch.full((n,), self.s(alpha_of.get(id(i), 0.0))) for i, _, n in spans])
             sQ = Q * scale.to(Q.device).view(-1, 1, 1)
             D = _rotation_minus_identity(sQ, key[1])
+            kernel_fits = fused.rotate_add_supported(key[0])
             batches = {}  # tensors the fused kernel writes: one launch per shape
-            for item, start, n in self._spans[key]:
+            for item, start, n in spans:
                 if id(item) not in alpha_of:
                     continue
-                if fused.enabled(item.w0, item.out) and fused.rotate_add_supported(key[0]):
+                if kernel_fits and fused.enabled(item.w0, item.out):
                     batch = (item.w0.shape, item.w0.dtype, item.w0.device, n == 1)
                     batches.setdefault(batch, []).append((item.w0, item.out, start))
                 else:

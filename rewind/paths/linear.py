@@ -40,13 +40,13 @@ class Linear(Path):
         for item, alpha in moving:
             state = self._state[id(item)]
             d = item.delta
-            if isinstance(d, LowRank) and fused.enabled(item.w0, item.out):
+            if isinstance(d, LowRank):
                 B, A = state
-                key = (item.w0.shape, item.w0.dtype, item.w0.device, B.shape[1])
-                batches.setdefault(key, []).append((item.w0, B, A, item.out, alpha * d.scale))
-            elif isinstance(d, LowRank):
-                B, A = state
-                computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
+                if fused.enabled(item.w0, item.out):
+                    key = (item.w0.shape, item.w0.dtype, item.w0.device, B.shape[1])
+                    batches.setdefault(key, []).append((item.w0, B, A, item.out, alpha * d.scale))
+                else:
+                    computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
             elif isinstance(d, Scale):
                 factor = ia3_factor(state, alpha).reshape(d._shape(item.w0))
                 computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
