@@ -6,6 +6,7 @@ Only safetensors and JSON are read. Every tensor name is a base-model parameter 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -169,6 +170,7 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
     sidecar = load_json(path / methods.SIDECAR) if (path / methods.SIDECAR).is_file() else None
     method = methods.identify(config, sidecar)
     _check_config(config, path / ADAPTER_CONFIG)
+    residual = methods.residual_init(config, path / ADAPTER_CONFIG)
     check_architecture(config, base_config, path)
     weights_file = path / ADAPTER_WEIGHTS
     tensors = load_safetensors(weights_file)
@@ -201,8 +203,8 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
                 RuntimeError) as exc:
             raise RewindError(f"{path / ADAPTER_CONFIG}: cannot read module {module} ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); the adapter is malformed") from exc
-    if method.natural_path == "linear" and isinstance(config.get("init_lora_weights"), str):
-        _rebase_residual(deltas, config, init_adapter, path)
+    if residual:
+        _rebase_residual(deltas, residual, config, init_adapter, path)
     for name, delta in deltas.items():
         _check_shape(name, delta, shapes, config)
     if not deltas:
@@ -366,18 +368,20 @@ def _oft(module, parts, config, shapes, shared):
 _READERS = {"LORA": _lora, "ADALORA": _adalora, "VERA": _vera, "IA3": _ia3, "MISS": _miss, "OFT": _oft}
 
 
-def _rebase_residual(deltas: dict[str, Delta], config: dict, init_adapter, path: Path) -> None:
-    """PiSSA-style adapters trained on a residual base W0 - s*B0@A0: the true update is s*(B@A - B0@A0)."""
-    init = str(config["init_lora_weights"]).lower()
-    if not init.startswith(methods.RESIDUAL_INITS):
-        return
+def _rebase_residual(deltas: dict[str, Delta], init: str, config: dict, init_adapter, path: Path) -> None:
+    """PiSSA-style adapters trained on a residual base W0 - s*B0@A0: the true update is s*(B@A - B0@A0).
+
+    DoRA on such a base normalises W0 + s*(B@A - B0@A0) too, so it keeps its magnitude with the same factors.
+    """
     if init_adapter is None:
         raise RewindError(
-            f"{path} was trained on a residual base ({config['init_lora_weights']} init): pass --init-adapter DIR "
+            f"{path} was trained on a residual base ({init} init): pass --init-adapter DIR "
             f"with its step-0 adapter, or convert it with peft's path_initial_model_for_weight_conversion")
     init_config = load_json(Path(init_adapter) / ADAPTER_CONFIG)
     init_weights = load_safetensors(Path(init_adapter) / ADAPTER_WEIGHTS)
     for name, delta in deltas.items():
+        if not isinstance(delta, (LowRank, DoRA)):  # modules_to_save: stored whole, no residual
+            continue
         module = name[: -len(".weight")]
         try:
             B0 = init_weights[f"{_PEFT_PREFIX}{module}.lora_B.weight"]
@@ -386,7 +390,7 @@ def _rebase_residual(deltas: dict[str, Delta], config: dict, init_adapter, path:
             raise RewindError(f"--init-adapter {init_adapter}: no {module} (not this adapter's step 0)") from None
         if init_config.get("r") != config.get("r") or B0.shape != delta.B.shape:
             raise RewindError(f"--init-adapter {init_adapter}: its shapes differ from the adapter's")
-        deltas[name] = LowRank(torch.cat([delta.B, B0], 1), torch.cat([delta.A, -A0], 0), delta.scale)
+        deltas[name] = dataclasses.replace(delta, B=torch.cat([delta.B, B0], 1), A=torch.cat([delta.A, -A0], 0))
 
 
 def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], config: dict) -> None:

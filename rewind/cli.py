@@ -41,7 +41,7 @@ def cli(ctx, online, debug):
 
 def base_options(f):
     f = click.option("--init-adapter", type=click.Path(), default=None,
-                     help="Step-0 adapter of a residual-init LoRA (PiSSA/OLoRA saved unconverted).")(f)
+                     help="Step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA/LoRA-GA saved unconverted).")(f)
     f = click.option("--adapter", type=click.Path(), default=None, help="peft adapter dir or full checkpoint dir.")(f)
     f = click.option("--base", default=None,
                      help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")(f)

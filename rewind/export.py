@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, adapters, models, paths
+from . import __version__, adapters, methods, models, paths
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
@@ -164,7 +164,7 @@ def _check_adapter_format(p: ExportPlan) -> None:
     if p.point.path != method.natural_path:
         raise RewindError(f"--format adapter writes {method.name}'s own path ({method.natural_path}), not "
                           f"{p.point.path}: use --format merged")
-    if isinstance(p.update.config.get("init_lora_weights"), str):
+    if methods.residual_init(p.update.config, p.adapter):
         raise RewindError("--format adapter: this adapter needs a residual base; convert it first (peft's "
                           "path_initial_model_for_weight_conversion) or use --format merged")
 

@@ -63,8 +63,13 @@ METHODS: dict[str, Method] = {
     ]
 }
 
-# LoRA-family adapters whose training replaced the base by a residual (W0 - s*B0@A0).
-RESIDUAL_INITS = ("pissa", "olora", "corda")
+# peft's LoRA inits (init_lora_weights, prefixes as peft matches them), by what they do to the base (read in
+# peft 0.21's lora/layer.py). Residual: the base becomes W0 - s*B0@A0, which rewind undoes given the step-0 adapter.
+RESIDUAL_INITS = ("pissa", "olora", "corda", "lora_ga")
+# The base is left as it is: s*B@A is the whole update.
+PLAIN_INITS = ("gaussian", "eva", "orthogonal", "mica")
+# Any other init ("loftq" quantizes the base; inits rewind does not know may rewrite it) is refused, as is KaSA
+# (kasa_config), which truncates the base's smallest singular components: no adapter file holds what they removed.
 SIDECAR = "rewind_adapter.json"  # written by `rewind train` to name methods peft cannot tell apart
 
 
@@ -95,3 +100,27 @@ def identify(peft_config: dict[str, Any], sidecar: dict[str, Any] | None = None)
             return method
     known = sorted({m.peft_type for m in METHODS.values() if m.peft_type})
     raise RewindError(f"unsupported peft_type {peft_type or '(missing)'!r}; rewind reads {', '.join(known)}")
+
+
+def residual_init(peft_config: dict[str, Any], where: Any) -> str | None:
+    """The residual init a LoRA adapter was trained with (None: its base was left as it was).
+
+    RewindError for an init that rewrote the base in a way rewind cannot undo; AdaLoRA and the other types take no
+    string init (AdaLoRA's layer treats any as its default init), so only LORA is checked.
+    """
+    if str(peft_config.get("peft_type", "")).upper() != "LORA":
+        return None
+    fix = ("rewind cannot undo that from the adapter: save the merged finetune (peft's merge_and_unload) and pass "
+           "that model dir as --adapter, which rewind reads as a full finetune of --base")
+    if peft_config.get("kasa_config"):
+        raise RewindError(f"{where}: KaSA (kasa_config) truncated the base weights at init; {fix}")
+    init = peft_config.get("init_lora_weights")
+    if not isinstance(init, str) or init.lower() in PLAIN_INITS:
+        return None
+    if init.lower().startswith(RESIDUAL_INITS):
+        return init
+    if init.lower() == "loftq":
+        raise RewindError(f"{where}: init_lora_weights 'loftq' replaced the base weights by their quantization at "
+                          f"init; {fix}")
+    raise RewindError(f"{where}: init_lora_weights {init!r} is not an init rewind knows, and it may have rewritten "
+                      f"the base weights; {fix}")

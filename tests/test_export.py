@@ -95,23 +95,48 @@ def test_model_card_and_checksums(base, base_dir, tmp_path):
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 3
 
 
-def test_residual_pissa_needs_init_adapter_then_matches(base, base_dir, tmp_path):
-    """PiSSA trains on W0 - s*B0@A0: rewind must measure dW against the true base, given the step-0 adapter."""
-    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="pissa", target_modules=["q_proj", "down_proj"])
-    peft_model = get_peft_model(copy.deepcopy(base), config)
+def _residual_peft_model(base, init, use_dora=False):
+    """A peft model whose init rewrote the base to W0 - s*B0@A0 (LoRA-GA: from gradients of one real batch)."""
+    targets = ["q_proj", "down_proj"]
+    if init != "lora_ga":
+        config = LoraConfig(r=4, lora_alpha=4, init_lora_weights=init, target_modules=targets, use_dora=use_dora)
+        return get_peft_model(copy.deepcopy(base), config)
+    from peft import LoraGAConfig
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    model = copy.deepcopy(base)
+    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig(),
+                        target_modules=targets, use_dora=use_dora)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
+    preprocess_loraga(model, config, lambda: model(input_ids=ids, labels=ids).loss.backward())
+    return get_peft_model(model, config)
+
+
+@pytest.mark.parametrize("init,use_dora", [("pissa", False), ("olora", False), ("lora_ga", False), ("pissa", True)])
+def test_residual_init_needs_init_adapter_then_matches(init, use_dora, base, base_dir, tmp_path):
+    """Residual inits train on W0 - s*B0@A0: rewind must measure dW against the true base, given the step-0 adapter
+    (DoRA on a residual base keeps its magnitude: it normalises W0 + s*(B@A - B0@A0))."""
+    peft_model = _residual_peft_model(base, init, use_dora)
+    assert rel_err(peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight,
+                   base.model.layers[0].self_attn.q_proj.weight) > 1e-3, "the init left the base alone: test is void"
     peft_model.save_pretrained(tmp_path / "init")
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
-            if "lora_" in name:
+            if "magnitude" in name:
+                p.mul_(1 + torch.randn_like(p) * 0.05)
+            elif "lora_" in name:
                 p.add_(torch.randn_like(p) * 0.05)
     peft_model.save_pretrained(tmp_path / "trained")
-    peft_model.save_pretrained(tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    converted = [] if use_dora else [(tmp_path / "converted", None)]  # peft's conversion drops DoRA's magnitude
+    if converted:
+        peft_model.save_pretrained(tmp_path / "converted",
+                                   path_initial_model_for_weight_conversion=str(tmp_path / "init"))
     reference = dict(peft_model.merge_and_unload().named_parameters())
 
-    with pytest.raises(RewindError, match="--init-adapter"):
+    with pytest.raises(RewindError, match=f"residual base \\({init} init\\).*--init-adapter"):
         attach(copy.deepcopy(base), tmp_path / "trained")
-    for adapter, init in [(tmp_path / "trained", tmp_path / "init"), (tmp_path / "converted", None)]:
-        rw = attach(copy.deepcopy(base), adapter, init_adapter=init)
+    for adapter, init_adapter in [(tmp_path / "trained", tmp_path / "init"), *converted]:
+        rw = attach(copy.deepcopy(base), adapter, init_adapter=init_adapter)
         rw.set(1.0)
         for name in rw.update.deltas:
             assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (adapter.name, name)
