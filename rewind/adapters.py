@@ -351,6 +351,7 @@ def _oft(module, parts, config, shapes, shared):
     Q = torch.zeros(vec.shape[0], b, b)
     Q[:, rows, cols] = vec
     Q = Q - Q.transpose(-2, -1)
+    radius = None
     if config.get("coft"):
         # peft projects the generator onto a ball of radius eps/sqrt(blocks) before use; so do we, once.
         radius = config.get("eps", 6e-5) / math.sqrt(Q.shape[0])
@@ -362,7 +363,7 @@ def _oft(module, parts, config, shapes, shared):
     if Q.shape[0] not in (1, fan_in // b):
         raise RewindError(f"OFT module {module}: {Q.shape[0]} blocks of {b} do not fit in_features {fan_in}")
     terms = config.get("num_cayley_neumann_terms", 5) if config.get("use_cayley_neumann", True) else None
-    return {f"{module}.weight": Rotation(Q, terms)}
+    return {f"{module}.weight": Rotation(Q, terms, radius)}
 
 
 _READERS = {"LORA": _lora, "ADALORA": _adalora, "VERA": _vera, "IA3": _ia3, "MISS": _miss, "OFT": _oft}

@@ -21,6 +21,7 @@ from . import __version__, adapters, methods, models, paths
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
+from .updates import Rotation
 
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
@@ -167,6 +168,23 @@ def _check_adapter_format(p: ExportPlan) -> None:
     if methods.residual_init(p.update.config, p.adapter):
         raise RewindError("--format adapter: this adapter needs a residual base; convert it first (peft's "
                           "path_initial_model_for_weight_conversion) or use --format merged")
+    _check_coft_ball(p)
+
+
+def _check_coft_ball(p: ExportPlan) -> None:
+    """coft: peft projects each stored generator back onto its ball before every use, so a scaled generator outside
+    the ball (possible where |s(alpha)| > 1, i.e. |alpha| > 1) would load as another rotation than this point's."""
+    from .paths.cayley import SCALES
+
+    for name, delta in p.update.deltas.items():
+        if not isinstance(delta, Rotation) or delta.coft_radius is None:
+            continue
+        s = SCALES[p.point.cayley_scale](p.alphas[name])
+        norm = abs(s) * float(torch.linalg.matrix_norm(delta.Q.float()).max())
+        if norm > delta.coft_radius * (1 + 1e-6):  # rounding: a block on the ball at alpha 1 stays there
+            raise RewindError(f"--format adapter: at alpha {p.alphas[name]:g} the coft generator of {name} leaves "
+                              f"peft's ball (norm {norm:.3g} > eps/sqrt(blocks) = {delta.coft_radius:.3g}) and peft "
+                              f"would project it back, loading another point: use --format merged")
 
 
 def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
@@ -315,7 +333,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from .paths.cayley import SCALES
-    from .updates import Replace, Rotation, ia3_factor
+    from .updates import Replace, ia3_factor
 
     prefix = "base_model.model."
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)

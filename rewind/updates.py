@@ -120,6 +120,8 @@ class Rotation(Delta):
 
     Q: torch.Tensor  # [blocks, b, b], or [1, b, b] when peft's block_share repeats one block
     neumann_terms: int | None
+    # coft: the Frobenius ball (radius eps/sqrt(blocks)) peft projects each block's generator onto before every use
+    coft_radius: float | None = None
     additive = False
 
     @property

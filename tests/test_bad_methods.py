@@ -1,5 +1,6 @@
-"""Issue 13, methods rewind must refuse rather than read wrong: inits that rewrote the base. Each is one
-`rewind: error:` line naming the init, exit 2, nothing written, inputs untouched.
+"""Issue 13, methods rewind must refuse rather than read wrong: inits that rewrote the base, adapter exports peft
+would load as another point. Each is one `rewind: error:` line naming the init or the limit, exit 2, nothing written,
+inputs untouched.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from peft import KasaConfig, LoraConfig, get_peft_model
+import torch
+from peft import KasaConfig, LoraConfig, OFTConfig, get_peft_model
 
 from rewind.cli import main
 from tiny import make_adapter, randomize, tiny_base
@@ -48,6 +50,15 @@ def world(tmp_path_factory):
     kasa = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, kasa_config=KasaConfig(), target_modules=["q_proj"]))
     randomize(kasa, 0.1)
     kasa.save_pretrained(root / "kasa")
+    coft = get_peft_model(copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=2e-2,
+                                                         target_modules=["q_proj"]))
+    randomize(coft, 0.05)  # far outside the ball: peft projects every block onto it, as training leaves them
+    with torch.no_grad():
+        for module in coft.modules():
+            if "default" in getattr(module, "oft_R", {}):
+                rot = module.oft_R["default"]
+                rot.weight.copy_(rot._project_batch(rot.weight, eps=rot.eps))
+    coft.save_pretrained(root / "coft")
     return root
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -15,7 +15,7 @@ from rewind import export
 from rewind.engine import attach
 from rewind.errors import RewindError
 from rewind.paths import Schedule
-from tiny import logits, make_adapter, make_full, rel_err, tiny_base
+from tiny import logits, make_adapter, make_full, randomize, rel_err, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def base(base_dir):
 def _resident(base, adapter, alpha, **kw):
     rw = attach(copy.deepcopy(base), adapter, path=kw.pop("path", "auto"),
                 cayley_scale=kw.pop("cayley_scale", "linear"))
-    rw.set(alpha, kw.pop("schedule", None))
+    rw.set(alpha, kw.pop("schedule", None), kw.pop("allow_extrapolation", False))
     return rw
 
 
@@ -78,6 +78,45 @@ def test_adapter_export_refused_where_inexact(kind, path, message, base, base_di
     with pytest.raises(RewindError, match=message):
         export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5, path=path, fmt="adapter")
     assert not (tmp_path / "out").exists()
+
+
+def _coft_adapter(base, out, eps):
+    """A coft adapter whose stored generator is peft's own projection (as training leaves it)."""
+    peft_model = get_peft_model(copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=eps,
+                                                               target_modules=["q_proj", "up_proj"]))
+    randomize(peft_model, 0.05)
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if "default" in getattr(module, "oft_R", {}):
+                rot = module.oft_R["default"]
+                rot.weight.copy_(rot._project_batch(rot.weight, eps=rot.eps))
+    peft_model.save_pretrained(out)
+
+
+@pytest.mark.parametrize("alpha,scale", [(1.5, "linear"), (1.5, "sqrt"), (-1.2, "linear")])
+def test_coft_adapter_export_refused_outside_the_ball(alpha, scale, base, base_dir, tmp_path):
+    """peft projects a coft generator back onto its ball before each use: scaled past it, the adapter would load
+    as the alpha = 1 rotation. The merged export of the same point is still written."""
+    _coft_adapter(base, tmp_path / "a", eps=2e-2)  # every block on the ball
+    with pytest.raises(RewindError, match="leaves peft's ball.*use --format merged"):
+        export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=alpha, fmt="adapter", cayley_scale=scale,
+                      allow_extrapolation=True)
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=alpha, cayley_scale=scale,
+                        allow_extrapolation=True)
+    rw = _resident(base, tmp_path / "a", alpha, cayley_scale=scale, allow_extrapolation=True)
+    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out)), logits(rw.model), rtol=0, atol=1e-6)
+
+
+def test_coft_adapter_export_inside_the_ball_is_exact(base, base_dir, tmp_path):
+    """Past alpha 1 but still inside the ball (a wide eps): peft uses the scaled generator as written."""
+    _coft_adapter(base, tmp_path / "a", eps=50.0)
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=1.5, fmt="adapter",
+                        allow_extrapolation=True)
+    served = dict(PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload().named_parameters())
+    rw = _resident(base, tmp_path / "a", 1.5, allow_extrapolation=True)
+    for name in rw.update.deltas:
+        assert rel_err(rw.model.get_parameter(name), served[name]) <= 1e-5, name
 
 
 def test_model_card_and_checksums(base, base_dir, tmp_path):
