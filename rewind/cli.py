@@ -14,7 +14,7 @@ from . import __version__
 from .errors import RewindError
 from .sweep import DEFAULT_ALPHAS, DEFAULT_OUT as DEFAULT_SWEEP
 
-_PATH_CHOICES = ["auto", "linear", "cayley", "dense", "layerwise"]
+_PATH_CHOICES = ["auto", "linear", "cayley", "dora", "dense", "layerwise"]
 
 
 def _offline_defaults(online: bool) -> None:
@@ -58,7 +58,7 @@ def path_options(multiple: bool = False):
         more = " Repeat to sweep several paths on one resident model." if multiple else ""
         f = click.option("--path", "path", type=click.Choice(_PATH_CHOICES), multiple=multiple,
                          default=("auto",) if multiple else "auto", show_default=True,
-                         help=f"auto = the method's natural path (OFT: cayley, others: linear).{more}")(f)
+                         help=f"auto = the method's natural path (OFT: cayley, DoRA: dora, others: linear).{more}")(f)
         return f
     return decorate
 

@@ -27,9 +27,8 @@ MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
 # Adapter tensors whose scaling moves the adapter along its natural path, exactly (how, per leaf name).
 _SCALED_LEAVES = {"lora_B.weight": "scale", "lora_B": "scale", "vera_lambda_b": "scale", "miss_block": "scale",
-                  "ia3_l": "ia3", "oft_R.weight": "generator"}
-_NO_ADAPTER_FORMAT = {"dora": "DoRA's magnitude normalisation is not linear in B",
-                      "full": "a full finetune has no adapter"}
+                  "ia3_l": "ia3", "oft_R.weight": "generator", "lora_magnitude_vector": "magnitude"}
+_NO_ADAPTER_FORMAT = {"full": "a full finetune has no adapter"}
 
 
 @dataclass
@@ -333,6 +332,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     from safetensors.torch import save_file
 
     from .paths.cayley import SCALES
+    from .paths.dora import magnitude
     from .updates import Replace, ia3_factor
 
     prefix = "base_model.model."
@@ -348,14 +348,17 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
         if leaf is None:
             tensors_out[key] = t
             continue
-        alpha = p.alphas[name[: -len(leaf)] + "weight"]
+        weight = name[: -len(leaf)] + "weight"
+        alpha = p.alphas[weight]
         rule = _SCALED_LEAVES[leaf]
         if rule == "scale":
             t = t * alpha
         elif rule == "ia3":
             t = ia3_factor(t, alpha)
+        elif rule == "magnitude":  # DoRA: m(alpha) = (1 - alpha)*||W0||_row + alpha*m, next to B scaled by alpha
+            t = magnitude(p.update.deltas[weight], base(weight), alpha).to(t.dtype)
         else:  # OFT: scale the generator peft will use (already projected when coft is on)
-            rotation: Rotation = p.update.deltas[name[: -len(leaf)] + "weight"]
+            rotation: Rotation = p.update.deltas[weight]
             rows, cols = torch.triu_indices(rotation.block_size, rotation.block_size, 1)
             t = (rotation.Q[:, rows, cols] * SCALES[p.point.cayley_scale](alpha)).to(t.dtype)
         tensors_out[key] = t.contiguous()

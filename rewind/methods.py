@@ -10,7 +10,7 @@ from typing import Any
 
 from .errors import RewindError
 
-LINEAR, CAYLEY = "linear", "cayley"
+LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ METHODS: dict[str, Method] = {
         Method("full", None, LINEAR, "full finetune: every weight trains"),
         Method("lora", "LORA", LINEAR, "low-rank update s*B@A", "LoraConfig", _LORA),
         Method("rslora", "LORA", LINEAR, "LoRA with s = alpha/sqrt(r)", "LoraConfig", {**_LORA, "use_rslora": True}),
-        Method("dora", "LORA", LINEAR, "LoRA with a learned per-row magnitude", "LoraConfig",
+        Method("dora", "LORA", DORA, "LoRA with a learned per-row magnitude", "LoraConfig",
                {**_LORA, "use_dora": True}),
         Method("pissa", "LORA", LINEAR, "LoRA initialised on the principal singular components (residual base)",
                "LoraConfig", {**_LORA, "init_lora_weights": "pissa"}, residual_init=True),

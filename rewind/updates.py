@@ -44,7 +44,8 @@ class LowRank(Delta):
 
 @dataclass
 class DoRA(Delta):
-    """W1 = m / ||W0 + s B A||_row * (W0 + s B A). Not linear in B: its linear path is the dense one on W1 - W0."""
+    """W1 = m / ||W0 + s B A||_row * (W0 + s B A). Not linear in B: its natural path is `dora` (paths/dora.py);
+    `linear` (kept for sweeps that recorded it) and `dense` are the straight line to W1."""
 
     B: torch.Tensor
     A: torch.Tensor

@@ -38,6 +38,12 @@ CASES = [  # id, argv, adapter, damage, what the line must say
     ("kasa", EXPORT, "kasa", None, ("KaSA (kasa_config)", "truncated the base weights", "--adapter")),
     ("lora-ga-unconverted", EXPORT, "lora", _init("lora_ga"), ("residual base (lora_ga init)", "--init-adapter")),
     ("corda-unconverted", EXPORT, "lora", _init("corda"), ("residual base (corda init)", "--init-adapter")),
+    ("coft-past-ball", [*EXPORT, "--format", "adapter", "--alpha", "1.5", "--allow-extrapolation"], "coft", None,
+     ("coft generator", "leaves peft's ball", "--format merged")),
+    ("coft-past-ball-sqrt", [*EXPORT, "--format", "adapter", "--alpha", "2", "--allow-extrapolation",
+                             "--cayley-scale", "sqrt"], "coft", None, ("leaves peft's ball", "--format merged")),
+    ("dora-dense-adapter", [*EXPORT, "--format", "adapter", "--path", "dense"], "dora", None,
+     ("dora's own path (dora)", "--format merged")),
 ]
 
 
@@ -47,6 +53,7 @@ def world(tmp_path_factory):
     base = tiny_base()
     base.save_pretrained(root / "base")
     make_adapter("lora", base, root / "lora")
+    make_adapter("dora", base, root / "dora")
     kasa = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, kasa_config=KasaConfig(), target_modules=["q_proj"]))
     randomize(kasa, 0.1)
     kasa.save_pretrained(root / "kasa")

@@ -60,7 +60,8 @@ def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
 @pytest.mark.parametrize("kind,scale", [("lora", "linear"), ("rslora", "linear"), ("adalora", "linear"),
                                         ("vera", "linear"), ("ia3", "linear"), ("miss", "linear"),
                                         ("miss-bat", "linear"), ("oft", "linear"), ("oft", "sqrt"),
-                                        ("oft-exact", "linear"), ("oft-coft", "linear"), ("lora-save-head", "linear")])
+                                        ("oft-exact", "linear"), ("oft-coft", "linear"), ("lora-save-head", "linear"),
+                                        ("dora", "linear")])
 def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.35, fmt="adapter", cayley_scale=scale)
@@ -71,13 +72,24 @@ def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
         assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("kind,path,message", [("dora", "auto", "not exact for dora"),
+@pytest.mark.parametrize("kind,path,message", [("dora", "dense", "use --format merged"),
                                                ("oft", "dense", "use --format merged")])
 def test_adapter_export_refused_where_inexact(kind, path, message, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     with pytest.raises(RewindError, match=message):
         export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5, path=path, fmt="adapter")
     assert not (tmp_path / "out").exists()
+
+
+def test_dora_adapter_export_with_a_layer_schedule(base, base_dir, tmp_path):
+    """Per-tensor alphas reach both of DoRA's scaled tensors (B and the magnitude) of the same module."""
+    make_adapter("dora", base, tmp_path / "a")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.2, fmt="adapter",
+                        schedule=Schedule.parse("0.1,0.9,0.5"))
+    served = dict(PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload().named_parameters())
+    rw = _resident(base, tmp_path / "a", 0.2, schedule=Schedule.parse("0.1,0.9,0.5"))
+    for name in rw.update.deltas:
+        assert rel_err(rw.model.get_parameter(name), served[name]) <= 1e-5, name
 
 
 def _coft_adapter(base, out, eps):

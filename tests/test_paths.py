@@ -21,6 +21,8 @@ def base():
 
 
 def _paths(kind: str) -> list[str]:
+    if kind == "dora":
+        return ["dora", "linear", "dense"]  # linear is DoRA's dense line too (sweeps recorded it before `dora`)
     return ["cayley", "dense"] if kind.startswith("oft") else ["linear", "dense"]
 
 
@@ -167,9 +169,44 @@ def test_cayley_differs_from_dense_in_between(tmp_path):
     cay.set(0.5)
     den.set(0.5)
     assert rel_err(cay.model.get_parameter(name), den.model.get_parameter(name)) > 1e-4
-    for path_name in ["linear"]:
+    for path_name in ["linear", "dora"]:
         with pytest.raises(RewindError, match="does not apply"):
             attach(copy.deepcopy(base), tmp_path / "a", path=path_name)
+
+
+# --- DoRA's own path ------------------------------------------------------------------------------------------
+
+def _dora_at(peft_model, alpha):
+    """peft's merge of the DoRA adapter at alpha: B scaled by alpha, magnitude (1 - alpha)*||W0||_row + alpha*m,
+    with ||W0||_row taken from peft's own base layer (the norm peft's DoRA normalises by, at B = 0)."""
+    scaled = copy.deepcopy(peft_model)
+    with torch.no_grad():
+        for module in scaled.modules():
+            if "default" in getattr(module, "lora_magnitude_vector", {}):
+                magnitude = module.lora_magnitude_vector["default"].weight
+                w0_norm = module.lora_magnitude_vector["default"].get_weight_norm(
+                    module.get_base_layer().weight, torch.zeros_like(module.get_base_layer().weight), scaling=1.0)
+                magnitude.copy_((1 - alpha) * w0_norm + alpha * magnitude)
+                module.lora_B["default"].weight.mul_(alpha)
+    return dict(scaled.merge_and_unload().named_parameters())
+
+
+def test_dora_path_is_peft_merge_of_the_scaled_adapter(base, tmp_path):
+    config, std = ADAPTERS["dora"]
+    peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
+    randomize(peft_model, std)
+    peft_model.save_pretrained(tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    assert rw.path_name == "dora"
+    dense = attach(copy.deepcopy(base), tmp_path / "a", path="dense")
+    for alpha in [0.3, 0.7, 1.4]:
+        reference = _dora_at(peft_model, alpha)
+        rw.set(alpha, allow_extrapolation=True)
+        dense.set(alpha, allow_extrapolation=True)
+        for name in rw.update.deltas:
+            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (name, alpha)
+            # the two DoRA paths part between the ends (else the check above could not tell them apart)
+            assert rel_err(dense.model.get_parameter(name), reference[name]) > 1e-4, (name, alpha)
 
 
 # --- layer-wise schedules -------------------------------------------------------------------------------------

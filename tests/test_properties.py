@@ -14,8 +14,9 @@ from rewind.errors import RewindError
 from rewind.paths import Bound, Schedule
 from rewind.paths.cayley import Cayley, rotate_add
 from rewind.paths.dense import Dense
+from rewind.paths.dora import Dora
 from rewind.paths.linear import Linear
-from rewind.updates import LowRank, Rotation, Scale, cayley, neumann_series, rotate
+from rewind.updates import DoRA, LowRank, Rotation, Scale, cayley, neumann_series, rotate
 
 FAST = settings(max_examples=40, deadline=None, database=None)
 alphas = st.floats(0, 1, allow_nan=False)
@@ -70,7 +71,9 @@ def test_alpha_zero_is_the_base_bit_for_bit_on_every_path(out, blocks, b, rank, 
               (Linear, Scale(1 + 0.1 * torch.randn(out, 1, generator=g))),
               (Dense, LowRank(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7)),
               (Cayley, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
-              (Dense, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms))]
+              (Dense, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
+              (Dora, DoRA(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7,
+                          1 + torch.rand(out, generator=g)))]
     for path_cls, delta in deltas:
         item = _bound(delta, w0)
         path = path_cls([item])
@@ -135,6 +138,24 @@ def test_cayley_path_at_alpha_is_rotate_w0_by_cayley_of_scaled_q(out, blocks, b,
     Cayley([item], cayley_scale=scale).write([1.0])  # alpha = 1 on either scale: the finetune, peft's merge
     _close(item.out, rotate(w0.double(), cayley(Q.double(), terms)))
     _close(item.out, Rotation(Q, terms).merged(w0).double())
+
+
+@FAST
+@given(out=st.integers(1, 16), fan_in=st.integers(1, 16), rank=st.integers(1, 4), scale=st.floats(0.05, 4),
+       alpha=alphas, seed=seeds)
+def test_dora_path_normalises_w0_plus_alpha_s_BA_to_the_interpolated_magnitude(out, fan_in, rank, scale, alpha,
+                                                                                 seed):
+    g = _gen(seed)
+    w0 = torch.randn(out, fan_in, generator=g)
+    B, A = torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g)
+    m = 0.5 + torch.rand(out, generator=g)
+    item = _bound(DoRA(B, A, scale, m), w0)
+    Dora([item]).write([alpha])
+    v = w0.double() + alpha * scale * (B.double() @ A.double())
+    m_alpha = (1 - alpha) * torch.linalg.vector_norm(w0.double(), dim=1) + alpha * m.double()
+    _close(item.out, (m_alpha / torch.linalg.vector_norm(v, dim=1)).unsqueeze(1) * v, rel=1e-5)
+    Dora([item]).write([1.0])  # alpha = 1: the finetune, peft's merge
+    _close(item.out, DoRA(B, A, scale, m).merged(w0).double(), rel=1e-5)
 
 
 @FAST

@@ -9,10 +9,11 @@ from ..errors import RewindError
 from .base import Bound, Path
 from .cayley import Cayley
 from .dense import Dense
+from .dora import Dora
 from .layerwise import Schedule
 from .linear import Linear
 
-PATHS: dict[str, type[Path]] = {p.name: p for p in (Linear, Cayley, Dense)}
+PATHS: dict[str, type[Path]] = {p.name: p for p in (Linear, Cayley, Dora, Dense)}
 AUTO = "auto"
 
 
