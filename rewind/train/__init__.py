@@ -9,8 +9,9 @@ Imports stay light: TRL and peft load when a function needs them.
 """
 
 from .budget import BudgetRow, budget_table, format_table, recipe_variants
-from .recipe import Recipe, available, recipe_path
+from .recipe import available, recipe_path
 from .recipe import load as load_recipe
+from .schema import Recipe
 
 
 def train(recipe, overrides=(), out_dir="", callbacks=()):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import RewindError
-from .recipe import DataSpec
+from .schema import DataSpec
 
 # `generators: [math-offline]` trains on the math-offline eval suite's generators, with its settings.
 SUITE = "math-offline"

@@ -10,7 +10,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..errors import RewindError
 from . import checkpoints, data
-from .recipe import DataSpec, RewardSpec
+from .schema import DataSpec, RewardSpec
 
 CONFIG = GRPOConfig
 _ANSWER_TAGS = re.compile(r"<answer>.*?</answer>", re.DOTALL)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RewindError
+from .schema import build
 
 ADAPTER = "default"
 
@@ -50,14 +51,12 @@ _OPTIONS = {"keeplora": KeepLoRAOptions}
 
 def options(method: str, raw: dict):
     """The validated `init:` section of a recipe for `method` (None for methods without init options)."""
-    from .recipe import _build
-
     cls = _OPTIONS.get(method)
     if cls is None:
         if raw:
             raise RewindError(f"init: method {method} has no init options (only {', '.join(_OPTIONS)} do)")
         return None
-    opts = _build(cls, raw, "init.")
+    opts = build(cls, raw, "init.")
     if opts.b_init not in ("zero", "gradient"):
         raise RewindError(f"init.b_init: {opts.b_init!r} is not one of zero, gradient")
     if not 0 < opts.energy <= 1 or opts.principal_rank < 0 or opts.examples < 1:

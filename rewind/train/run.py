@@ -10,7 +10,8 @@ import yaml
 from .. import methods, models
 from ..errors import RewindError
 from . import checkpoints, data, inits
-from .recipe import Recipe, load
+from .recipe import load
+from .schema import Recipe
 
 # Keys a resumed run may change: it can be asked to train for longer.
 _RESUMABLE_CHANGES = {"resume", "trainer.max_steps", "trainer.num_train_epochs"}
