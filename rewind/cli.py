@@ -263,7 +263,8 @@ def _floats(text: str, flag: str) -> list[float]:
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(), required=True, help="Run dir: adapter, checkpoints, recipe.yaml, log.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Run dir: adapter, checkpoints, recipe.yaml, log (required unless --print-recipe).")
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and stop.")
 def train(recipe, overrides, out, print_recipe):
     """Train RECIPE (a YAML file or a shipped name like sft/oft) with key=value OVERRIDES.
@@ -271,13 +272,15 @@ def train(recipe, overrides, out, print_recipe):
     \b
     rewind train recipes/sft/oft.yaml --out runs/oft
     rewind train sft/lora trainer.max_steps=100 peft.r=16 --out runs/lora16
-    rewind train grpo/oft base=qwen --out runs/oft-grpo --print-recipe
+    rewind train grpo/oft base=qwen --print-recipe
     """
     from . import train as training
 
     if print_recipe:
         click.echo(training.load_recipe(recipe, list(overrides)).to_yaml())
         return
+    if out is None:
+        raise click.UsageError("Missing option '--out' (required unless --print-recipe).")
     click.echo(f"wrote {training.train(recipe, list(overrides), out)}")
 
 

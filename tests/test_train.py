@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
+import rewind
 from rewind import methods
+from rewind.cli import main
 from rewind.engine import attach
 from rewind.errors import RewindError
-from rewind.train import available, budget_table, data, inits, load_recipe, train
+from rewind.train import available, budget_table, data, inits, load_recipe, recipe_path, train
 from rewind.train import checkpoints as ckpt
 
 METHODS = ["full", "lora", "adalora", "dora", "miss", "vera", "pissa", "milora", "keeplora", "oft", "ia3"]
@@ -345,6 +348,31 @@ def test_every_shipped_recipe_resolves(preset):
     for name in names:
         recipe = load_recipe(name, [f"preset={preset}"])
         assert recipe.kind == name.split("/")[0] and recipe.method == name.split("/")[1]
+
+
+def test_shipped_recipes_are_package_data():
+    # An installed rewind has no checkout around it (tests/test_install.py runs one); the checkout's recipes/ links
+    # to the same files.
+    from rewind.train import recipe
+
+    assert recipe_path("sft/lora") == recipe.RECIPES_DIR / "sft" / "lora.yaml"
+    assert Path(str(recipe.RECIPES_DIR)).parent == Path(rewind.__file__).parent
+    top = Path(rewind.__file__).parents[1] / "recipes"
+    if top.exists():  # a checkout
+        assert top.resolve() == Path(str(recipe.RECIPES_DIR)).resolve()
+
+
+def test_train_cli_needs_out_unless_it_prints(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "sft/lora"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--out" in err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit) as info:
+        main(["train", "sft/lora", "peft.r=4", "--print-recipe"])
+    assert info.value.code == 0 and load_recipe("sft/lora", ["peft.r=4"]).to_yaml() in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_offline_math_data_is_the_eval_suites_distribution_at_train_seeds():

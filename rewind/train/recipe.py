@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -23,7 +25,11 @@ from .. import methods, models
 from ..errors import RewindError
 from .schema import Recipe, build, check_fields, check_keys
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# Package data, so that an installed rewind finds them; the checkout's top-level recipes/ is a link to it.
+RECIPES_DIR = resources.files("rewind") / "recipes"
 PRESETS_DIR = RECIPES_DIR / "presets"
 KINDS = ("sft", "grpo")
 _PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -37,7 +43,7 @@ RESERVED_TRAINER_KEYS = {"output_dir": "the out_dir argument", "seed": "seed", "
                          "reward_weights": "reward.format_weight"}
 
 
-def recipe_path(name: str | Path) -> Path:
+def recipe_path(name: str | Path) -> Path | Traversable:
     """A recipe file: a path, or a name under recipes/ ("sft/lora", "grpo/oft.yaml")."""
     path = Path(name)
     if path.is_file():
@@ -51,8 +57,7 @@ def recipe_path(name: str | Path) -> Path:
 
 def available() -> list[str]:
     """The shipped recipes, as names for `recipe_path` ("sft/lora", ...)."""
-    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for kind in KINDS
-                  for p in (RECIPES_DIR / kind).glob("*.yaml"))
+    return sorted(f"{kind}/{_stem(p)}" for kind in KINDS for p in (RECIPES_DIR / kind).iterdir() if _stem(p))
 
 
 def load(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -73,7 +78,7 @@ def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict:
         raise RewindError(f"preset {name!r}: give the name of a file in {PRESETS_DIR} (e.g. smollm2), not a path")
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+        known = ", ".join(sorted(filter(None, map(_stem, PRESETS_DIR.iterdir()))))
         raise RewindError(f"preset {name}: no {path}; known presets: {known}")
     preset = read_yaml(path)
     parent = preset.pop("extends", None)
@@ -122,7 +127,7 @@ def merge(low: dict, high: dict) -> dict:
     return out
 
 
-def read_yaml(path: Path) -> dict:
+def read_yaml(path: Path | Traversable) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -130,6 +135,11 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(data, dict):
         raise RewindError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     return data
+
+
+def _stem(entry: Traversable) -> str:
+    """A YAML file's name without .yaml; "" for anything else."""
+    return entry.name[:-len(".yaml")] if entry.is_file() and entry.name.endswith(".yaml") else ""
 
 
 def _alias_preset(base: str) -> str:
