@@ -1,12 +1,14 @@
 # `make demo`: set up and run the main job on the embedded model. `make test`: set up and run the tests.
+# `make lint`: check style (ruff, pinned here); `make format`: apply it.
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
 export HF_HUB_OFFLINE = 1
 export HF_DATASETS_OFFLINE = 1
 DEMO_RUN ?= rewind-runs/demo-lora
 REWIND = $(PYTHON) -m rewind.cli
+RUFF_VERSION = 0.16.9
 
-.PHONY: setup test demo
+.PHONY: setup test demo lint format
 
 setup:
 	# torch first, pinned: the CPU build that lies on this machine's disk; a bare `torch` pulls a CUDA build.
@@ -17,6 +19,17 @@ setup:
 
 test: setup
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+# Only ruff: linting needs no torch. Settings in pyproject.toml.
+lint:
+	$(PIP) "ruff==$(RUFF_VERSION)"
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PIP) "ruff==$(RUFF_VERSION)"
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 # The main job, offline on 2 CPU cores: train a small LoRA on arithmetic (reused if already there), sweep it
 # along its path with a small --limit, print the table, export the selected point. To stay within minutes on a CPU

@@ -18,19 +18,16 @@ import gc
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _shapes  # bench-local: the script's own directory is first on sys.path
 import torch
 from peft import get_peft_model
 
 from rewind import engine, models
 from rewind.paths import fused
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _shapes  # noqa: E402 - bench-local module, found through the line above
 
 
 def sync(device: str) -> None:

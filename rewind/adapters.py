@@ -99,7 +99,7 @@ def _cached_model_type(repo_id: str) -> str | None:
         found = try_to_load_from_cache(repo_id, "config.json")
         if isinstance(found, str):
             return json.loads(Path(found).read_text()).get("model_type")
-    except Exception:  # noqa: BLE001 - an unreadable cache entry only means "no evidence"
+    except Exception:  # broad: an unreadable cache entry only means "no evidence"
         pass
     return None
 

@@ -477,7 +477,7 @@ def main(argv=None) -> None:
             traceback.print_exc()
         click.echo(f"rewind: error: {exc}", err=True)
         sys.exit(2)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line unless --debug
+    except Exception as exc:  # broad: the last line of defence: one line unless --debug
         if debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]

@@ -111,7 +111,7 @@ def attach(model: torch.nn.Module, adapter, path: str = "auto", init_adapter=Non
 
 
 def open(base=None, adapter=None, path: str = "auto", device: str | None = None, dtype: str = "auto",
-         init_adapter=None, cayley_scale: str = "linear") -> Rewinder:  # noqa: A001 - reads like the builtin
+         init_adapter=None, cayley_scale: str = "linear") -> Rewinder:  # shadows the builtin: reads like it
     """Load the base (alias, hub id or dir) onto `device` and attach the adapter."""
     if adapter is None:
         raise RewindError("--adapter is required")

@@ -99,7 +99,7 @@ class BaseTensors:
                     for name in f.keys():
                         self._where[name] = shard
                         self.shapes[name] = torch.Size(f.get_slice(name).get_shape())
-            except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the shard is what matters
+            except Exception as exc:  # broad: SafetensorError, OSError: the shard is what matters
                 raise RewindError(f"{shard}: not a readable safetensors file ({str(exc).splitlines()[0]}); the base "
                                   f"checkpoint is damaged: re-download or re-save it") from exc
 

@@ -103,7 +103,7 @@ def local_dir(base: str | os.PathLike | None) -> Path:
     try:
         return Path(snapshot_download(where, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
                                                              "*.jinja", "tokenizer*"]))
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many types; the message is what matters
+    except Exception as exc:  # broad: hub errors come in many types; the message is what matters
         raise RewindError(f"--base {where}: cannot fetch from the hub ({type(exc).__name__}); "
                           f"download it or pass a local dir") from exc
 

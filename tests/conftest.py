@@ -9,7 +9,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Without a GPU, rewind's Triton kernels (rewind/paths/fused.py) are checked in Triton's CPU interpreter, which
 # triton reads when the kernels are defined; the paths themselves only use the kernels on CUDA.
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -225,7 +225,10 @@ def test_correlations_match_numpy():
     x, y = _randn(12).numpy(), _randn(12).numpy()
     c = arena.correlate(list(x), list(y))
     assert c["pearson_r"] == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-9)
-    ranks = lambda v: np.argsort(np.argsort(v))  # noqa: E731 - no ties in continuous random data
+
+    def ranks(v):  # no ties in continuous random data
+        return np.argsort(np.argsort(v))
+
     assert c["spearman_rho"] == pytest.approx(np.corrcoef(ranks(x), ranks(y))[0, 1], rel=1e-9)
     assert arena.correlate([1.0, 2.0], [3.0, 1.0])["pearson_r"] is None  # too few adapters
     assert arena.correlate([1.0, None, 2.0, 3.0], [1.0, 5.0, 2.0, 3.0])["n"] == 3

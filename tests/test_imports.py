@@ -76,13 +76,17 @@ def cycles(modules: list[str]) -> list[list[str]]:
 def test_the_graph_sees_function_level_imports():
     # The check must see what made the circle: recipe.py importing data/grpo/inits/sft inside a function.
     assert {"rewind.train.data", "rewind.train.grpo", "rewind.train.inits", "rewind.train.sft"} <= imports_of(
-        "rewind.train.recipe")
+        "rewind.train.recipe"
+    )
     assert imports_of("rewind.train.sft") == {"rewind.train.checkpoints"}  # `from . import checkpoints`
 
 
 def test_cycles_finds_a_late_import_cycle(monkeypatch, tmp_path):
-    files = {"fake_a": "def f():\n    from . import fake_b\n", "fake_b": "from .fake_a import f\n",
-             "fake_c": "from . import fake_b\n"}
+    files = {
+        "fake_a": "def f():\n    from . import fake_b\n",
+        "fake_b": "from .fake_a import f\n",
+        "fake_c": "from . import fake_b\n",
+    }
     for name, text in files.items():
         (tmp_path / f"{name}.py").write_text(text)
         monkeypatch.setitem(MODULES, f"rewind.{name}", tmp_path / f"{name}.py")
@@ -115,6 +119,7 @@ def test_every_module_imports_on_its_own():
         "print('\\n'.join(failed))\n"
         "sys.exit(1 if failed else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, *MODULES], capture_output=True, text=True, cwd=ROOT.parent,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *MODULES], capture_output=True, text=True, cwd=ROOT.parent, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

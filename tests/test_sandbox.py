@@ -13,7 +13,7 @@ from rewind.evaluate import harness, sandbox
 from rewind.evaluate.suites import DATA_DIR, SPLITS, TASKS_DIR
 
 sys.path.insert(0, str(TASKS_DIR))
-import suite_utils  # noqa: E402  (lm-eval loads it by path; the tests import it the same way)
+import suite_utils  # lm-eval loads it by path; the tests import it the same way
 
 
 def running(pid: int) -> bool:

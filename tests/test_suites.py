@@ -17,7 +17,7 @@ from rewind.evaluate import harness
 from rewind.evaluate.suites import DATA_DIR, EVAL_SEED, MATH_GENERATORS, SPLITS, TASKS_DIR, TRAIN_SEED_LIMIT
 
 sys.path.insert(0, str(TASKS_DIR))
-import suite_utils  # noqa: E402  (lm-eval loads it by path; the tests import it the same way)
+import suite_utils  # lm-eval loads it by path; the tests import it the same way
 
 # One task of each request type: multiple choice, chat generation, plain generation, rolling loglikelihood.
 EXACTNESS_TASKS = ["med_offline_medmcqa", "math_offline_chain_sum", "general_offline_squad", "general_offline_wiki_ppl"]

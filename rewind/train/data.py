@@ -71,7 +71,7 @@ def reasoning_gym_datasets(spec: DataSpec) -> dict:
     for name, args in generator_settings(spec).items():
         try:
             out[name] = reasoning_gym.create_dataset(name, size=spec.size, seed=spec.seed, **args)
-        except Exception as exc:  # noqa: BLE001 - reasoning-gym raises many types for bad names and arguments
+        except Exception as exc:  # broad: reasoning-gym raises many types for bad names and arguments
             raise RewindError(f"data.generators: reasoning-gym cannot make {name!r} ({exc})") from exc
     return out
 
@@ -122,7 +122,7 @@ def load_table(spec: DataSpec):
         return load_dataset(spec.path, spec.name, split=spec.split, data_files=spec.data_files)
     except RewindError:
         raise
-    except Exception as exc:  # noqa: BLE001 - hub, network and format errors come in many types
+    except Exception as exc:  # broad: hub, network and format errors come in many types
         raise RewindError(f"data.path {spec.path}: cannot load ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}); without the hub, download it once and "
                           f"set data.path to the local file") from exc

@@ -79,7 +79,6 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-
 def check_keys(raw: dict, cls, where: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
