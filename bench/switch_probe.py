@@ -3,6 +3,8 @@
     PYTHONPATH=$PWD python3 bench/switch_probe.py --device cuda --out bench/results/switch_probe_h200.jsonl
     PYTHONPATH=$PWD python3 bench/switch_probe.py --device cpu --scale 0.05    # every variant's correctness only
 
+It keeps the variants bench/README.md cites ("Where the time goes", "fused Triton writes") and no others.
+
 Qwen2.5-7B has 196 adapted linear weights (28 layers x q, k, v, o, gate, up, down) of 4 distinct shapes: q,o
 3584x3584, k,v 512x3584, gate,up 18944x3584, down 3584x18944 (13.1 GB in bf16). Holding them all is not needed:
 each shape gets a *ring* of K copies (W0, W, adapter), K chosen so that one ring is several times the GPU's L2
@@ -20,35 +22,22 @@ Variants (W0 bf16, W the output, c = alpha * lora scale; D = R(alpha) - I per 32
   lora/copy+addmm_     what addmm(out=W) does inside torch for a 2-D input: copy W0 -> W, then gemm with beta=1
   lora/mm+add_         mm(cB, A, out=W), W += W0 (bf16 product rounded before the add)
   lora/part:addmm_     the gemm alone, in place on W (beta=1: reads and writes W; its values are not checked)
-  lora/fp32            addmm in fp32, copied back (rewind's CPU arithmetic)
-  lora/chunkN          rows in N-MiB chunks: copy the chunk, addmm_ on it while it sits in L2
-  lora/baddbmm-view    baddbmm on [1, out, in] views (same work as addmm)
-  lora/baddbmm-stack   one baddbmm over the whole ring stacked [K, out, in] (per-shape batching; needs stacked storage)
+  lora/chunk16         rows in 16-MiB chunks: copy the chunk, addmm_ on it while it sits in L2
   oft/rewind-series    rewind.paths.cayley.Cayley.write (this checkout), peft's default Neumann series (5 terms)
   oft/triton-M         rewind.paths.fused.rotate_add, M rows x one 32-column block per program
-  oft/rewind-exact     the same on the exact-Cayley branch (batched linalg.solve)
   oft/einsum-formula   rewind before branch switch-probe: add(W0, rotate(W0, D.bf16), out=W) (rotate = einsum + reshape)
-  oft/part:einsum      its einsum alone (bmm into a temporary)
-  oft/part:rotate      einsum + the reshape copy of the temporary
-  oft/part:add         add(W0, T, out=W) with T precomputed (the write)
   oft/bmm+add_         bmm on strided [blocks, rows, 32] views of W0 and W (no temporary), then W += W0: what
                        rewind.paths.cayley.rotate_add does since branch switch-probe
-  oft/part:bmm         that strided bmm alone
-  oft/copy+baddbmm_    W <- W0, then baddbmm_ on the strided views
-  oft/baddbmm          baddbmm(W0v, W0v, D^T, out=Wv) in one call
-  oft/bmm-R-bf16       one bmm with R = I + D rounded to bf16: reads W0 once, writes W once, but loses D's precision
-  oft/chunkN           rows in N-MiB chunks: copy + baddbmm_ while the chunk sits in L2
   oft/dense-lerp       lerp(W0, W1, alpha, out=W): the dense path's kernel (reads 2, writes 1), for reference
   compiled/*           torch.compile'd fused kernels (separate process, --compile-cap seconds at most; optional)
 A '*' after a time: issuing the launches took the CPU at least 80% of the device time (launch-bound).
 Every variant's W is checked against the current formulation (rewind's before this branch) to bf16 tolerance
 (|diff| <= 2^-7 |ref| + 2^-6 mean|ref|); "err32" is its max error against the same math in fp32, / max|W|.
 
-Also: "R-I" times R(alpha) - I for all 35,392 blocks of the model (the series, the exact solve and cheaper solves);
-"model" times real 196-tensor loops (rewind's paths, plain loops, _foreach_copy_, and on CUDA the same loops
-replayed as one CUDA graph: the time without launch gaps); "kernels" lists the kernels of one call per variant
-on gate,up (profiler). GPU runtime: about 20-30 s for the parent (4 rings of ~4x L2 each, ~5 GiB resident); the
-compile child starts first and runs alongside, is cut at --compile-cap (30 s) and waited for at most 15 s more.
+"model" times real 196-tensor loops: a copy per tensor, rewind's paths (LoRA; OFT with the series and with the
+exact solve), addmm per tensor and session 1's einsum formula. GPU runtime: about 20-30 s for the parent (4 rings
+of ~4x L2 each, ~5 GiB resident); the compile child starts first and runs alongside, is cut at --compile-cap (30 s)
+and waited for at most 15 s more.
 """
 
 from __future__ import annotations
@@ -64,8 +53,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -73,13 +62,21 @@ from rewind.paths import fused
 from rewind.paths.base import Bound, computed
 from rewind.paths.cayley import Cayley, _rotation_minus_identity
 from rewind.paths.linear import Linear
-from rewind.updates import LowRank, Rotation, neumann_series, rotate
+from rewind.updates import LowRank, Rotation, rotate
 
 LAYERS = 28
 SHAPES = {"q,o": (3584, 3584, 2), "k,v": (512, 3584, 2), "gate,up": (18944, 3584, 2), "down": (3584, 18944, 1)}
-MODULES = [("q", "q,o"), ("k", "k,v"), ("v", "k,v"), ("o", "q,o"), ("gate", "gate,up"), ("up", "gate,up"),
-           ("down", "down")]
+MODULES = [
+    ("q", "q,o"),
+    ("k", "k,v"),
+    ("v", "k,v"),
+    ("o", "q,o"),
+    ("gate", "gate,up"),
+    ("up", "gate,up"),
+    ("down", "down"),
+]
 RANK, BLOCK, LORA_SCALE, NEUMANN, ALPHA = 16, 32, 2.0, 5, 0.7
+CHUNK_MIB = 16  # row chunks small enough to stay in L2
 BF16 = torch.bfloat16
 T0 = time.perf_counter()
 
@@ -98,6 +95,7 @@ def scaled(d: int, scale: float) -> int:
 
 # --- timing -------------------------------------------------------------------------------------------------------
 
+
 class Clock:
     def __init__(self, device: torch.device, reps: int):
         self.cuda, self.reps = device.type == "cuda", reps
@@ -106,7 +104,7 @@ class Clock:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def time(self, fn: Callable[[], object], reps: Optional[int] = None, warmup: int = 1) -> tuple[float, float]:
+    def time(self, fn: Callable[[], object], reps: int | None = None, warmup: int = 1) -> tuple[float, float]:
         """(median device seconds, median CPU seconds to issue fn) over reps runs of fn."""
         for _ in range(warmup):
             fn()
@@ -130,7 +128,7 @@ class Clock:
         return statistics.median(gpu), statistics.median(cpu)
 
 
-def copy_bandwidth(device: torch.device, clock: Clock, gib: float) -> Optional[float]:
+def copy_bandwidth(device: torch.device, clock: Clock, gib: float) -> float | None:
     """Bytes read + written per second by one large device copy (as bench/alpha_switch.py measures it)."""
     if device.type != "cuda":
         return None
@@ -142,6 +140,7 @@ def copy_bandwidth(device: torch.device, clock: Clock, gib: float) -> Optional[f
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Ring:
@@ -156,7 +155,7 @@ class Ring:
     A: torch.Tensor  # [k, r, cols] bf16
     Q: torch.Tensor  # [k, blocks, b, b] fp32 skew
     D: torch.Tensor  # R(alpha) - I, Neumann branch as the bench's adapters (peft default), fp32
-    extra: dict = field(default_factory=dict)  # T (einsum temporaries), w1 (dense W1), refs
+    extra: dict = field(default_factory=dict)  # w1 (dense W1), refs
 
     @property
     def nbytes(self) -> int:
@@ -186,7 +185,6 @@ def make_rings(args, device: torch.device, full: bool = True) -> dict[str, Ring]
         D = _rotation_minus_identity(Q.flatten(0, 1) * ALPHA, NEUMANN).view_as(Q)
         r = Ring(name, rows, cols, count, k, w0, torch.empty_like(w0), B, A, Q, D)
         if full:
-            r.extra["T"] = torch.stack([rotate(w0[i], D[i].to(BF16)) for i in range(k)])
             r.extra["w1"] = torch.stack([Rotation(Q[i], NEUMANN).merged(w0[i]).to(BF16) for i in range(k)])
         # references on copy 0: the current formulations exactly, and the same math in fp32
         c = ALPHA * LORA_SCALE
@@ -203,34 +201,40 @@ def compare(got: torch.Tensor, ref: torch.Tensor, f32: torch.Tensor) -> dict:
     diff = (g - r).abs()
     tol = 2**-7 * r.abs() + 2**-6 * float(r.abs().mean())
     finite = bool(torch.isfinite(g).all())
-    return {"max_abs_err": float(diff.max()) if finite else float("nan"),
-            "err32": float((g - f32).abs().max() / f32.abs().max()) if finite else float("nan"),
-            "ok": finite and bool((diff <= tol).all())}
+    return {
+        "max_abs_err": float(diff.max()) if finite else float("nan"),
+        "err32": float((g - f32).abs().max() / f32.abs().max()) if finite else float("nan"),
+        "ok": finite and bool((diff <= tol).all()),
+    }
 
 
 # --- variants -----------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Variant:
     family: str
     key: str
     one: Callable[[Ring], Callable[[int], object]]  # -> f(i): writes ring.w[i]
-    all: Optional[Callable[[Ring], Callable[[], object]]] = None  # -> g(): the whole ring in one go
+    all: Callable[[Ring], Callable[[], object]] | None = None  # -> g(): the whole ring in one go
     check: bool = True  # compare ring.w[0] with the current formulation
-    profile: bool = False  # list its kernels on the largest shape
 
 
 def block_views(w0: torch.Tensor, w: torch.Tensor, d: torch.Tensor):
     """[blocks, rows, b] strided views of W0 and W (block j of every row) and D^T per block: W_j = W0_j @ D_j^T."""
     rows, cols = w0.shape
     nb = cols // BLOCK
-    return (w0.view(rows, nb, BLOCK).transpose(0, 1), w.view(rows, nb, BLOCK).transpose(0, 1),
-            d.expand(nb, BLOCK, BLOCK).transpose(1, 2))
+    return (
+        w0.view(rows, nb, BLOCK).transpose(0, 1),
+        w.view(rows, nb, BLOCK).transpose(0, 1),
+        d.expand(nb, BLOCK, BLOCK).transpose(1, 2),
+    )
 
 
 def path_writers(path_cls, items_of):
     """(one, all) for a rewind path: bound to each ring tensor alone (f(i) writes tensor i), and to the whole ring
     at once (g() writes them all, as a model's switch does)."""
+
     def one(r):
         paths = [path_cls([item]) for item in items_of(r)]
         return lambda i: paths[i].write([ALPHA])
@@ -238,6 +242,7 @@ def path_writers(path_cls, items_of):
     def all_(r):
         path = path_cls(items_of(r))
         return lambda: path.write([ALPHA] * r.k)
+
     return one, all_
 
 
@@ -246,7 +251,7 @@ def chunks(r: Ring, mib: int) -> list[tuple[int, int]]:
     return [(s, min(s + step, r.rows)) for s in range(0, r.rows, step)]
 
 
-def lora_variants(chunk_mib: list[int]) -> list[Variant]:
+def lora_variants() -> list[Variant]:
     c = ALPHA * LORA_SCALE
 
     def copy(r):
@@ -264,6 +269,7 @@ def lora_variants(chunk_mib: list[int]) -> list[Variant]:
         def f(i):
             r.w[i].copy_(r.w0[i])
             r.w[i].addmm_(r.B[i], r.A[i], alpha=c)
+
         return f
 
     def mm_add(r):
@@ -272,152 +278,87 @@ def lora_variants(chunk_mib: list[int]) -> list[Variant]:
         def f(i):
             torch.mm(Bc[i], r.A[i], out=r.w[i])
             r.w[i].add_(r.w0[i])
+
         return f
 
-    def fp32(r):
-        return lambda i: r.w[i].copy_(torch.addmm(r.w0[i].float(), r.B[i].float(), r.A[i].float(), alpha=c))
+    def chunked(r):
+        spans = chunks(r, CHUNK_MIB)
 
-    def chunked(mib):
-        def make(r):
-            spans = chunks(r, mib)
+        def f(i):
+            w, w0, B, A = r.w[i], r.w0[i], r.B[i], r.A[i]
+            for s, e in spans:
+                w[s:e].copy_(w0[s:e])
+                w[s:e].addmm_(B[s:e], A, alpha=c)
 
-            def f(i):
-                w, w0, B, A = r.w[i], r.w0[i], r.B[i], r.A[i]
-                for s, e in spans:
-                    w[s:e].copy_(w0[s:e])
-                    w[s:e].addmm_(B[s:e], A, alpha=c)
-            return f
-        return make
+        return f
 
     def part_addmm_(r):
         return lambda i: r.w[i].addmm_(r.B[i], r.A[i], alpha=c)
 
-    def baddbmm_view(r):
-        return lambda i: torch.baddbmm(r.w0[i][None], r.B[i][None], r.A[i][None], alpha=c, out=r.w[i][None])
-
-    def baddbmm_stack(r):
-        return lambda: torch.baddbmm(r.w0, r.B, r.A, alpha=c, out=r.w)
-
     def triton(tile):
-        return lambda r: (lambda i: fused.lowrank_add(r.w0[i], r.B[i], r.A[i], c, r.w[i], tile))
+        return lambda r: lambda i: fused.lowrank_add(r.w0[i], r.B[i], r.A[i], c, r.w[i], tile)
 
-    out = [Variant("lora", "copy", copy, profile=True, check=False),
-           Variant("lora", "rewind", rewind_one, rewind_all, profile=True),
-           Variant("lora", "addmm", addmm, profile=True),
-           Variant("lora", "copy+addmm_", copy_addmm_, profile=True),
-           Variant("lora", "mm+add_", mm_add, profile=True),
-           Variant("lora", "part:addmm_", part_addmm_, check=False, profile=True),
-           Variant("lora", "fp32", fp32)]
-    out += [Variant("lora", f"chunk{m}", chunked(m), profile=m == chunk_mib[-1]) for m in chunk_mib]
-    out += [Variant("lora", "baddbmm-view", baddbmm_view),
-            Variant("lora", "baddbmm-stack", lambda r: (lambda i: baddbmm_stack(r)()), baddbmm_stack)]
+    out = [
+        Variant("lora", "copy", copy, check=False),
+        Variant("lora", "rewind", rewind_one, rewind_all),
+        Variant("lora", "addmm", addmm),
+        Variant("lora", "copy+addmm_", copy_addmm_),
+        Variant("lora", "mm+add_", mm_add),
+        Variant("lora", "part:addmm_", part_addmm_, check=False),
+        Variant("lora", f"chunk{CHUNK_MIB}", chunked),
+    ]
     if torch.cuda.is_available() and fused.available():
-        out += [Variant("lora", f"triton-{m}x{n}/{w}", triton({"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}),
-                        profile=(m, n, w) == (64, 128, 4))
-                for m, n, w in ((64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (128, 64, 4), (32, 128, 4))]
+        out += [
+            Variant("lora", f"triton-{m}x{n}/{w}", triton({"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}))
+            for m, n, w in ((64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (128, 64, 4), (32, 128, 4))
+        ]
     return out
 
 
-def oft_variants(chunk_mib: list[int]) -> list[Variant]:
-    eye = {}
-
-    def rewind(terms):
-        def items(r):
-            return [Bound(f"{r.name}.{i}", Rotation(r.Q[i], terms), r.w0[i], r.w[i]) for i in range(r.k)]
-        return path_writers(Cayley, items)
-
+def oft_variants() -> list[Variant]:
     def einsum_formula(r):
         return lambda i: torch.add(r.w0[i], rotate(r.w0[i], r.D[i].to(BF16)), out=r.w[i])
-
-    def part_einsum(r):
-        def f(i):
-            blocks = r.w0[i].view(r.rows, r.cols // BLOCK, BLOCK)
-            return torch.einsum("ojk,jck->ojc", blocks, r.D[i].to(BF16))
-        return f
-
-    def part_rotate(r):
-        return lambda i: rotate(r.w0[i], r.D[i].to(BF16))
-
-    def part_add(r):
-        return lambda i: torch.add(r.w0[i], r.extra["T"][i], out=r.w[i])
 
     def bmm_add(r):
         def f(i):
             a, o, dt = block_views(r.w0[i], r.w[i], r.D[i].to(BF16))
             torch.bmm(a, dt, out=o)
             r.w[i].add_(r.w0[i])
+
         return f
-
-    def part_bmm(r):
-        def f(i):
-            a, o, dt = block_views(r.w0[i], r.w[i], r.D[i].to(BF16))
-            torch.bmm(a, dt, out=o)
-        return f
-
-    def copy_baddbmm_(r):
-        def f(i):
-            a, o, dt = block_views(r.w0[i], r.w[i], r.D[i].to(BF16))
-            r.w[i].copy_(r.w0[i])
-            o.baddbmm_(a, dt)
-        return f
-
-    def baddbmm(r):
-        def f(i):
-            a, o, dt = block_views(r.w0[i], r.w[i], r.D[i].to(BF16))
-            torch.baddbmm(a, a, dt, out=o)
-        return f
-
-    def bmm_r_bf16(r):
-        if r.cols not in eye:
-            eye[r.cols] = torch.eye(BLOCK, device=r.D.device)
-
-        def f(i):
-            a, o, rt = block_views(r.w0[i], r.w[i], (eye[r.cols] + r.D[i]).to(BF16))
-            torch.bmm(a, rt, out=o)
-        return f
-
-    def chunked(mib):
-        def make(r):
-            spans = chunks(r, mib)
-
-            def f(i):
-                w, w0, d = r.w[i], r.w0[i], r.D[i].to(BF16)
-                for s, e in spans:
-                    a, o, dt = block_views(w0[s:e], w[s:e], d)
-                    w[s:e].copy_(w0[s:e])
-                    o.baddbmm_(a, dt)
-            return f
-        return make
 
     def dense_lerp(r):
         return lambda i: torch.lerp(r.w0[i], r.extra["w1"][i], ALPHA, out=r.w[i])
 
     def triton(rows):
-        return lambda r: (lambda i: fused.rotate_add(r.w0[i], r.D[i].to(BF16), r.w[i], rows))
+        return lambda r: lambda i: fused.rotate_add(r.w0[i], r.D[i].to(BF16), r.w[i], rows)
 
-    series_one, series_all = rewind(NEUMANN)
-    exact_one, exact_all = rewind(None)
-    out = [Variant("oft", "rewind-series", series_one, series_all, profile=True),
-           Variant("oft", "rewind-exact", exact_one, exact_all, check=False),  # other branch: other rotation
-           Variant("oft", "einsum-formula", einsum_formula, profile=True),
-           Variant("oft", "part:einsum", part_einsum, check=False),
-           Variant("oft", "part:rotate", part_rotate, check=False),
-           Variant("oft", "part:add", part_add, check=False),
-           Variant("oft", "bmm+add_", bmm_add, profile=True),
-           Variant("oft", "part:bmm", part_bmm, check=False),
-           Variant("oft", "copy+baddbmm_", copy_baddbmm_, profile=True),
-           Variant("oft", "baddbmm", baddbmm, profile=True),
-           Variant("oft", "bmm-R-bf16", bmm_r_bf16, profile=True)]
-    out += [Variant("oft", f"chunk{m}", chunked(m), profile=m == chunk_mib[-1]) for m in chunk_mib]
-    out += [Variant("oft", "dense-lerp", dense_lerp, check=False, profile=True)]
+    def items(r):
+        return [Bound(f"{r.name}.{i}", Rotation(r.Q[i], NEUMANN), r.w0[i], r.w[i]) for i in range(r.k)]
+
+    series_one, series_all = path_writers(Cayley, items)
+    out = [
+        Variant("oft", "rewind-series", series_one, series_all),
+        Variant("oft", "einsum-formula", einsum_formula),
+        Variant("oft", "bmm+add_", bmm_add),
+        Variant("oft", "dense-lerp", dense_lerp, check=False),
+    ]
     if torch.cuda.is_available() and fused.available():
-        out += [Variant("oft", f"triton-{m}", triton(m), profile=m == 64) for m in (32, 64, 128, 256)]
+        out += [Variant("oft", f"triton-{m}", triton(m)) for m in (32, 64, 128, 256)]
     return out
 
 
 def run_variant(v: Variant, r: Ring, clock: Clock) -> dict:
-    rec = {"section": "shape", "family": v.family, "variant": v.key, "shape": r.name, "rows": r.rows,
-           "cols": r.cols, "count": r.count, "ring": r.k}
+    rec = {
+        "section": "shape",
+        "family": v.family,
+        "variant": v.key,
+        "shape": r.name,
+        "rows": r.rows,
+        "cols": r.cols,
+        "count": r.count,
+        "ring": r.k,
+    }
     try:
         one = v.one(r)
         if v.check:
@@ -433,39 +374,8 @@ def run_variant(v: Variant, r: Ring, clock: Clock) -> dict:
     return rec
 
 
-# --- R(alpha) - I for the whole model -----------------------------------------------------------------------------
-
-def series_parts(rings: dict[str, Ring], clock: Clock, device) -> list[dict]:
-    blocks = sum(r.count * (r.cols // BLOCK) for r in rings.values())
-    Q = skew((blocks, BLOCK, BLOCK), device)
-    eye = torch.eye(BLOCK, device=device).expand_as(Q)
-    counts = [r.cols // BLOCK for r in rings.values() for _ in range(r.count)]
-    ref = _rotation_minus_identity(Q, None)
-    variants = {
-        "scale Q (cat of 196 torch.full + H2D + mul)":
-            lambda: Q * torch.cat([torch.full((n,), ALPHA) for n in counts]).to(device).view(-1, 1, 1),
-        "R-I Neumann 5 terms (bench default)": lambda: neumann_series(Q, NEUMANN),
-        "R-I exact: linalg.solve(left=False) [rewind]": lambda: _rotation_minus_identity(Q, None),
-        "R-I exact: linalg.solve_ex(left=False)": lambda: torch.linalg.solve_ex(eye + Q, -2 * Q, left=False)[0],
-        "R-I exact: solve(I-Q, 2Q)^T (left)": lambda: torch.linalg.solve(eye - Q, 2 * Q).transpose(-1, -2),
-        "R-I exact: -2Q inv_ex(I+Q)": lambda: -2 * Q @ torch.linalg.inv_ex(eye + Q)[0],
-    }
-    out = []
-    for key, fn in variants.items():
-        rec = {"section": "R-I", "variant": key, "blocks": blocks}
-        try:
-            got = fn()
-            if key.startswith("R-I exact"):
-                rec["rel_err_vs_rewind"] = float((got - ref).abs().max() / ref.abs().max())
-            t, cpu = clock.time(fn)
-            rec.update(model_s=t, cpu_issue_s=cpu)
-        except Exception as e:
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
-        out.append(rec)
-    return out
-
-
 # --- the whole model: 196 tensors in the model's order ------------------------------------------------------------
+
 
 def old_cayley_write(path: Cayley, alphas) -> None:
     """rewind.paths.cayley.Cayley._write before this branch (einsum + reshape + add), kept to time it."""
@@ -476,11 +386,11 @@ def old_cayley_write(path: Cayley, alphas) -> None:
         sQ = Q * scale.to(Q.device).view(-1, 1, 1)
         D = _rotation_minus_identity(sQ, key[1])
         for item, start, n in spans:
-            d = D[start:start + n]
+            d = D[start : start + n]
             computed(item, lambda w0, out, d=d: torch.add(w0, rotate(w0, d.to(w0.dtype)), out=out))
 
 
-def model_loops(rings: dict[str, Ring], clock: Clock, args, device) -> list[dict]:
+def model_loops(rings: dict[str, Ring], clock: Clock, args) -> list[dict]:
     used = {name: 0 for name in rings}
     lin, rot = [], []
     for layer in range(args.layers):
@@ -491,8 +401,7 @@ def model_loops(rings: dict[str, Ring], clock: Clock, args, device) -> list[dict
             name = f"layers.{layer}.{module}"
             lin.append(Bound(name, LowRank(r.B[i], r.A[i], LORA_SCALE), r.w0[i], r.w[i]))
             rot.append(Bound(name, Rotation(r.Q[i], NEUMANN), r.w0[i], r.w[i]))
-    n = len(lin)
-    alphas = [ALPHA] * n
+    alphas = [ALPHA] * len(lin)
     c = ALPHA * LORA_SCALE
     linear, cayley = Linear(lin), Cayley(rot)
     cayley_exact = Cayley([Bound(b.name, Rotation(b.delta.Q, None), b.w0, b.out) for b in rot])
@@ -501,119 +410,24 @@ def model_loops(rings: dict[str, Ring], clock: Clock, args, device) -> list[dict
         for b in lin:
             b.out.copy_(b.w0)
 
-    outs, w0s = [b.out for b in lin], [b.w0 for b in lin]
-
     def addmm_loop():
         for b in lin:
             torch.addmm(b.w0, b.delta.B, b.delta.A, alpha=c, out=b.out)
 
-    def chunk_loop(mib):
-        spans = {name: chunks(r, mib) for name, r in rings.items()}
-        shape_of = {id(b): shape for b, (_, shape) in zip(lin, MODULES * args.layers)}
-
-        def f():
-            for b in lin:
-                B, A, w, w0 = b.delta.B, b.delta.A, b.out, b.w0
-                for s, e in spans[shape_of[id(b)]]:
-                    w[s:e].copy_(w0[s:e])
-                    w[s:e].addmm_(B[s:e], A, alpha=c)
-        return f
-
-    def bmm_add_loop(D):
-        def f():
-            start = 0
-            for b in rot:
-                nb = len(b.delta.Q)
-                a, o, dt = block_views(b.w0, b.out, D[start:start + nb].to(BF16))
-                torch.bmm(a, dt, out=o)
-                b.out.add_(b.w0)
-                start += nb
-        return f
-
     loops = {
         "copy: Python loop": copy_loop,
-        "copy: torch._foreach_copy_ (one call)": lambda: torch._foreach_copy_(outs, w0s),
         "lora: rewind Linear.write": lambda: linear.write(alphas),
         "lora: addmm loop": addmm_loop,
-    }
-    for m in args.chunk_mib:
-        loops[f"lora: chunk{m} loop"] = chunk_loop(m)
-    loops.update({
         "oft: rewind Cayley.write (series, this checkout)": lambda: cayley.write(alphas),
         "oft: rewind Cayley.write (exact solve, this checkout)": lambda: cayley_exact.write(alphas),
         "oft: einsum formula (rewind before this branch, series)": lambda: old_cayley_write(cayley, alphas),
-    })
+    }
     out = []
     for key, fn in loops.items():
-        rec = {"section": "model", "variant": key, "tensors": n}
+        rec = {"section": "model", "variant": key, "tensors": len(lin)}
         try:
             t, cpu = clock.time(fn, reps=max(3, args.reps // 2))
             rec.update(model_s=t, cpu_issue_s=cpu)
-        except Exception as e:
-            rec["error"] = f"{type(e).__name__}: {e}"[:300]
-        out.append(rec)
-    if clock.cuda:  # the same work without any launch gaps: one CUDA graph
-        Qs = cayley._Q[(BLOCK, NEUMANN)]
-        scale = torch.full((len(Qs), 1, 1), ALPHA, device=device)
-
-        def cayley_graphed():
-            bmm_add_loop(neumann_series(Qs * scale, NEUMANN))()
-
-        for key, fn in {"lora: addmm loop as one CUDA graph": addmm_loop,
-                        "oft: series + bmm+add_ loop as one CUDA graph": cayley_graphed,
-                        "copy: Python loop as one CUDA graph": copy_loop}.items():
-            rec = {"section": "model", "variant": key, "tensors": n}
-            try:
-                g = torch.cuda.CUDAGraph()
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    fn()
-                torch.cuda.current_stream().wait_stream(s)
-                with torch.cuda.graph(g):
-                    fn()
-                t, cpu = clock.time(g.replay, reps=max(3, args.reps // 2))
-                rec.update(model_s=t, cpu_issue_s=cpu)
-                del g
-            except Exception as e:
-                rec["error"] = f"{type(e).__name__}: {e}"[:300]
-            out.append(rec)
-    return out
-
-
-# --- kernels of one call, from the profiler -----------------------------------------------------------------------
-
-def kernel_profile(variants: list[Variant], r: Ring, clock: Clock) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile
-
-    act = ProfilerActivity.CUDA if clock.cuda else ProfilerActivity.CPU
-    out = []
-    for v in variants:
-        if not v.profile:
-            continue
-        rec = {"section": "kernels", "family": v.family, "variant": v.key, "shape": r.name}
-        try:
-            one = v.one(r)
-            one(0)
-            clock.sync()
-            with profile(activities=[act]) as prof:
-                one(0)
-                clock.sync()
-            rows = []
-            for e in prof.key_averages():
-                us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-                      if clock.cuda else e.self_cpu_time_total)
-                if us:
-                    rows.append((e.key, e.count, float(us)))
-            if not rows and clock.cuda:  # kernels not aggregated by this torch: take the raw device events
-                per = {}
-                for e in prof.events():
-                    if str(getattr(e, "device_type", "")).endswith("CUDA"):
-                        n, t = per.get(e.name, (0, 0.0))
-                        per[e.name] = (n + 1, t + float(getattr(e, "device_time", 0) or 0))
-                rows = [(k, n, t) for k, (n, t) in per.items()]
-            rows.sort(key=lambda x: -x[2])
-            rec["kernels"] = [{"name": k, "calls": c, "us": round(us, 1)} for k, c, us in rows[:8]]
         except Exception as e:
             rec["error"] = f"{type(e).__name__}: {e}"[:300]
         out.append(rec)
@@ -622,11 +436,12 @@ def kernel_profile(variants: list[Variant], r: Ring, clock: Clock) -> list[dict]
 
 # --- torch.compile'd fused kernels, in a child process ------------------------------------------------------------
 
+
 def lora_unrolled(w0, B, A, c, out):
     acc = w0.float()
     Bc, Af = B.float() * c, A.float()
     for j in range(RANK):
-        acc = acc + Bc[:, j:j + 1] * Af[j:j + 1, :]
+        acc = acc + Bc[:, j : j + 1] * Af[j : j + 1, :]
     out.copy_(acc)
 
 
@@ -648,12 +463,15 @@ def oft_einsum_formula(w0, D, out):
 def compile_child(args) -> None:
     """Compile, check, print @@READY, wait for a line on stdin, time, print @@{json} lines and @@DONE."""
     device = torch.device(args.device)
-    settings = [("torch._inductor.config", "compile_threads", 1),
-                ("torch._inductor.config", "triton.autotune_pointwise", False),  # no benchmarking while parent times
-                ("torch.fx.experimental._config", "use_duck_shape", False)]  # 3584 x 3584 must not specialize
+    settings = [
+        ("torch._inductor.config", "compile_threads", 1),
+        ("torch._inductor.config", "triton.autotune_pointwise", False),  # no benchmarking while parent times
+        ("torch.fx.experimental._config", "use_duck_shape", False),
+    ]  # 3584 x 3584 must not specialize
     for module, name, value in settings:
         try:
             import importlib
+
             obj = importlib.import_module(module)
             *path, leaf = name.split(".")
             for part in path:
@@ -665,26 +483,39 @@ def compile_child(args) -> None:
     rings = make_rings(args, device, full=False)
     c = torch.tensor(ALPHA * LORA_SCALE, device=device)
     # most telling first: past the cap the rest is skipped; one dynamic-shape compile serves all four shapes
-    fns = {("compiled", "lora rank-1 unrolled fp32"): (torch.compile(lora_unrolled, dynamic=True), "lora"),
-           ("compiled", "oft fused rotation fp32"): (torch.compile(oft_fused, dynamic=True), "oft"),
-           ("compiled", "oft einsum formula"): (torch.compile(oft_einsum_formula, dynamic=True), "oft"),
-           ("compiled", "lora reduction fp32"): (torch.compile(lora_reduce, dynamic=True), "lora")}
+    fns = {
+        ("compiled", "lora rank-1 unrolled fp32"): (torch.compile(lora_unrolled, dynamic=True), "lora"),
+        ("compiled", "oft fused rotation fp32"): (torch.compile(oft_fused, dynamic=True), "oft"),
+        ("compiled", "oft einsum formula"): (torch.compile(oft_einsum_formula, dynamic=True), "oft"),
+        ("compiled", "lora reduction fp32"): (torch.compile(lora_reduce, dynamic=True), "lora"),
+    }
     ready, records = {}, []
     order = sorted(rings.values(), key=lambda r: r.rows == r.cols)  # a square shape first would specialize
     for (fam, key), (fn, kind) in fns.items():
         for r in order:
-            rec = {"section": "shape", "family": fam, "variant": key, "shape": r.name, "rows": r.rows,
-                   "cols": r.cols, "count": r.count, "ring": r.k}
+            rec = {
+                "section": "shape",
+                "family": fam,
+                "variant": key,
+                "shape": r.name,
+                "rows": r.rows,
+                "cols": r.cols,
+                "count": r.count,
+                "ring": r.k,
+            }
             if elapsed() > args.compile_cap:
                 rec["error"] = f"skipped: compile cap {args.compile_cap}s reached"
                 records.append(rec)
                 continue
             if kind == "lora":
+
                 def one(i, fn=fn, r=r):
                     fn(r.w0[i], r.B[i], r.A[i], c, r.w[i])
             else:
+
                 def one(i, fn=fn, r=r):
                     fn(r.w0[i], r.D[i], r.w[i])
+
             try:
                 t = time.perf_counter()
                 r.w[0].fill_(float("nan"))
@@ -703,7 +534,7 @@ def compile_child(args) -> None:
         if one is not None:
             r = rings[rec["shape"]]
             try:
-                t, cpu = clock.time(lambda: [one(i) for i in range(r.k)])
+                t, cpu = clock.time(lambda one=one, r=r: [one(i) for i in range(r.k)])
                 rec.update(per_tensor_s=t / r.k, cpu_issue_per_tensor_s=cpu / r.k)
             except Exception as e:
                 rec["error"] = f"{type(e).__name__}: {e}"[:300]
@@ -715,9 +546,21 @@ class Child:
     """The compile child: started first so that compiling overlaps the parent's measurements."""
 
     def __init__(self, args):
-        cmd = [sys.executable, os.path.abspath(__file__), "--compile-child", "--device", args.device,
-               "--scale", str(args.scale), "--layers", str(args.layers), "--reps", str(args.reps),
-               "--compile-cap", str(args.compile_cap)] + (["--ring-mb", str(args.ring_mb)] if args.ring_mb else [])
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--compile-child",
+            "--device",
+            args.device,
+            "--scale",
+            str(args.scale),
+            "--layers",
+            str(args.layers),
+            "--reps",
+            str(args.reps),
+            "--compile-cap",
+            str(args.compile_cap),
+        ] + (["--ring-mb", str(args.ring_mb)] if args.ring_mb else [])
         self.err = open(os.devnull if not args.child_log else args.child_log, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -758,7 +601,8 @@ class Child:
 
 # --- report -------------------------------------------------------------------------------------------------------
 
-def table(shape_recs: list[dict], rings: dict[str, Ring], bandwidth: Optional[float], cuda: bool) -> list[dict]:
+
+def table(shape_recs: list[dict], rings: dict[str, Ring], bandwidth: float | None, cuda: bool) -> list[dict]:
     names = list(rings)
     by = {}
     for rec in shape_recs:
@@ -766,14 +610,22 @@ def table(shape_recs: list[dict], rings: dict[str, Ring], bandwidth: Optional[fl
     copy = by.get(("lora", "copy"), {})
     copy_sum = sum(copy[s]["per_tensor_s"] * rings[s].count for s in names if "per_tensor_s" in copy.get(s, {}))
     total_bytes = sum(r.nbytes * r.count for r in rings.values())
-    head = f"{'family':9} {'variant':27}" + "".join(f"{n + f'({rings[n].count})':>14}" for n in names) + \
-        f"{'sum196 ms':>11}{'x copy':>8}{'err32':>10}  ok"
-    print("\nper tensor, microseconds (ring of K copies per shape, K = " +
-          ", ".join(f"{n}: {r.k}" for n, r in rings.items()) + "); sum196 = sum of count x per tensor;"
-          " * = launch-bound")
+    head = (
+        f"{'family':9} {'variant':27}"
+        + "".join(f"{n + f'({rings[n].count})':>14}" for n in names)
+        + f"{'sum196 ms':>11}{'x copy':>8}{'err32':>10}  ok"
+    )
+    print(
+        "\nper tensor, microseconds (ring of K copies per shape, K = "
+        + ", ".join(f"{n}: {r.k}" for n, r in rings.items())
+        + "); sum196 = sum of count x per tensor;"
+        " * = launch-bound"
+    )
     if bandwidth:
-        print(f"copy bound from one large copy: {2 * total_bytes / bandwidth * 1e3:.2f} ms for "
-              f"{total_bytes / 1e9:.2f} GB at {bandwidth / 1e12:.2f} TB/s (read + write)")
+        print(
+            f"copy bound from one large copy: {2 * total_bytes / bandwidth * 1e3:.2f} ms for "
+            f"{total_bytes / 1e9:.2f} GB at {bandwidth / 1e12:.2f} TB/s (read + write)"
+        )
     print(head)
     print("-" * len(head))
     sums = []
@@ -796,29 +648,24 @@ def table(shape_recs: list[dict], rings: dict[str, Ring], bandwidth: Optional[fl
         err = f"{max(errs):10.2e}" if errs else f"{'':10}"
         ok = ("yes" if all(oks) else "NO") if oks else "-"
         print(f"{fam:9} {key:27}" + "".join(cells) + f"{total * 1e3:11.2f}{ratio:8.2f}{err}  {ok}")
-        sums.append({"section": "sum196", "family": fam, "variant": key, "model_s": total, "x_copy": ratio,
-                     "ok": all(oks) if oks else None})
+        sums.append(
+            {
+                "section": "sum196",
+                "family": fam,
+                "variant": key,
+                "model_s": total,
+                "x_copy": ratio,
+                "ok": all(oks) if oks else None,
+            }
+        )
     for r in shape_recs:
         if "error" in r:
             print(f"  {r['family']}/{r['variant']} on {r['shape']}: {r['error']}")
     return sums
 
 
-def report(records: list[dict], clock: Clock) -> None:
-    """Kernels first, the per-shape table last: the end of the output is what a truncated log keeps."""
-    kern = [r for r in records if r.get("section") == "kernels" and "variant" in r]
-    if kern:
-        print(f"\nkernels of one call on {kern[0]['shape']} ({'device' if clock.cuda else 'cpu'} us, top 5):")
-        for rec in kern:
-            ks = (rec.get("kernels") or [])[:5]
-            print(f"  {rec['family']}/{rec['variant']}: " + (rec.get("error") or "; ".join(
-                f"{k['name'][:56]} x{k['calls']} {k['us']:.0f}" for k in ks)))
-    print("\nR(alpha) - I for all blocks of the model at once (ms):")
-    for rec in records:
-        if rec.get("section") == "R-I" and "variant" in rec:
-            extra = f"  rel err {rec['rel_err_vs_rewind']:.1e}" if "rel_err_vs_rewind" in rec else ""
-            print(f"  {rec['variant']:52} {rec.get('model_s', float('nan')) * 1e3:9.3f}{extra}"
-                  + (f"  {rec['error']}" if "error" in rec else ""))
+def report(records: list[dict]) -> None:
+    """The model loops; the per-shape table comes last: the end of the output is what a truncated log keeps."""
     print("\nwhole model, 196 tensors in the model's order over the rings (ms; cpu = time to issue the launches):")
     for rec in records:
         if rec.get("section") == "model" and "variant" in rec:
@@ -838,18 +685,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--reps", type=int, default=None, help="timed passes per variant (7 on cuda, 2 on cpu)")
     parser.add_argument("--ring-mb", type=int, default=0, help="bytes per ring (default 4 x L2)")
-    parser.add_argument("--chunk-mib", default="4,16", help="row-chunk sizes for the L2-reuse variants")
-    parser.add_argument("--compile-cap", type=float, default=30.0,
-                        help="seconds from start after which the compile child compiles nothing more (0: no child)")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="skip the optional sections past this many seconds (cuda: 45, cpu: no limit)")
+    parser.add_argument(
+        "--compile-cap",
+        type=float,
+        default=30.0,
+        help="seconds from start after which the compile child compiles nothing more (0: no child)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="skip the optional sections past this many seconds (cuda: 45, cpu: no limit)",
+    )
     parser.add_argument("--child-log", default=None, help="the compile child's stderr goes here")
     parser.add_argument("--out", default=None, help="append JSON lines here (written section by section)")
     parser.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.reps = args.reps or (7 if args.device.startswith("cuda") else 2)
     args.budget = args.budget or (45.0 if args.device.startswith("cuda") else float("inf"))
-    args.chunk_mib = [int(x) for x in args.chunk_mib.split(",") if x]
     if args.compile_child:
         return compile_child(args)
 
@@ -878,44 +731,69 @@ def main() -> None:
         log(f"{name}: {len(recs)} records")
         return recs
 
-    where = torch.cuda.get_device_name(device) if clock.cuda else f"{platform.processor() or 'cpu'} " \
-        f"({torch.get_num_threads()} threads)"
+    where = (
+        torch.cuda.get_device_name(device)
+        if clock.cuda
+        else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    )
     log(f"{where}, torch {torch.__version__}; compile child {'started' if child else 'off'}")
     bandwidth = copy_bandwidth(device, clock, 2.0)
     rings = make_rings(args, device)
-    resident = sum(t.numel() * t.element_size() for r in rings.values()
-                   for t in [r.w0, r.w, r.extra["T"], r.extra["w1"], r.B, r.A, r.Q, r.D])
+    resident = sum(
+        t.numel() * t.element_size() for r in rings.values() for t in [r.w0, r.w, r.extra["w1"], r.B, r.A, r.Q, r.D]
+    )
     model_bytes = sum(r.nbytes * r.count for r in rings.values())
-    log("rings: " + ", ".join(f"{n} {r.rows}x{r.cols} x{r.k} of {r.count}" for n, r in rings.items()) +
-        f"; {resident / 2**30:.2f} GiB resident for a {model_bytes / 1e9:.2f} GB model: one ring per distinct "
-        f"shape is held, per-tensor times are multiplied by the counts")
-    emit([{"section": "meta", "device": where, "torch": torch.__version__, "scale": args.scale,
-           "layers": args.layers, "reps": args.reps, "copy_bytes_per_s": bandwidth, "model_bytes": model_bytes,
-           "copy_bound_s": 2 * model_bytes / bandwidth if bandwidth else None,
-           "rings": {n: {"rows": r.rows, "cols": r.cols, "count": r.count, "k": r.k} for n, r in rings.items()},
-           "rank": RANK, "block": BLOCK, "alpha": ALPHA, "neumann_terms": NEUMANN}])
+    log(
+        "rings: "
+        + ", ".join(f"{n} {r.rows}x{r.cols} x{r.k} of {r.count}" for n, r in rings.items())
+        + f"; {resident / 2**30:.2f} GiB resident for a {model_bytes / 1e9:.2f} GB model: one ring per distinct "
+        f"shape is held, per-tensor times are multiplied by the counts"
+    )
+    emit(
+        [
+            {
+                "section": "meta",
+                "device": where,
+                "torch": torch.__version__,
+                "scale": args.scale,
+                "layers": args.layers,
+                "reps": args.reps,
+                "copy_bytes_per_s": bandwidth,
+                "model_bytes": model_bytes,
+                "copy_bound_s": 2 * model_bytes / bandwidth if bandwidth else None,
+                "rings": {n: {"rows": r.rows, "cols": r.cols, "count": r.count, "k": r.k} for n, r in rings.items()},
+                "rank": RANK,
+                "block": BLOCK,
+                "alpha": ALPHA,
+                "neumann_terms": NEUMANN,
+            }
+        ]
+    )
 
     shape_recs: list[dict] = []
     with torch.no_grad():
-        for family, variants in (("lora", lora_variants(args.chunk_mib)), ("oft", oft_variants(args.chunk_mib))):
-            shape_recs += section(f"shape/{family}", lambda v=variants: [run_variant(x, r, clock) for x in v
-                                                                         for r in rings.values()], optional=False)
-        section("R-I", lambda: series_parts(rings, clock, device), optional=False)
-        section("model", lambda: model_loops(rings, clock, args, device))
-        big = max(rings.values(), key=lambda r: r.nbytes)
-        section("kernels", lambda: kernel_profile(lora_variants(args.chunk_mib) + oft_variants(args.chunk_mib),
-                                                  big, clock))
+        for family, variants in (("lora", lora_variants()), ("oft", oft_variants())):
+            shape_recs += section(
+                f"shape/{family}",
+                lambda v=variants: [run_variant(x, r, clock) for x in v for r in rings.values()],
+                optional=False,
+            )
+        section("model", lambda: model_loops(rings, clock, args))
     if child:
         compiled, state = child.results(deadline=max(elapsed() + 5, args.compile_cap + 15))
         shape_recs += compiled
-        emit(compiled + [{"section": "compile", "state": state, "ready_at_s": child.ready_at,
-                          "parent_ended_s": elapsed()}])
+        emit(
+            compiled
+            + [{"section": "compile", "state": state, "ready_at_s": child.ready_at, "parent_ended_s": elapsed()}]
+        )
         log(f"compile child: {state}, {len(compiled)} records")
-    report(records, clock)
+    report(records)
     emit(table([r for r in shape_recs if "shape" in r], rings, bandwidth, clock.cuda))
-    bad = [r for r in shape_recs if r.get("ok") is False and r.get("variant") != "bmm-R-bf16"]
-    log(f"done; {len(bad)} unexpected mismatches" + (": " + ", ".join(f"{r['family']}/{r['variant']}/{r['shape']}"
-                                                                      for r in bad) if bad else ""))
+    bad = [r for r in shape_recs if r.get("ok") is False]
+    log(
+        f"done; {len(bad)} unexpected mismatches"
+        + (": " + ", ".join(f"{r['family']}/{r['variant']}/{r['shape']}" for r in bad) if bad else "")
+    )
 
 
 if __name__ == "__main__":

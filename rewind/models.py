@@ -39,7 +39,7 @@ def embedded_gguf() -> Path:
 
 
 def embedded_dir() -> Path:
-    """The bf16 safetensors copy of the embedded model, converted from the GGUF on first use (~25 s)."""
+    """The bf16 safetensors copy of the embedded model, converted from the GGUF on first use (once, slow)."""
     target = home() / "models" / "smollm2-135m-instruct-bf16"
     if (target / "config.json").is_file():
         return target

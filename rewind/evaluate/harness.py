@@ -8,9 +8,8 @@ A suite is a named list of lm-eval tasks. Three kinds resolve by name:
 
 The Evaluator loads tasks and wraps the model once, then each `run()` evaluates the weights as they are now.
 Each task (or group) is its own `lm_eval.evaluator.evaluate` call, so its result equals what lm-eval's
-`simple_evaluate(model=HFLM(model), tasks=[task], limit=...)` gives for the same weights and batch size.
-Measured on an H200 in bf16: equal on all bundled tasks but CHAMP, whose 256-token greedy generations vary
-from run to run on the GPU in lm-eval itself (two identical simple_evaluate calls gave 0.025 and 0.05).
+`simple_evaluate(model=HFLM(model), tasks=[task], limit=...)` gives for the same weights and batch size
+(tests/test_suites.py checks it; bench/README.md has the GPU comparison, where greedy generations can vary).
 """
 
 from __future__ import annotations
@@ -104,7 +103,7 @@ def _bundled_manager():
 def _default_manager():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()  # indexes lm-eval's ~14,700 tasks: seconds, so only when a name needs it
+    return TaskManager()  # indexes every lm-eval task: seconds, so only when a name needs it
 
 
 def resolve_suites(names: list[str]) -> list[Suite]:

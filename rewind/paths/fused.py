@@ -2,15 +2,15 @@
 
 torch has no single kernel for either switch that moves W-sized data twice. `addmm(W0, B, A, out=W)` copies W0 into
 W and then runs a beta=1 gemm that reads W back, and the Cayley write is a bmm into W followed by W += W0: both
-cross memory 5 times per element where 2 suffice (bench/switch_probe.py measured this on an H200). Each kernel
-here computes a tile of the low-rank or block-diagonal product in fp32 registers next to the W0 tile it is added
-to, and rounds once to W's dtype. That is at least as exact as torch: addmm also rounds once, but cuBLAS may sum
-bf16 products in reduced precision (on an H200 its error against fp32 math was 4.7e-3 of max|W|, the kernel's
-3.4e-3), and the torch Cayley write rounds the product before the add.
+cross memory 5 times per element where 2 suffice. Each kernel here computes a tile of the low-rank or
+block-diagonal product in fp32 registers next to the W0 tile it is added to, and rounds once to W's dtype. That is
+at least as exact as torch: addmm also rounds once, but cuBLAS may sum bf16 products in reduced precision, and the
+torch Cayley write rounds the product before the add.
 
 One launch writes every tensor of one shape: the kernels read their tensors' addresses from a small table, so a
-7B model's 196 adapted matrices take 4 launches, not 196 (Triton's Python launch costs ~40 us, which made a
-launch per tensor as slow as the writes themselves on an H200).
+7B model's 196 adapted matrices take 4 launches, not 196 (Triton's Python launch is slow enough that a launch per
+tensor cost as much as the writes themselves). The measurements behind all of this, errors included, are in
+bench/README.md ("fused Triton writes").
 
 The paths use them when W0 and W are contiguous, 16-byte aligned CUDA tensors and Triton imports (it comes with
 CUDA builds of torch); REWIND_TRITON=0 turns them off, e.g. to time the torch writes against them. Called directly
@@ -27,7 +27,7 @@ import torch
 
 # Tile shapes: a W tile of BLOCK_M x BLOCK_N elements per program, the grid's first axis along W's rows so that
 # programs running side by side cover contiguous memory. 32 x 128 bf16 is 8 KiB read and 8 KiB written per program.
-LOWRANK_TILE = {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}  # the fastest of 6 tiles on an H200 (switch_probe)
+LOWRANK_TILE = {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4}  # chosen by bench/switch_probe.py (bench/README.md)
 ROTATE_ROWS = 128  # rows per program of the block-diagonal write; its columns are one OFT block
 
 

@@ -30,7 +30,7 @@ from . import DATA_DIR, EVAL_SEED, MATH_GENERATORS, NLTK_DIR, ROOT, SPLITS, TRAI
 SEED = 20250101
 
 # Items per split, sized so that one split of each suite takes at most about a minute for SmolLM2-135M on one
-# H200 (measured: math-offline ~66 s, general-offline ~30 s, med-offline ~1 s); small sources are used whole.
+# H200 (bench/README.md has the times); small sources are used whole.
 MATH_PER_SPLIT = 100
 SQUAD_PER_SPLIT = 200
 WIKI_PER_SPLIT = 200  # Wikipedia paragraphs for perplexity

@@ -114,7 +114,7 @@ def perplexity(doc: dict, results: list[float]) -> dict:
 # --- code: HumanEval pass@1. The answer is the first fenced block of the response (a chat model's usual reply),
 # else the whole response: a function, or the body that continues the prompt's. Prompt + code + the problem's tests
 # run in rewind's sandbox: a separate, limited process, never this one.
-CODE_TIMEOUT = 10.0  # seconds per program; the canonical solutions take about 0.1
+CODE_TIMEOUT = 10.0  # seconds per program, far above what the canonical solutions need (suites/README.md)
 _FENCED = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # to the closing fence, or to the end if cut off
 # Top-level statements kept from a whole-function answer; calls, prints, asserts and `if` blocks are its demo.
 _DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
