@@ -114,7 +114,8 @@ def test_completions_are_taken_from_a_fenced_block_or_as_a_continuation():
         f"```Python\n{function}",  # fenced, cut off by the token limit before the closing fence
         function,  # the whole function, no fence
         # A wrong demo after a right function does not fail it; it is not run.
-        f"```python\n{function}\nprint({name}(None))\nassert {name} is None\nif __name__ == '__main__':\n    1 / 0\n```",
+        f"```python\n{function}\nprint({name}(None))\nassert {name} is None\n"
+        "if __name__ == '__main__':\n    1 / 0\n```",
     ]
     for response in responses:
         assert suite_utils.code_pass_at_1(doc, [response])["pass_at_1"] == 1.0, response
