@@ -78,7 +78,8 @@ def _path_and_schedule(path: str, layers: str | None):
 @path_options()
 @click.option("--alpha", type=float, default=None,
               help="Point on the path: 0 = base, 1 = finetune. Default: the last sweep's selected point, else 1.")
-@click.option("--out", type=click.Path(), required=True, help="Output dir (must be empty or absent).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Output dir (must be empty or absent; never an input, nor inside or around one).")
 @click.option("--format", "fmt", type=click.Choice(["merged", "adapter"]), default="merged", show_default=True,
               help="merged: HF checkpoint; adapter: a peft adapter scaled along its natural path (where exact).")
 @click.option("--from", "sweep_dir", type=click.Path(), default=None,
@@ -97,12 +98,13 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     from . import export as exporter
 
     if adapter is None or sweep_dir is not None:
+        sweep_dir = sweep_dir or DEFAULT_SWEEP
         given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT
         base, adapter, init_adapter, path, layers, cayley_scale, alpha = _from_sweep(
-            sweep_dir or DEFAULT_SWEEP, base, path, layers, cayley_scale if given else None, alpha)
+            sweep_dir, base, path, layers, cayley_scale if given else None, alpha)
     path, schedule = _path_and_schedule(path, layers)
     plan = exporter.plan(base, adapter, out, 1.0 if alpha is None else alpha, path, schedule, fmt, force,
-                         init_adapter, cayley_scale, allow_extrapolation)
+                         init_adapter, cayley_scale, allow_extrapolation, sweep_dir)
     click.echo(plan.summary())
     if dry_run:
         return

@@ -2,13 +2,15 @@
 
 Planning (which files, which tensors change, with what alpha) is separate from writing, so `--dry-run` shows the
 plan. Writing streams tensor by tensor, shard by shard (peak memory: one shard plus the adapter), into a temporary
-dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at `out`.
+dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at `out`
+(outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, adapters, methods, models, paths
+from . import __version__, adapters, methods, models, outdir, paths
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
@@ -39,7 +41,7 @@ class ExportPlan:
     update: adapters.Update
     point: Point
     fmt: str
-    out: Path
+    out: Path | None  # None: a plan that is never written (diagnostics)
     alphas: dict[str, float]  # updated tensor -> its alpha
     shards: list[Path] = field(default_factory=list)
     num_layers: int = 0
@@ -111,7 +113,8 @@ class BaseTensors:
 
 
 def check_out(out: Path, force: bool) -> None:
-    """`out` can be written: absent or empty (or --force), under a writable dir. Creates nothing."""
+    """`out` can be written: a name that fits, absent or empty (or --force), under a writable dir. Creates nothing."""
+    outdir.check_name(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise RewindError(f"--out {out} exists and is not empty: pass --force to replace it")
     parent = out.resolve().parent
@@ -128,13 +131,19 @@ def check_out(out: Path, force: bool) -> None:
 
 def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: paths.Schedule | None = None,
          fmt: str = MERGED, force: bool = False, init_adapter=None, cayley_scale: str = "linear",
-         allow_extrapolation: bool = False) -> ExportPlan:
-    """Check every input and decide every tensor's alpha; touches nothing on disk."""
+         allow_extrapolation: bool = False, sweep_dir=None) -> ExportPlan:
+    """Check every input and decide every tensor's alpha; touches nothing on disk.
+
+    `out` None: a plan that is never written (diagnostics), so no check of an output. `sweep_dir`: the sweep the
+    inputs came from (`--from`), which `out` must spare like the other inputs."""
     if fmt not in (MERGED, ADAPTER):
         raise RewindError(f"--format {fmt}: choose {MERGED} or {ADAPTER}")
-    out = Path(out)
-    check_out(out, force)
     base_dir = models.local_dir(base)
+    if out is not None:
+        out = Path(out)
+        outdir.check_spares_inputs(out, {"--base": base_dir, "--adapter": adapter, "--init-adapter": init_adapter,
+                                         "--from sweep": sweep_dir})
+        check_out(out, force)
     base_config = adapters.load_json(base_dir / "config.json")
     shards = base_shards(base_dir)
     tensors = BaseTensors(shards)
@@ -194,32 +203,56 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
     on a fresh base load); a difference beyond the dtype's tolerance is a RewindError and nothing is written. The
     max |difference| is kept in `p.verified` and in the model card.
     """
+    from safetensors import SafetensorError
+
     device = models.pick_device(device)
     parent = p.out.resolve().parent
     created = [d for d in (parent, *parent.parents) if not d.exists()]  # deepest first: removed again on failure
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{p.out.name}.tmp-", dir=parent))
+        scratch = outdir.Scratch(parent, p.out.name)
     except OSError as exc:
         _remove_empty(created)
         raise RewindError(f"--out {p.out}: cannot write in {parent} ({exc.strerror}); choose another --out") from exc
     try:
-        files = _write_merged(p, tmp, device) if p.fmt == MERGED else _write_adapter(p, tmp)
-        if verify:
-            p.verified = verify_export(p, tmp, device)
-        (tmp / "README.md").write_text(model_card(p, files))
-        _default_permissions(tmp)
-        _replace(tmp, p.out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with scratch:
+            tmp = scratch.path
+            files = _write_merged(p, tmp, device) if p.fmt == MERGED else _write_adapter(p, tmp)
+            if verify:
+                p.verified = verify_export(p, tmp, device)
+            (tmp / "README.md").write_text(model_card(p, files))
+            _default_permissions(tmp)
+            scratch.publish(p.out)
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as its own error, not OSError
         _remove_empty(created)
-        raise RewindError(f"--out {p.out}: writing failed ({exc.strerror or exc}); nothing was written: free space "
-                          f"or choose another --out") from exc
+        if not isinstance(exc, OSError) and not _IO_ERROR.search(str(exc)):
+            raise
+        raise RewindError(f"--out {p.out}: writing failed ({_reason(exc)}); nothing was written: free space on "
+                          f"{_mount_point(parent)} or choose another --out") from exc
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
         raise
     return p.out
+
+
+# safetensors' words for an OS error: "I/O error: No space left on device (os error 28)" (0.6+), or
+# `IoError(Os { ..., message: "No space left on device" })` in older releases
+_IO_ERROR = re.compile(r'I/O error: (.*?)(?: \(os error \d+\))?$|IoError\(.*message: "([^"]*)"')
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem `path` is on (or would be on): the disk to free."""
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _reason(exc: Exception) -> str:
+    """The OS's words for a write failure."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    found = _IO_ERROR.search(str(exc).splitlines()[0] if str(exc) else "")
+    return (found.group(1) or found.group(2)) if found else str(exc)
 
 
 def _remove_empty(dirs: list[Path]) -> None:
@@ -416,19 +449,3 @@ def _default_permissions(tmp: Path) -> None:
     tmp.chmod(0o777 & ~umask)
     for f in tmp.iterdir():
         f.chmod(0o666 & ~umask)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished dir into place; an old `out` (only with --force) is removed after the swap."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:  # put the old export back: a failed --force replaces nothing
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()

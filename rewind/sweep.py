@@ -407,6 +407,7 @@ def load(out: str | Path = DEFAULT_OUT) -> tuple[dict, dict | None]:
     out = Path(out)
     if not (out / SWEEP_FILE).is_file():
         raise RewindError(f"no sweep in {out} (no {SWEEP_FILE}): run `rewind sweep` first, or pass --adapter")
-    spec = json.loads((out / SWEEP_FILE).read_text())
+    # load_json: a damaged file (a sweep killed mid-write, a full disk) is a one-line error naming it
+    spec = adapters.load_json(out / SWEEP_FILE)
     summary_path = out / SUMMARY_FILE
-    return spec, json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    return spec, adapters.load_json(summary_path) if summary_path.is_file() else None

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import struct
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ class Case:
     damage: Callable[[Path], None] | None = None
     base: str = ""  # world entry copied to {b} (then `base_damage`d)
     base_damage: Callable[[Path], None] | None = None
-    setup: Callable | None = None  # (case_dir, monkeypatch) -> None
+    setup: Callable | None = None  # (case_dir, monkeypatch) -> None, or a cleanup to call after the case
     prefix: str = "rewind: error: "
     may_leave: bool = False  # a sweep dir may stay (it resumes); `check` says what must hold then
     check: Callable[[Path], list[str]] | None = None
@@ -165,6 +166,40 @@ def task_data_missing(case_dir, monkeypatch):
     monkeypatch.setattr(gzip, "open", open_)
 
 
+def small_disk(case_dir, monkeypatch):
+    """A real full disk: a 128 KiB tmpfs at {tmp}/small (the tiny base's weights are ~500 KiB). Needs root."""
+    disk = case_dir / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    return lambda: subprocess.run(["umount", str(disk)], check=True)
+
+
+def alias_dir(case_dir, monkeypatch):
+    (case_dir / "alias").symlink_to(case_dir)  # {tmp}/alias/a is {a}
+
+
+def init_copy(case_dir, monkeypatch):
+    shutil.copytree(case_dir / "a", case_dir / "init")
+
+
+def sweep_dir(truncate: str = ""):
+    """{tmp}/sweep: a finished sweep of {b} and {a} (`truncate`: that file cut in half, as a full disk leaves it)."""
+    def setup(case_dir, monkeypatch):
+        d = case_dir / "sweep"
+        d.mkdir()
+        spec = {"base": str(case_dir / "b"), "adapter": str(case_dir / "a"), "init_adapter": None, "layers": None,
+                "cayley_scale": "linear"}
+        files = {"sweep.json": {"run": "r", "spec": spec, "paths": ["linear"], "method": "lora",
+                                "natural_path": "linear"},
+                 "summary.json": {"selected": {"key": "linear@0.5", "path": "linear", "alpha": 0.5}}}
+        for name, record in files.items():
+            text = json.dumps(record)
+            (d / name).write_text(text[: len(text) // 2] if name == truncate else text)
+    return setup
+
+
 def unwritable_dir(case_dir: Path) -> Path:
     """A dir nobody can create files in. chmod 0o500 does not stop root: then /sys (read-only to root in a
     container), else a path under a regular file."""
@@ -198,6 +233,7 @@ def valid_results(case_dir) -> list[str]:
 
 
 EXPORT = ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{out}"]
+EXPORT_B = ["export", "--base", "{b}", "--adapter", "{a}", "--out"]  # then the --out
 RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
 
 CASES = [
@@ -295,6 +331,30 @@ CASES = [
          setup=disk_full),
     Case("disk-full-new-dirs", ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{tmp}/work/new/dirs/out"],
          ("No space left on device",), adapter="lora", setup=disk_full),  # the dirs it made go again
+    Case("disk-full-tmpfs", [*EXPORT_B, "{tmp}/small/out"],
+         ("--out", "No space left on device", "nothing was written", "free space on"), adapter="lora", base="base",
+         setup=small_disk),  # a real full disk: safetensors raises its own SafetensorError, not OSError
+    Case("out-name-too-long", [*EXPORT_B, "{tmp}/work/" + "x" * 300], ("--out", "name too long", "shorter"),
+         adapter="lora", base="base"),
+    Case("out-is-adapter", [*EXPORT_B, "{a}", "--force"], ("--out", "is the --adapter dir", "not even with --force"),
+         adapter="lora", base="base"),
+    Case("out-is-base", [*EXPORT_B, "{b}", "--force"], ("is the --base dir",), adapter="lora", base="base"),
+    Case("out-holds-inputs", [*EXPORT_B, "{tmp}", "--force"], ("contains the --base dir",), adapter="lora",
+         base="base"),
+    Case("out-inside-adapter", [*EXPORT_B, "{a}/merged"], ("lies inside the --adapter dir",), adapter="lora",
+         base="base"),
+    Case("out-symlink-to-adapter", [*EXPORT_B, "{tmp}/alias/a", "--force"], ("is the --adapter dir",),
+         adapter="lora", base="base", setup=alias_dir),
+    Case("out-is-init-adapter", [*EXPORT_B, "{tmp}/init", "--init-adapter", "{tmp}/init", "--force"],
+         ("is the --init-adapter dir",), adapter="lora", base="base", setup=init_copy),
+    Case("out-inside-sweep", ["export", "--from", "{tmp}/sweep", "--out", "{tmp}/sweep/merged"],
+         ("lies inside the --from sweep dir",), adapter="lora", base="base", setup=sweep_dir()),
+    Case("from-truncated-summary", ["export", "--from", "{tmp}/sweep", "--out", "{out}"],
+         ("summary.json", "unreadable JSON"), adapter="lora", base="base", setup=sweep_dir("summary.json")),
+    Case("from-truncated-sweep", ["export", "--from", "{tmp}/sweep", "--alpha", "0.5", "--out", "{out}"],
+         ("sweep.json", "unreadable JSON"), adapter="lora", base="base", setup=sweep_dir("sweep.json")),
+    Case("train-out-is-base", ["train", "sft/full", "base={b}", *RECIPE[1:], "--out", "{b}"], ("is the base dir",),
+         base="tbase"),
     Case("sweep-out-under-file", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{file}/out")),
          ("--out", "choose another --out")),
     Case("sweep-disk-full", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--alphas", "0.5",
@@ -363,6 +423,11 @@ def _snapshot(d: Path) -> dict[str, str]:
             for p in sorted(d.rglob("*"))}
 
 
+def _inputs(case_dir: Path) -> dict[str, str]:
+    """Everything of the case outside work/ (its adapter, base, sweep dir, ...): no case may change it."""
+    return {k: v for k, v in _snapshot(case_dir).items() if k != "work" and not k.startswith("work/")}
+
+
 def _run(argv, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -388,7 +453,7 @@ def _problems(case: Case, code, err: str) -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch):
+def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch, request):
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "file").write_text("a regular file")
@@ -404,9 +469,9 @@ def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch):
             case.base_damage(where["b"])
     if "{locked}" in " ".join(case.argv):
         where["locked"] = unwritable_dir(tmp_path)
-    if case.setup:
-        case.setup(tmp_path, monkeypatch)
-    before = _snapshot(work)
+    if case.setup and callable(cleanup := case.setup(tmp_path, monkeypatch)):
+        request.addfinalizer(cleanup)
+    before, inputs = _snapshot(work), _inputs(tmp_path)
     argv = [str(arg).format(**where) for arg in case.argv]
 
     code, err = _run(argv, capsys)
@@ -414,6 +479,8 @@ def test_bad_input(case: Case, world, tmp_path, capsys, monkeypatch):
     problems = _problems(case, code, err)
     if not case.may_leave and _snapshot(work) != before:
         problems.append(("leftover", f"left behind in {work}: {sorted(set(_snapshot(work)) ^ set(before))}"))
+    if _inputs(tmp_path) != inputs:
+        problems.append(("inputs", f"changed outside {work}: {sorted(set(_inputs(tmp_path)) ^ set(inputs))}"))
     problems += [("leftover", p) for p in (case.check(tmp_path) if case.check else [])]
     assert not problems, f"{argv}\n{err}\n{problems}"
 

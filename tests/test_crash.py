@@ -1,7 +1,8 @@
 """Issue 7, crash safety: `kill -9` in the middle of a sweep or an export, then the same command again.
 
 A sweep keeps every point that finished (its lines are not recomputed, results.jsonl stays valid JSONL); an export
-never shows a half checkpoint at --out (only its hidden temp dir may stay behind) and the rerun succeeds.
+never shows a half checkpoint at --out (only its hidden temp dir stays behind, which no cleaner takes while the
+export lives), and the rerun succeeds and removes that temp dir.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import tinysweep
-from rewind import export
+from rewind import export, outdir
 from tiny import logits, make_adapter, tiny_base
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -28,7 +29,9 @@ TESTS = Path(__file__).parent
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], env={**ENV, "PYTHONPATH": str(TESTS)}, stdout=log.open("w"),
+    # the checkout's rewind first: not an installed one from elsewhere
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS)])
+    return subprocess.Popen([sys.executable, *args], env={**ENV, "PYTHONPATH": path}, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -140,6 +143,9 @@ def test_export_killed_mid_write_never_shows_a_half_checkpoint(tmp_path):
     watcher.start()
     proc = _start([str(tmp_path / "slow_export.py"), str(marker), *argv], tmp_path / "export.log")
     _wait_for(lambda: marker.exists() and int(marker.read_text() or 0) >= 2, proc, 120, tmp_path / "export.log")
+    writing = list(out.parent.iterdir())
+    outdir.remove_stale(out.parent)  # what another export into this parent does first: a live export's dir stays
+    assert list(out.parent.iterdir()) == writing and (writing[0] / outdir.LOCK).is_file()
     _kill9(proc)
     time.sleep(0.05)
     assert not out.exists()
@@ -155,6 +161,8 @@ def test_export_killed_mid_write_never_shows_a_half_checkpoint(tmp_path):
     assert not watcher.bad, f"a half checkpoint was visible at --out: {watcher.bad[:3]}"
     assert watcher.seen > 0  # the watcher did look at the finished one
     assert len(list(out.glob("*.safetensors"))) == shards
+    assert [p.name for p in out.parent.iterdir()] == ["point"]  # the killed export's temp dir went
+    assert not (out / outdir.LOCK).exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     expected = export.plan(tmp_path / "base", tmp_path / "a", tmp_path / "unused", alpha=0.5)
     from rewind.engine import attach

@@ -305,6 +305,15 @@ def test_diagnose_commands_end_to_end(workdir, lora, tmp_path, capsys):
         report["modules"][0])
 
 
+def test_report_dir_may_lie_inside_the_adapter_dir(workdir, lora, tmp_path):
+    """Unlike an export's --out (issue 13), a report only adds files: a report dir inside the adapter dir is fine."""
+    adapter = tmp_path / "lora"
+    shutil.copytree(lora[0], adapter)
+    report = spectral.run(Finetune(adapter, workdir / "base"), adapter / "diagnostics", modules=["q"], device="cpu",
+                          plots=False)
+    assert report["matrices"] and (adapter / "diagnostics" / spectral.JSON).is_file()
+
+
 def test_diagnose_bad_input_is_one_line(workdir, lora, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from peft import LoraConfig, OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from rewind import export
+from rewind import export, outdir
 from rewind.engine import attach
 from rewind.errors import RewindError
 from rewind.paths import Schedule
@@ -281,3 +284,52 @@ def test_dry_run_plan_touches_nothing(base, base_dir, tmp_path):
     assert "cayley(alpha=0.25, layers=ramp)" in text and "12 updated" in text
     assert plan.layer_alphas() == {0: 0.25, 1: 0.625, 2: 1.0}
     _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+# --- issue 13: where export writes ------------------------------------------------------------------------------
+
+def test_stale_temp_dirs_go_live_and_foreign_ones_stay(base, base_dir, tmp_path):
+    """A killed export's dir (its lock free) goes at the next export there; one whose writer still holds the lock
+    stays, and so does a hidden dir without rewind's lock file."""
+    make_adapter("lora", base, tmp_path / "a")
+    parent = tmp_path / "exports"
+    dirs = {kind: parent / f".point.tmp-{kind}" for kind in ("stale", "live", "foreign")}
+    for kind, d in dirs.items():
+        d.mkdir(parents=True)
+        (d / "model-00001-of-00002.safetensors").write_bytes(b"partial")
+        if kind != "foreign":
+            (d / outdir.LOCK).touch()
+    live = os.open(dirs["live"] / outdir.LOCK, os.O_RDWR)
+    fcntl.flock(live, fcntl.LOCK_EX)  # as the export writing it would
+    try:
+        export.export(base_dir, tmp_path / "a", parent / "point", alpha=0.5)
+    finally:
+        os.close(live)
+    assert not dirs["stale"].exists() and dirs["live"].is_dir() and dirs["foreign"].is_dir()
+    assert sorted(p.name for p in (parent / "point").iterdir() if p.name.startswith(".")) == []  # no lock left
+
+
+def test_out_never_touches_an_input(base, base_dir, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    before = {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    for out, how in [(tmp_path / "a", "is the --adapter dir"), (tmp_path, "contains the --adapter dir"),
+                     (tmp_path / "a" / "x", "lies inside the --adapter dir"),
+                     (base_dir / "x", "lies inside the --base dir")]:
+        with pytest.raises(RewindError, match=how):
+            export.export(base_dir, tmp_path / "a", out, force=True)
+    assert before == {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+
+
+def test_a_filesystem_without_locks_still_exports(base, base_dir, tmp_path, monkeypatch):
+    """Where flock is refused (some network filesystems), the temp dir has no lock file, so no cleaner takes it."""
+    make_adapter("lora", base, tmp_path / "a")
+    seen = []
+
+    def no_locks(fd, op):
+        seen.extend(p.name for p in (tmp_path / "x").iterdir() if p.name.startswith(".point.tmp-"))
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "x" / "point", alpha=0.5)
+    assert seen and (out / "README.md").is_file() and sorted(p.name for p in (tmp_path / "x").iterdir()) == ["point"]
+    assert not list(out.glob(".rewind*"))

@@ -18,7 +18,7 @@ import torch
 
 from .. import adapters, paths
 from ..errors import RewindError
-from ..export import ExportPlan, plan as export_plan
+from ..export import ExportPlan, check_out, plan as export_plan
 from ..paths import Bound, Schedule
 
 # Module leaf names -> the short types the reports group by; other adapted matrices keep their leaf name.
@@ -44,8 +44,10 @@ class Finetune:
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise RewindError(f"--out {out} is a file, not a dir")
-        # force: a diagnostics dir may already hold other reports; plan writes nothing there.
-        planned = export_plan(self.base, self.adapter, out, self.alpha, self.path, self.schedule, force=True,
+        # force: a diagnostics dir may already hold other reports. Reports only add files, so unlike an export's
+        # --out, a report dir may lie inside the adapter dir: the plan itself has no output (out=None).
+        check_out(out, force=True)
+        planned = export_plan(self.base, self.adapter, None, self.alpha, self.path, self.schedule,
                               init_adapter=self.init_adapter, cayley_scale=self.cayley_scale,
                               allow_extrapolation=self.allow_extrapolation)
         return planned

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import methods, models
+from .. import methods, models, outdir
 from ..errors import RewindError
 from . import checkpoints, data, inits
 from .recipe import load
@@ -26,6 +26,8 @@ def train(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()
         raise RewindError("train: give an out_dir")
     spec = load(recipe, overrides)
     out = Path(out_dir)
+    # A full finetune saves model.safetensors and config.json into out: out = a local base would overwrite it.
+    outdir.check_spares_inputs(out, {"base": Path(str(spec.base)).expanduser() if spec.base else None})
     device = models.pick_device(spec.device)  # a bad device fails before anything is written
     created = not out.exists()
     try:
