@@ -89,8 +89,10 @@ def _path_and_schedule(path: str, layers: str | None):
 @click.option("--device", default="cpu", show_default=True, help="Where tensors are computed while streaming.")
 @click.option("--verify", is_flag=True,
               help="Reload what was written and compare its logits with the in-memory model before publishing it.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Dtype written: merged in fp32, rounded once. auto: the base's (merged), the adapter's (adapter).")
 def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, out, fmt, sweep_dir,
-           force, dry_run, device, verify):
+           force, dry_run, device, verify, dtype):
     """Write the model at one point of a path: merged checkpoint or peft adapter.
 
     With no --adapter, exports from the last sweep: its selected Pareto-best point, or --alpha on its path.
@@ -104,7 +106,7 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
             sweep_dir, base, path, layers, cayley_scale if given else None, alpha)
     path, schedule = _path_and_schedule(path, layers)
     plan = exporter.plan(base, adapter, out, 1.0 if alpha is None else alpha, path, schedule, fmt, force,
-                         init_adapter, cayley_scale, allow_extrapolation, sweep_dir)
+                         init_adapter, cayley_scale, allow_extrapolation, sweep_dir, dtype)
     click.echo(plan.summary())
     if dry_run:
         return

@@ -4,11 +4,15 @@ Planning (which files, which tensors change, with what alpha) is separate from w
 plan. Writing streams tensor by tensor, shard by shard (peak memory: one shard plus the adapter), into a temporary
 dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at `out`
 (outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
+
+Every tensor rewind computes or converts is checked finite as it is written. `dtype` (--dtype) writes the point in
+another dtype: merged in fp32 and rounded once.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import shutil
@@ -47,10 +51,12 @@ class ExportPlan:
     num_layers: int = 0
     init_adapter: Path | None = None
     allow_extrapolation: bool = False
+    dtype: torch.dtype | None = None  # written dtype (--dtype); None: the base's (merged) or the adapter's own
     verified: float | None = None  # after write(verify=True): max |logit difference| reloaded vs in memory
 
     def summary(self) -> str:
-        lines = [f"export {self.fmt} {self.point.describe()} -> {self.out}",
+        dtype = f" as {str(self.dtype).removeprefix('torch.')}" if self.dtype is not None else ""
+        lines = [f"export {self.fmt} {self.point.describe()}{dtype} -> {self.out}",
                  f"  base     {self.base} ({self.base_dir})",
                  f"  adapter  {self.adapter} [{self.update.method.name}, sha256 {self.update.sha256[:12]}]",
                  f"  tensors  {len(self.alphas)} updated"]
@@ -131,13 +137,15 @@ def check_out(out: Path, force: bool) -> None:
 
 def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: paths.Schedule | None = None,
          fmt: str = MERGED, force: bool = False, init_adapter=None, cayley_scale: str = "linear",
-         allow_extrapolation: bool = False, sweep_dir=None) -> ExportPlan:
+         allow_extrapolation: bool = False, sweep_dir=None, dtype: str | None = None) -> ExportPlan:
     """Check every input and decide every tensor's alpha; touches nothing on disk.
 
     `out` None: a plan that is never written (diagnostics), so no check of an output. `sweep_dir`: the sweep the
-    inputs came from (`--from`), which `out` must spare like the other inputs."""
+    inputs came from (`--from`), which `out` must spare like the other inputs. `dtype`: bf16, fp16, fp32 or
+    None/auto (the base's dtype for a merged checkpoint, the adapter's own for an adapter)."""
     if fmt not in (MERGED, ADAPTER):
         raise RewindError(f"--format {fmt}: choose {MERGED} or {ADAPTER}")
+    torch_dtype = None if dtype in (None, "auto") else models.torch_dtype(dtype)
     base_dir = models.local_dir(base)
     if out is not None:
         out = Path(out)
@@ -159,7 +167,8 @@ def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: p
     names = list(update.deltas)
     alphas = dict(zip(names, tensor_alphas(names, point, num_layers, strengths, allow_extrapolation)))
     result = ExportPlan(models.hub_id(base), base_dir, Path(adapter), update, point, fmt, out, alphas,
-                        shards, num_layers, Path(init_adapter) if init_adapter else None, allow_extrapolation)
+                        shards, num_layers, Path(init_adapter) if init_adapter else None, allow_extrapolation,
+                        torch_dtype)
     if fmt == ADAPTER:
         _check_adapter_format(result)
     return result
@@ -280,8 +289,12 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
 
     from .engine import attach
 
+    # The in-memory reference in the written dtype (a merged --dtype export); an adapter leaves the base as it is.
+    base_dtype = p.dtype if p.fmt == MERGED and p.dtype is not None else "auto"
+
     def fresh_base():
-        return AutoModelForCausalLM.from_pretrained(p.base_dir, dtype="auto", use_safetensors=True).to(device).eval()
+        return AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=base_dtype, use_safetensors=True).to(
+            device).eval()
 
     def run(model) -> torch.Tensor:
         with torch.no_grad():
@@ -295,6 +308,8 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
 
         reloaded = PeftModel.from_pretrained(fresh_base(), written).merge_and_unload().eval()
     dtype = next(reloaded.parameters()).dtype
+    if p.dtype is not None and VERIFY_TOLERANCE.get(p.dtype, 0) > VERIFY_TOLERANCE.get(dtype, 0):
+        dtype = p.dtype  # an adapter written in a coarser dtype than the model it serves
     got = run(reloaded)
     del reloaded
     rw = attach(fresh_base(), p.adapter, p.point.path, p.init_adapter, p.point.cayley_scale)
@@ -312,17 +327,16 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
 
 def export(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule=None, fmt: str = MERGED,
            force: bool = False, init_adapter=None, cayley_scale: str = "linear", allow_extrapolation: bool = False,
-           device: str = "cpu", verify: bool = False) -> Path:
+           device: str = "cpu", verify: bool = False, dtype: str | None = None) -> Path:
     """Plan and write in one call (the notebook form of `rewind export`)."""
     return write(plan(base, adapter, out, alpha, path, schedule, fmt, force, init_adapter, cayley_scale,
-                      allow_extrapolation), device, verify)
+                      allow_extrapolation, dtype=dtype), device, verify)
 
 
 def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    path_cls = paths.resolve(p.point.path, p.update.natural_path)
     checksums = {}
     # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
     with tqdm(total=sum(len(_keys(s)) for s in p.shards), desc="export", unit="tensor", leave=False) as bar:
@@ -331,17 +345,12 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
             with safe_open(shard, "pt") as f:
                 for name in f.keys():
                     if name in p.alphas:
-                        # Through a mapping of its own, unmapped once W is computed: read through `f`, W0's pages
-                        # would stay resident until the shard is saved, next to W (peak: shard + updated part).
-                        with safe_open(shard, "pt") as one:
-                            w0 = one.get_tensor(name).to(device)
-                        out = torch.empty_like(w0)
-                        path_cls([Bound(name, p.update.deltas[name], w0, out)],
-                                 cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
-                        w0 = out.cpu()
+                        w = _moved(p, shard, name, device)
                     else:
-                        w0 = f.get_tensor(name)  # untouched: its pages are read once, by save_file
-                    tensors[name] = w0.contiguous()
+                        w = f.get_tensor(name)  # untouched: its pages are read once, by save_file
+                        if p.dtype is not None and w.is_floating_point() and w.dtype != p.dtype:
+                            w = _finite(p, name, w.to(p.dtype))
+                    tensors[name] = w.contiguous()
                     bar.update()
             save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
             checksums[shard.name] = adapters.sha256(tmp / shard.name)
@@ -350,7 +359,48 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
         if extra.is_file() and not extra.name.endswith(_NOT_COPIED) and extra.name != "README.md":
             shutil.copy2(extra, tmp / extra.name)
             checksums[extra.name] = adapters.sha256(tmp / extra.name)
+    if p.dtype is not None:
+        _set_config_dtype(tmp / "config.json", p.dtype)
+        checksums["config.json"] = adapters.sha256(tmp / "config.json")
     return checksums
+
+
+def _moved(p: ExportPlan, shard: Path, name: str, device: str) -> torch.Tensor:
+    """W(alpha) of one updated tensor, on the CPU, finite. With --dtype: computed from W0 in fp32, rounded once."""
+    from safetensors import safe_open
+
+    # Through a mapping of its own, unmapped once W is computed: read through the shard's open handle, W0's pages
+    # would stay resident until the shard is saved, next to W (peak: shard + updated part).
+    with safe_open(shard, "pt") as one:
+        w0 = one.get_tensor(name).to(device)
+    if p.dtype is not None:
+        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `out`
+    out = torch.empty(w0.shape, dtype=p.dtype or w0.dtype, device=device)
+    paths.resolve(p.point.path, p.update.natural_path)([Bound(name, p.update.deltas[name], w0, out)],
+                                                       cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
+    return _finite(p, name, out.cpu())
+
+
+def _finite(p: ExportPlan, name: str, t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a RewindError naming it: a NaN/Inf written silently would only show up as a broken model."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        dtype = str(t.dtype).removeprefix("torch.")
+        fix = ("fp16 overflows past 65504: pass --dtype bf16 (same size, fp32's range) or --dtype fp32"
+               if t.dtype == torch.float16 else "the update overflows even there: check the adapter and --alpha")
+        raise RewindError(f"{name}: {bad} non-finite values (Inf/NaN) in {dtype} at {p.point.describe()}; nothing "
+                          f"was written: {fix}")
+    return t
+
+
+def _set_config_dtype(config: Path, dtype: torch.dtype) -> None:
+    """config.json names the dtype the weights are in: `dtype` (transformers >= 4.56) and/or `torch_dtype`."""
+    if not config.is_file():
+        return
+    data = adapters.load_json(config)
+    keys = [k for k in ("dtype", "torch_dtype") if k in data] or ["torch_dtype"]
+    data.update({k: str(dtype).removeprefix("torch.") for k in keys})
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _keys(shard: Path) -> list[str]:
@@ -374,6 +424,8 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     base = BaseTensors(p.shards)
     for key, t in tensors.items():
         name = key[len(prefix):] if key.startswith(prefix) else key
+        if p.dtype is not None and t.is_floating_point():
+            t = t.float()  # scaled in fp32, rounded once to --dtype below
         if name in p.alphas and isinstance(p.update.deltas[name], Replace):  # modules_to_save: interpolate
             tensors_out[key] = torch.lerp(base(name).float(), t.float(), p.alphas[name]).to(t.dtype)
             continue
@@ -395,6 +447,9 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
             rows, cols = torch.triu_indices(rotation.block_size, rotation.block_size, 1)
             t = (rotation.Q[:, rows, cols] * SCALES[p.point.cayley_scale](alpha)).to(t.dtype)
         tensors_out[key] = t.contiguous()
+    for key, t in tensors_out.items():
+        rounded = t.to(p.dtype) if p.dtype is not None and t.is_floating_point() else t
+        tensors_out[key] = _finite(p, key, rounded).contiguous()
     save_file(tensors_out, tmp / adapters.ADAPTER_WEIGHTS, metadata={"format": "pt"})
     checksums = {adapters.ADAPTER_WEIGHTS: adapters.sha256(tmp / adapters.ADAPTER_WEIGHTS)}
     for extra in (adapters.ADAPTER_CONFIG, "rewind_adapter.json"):

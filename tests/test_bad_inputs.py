@@ -82,6 +82,12 @@ def raw_config(text):
     return damage
 
 
+def inflate(a):
+    """Finite in the adapter's fp32, but W0 + dW overflows an fp16 base."""
+    tensors = load_file(a / W)
+    save_file({k: t * 1e7 if "lora_B" in k else t for k, t in tensors.items()}, a / W)
+
+
 def pickle_only(a):
     (a / W).unlink()
     (a / "adapter_model.bin").write_bytes(b"never unpickled")
@@ -355,6 +361,8 @@ CASES = [
          ("sweep.json", "unreadable JSON"), adapter="lora", base="base", setup=sweep_dir("sweep.json")),
     Case("train-out-is-base", ["train", "sft/full", "base={b}", *RECIPE[1:], "--out", "{b}"], ("is the base dir",),
          base="tbase"),
+    Case("fp16-overflow", [*EXPORT_B, "{out}"], ("non-finite", "float16", "--dtype bf16"), adapter="lora",
+         damage=inflate, base="fp16"),
     Case("sweep-out-under-file", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{file}/out")),
          ("--out", "choose another --out")),
     Case("sweep-disk-full", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--alphas", "0.5",
@@ -403,6 +411,7 @@ def world(tmp_path_factory):
     base = tiny_base()
     base.save_pretrained(root / "base")
     base.save_pretrained(root / "sharded", max_shard_size="200KB")
+    tiny_base().half().save_pretrained(root / "fp16")
     make_adapter("lora", base, root / "lora")
     make_adapter("oft", base, root / "oft")
     small = type(base)(type(base.config)(**{**base.config.to_dict(), "hidden_size": 32, "intermediate_size": 64}))

@@ -286,7 +286,76 @@ def test_dry_run_plan_touches_nothing(base, base_dir, tmp_path):
     _assert_nothing_written(tmp_path, tmp_path / "out")
 
 
-# --- issue 13: where export writes ------------------------------------------------------------------------------
+# --- issue 13: what export writes ------------------------------------------------------------------------------
+
+def _written(out) -> dict[str, torch.Tensor]:
+    return {k: v for shard in sorted(out.glob("*.safetensors")) for k, v in load_file(shard).items()}
+
+
+def test_dtype_bf16_is_the_fp32_merge_rounded_once(base, base_dir, tmp_path):
+    make_adapter("lora", base, tmp_path / "a")
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.6, dtype="bf16")
+    rw = _resident(base, tmp_path / "a", 0.6)  # fp32 base, fp32 W(0.6)
+    written = _written(out)
+    assert {t.dtype for t in written.values()} == {torch.bfloat16}
+    for name, w in rw.model.state_dict().items():
+        assert torch.equal(written[name], w.to(torch.bfloat16)), name  # one rounding of the exact fp32 point
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert next(AutoModelForCausalLM.from_pretrained(out, dtype="auto").parameters()).dtype == torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def fp16_base_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fp16")
+    tiny_base().half().save_pretrained(d)
+    return d
+
+
+def _inflated_lora(base, where):
+    """A LoRA finite in its own fp32 whose merge overflows fp16 (|W| > 65504)."""
+    make_adapter("lora", base, where)
+    tensors = load_file(where / "adapter_model.safetensors")
+    save_file({k: t * 1e7 if "lora_B" in k else t for k, t in tensors.items()}, where / "adapter_model.safetensors")
+
+
+def test_non_finite_merge_is_refused_and_fp32_writes_it(base, fp16_base_dir, tmp_path):
+    _inflated_lora(base, tmp_path / "a")
+    refusal = r"model\.layers\.\d+\..*: \d+ non-finite values .* in float16 .*--dtype bf16"
+    with pytest.raises(RewindError, match=refusal):
+        export.export(fp16_base_dir, tmp_path / "a", tmp_path / "out")
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+    out = export.export(fp16_base_dir, tmp_path / "a", tmp_path / "out", dtype="fp32")
+    written = _written(out)
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in written.values())
+    rw = attach(AutoModelForCausalLM.from_pretrained(fp16_base_dir, dtype=torch.float32).eval(), tmp_path / "a")
+    rw.set(1.0)
+    assert max(float(rw.model.get_parameter(n).abs().max()) for n in rw.update.deltas) > 65504  # really overflows
+    for name, w in rw.model.state_dict().items():
+        assert torch.equal(written[name], w), name
+
+
+def test_adapter_format_dtype_rounds_the_fp32_scaling_once(base, base_dir, tmp_path):
+    make_adapter("oft", base, tmp_path / "a")
+    full = export.export(base_dir, tmp_path / "a", tmp_path / "fp32", alpha=0.4, fmt="adapter")
+    half = export.export(base_dir, tmp_path / "a", tmp_path / "bf16", alpha=0.4, fmt="adapter", dtype="bf16")
+    want, got = load_file(full / "adapter_model.safetensors"), load_file(half / "adapter_model.safetensors")
+    assert want.keys() == got.keys()
+    for key, t in want.items():
+        assert got[key].dtype == torch.bfloat16 and torch.equal(got[key], t.to(torch.bfloat16)), key
+    PeftModel.from_pretrained(copy.deepcopy(base), half)  # peft loads it
+
+
+def test_cli_dtype_with_verify(base, base_dir, tmp_path, capsys):
+    from rewind.cli import main
+
+    make_adapter("lora", base, tmp_path / "a")
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--base", str(base_dir), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "out"),
+              "--alpha", "0.5", "--dtype", "fp16", "--verify"])
+    printed = capsys.readouterr().out
+    assert done.value.code == 0 and "as float16" in printed and "verified:" in printed
+    assert {t.dtype for t in _written(tmp_path / "out").values()} == {torch.float16}
+
 
 def test_stale_temp_dirs_go_live_and_foreign_ones_stay(base, base_dir, tmp_path):
     """A killed export's dir (its lock free) goes at the next export there; one whose writer still holds the lock
