@@ -39,8 +39,10 @@ def check_spares_inputs(out, inputs: dict[str, object], flag: str = "--out") -> 
             how = f"lies inside the {name} dir {path}"
         else:
             continue
-        raise RewindError(f"{flag} {out} {how}: rewind never writes over its inputs (not even with --force); "
-                          f"choose an {flag} outside them")
+        raise RewindError(
+            f"{flag} {out} {how}: rewind never writes over its inputs (not even with --force); "
+            f"choose an {flag} outside them"
+        )
 
 
 def check_name(out, flag: str = "--out") -> None:
@@ -51,12 +53,14 @@ def check_name(out, flag: str = "--out") -> None:
     while not os.path.exists(existing):  # False for a name too long too, where Path.exists raises
         existing = existing.parent
     name_max = _pathconf(existing, "PC_NAME_MAX", 255)
-    for part in path.parts[len(existing.parts):]:
+    for part in path.parts[len(existing.parts) :]:
         room = name_max - (_DECORATION if part == path.name else 0)
         if len(os.fsencode(part)) > room:
             short = part if len(part) <= 24 else part[:20] + "..."
-            raise RewindError(f"{flag} {short}: name too long ({len(os.fsencode(part))} bytes; at most {room} "
-                              f"in {existing}): choose a shorter {flag}")
+            raise RewindError(
+                f"{flag} {short}: name too long ({len(os.fsencode(part))} bytes; at most {room} "
+                f"in {existing}): choose a shorter {flag}"
+            )
     if len(os.fsencode(str(path))) + _DECORATION >= _pathconf(existing, "PC_PATH_MAX", 4096):
         raise RewindError(f"{flag}: path too long ({len(os.fsencode(str(path)))} bytes): choose a shorter {flag}")
 
