@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from . import files
 
 
 def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str | None, out: Path,
@@ -48,6 +51,8 @@ def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(out)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    files.write_atomic(out, png.getvalue())  # a full disk leaves the previous plot, not half a PNG
     return out

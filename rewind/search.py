@@ -13,13 +13,12 @@ Validation picks; the test split reports (chosen schedule, best uniform alpha, f
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from . import pareto
+from . import files, pareto
 from .errors import RewindError
 from .sweep import TEST, VALIDATION, PointSpec, Sweep, plan_points
 
@@ -154,7 +153,7 @@ class Search:
             "base": {**rows["base@0"], "test": tests.get("base@0")},
             "selected": summary["selected"]["key"], "history": history,
         }
-        (sweep.out / SEARCH_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        files.write_json(sweep.out / SEARCH_FILE, report)
         return report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import adapters, engine, models, pareto, paths
+from . import adapters, engine, files, models, pareto, paths
 from .errors import RewindError
 
 VALIDATION, TEST = "validation", "test"
@@ -322,7 +322,7 @@ class Sweep:
     def _write_spec(self) -> None:
         record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
                   "method": self.update.method.name, "natural_path": self.update.natural_path}
-        (self.out / SWEEP_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        files.write_json(self.out / SWEEP_FILE, record)
 
     # -- selection and report -------------------------------------------------------------------------------
     def scored(self, points: list[PointSpec], split: str) -> list[dict]:
@@ -361,7 +361,7 @@ class Sweep:
                             "test": tests.get("final@1")},
             "frontier": selection["frontier"], "points": selection["rows"],
         }
-        (self.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        files.write_json(self.out / SUMMARY_FILE, summary)
         pareto_plot(selection["rows"], set(selection["frontier"]), selected_key, self.out / PLOT_FILE,
                     title=f"{summary['method']} on {summary['base']} ({', '.join(self.path_names)})")
         return summary
@@ -407,7 +407,6 @@ def load(out: str | Path = DEFAULT_OUT) -> tuple[dict, dict | None]:
     out = Path(out)
     if not (out / SWEEP_FILE).is_file():
         raise RewindError(f"no sweep in {out} (no {SWEEP_FILE}): run `rewind sweep` first, or pass --adapter")
-    # load_json: a damaged file (a sweep killed mid-write, a full disk) is a one-line error naming it
-    spec = adapters.load_json(out / SWEEP_FILE)
+    spec = files.read_json(out / SWEEP_FILE, "sweep record")
     summary_path = out / SUMMARY_FILE
-    return spec, adapters.load_json(summary_path) if summary_path.is_file() else None
+    return spec, files.read_json(summary_path, "sweep summary") if summary_path.is_file() else None

@@ -134,6 +134,16 @@ def no_tokenizer(b):
         (b / name).unlink(missing_ok=True)
 
 
+def in_out(**texts):
+    """Files (name -> text) in the sweep dir {out} before the command runs."""
+    def setup(case_dir, monkeypatch):
+        out = case_dir / "work" / "out"
+        out.mkdir()
+        for name, text in texts.items():
+            (out / name.replace("_", ".")).write_text(text)
+    return setup
+
+
 def write_yaml(text):
     def setup(case_dir, monkeypatch):
         (case_dir / "recipe.yaml").write_text(text)
@@ -240,6 +250,7 @@ def valid_results(case_dir) -> list[str]:
 
 EXPORT = ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{out}"]
 EXPORT_B = ["export", "--base", "{b}", "--adapter", "{a}", "--out"]  # then the --out
+EXPORT_FROM = ["export", "--from", "{out}", "--alpha", "0.5", "--out", "{tmp}/work/exported"]
 RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
 
 CASES = [
@@ -321,6 +332,13 @@ CASES = [
          ("has 3 alphas; the model has 2",)),
     Case("sweep-path", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--path", "cayley"),
          ("does not apply", "--path auto")),
+    # -- a damaged sweep dir ---------------------------------------------------------------------------------------
+    Case("export-from-empty-sweep-json", EXPORT_FROM, ("sweep.json: unreadable JSON", "the sweep record is damaged"),
+         setup=in_out(sweep_json="")),  # what a full disk left before sweep.json was written atomically
+    Case("export-from-summary-list", EXPORT_FROM, ("summary.json: expected a JSON object, got list",),
+         setup=in_out(sweep_json='{"run": "r", "spec": {}}', summary_json="[]")),
+    Case("search-from-empty-sweep-json", ["search", "--out", "{out}"], ("sweep.json: unreadable JSON",),
+         setup=in_out(sweep_json="")),
     # -- tasks -----------------------------------------------------------------------------------------------------
     Case("unknown-suite", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--target",
                            "no_such_suite"], ("unknown suite 'no_such_suite'", "use one of")),
