@@ -8,6 +8,8 @@ base and the final adapter are then scored on the test split.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import itertools
@@ -114,43 +116,86 @@ def shard(points: list[PointSpec], done: set[tuple[str, str]], rank: int, world:
 
 
 class ResultsLog:
-    """Append-only JSONL; each point's lines go out in one write and are flushed and fsynced."""
+    """Append-only JSONL. A point's lines go out in one locked, fsynced write, each line marked `"part": [i, n]`
+    (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._drop_torn_tail()
+        self._repair()
 
-    def _drop_torn_tail(self) -> None:
-        # A kill during a write can leave a last line without its newline: cut it so the file stays valid JSONL.
-        if not self.path.is_file():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+    def _repair(self) -> None:
+        # A kill during a write can leave a torn last line or the first lines of a point: cut back to the last
+        # whole point, so the rerun appends that point once, after valid JSONL. Truncating needs no free space.
+        if not self.path.is_file() or self._parse(self.path.read_bytes())[1] == self.path.stat().st_size:
+            return  # whole (or absent): no need to open it for writing
+        with open(self.path, "rb+") as f, _locked(f):  # read again under the lock: another rank may append
+            data = f.read()
+            _, end = self._parse(data)
+            if end < len(data):
+                f.truncate(end)
+
+    def _parse(self, data: bytes) -> tuple[list[dict], int]:
+        """(records of whole points, bytes up to the end of the last whole point); a damaged line is an error."""
+        lines = data.split(b"\n")[:-1]  # what follows the last newline is a torn line (or nothing): dropped
+        records, group, offset, end = [], [], 0, 0
+        for number, line in enumerate(lines, 1):
+            offset += len(line) + 1
+            if not line.strip():
+                continue
+            record = self._record(line, number)
+            i, n = record.get("part", (0, 1))  # lines written before parts existed: one point each
+            # The point's next line, or a new point's first (a point cut short inside the file is skipped).
+            group = group + [record] if i == len(group) else [record] if i == 0 else []
+            if group and len(group) == n:
+                records += group
+                group, end = [], offset
+        return records, end
+
+    def _record(self, line: bytes, number: int) -> dict:
+        try:
+            record = json.loads(line)
+            part = record.get("part", (0, 1))
+            if not all(key in record for key in RECORD_KEYS) or not (len(part) == 2 and 0 <= part[0] < part[1]):
+                raise ValueError("not a results record")
+        except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not a results record"
+            raise RewindError(f"{self.path} line {number}: damaged ({why}); delete that line (its point is "
+                              f"evaluated again) or the whole file to start over, then rerun") from None
+        return record
 
     def records(self, run_id: str | None = None) -> list[dict]:
         if not self.path.is_file():
             return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if run_id is None or record.get("run") == run_id:
-                    out.append(record)
-        return out
+        records, _ = self._parse(self.path.read_bytes())
+        return [r for r in records if run_id is None or r.get("run") == run_id]
 
     def append(self, records: list[dict]) -> None:
-        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with open(self.path, "a") as f:
-            size = f.tell()
+        data = "".join(json.dumps({**r, "part": [i, len(records)]}, sort_keys=True) + "\n"
+                       for i, r in enumerate(records)).encode()
+        with open(self.path, "ab", buffering=0) as f, _locked(f):
+            size = f.seek(0, os.SEEK_END)
             try:
-                f.write(text)
-                f.flush()
+                view = memoryview(data)
+                while view:  # one write() unless the disk fills up
+                    view = view[f.write(view):]
                 os.fsync(f.fileno())
             except OSError as exc:  # e.g. disk full: drop the partial point, keep every finished one
                 f.truncate(size)
                 raise RewindError(f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
                                   f"same command (finished points are kept)") from exc
+
+
+RECORD_KEYS = ("run", "point", "path", "alpha", "split", "role", "suite", "task", "score")
+
+
+@contextlib.contextmanager
+def _locked(f):
+    """Ranks of a multi-GPU sweep share results.jsonl: a repair must not cut a point another rank is appending."""
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+        yield f
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def point_scores(records: list[dict], target: list[str], general: list[str]) -> tuple[float, float]:
@@ -281,13 +326,13 @@ class Sweep:
         return records
 
     def open(self) -> None:
-        """Everything before the first point: load the model, bind the paths, open results.jsonl."""
+        """Everything before the first point: check results.jsonl, load the model, bind the paths."""
+        self.log = ResultsLog(self.out / RESULTS_FILE)  # a damaged log fails before the model loads
         self._load()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RewindError(f"--out {self.out}: cannot create ({exc.strerror}); choose another --out") from exc
-        self.log = ResultsLog(self.out / RESULTS_FILE)
         self._write_spec()
 
     def run(self, progress: bool = True) -> dict:

@@ -134,6 +134,10 @@ def no_tokenizer(b):
         (b / name).unlink(missing_ok=True)
 
 
+RECORD = json.dumps({"run": "r", "point": "base@0", "path": "base", "alpha": 0.0, "split": "validation",
+                     "role": "target", "suite": "s", "task": "t", "score": 0.0, "part": [0, 1]})
+
+
 def in_out(**texts):
     """Files (name -> text) in the sweep dir {out} before the command runs."""
     def setup(case_dir, monkeypatch):
@@ -250,7 +254,15 @@ def valid_results(case_dir) -> list[str]:
 
 EXPORT = ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{out}"]
 EXPORT_B = ["export", "--base", "{b}", "--adapter", "{a}", "--out"]  # then the --out
+
+
+def sweep_argv(*extra, limit: int = 2) -> list[str]:
+    """`rewind sweep` of the tiny chat base's LoRA into {out}, `extra` flags last (a repeated flag wins)."""
+    return tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), *extra, limit=limit)
+
+
 EXPORT_FROM = ["export", "--from", "{out}", "--alpha", "0.5", "--out", "{tmp}/work/exported"]
+SWEEP_DIR = sweep_argv("--alphas", "0.5")  # resumes {out}
 RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
 
 CASES = [
@@ -333,6 +345,12 @@ CASES = [
     Case("sweep-path", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--path", "cayley"),
          ("does not apply", "--path auto")),
     # -- a damaged sweep dir ---------------------------------------------------------------------------------------
+    Case("results-garbage-line", SWEEP_DIR, ("results.jsonl line 2: damaged", "delete that line"),
+         setup=in_out(results_jsonl=f"{RECORD}\ngarbage\n{RECORD}\n")),
+    Case("results-cut-line", SWEEP_DIR, ("results.jsonl line 1: damaged",),
+         setup=in_out(results_jsonl=f"{RECORD[:40]}\n{RECORD}\n")),
+    Case("results-not-a-record", SWEEP_DIR, ("results.jsonl line 2: damaged (not a results record)",),
+         setup=in_out(results_jsonl=f"{RECORD}\n[1, 2]\n")),
     Case("export-from-empty-sweep-json", EXPORT_FROM, ("sweep.json: unreadable JSON", "the sweep record is damaged"),
          setup=in_out(sweep_json="")),  # what a full disk left before sweep.json was written atomically
     Case("export-from-summary-list", EXPORT_FROM, ("summary.json: expected a JSON object, got list",),
@@ -524,3 +542,66 @@ def test_debug_shows_the_traceback(world, tmp_path, capsys):
 def test_matrix_covers_every_command():
     commands = {c.argv[0] for c in CASES}
     assert {"train", "sweep", "export", "inspect"} <= commands and len(CASES) >= 20
+
+
+# --- a real full disk ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB filesystem (a tmpfs: needs root), so the disk-full errors are the kernel's, not a mock's."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def fill(disk: Path, free_blocks: int) -> None:
+    """Fill `disk` up, then free `free_blocks` blocks (tmpfs allocates whole pages)."""
+    filler, block = disk / "filler", os.statvfs(disk).f_bsize
+    with open(filler, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * block)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    os.truncate(filler, max(0, filler.stat().st_size - free_blocks * block))
+
+
+def damaged_files(out: Path) -> list[str]:
+    """Every JSON file whole, results.jsonl valid JSONL, no temp file left behind."""
+    found = [p.name for p in out.iterdir() if ".tmp-" in p.name] if out.is_dir() else []
+    for name in ("sweep.json", "summary.json", "search.json"):
+        try:
+            json.loads((out / name).read_text()) if (out / name).exists() else None
+        except json.JSONDecodeError:
+            found.append(f"{name} ({(out / name).stat().st_size} bytes)")
+    return found + valid_results(out.parent.parent)  # out is <disk>/work/out
+
+
+def test_sweep_on_a_full_disk_fails_cleanly_and_resumes(world, small_disk, capsys):
+    """Each rerun gets one more free block than its files take: the failure moves on from sweep.json through the
+    results to the plot, each a one-line error naming the file, every file whole; with space the sweep finishes."""
+    out = small_disk / "work" / "out"
+    argv = tinysweep.sweep_args(world / "tbase", world / "tlora", out, "--alphas", "0,1", limit=1)
+    named = []
+    for free in (0, 1, 1, 1, 1, 1):
+        fill(small_disk, free)
+        code, err = _run(argv, capsys)
+        ours = [line for line in err.splitlines() if line.startswith("rewind:")]  # lm-eval's chatter may pass
+        assert code == 2 and len(ours) == 1 and "Traceback" not in err, err
+        assert ours[0].startswith("rewind: error: ") and "No space left on device" in ours[0], ours
+        assert "rerun the same command" in ours[0] and not damaged_files(out), (ours, damaged_files(out))
+        named.append(next(n for n in ("sweep.json", "results.jsonl", "summary.json", "pareto.png") if n in err))
+        if free == 0:
+            assert named == ["sweep.json"] and not (out / "sweep.json").exists()  # not a 0-byte one
+        (small_disk / "filler").unlink()
+        if named[-1] == "pareto.png":
+            break
+    assert "results.jsonl" in named and named[-1] == "pareto.png", named
+    code, err = _run(argv, capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records}) == 8  # nothing twice
+    assert json.loads((out / "summary.json").read_text())["selected"]["test"] is not None

@@ -20,7 +20,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import tinysweep
-from rewind import export, outdir
+from rewind import export, outdir, sweep
 from tiny import logits, make_adapter, tiny_base
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -54,8 +54,12 @@ def _kill9(proc: subprocess.Popen) -> None:
 
 
 def _complete_lines(path: Path) -> list[str]:
+    """The lines of whole points (a point's lines carry "part": [i, n]); a kill may leave a point's first lines."""
     text = path.read_text() if path.is_file() else ""
-    return text.splitlines(keepends=True)[: text.count("\n")]
+    lines = text.splitlines(keepends=True)[: text.count("\n")]
+    parts = [json.loads(line)["part"] for line in lines]
+    ends = [i + 1 for i, (k, n) in enumerate(parts) if k == n - 1]  # after each point's last line
+    return lines[: ends[-1]] if ends else []
 
 
 def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path):
@@ -87,6 +91,47 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path):
     assert validation == {"base@0", "final@1", "linear@0.2", "linear@0.4", "linear@0.6", "linear@0.8"}
     assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records})  # no duplicates
     assert json.loads((out / "summary.json").read_text())["selected"]["key"] in validation
+
+
+def test_sweep_resumes_over_a_point_cut_after_its_first_line(tmp_path):
+    """A kill inside a point's write can leave its first line whole and the next one cut: the rerun drops the
+    whole point and evaluates it once more, so no line is there twice."""
+    base, adapter = tinysweep.make(tmp_path)
+    out = tmp_path / "sweep"
+    spec = sweep.SweepSpec(adapter=str(adapter), base=str(base), alphas=[0, 1], target=[tinysweep.TARGET],
+                           general=[tinysweep.GENERAL], limit=1, dtype="fp32", device="cpu")
+    sweep.Sweep(spec, out).run(progress=False)
+    results = out / "results.jsonl"
+    lines = results.read_text().splitlines(keepends=True)
+    assert [json.loads(line)["part"] for line in lines[:4]] == [[0, 2], [1, 2], [0, 2], [1, 2]]
+    results.write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])  # final@1 cut in its second line
+    (out / "summary.json").unlink()
+
+    sweep.Sweep(spec, out).run(progress=False)
+    after = results.read_text().splitlines(keepends=True)
+    assert after[:2] == lines[:2]  # the whole point before it is kept as it was
+    records = [json.loads(line) for line in after]
+    assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records}) == len(lines)
+    final = [r for r in records if (r["point"], r["split"]) == ("final@1", "validation")]
+    assert [r["part"] for r in final] == [[0, 2], [1, 2]]  # evaluated again, whole
+
+
+def test_results_log_reads_whole_points_only(tmp_path):
+    def line(point, i, n):
+        return json.dumps({"run": "r", "point": point, "path": "p", "alpha": 0, "split": "validation", "role": "t",
+                           "suite": "s", "task": f"t{i}", "score": 0, "part": [i, n]}) + "\n"
+
+    old = json.dumps({"run": "r", "point": "old", "path": "p", "alpha": 0, "split": "validation", "role": "t",
+                      "suite": "s", "task": "t", "score": 0}) + "\n"  # written before lines had parts
+    path = tmp_path / "results.jsonl"
+    whole = old + line("a", 0, 2) + line("a", 1, 2)
+    path.write_text(whole + line("b", 0, 2) + line("c", 0, 1) + line("d", 0, 3) + line("d", 1, 3) + '{"ru')
+    log = sweep.ResultsLog(path)  # opening repairs the tail: from d's first line on
+    assert path.read_text() == whole + line("b", 0, 2) + line("c", 0, 1)
+    assert [r["point"] for r in log.records()] == ["old", "a", "a", "c"]  # b is cut inside the file: skipped
+    log.append([{"run": "r", "point": "e", "path": "p", "alpha": 0, "split": "validation", "role": "t",
+                 "suite": "s", "task": "t", "score": 0}])
+    assert [r["point"] for r in log.records("r")] == ["old", "a", "a", "c", "e"]
 
 
 SLOW_EXPORT = """
