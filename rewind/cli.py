@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import traceback
@@ -23,6 +24,21 @@ def _offline_defaults(online: bool) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _Finite(click.FloatRange):
+    """A float option that must be a finite number (click's FLOAT takes nan and inf), optionally in a range."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:  # click would show "x<=None" for an unbounded one
+        return super()._describe_range() if (self.min, self.max) != (None, None) else ""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -151,20 +167,22 @@ def sweep_options(f):
                      help="Target suite(s): math-offline, med-offline, code-offline, math, med, or any lm-eval task name."),
         click.option("--general", multiple=True, default=["general-offline"], show_default=True,
                      help="General suite(s): general-offline, general, or any lm-eval task name."),
-        click.option("--limit", type=int, default=None, help="At most N items per task and split (quick runs)."),
+        click.option("--limit", type=click.IntRange(min=1), default=None,
+                     help="At most N items per task and split (quick runs)."),
         click.option("--checkpoints", default=None,
                      help="Glob of a training run's checkpoint dirs: one more path, 'train'."),
         click.option("--pass-k", default=None,
                      help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks."),
-        click.option("--tolerance", type=float, default=1.0, show_default=True,
+        click.option("--tolerance", type=_Finite(), default=1.0, show_default=True,
                      help="max-target-within: general may drop this many points below the base."),
-        click.option("--weight", type=float, default=0.5, show_default=True,
+        click.option("--weight", type=_Finite(0, 1), default=0.5, show_default=True,
                      help="weighted: weight of the target score."),
         click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
         click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
         click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
                      show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU."),
-        click.option("--batch-size", default=None, help="lm-eval batch size (default: auto on GPU, 8 on CPU)."),
+        click.option("--batch-size", callback=_batch_size, default=None,
+                     help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU)."),
     ]):
         f = option(f)
     return f
@@ -185,12 +203,15 @@ def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_e
         adapter=adapter, base=base, paths=paths, alphas=_floats(alphas, "--alphas"), target=list(target),
         general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
         checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
-        batch_size=_batch_size(batch_size), allow_extrapolation=allow_extrapolation,
-        pass_k=[int(k) for k in _floats(pass_k or "", "--pass-k")])
+        batch_size=batch_size, allow_extrapolation=allow_extrapolation, pass_k=_counts(pass_k or "", "--pass-k"))
 
 
-def _batch_size(text):
-    return int(text) if text and text.isdigit() else text
+def _batch_size(ctx, param, text):
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise click.BadParameter(f"{text!r}: give a positive number or auto", ctx, param)
+    return int(text)
 
 
 @cli.command()
@@ -221,9 +242,11 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
               help="What the search maximises on validation (the sweep's selection rule; also picks the export).")
 @click.option("--groups", default="4", show_default=True,
               help="Contiguous layer groups with one alpha each: a number, or 'layer' for one per layer.")
-@click.option("--budget", type=int, default=24, show_default=True, help="New validation evaluations at most.")
-@click.option("--step", type=float, default=0.2, show_default=True, help="First alpha move of a group.")
-@click.option("--min-step", type=float, default=0.05, show_default=True,
+@click.option("--budget", type=click.IntRange(min=1), default=24, show_default=True,
+              help="New validation evaluations at most.")
+@click.option("--step", type=_Finite(0, 1, min_open=True), default=0.2, show_default=True,
+              help="First alpha move of a group.")
+@click.option("--min-step", type=_Finite(0, 1, min_open=True), default=0.05, show_default=True,
               help="Smallest move; alphas lie on its grid.")
 def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
            limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, groups, budget, step,
@@ -246,7 +269,7 @@ def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
         record, _ = sweeper.load(out)
         spec = sweeper.SweepSpec(**record["spec"])
         spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
-        spec.batch_size = _batch_size(batch_size) or spec.batch_size
+        spec.batch_size = batch_size or spec.batch_size
     search_path = next((p for p in path if p not in ("auto", "layerwise")), None)
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
     report = searcher.Search(sweeper.Sweep(spec, out), plan).run()
@@ -262,6 +285,13 @@ def _floats(text: str, flag: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise RewindError(f"{flag} {text!r}: give comma-separated numbers") from None
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not all(v.isdigit() and int(v) >= 1 for v in values):
+        raise RewindError(f"{flag} {text!r}: give comma-separated whole numbers, each at least 1")
+    return [int(v) for v in values]
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -341,9 +371,10 @@ def _diagnose_options(f):
 def _probe_options(f):
     f = click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
                      show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU.")(f)
-    f = click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per item.")(f)
-    f = click.option("--batch-size", type=int, default=8, show_default=True)(f)
-    f = click.option("--limit", type=int, default=32, show_default=True,
+    f = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
+                     help="Tokens per item.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)(f)
+    f = click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True,
                      help="Items per data set, round-robin over the suite's tasks.")(f)
     f = click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)(f)
     f = click.option("--target", default="math-offline", show_default=True,
@@ -413,7 +444,8 @@ def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_
 @_probe_options
 @click.option("--probe-layers", default=None,
               help="Comma list of layer indices for --modules types (default: 4 evenly spaced, first and last).")
-@click.option("--max-tokens", type=int, default=4096, show_default=True, help="Tokens kept per module and data set.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Tokens kept per module and data set.")
 def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
                          out, device, data, target, split, limit, batch_size, max_length, dtype, probe_layers,
                          max_tokens):

@@ -92,6 +92,9 @@ class Search:
             raise RewindError(f"--budget {spec.budget}: give at least 1 evaluation")
         if not 0 < spec.min_step <= spec.step <= 1:
             raise RewindError("--step must lie in (0, 1] and be at least --min-step")
+        if str(spec.groups) != "layer" and not (str(spec.groups).isdigit() and int(spec.groups) >= 1):
+            # the model's layer count bounds it from above once loaded (layer_groups)
+            raise RewindError(f"--groups {spec.groups}: give a number of layer groups (at least 1) or 'layer'")
         self.sweep, self.spec = sweep, spec
 
     def run(self, progress: bool = True) -> dict:

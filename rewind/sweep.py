@@ -14,6 +14,7 @@ import glob
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -68,6 +69,17 @@ class SweepSpec:
                  "cayley_scale": self.cayley_scale, "dtype": self.dtype, "pass_k": sorted(self.pass_k),
                  "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check(spec: SweepSpec) -> None:
+    """What the spec alone shows to be wrong, before anything loads (the CLI's types check most of it too)."""
+    if not spec.alphas or not all(math.isfinite(a) for a in spec.alphas) or (
+            any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
+        raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
+    if spec.limit is not None and spec.limit < 1:
+        raise RewindError(f"--limit {spec.limit}: give at least 1 item per task")
+    if any(k < 1 for k in spec.pass_k):
+        raise RewindError(f"--pass-k {','.join(map(str, spec.pass_k))}: k must be at least 1")
 
 
 def _step(path: Path) -> int:
@@ -226,9 +238,8 @@ class Sweep:
         from .evaluate import harness
 
         self.spec, self.out = spec, Path(out)
+        _check(spec)
         spec.dtype = models.resolve_dtype(spec.dtype, spec.device)  # the run id records what actually ran
-        if not spec.alphas or (any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
-            raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
         self.suites = harness.resolve_suites(spec.target + spec.general)  # unknown names fail before any loading
         self.schedule = paths.Schedule.parse(spec.layers)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

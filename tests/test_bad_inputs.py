@@ -262,6 +262,8 @@ def sweep_argv(*extra, limit: int = 2) -> list[str]:
 
 
 EXPORT_FROM = ["export", "--from", "{out}", "--alpha", "0.5", "--out", "{tmp}/work/exported"]
+SEARCH = ["search", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--target", tinysweep.TARGET,
+          "--general", tinysweep.GENERAL, "--device", "cpu", "--dtype", "fp32"]
 SWEEP_DIR = sweep_argv("--alphas", "0.5")  # resumes {out}
 RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
 
@@ -344,6 +346,21 @@ CASES = [
          ("has 3 alphas; the model has 2",)),
     Case("sweep-path", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--path", "cayley"),
          ("does not apply", "--path auto")),
+    # -- numbers: checked by click before anything loads -------------------------------------------------------------
+    Case("sweep-limit-zero", sweep_argv(limit=0), ("--limit", "0 is not in the range x>=1")),
+    Case("sweep-limit-negative", sweep_argv(limit=-3), ("--limit", "-3 is not in the range x>=1")),
+    Case("sweep-batch-size", sweep_argv("--batch-size", "0"), ("--batch-size", "a positive number or auto")),
+    Case("sweep-weight", sweep_argv("--weight", "1.5"), ("--weight", "1.5 is not in the range 0<=x<=1")),
+    Case("sweep-tolerance-nan", sweep_argv("--tolerance", "nan"), ("--tolerance", "not a finite number")),
+    Case("sweep-pass-k", sweep_argv("--pass-k", "1,0"), ("--pass-k '1,0'", "at least 1")),
+    Case("sweep-alphas-nan", sweep_argv("--alphas", "0,nan", "--allow-extrapolation"),
+         ("--alphas must lie in [0, 1]",)),
+    Case("search-limit-zero", [*SEARCH, "--limit", "0"], ("--limit", "0 is not in the range x>=1")),
+    Case("search-budget-zero", [*SEARCH, "--budget", "0"], ("--budget", "0 is not in the range x>=1")),
+    Case("search-step-zero", [*SEARCH, "--step", "0"], ("--step", "0.0 is not in the range 0<x<=1")),
+    Case("search-groups-zero", [*SEARCH, "--groups", "0"], ("--groups 0", "at least 1")),  # not after the sweep
+    Case("diagnose-limit-zero", ["diagnose", "csd", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}",
+                                 "--limit", "0"], ("--limit", "0 is not in the range x>=1")),
     # -- a damaged sweep dir ---------------------------------------------------------------------------------------
     Case("results-garbage-line", SWEEP_DIR, ("results.jsonl line 2: damaged", "delete that line"),
          setup=in_out(results_jsonl=f"{RECORD}\ngarbage\n{RECORD}\n")),
