@@ -114,7 +114,9 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     With no --adapter, exports from the last sweep: its selected Pareto-best point, or --alpha on its path.
     """
     from . import export as exporter
+    from . import models
 
+    models.pick_device(device)  # an unusable --device fails before the plan is printed
     if adapter is None or sweep_dir is not None:
         sweep_dir = sweep_dir or DEFAULT_SWEEP
         given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT

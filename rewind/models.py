@@ -93,6 +93,15 @@ def resolve(base: str | os.PathLike | None) -> str:
     raise RewindError(f"--base {base}: not a dir, hub id or alias ({', '.join(ALIASES)})")
 
 
+ONLINE_HINT = "rewind runs offline unless told: pass --online (rewind --online COMMAND ...) to download it"
+
+
+def offline() -> bool:
+    """Whether hub downloads are off (rewind's default: the CLI sets these unless --online)."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def local_dir(base: str | os.PathLike | None) -> Path:
     """The base's files on disk (hub ids go through the HF cache), for streaming export."""
     where = resolve(base)
@@ -105,7 +114,7 @@ def local_dir(base: str | os.PathLike | None) -> Path:
                                                              "*.jinja", "tokenizer*"]))
     except Exception as exc:  # broad: hub errors come in many types; the message is what matters
         raise RewindError(f"--base {where}: cannot fetch from the hub ({type(exc).__name__}); "
-                          f"download it or pass a local dir") from exc
+                          f"{ONLINE_HINT if offline() else 'download it'} or pass a local dir") from exc
 
 
 def pick_device(device: str | None = None) -> str:
@@ -123,7 +132,22 @@ def pick_device(device: str | None = None) -> str:
     if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= \
             torch.cuda.device_count():
         raise RewindError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if kind not in ("cpu", "cuda") and not _allocates(device):
+        raise RewindError(f"--device {device}: this torch build cannot use {kind} devices; use --device cpu or cuda")
     return device
+
+
+def _allocates(device: str) -> bool:
+    """Whether `device` holds tensors here (torch names mps, xpu, ... whether or not it was built with them)."""
+    import torch
+
+    if torch.device(device).type == "meta":  # allocates, but holds no values
+        return False
+    try:
+        torch.empty(1, device=device)
+    except Exception:  # broad: each backend fails its own way (RuntimeError, AssertionError, ...)
+        return False
+    return True
 
 
 def resolve_dtype(dtype: str, device: str | None = None) -> str:
@@ -159,6 +183,8 @@ def load_base(base: str | os.PathLike | None = None, device: str | None = None, 
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype, device), use_safetensors=True)
     except (OSError, ValueError) as exc:
         hint = " (rewind loads safetensors weights only)" if "safetensors" in str(exc) else ""
+        if not Path(where).is_dir() and offline():
+            hint += f"; {ONLINE_HINT}"
         raise RewindError(f"--base {where}: cannot load ({str(exc).strip().splitlines()[0]}){hint}") from exc
     model.to(device).eval()
     if tokenizer.pad_token is None:

@@ -73,6 +73,7 @@ class SweepSpec:
 
 def _check(spec: SweepSpec) -> None:
     """What the spec alone shows to be wrong, before anything loads (the CLI's types check most of it too)."""
+    models.pick_device(spec.device)
     if not spec.alphas or not all(math.isfinite(a) for a in spec.alphas) or (
             any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
         raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")

@@ -265,6 +265,7 @@ EXPORT_FROM = ["export", "--from", "{out}", "--alpha", "0.5", "--out", "{tmp}/wo
 SEARCH = ["search", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--target", tinysweep.TARGET,
           "--general", tinysweep.GENERAL, "--device", "cpu", "--dtype", "fp32"]
 SWEEP_DIR = sweep_argv("--alphas", "0.5")  # resumes {out}
+HUB_ONLY = "rewind-tests/not-in-any-cache"  # a hub id: offline, never found
 RECIPE = ["base={tbase}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=4"]
 
 CASES = [
@@ -377,6 +378,11 @@ CASES = [
     # -- tasks -----------------------------------------------------------------------------------------------------
     Case("unknown-suite", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--target",
                            "no_such_suite"], ("unknown suite 'no_such_suite'", "use one of")),
+    Case("hub-task-offline", sweep_argv("--general", "hellaswag"), ("task hellaswag", "pass --online")),
+    Case("hub-base-offline", tinysweep.sweep_args(Path(HUB_ONLY), Path("{tlora}"), Path("{out}")),
+         (f"--base {HUB_ONLY}", "pass --online")),
+    Case("export-hub-base-offline", ["export", "--base", HUB_ONLY, "--adapter", "{a}", "--out", "{out}"],
+         (f"--base {HUB_ONLY}", "pass --online"), adapter="lora"),
     Case("task-data-missing", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}")),
          ("math_basic_arithmetic",), setup=task_data_missing),
     # -- where the output goes -------------------------------------------------------------------------------------
@@ -432,6 +438,9 @@ CASES = [
     Case("sweep-cuda", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--device", "cuda",
                         "--limit", "1", "--target", tinysweep.TARGET, "--general", tinysweep.GENERAL],
          ("no CUDA GPU", "--device cpu"), setup=cuda_missing),
+    Case("sweep-mps", sweep_argv("--device", "mps"),
+         ("--device mps", "cannot use mps devices", "--device cpu")),
+    Case("export-mps", [*EXPORT, "--device", "mps"], ("--device mps", "cannot use mps devices"), adapter="lora"),
     Case("sweep-cuda-bf16", ["sweep", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}", "--device",
                              "cuda", "--dtype", "bf16", "--target", tinysweep.TARGET, "--general", tinysweep.GENERAL],
          ("no CUDA GPU", "--device cpu"), setup=cuda_missing),

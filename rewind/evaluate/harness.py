@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import models
 from ..errors import RewindError
 from .suites import NLTK_DIR, SPLITS, TASKS_DIR
 
@@ -195,6 +196,10 @@ class Evaluator:
         except FileNotFoundError as exc:  # a bundled data file is gone: the install is damaged
             raise RewindError(f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
                               f"python -m rewind.evaluate.suites.build") from exc
+        except ConnectionError as exc:  # lm-eval's own tasks fetch their data from the hub (datasets raises this)
+            raise RewindError(f"task {task}: its data is not in the local HF cache; " + (
+                models.ONLINE_HINT if models.offline() else f"the hub is unreachable ({exc}); check the network "
+                "or use a bundled suite (math-offline, general-offline, ...)")) from exc
         chat = False
         for leaf in loaded["tasks"].values():
             # What simple_evaluate does to each task before it evaluates.
