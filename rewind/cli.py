@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -13,6 +14,7 @@ from click.core import ParameterSource
 
 from . import __version__
 from .errors import RewindError
+from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .sweep import DEFAULT_ALPHAS, DEFAULT_OUT as DEFAULT_SWEEP
 
 _PATH_CHOICES = ["auto", "linear", "cayley", "dora", "dense", "layerwise"]
@@ -41,6 +43,21 @@ class _Finite(click.FloatRange):
         return super()._describe_range() if (self.min, self.max) != (None, None) else ""
 
 
+class _Notes(logging.Handler):
+    """The library's notes (logger "rewind", INFO and up) as one `rewind: note: ...` line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"rewind: note: {record.getMessage()}", err=True)
+
+
+def _show_notes() -> None:
+    logger = logging.getLogger("rewind")
+    if not any(isinstance(h, _Notes) for h in logger.handlers):
+        logger.addHandler(_Notes())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="rewind")
 @click.option("--online", is_flag=True, envvar="REWIND_ONLINE",
@@ -50,6 +67,7 @@ class _Finite(click.FloatRange):
 def cli(ctx, online, debug):
     """Rewind PEFT finetunes along parameterization-aware paths, evaluate, and export the best point."""
     _offline_defaults(online)
+    _show_notes()
     if not debug:  # libraries' deprecation chatter is not the user's problem
         warnings.simplefilter("ignore", FutureWarning)
     ctx.obj = {"debug": debug}
@@ -185,13 +203,17 @@ def sweep_options(f):
                      show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU."),
         click.option("--batch-size", callback=_batch_size, default=None,
                      help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU)."),
+        click.option("--chat-template", type=click.Choice(CHAT_TEMPLATE_MODES), default="auto", show_default=True,
+                     help="Chat-format the prompts of tasks that ask for it. auto: when the base's tokenizer has a "
+                          "chat template (a plain pretrained base has none: plain prompts, with a note)."),
     ]):
         f = option(f)
     return f
 
 
 def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size):
+                general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size,
+                chat_template):
     from . import sweep as sweeper
 
     if adapter is None:
@@ -205,7 +227,8 @@ def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_e
         adapter=adapter, base=base, paths=paths, alphas=_floats(alphas, "--alphas"), target=list(target),
         general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
         checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
-        batch_size=batch_size, allow_extrapolation=allow_extrapolation, pass_k=_counts(pass_k or "", "--pass-k"))
+        batch_size=batch_size, allow_extrapolation=allow_extrapolation, pass_k=_counts(pass_k or "", "--pass-k"),
+        chat_template=chat_template)
 
 
 def _batch_size(ctx, param, text):
@@ -223,12 +246,13 @@ def _batch_size(ctx, param, text):
 @click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
               default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
 def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size):
+          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, chat_template):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
 
     spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                       general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size)
+                       general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size,
+                       chat_template)
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(sweeper.table(summary))
@@ -251,8 +275,8 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
 @click.option("--min-step", type=_Finite(0, 1, min_open=True), default=0.05, show_default=True,
               help="Smallest move; alphas lie on its grid.")
 def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-           limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, groups, budget, step,
-           min_step):
+           limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, chat_template, groups,
+           budget, step, min_step):
     """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
 
     \b
@@ -266,7 +290,7 @@ def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     if adapter is not None:
         spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas,
                            target, general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype,
-                           batch_size)
+                           batch_size, chat_template)
     else:
         record, _ = sweeper.load(out)
         spec = sweeper.SweepSpec(**record["spec"])

@@ -14,6 +14,7 @@ import glob
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -25,11 +26,13 @@ from tqdm.auto import tqdm
 
 from . import adapters, engine, files, models, pareto, paths
 from .errors import RewindError
+from .evaluate.harness import CHAT_TEMPLATE_MODES
 
 VALIDATION, TEST = "validation", "test"
 SWEEP_FILE, RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "sweep.json", "results.jsonl", "summary.json", "pareto.png"
 DEFAULT_OUT = "rewind-sweep"
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SweepSpec:
     batch_size: int | str | None = None
     allow_extrapolation: bool = False
     pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
+    chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
 
     def checkpoint_dirs(self) -> list[Path]:
         if not self.checkpoints:
@@ -62,12 +66,15 @@ class SweepSpec:
             raise RewindError(f"--checkpoints {self.checkpoints}: no checkpoint dirs match")
         return found
 
-    def run_id(self, adapter_sha: str) -> str:
-        """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results)."""
+    def run_id(self, adapter_sha: str, chat: bool = True) -> str:
+        """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results).
+        `chat`: whether the chat template is applied (where tasks ask for it)."""
         facts = {"base": models.hub_id(self.base), "adapter": adapter_sha, "init": self.init_adapter,
                  "target": self.target, "general": self.general, "limit": self.limit, "layers": self.layers,
                  "cayley_scale": self.cayley_scale, "dtype": self.dtype, "pass_k": sorted(self.pass_k),
                  "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
+        if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
+            facts["chat_template"] = False
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -81,6 +88,8 @@ def _check(spec: SweepSpec) -> None:
         raise RewindError(f"--limit {spec.limit}: give at least 1 item per task")
     if any(k < 1 for k in spec.pass_k):
         raise RewindError(f"--pass-k {','.join(map(str, spec.pass_k))}: k must be at least 1")
+    if spec.chat_template not in CHAT_TEMPLATE_MODES:
+        raise RewindError(f"--chat-template {spec.chat_template}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
 
 def _step(path: Path) -> int:
@@ -268,13 +277,24 @@ class Sweep:
             if self.schedule.kind != "balanced":  # balanced needs W0 norms; its alphas never exceed the global one
                 engine.tensor_alphas(names, engine.Point("", alpha, self.schedule), layers, None,
                                      self.spec.allow_extrapolation)
-        self.run_id = self.spec.run_id(self.update.sha256)
+        self.chat = self._chat_template()
+        self.run_id = self.spec.run_id(self.update.sha256, self.chat)
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
         batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
         self.evaluators = {split: harness.Evaluator(self.model, self.tokenizer, self.suites, split=split,
-                                                    limit=self.spec.limit, batch_size=batch, pass_k=self.spec.pass_k)
+                                                    limit=self.spec.limit, batch_size=batch, pass_k=self.spec.pass_k,
+                                                    chat_template="on" if self.chat else "off")
                            for split in (VALIDATION, TEST)}
+
+    def _chat_template(self) -> bool:
+        from .evaluate import harness
+
+        chat = harness.use_chat_template(self.spec.chat_template, self.tokenizer)
+        if not chat and self.spec.chat_template == "auto":
+            log.warning("--base %s has no chat template: tasks that ask for one get plain prompts "
+                        "(--chat-template off)", models.hub_id(self.spec.base))
+        return chat
 
     def _rewinder(self, path: str) -> engine.Rewinder:
         if path not in self.rewinders:
@@ -378,7 +398,8 @@ class Sweep:
 
     def _write_spec(self) -> None:
         record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
-                  "method": self.update.method.name, "natural_path": self.update.natural_path}
+                  "method": self.update.method.name, "natural_path": self.update.natural_path,
+                  "chat_template": self.chat}  # what --chat-template resolved to
         files.write_json(self.out / SWEEP_FILE, record)
 
     # -- selection and report -------------------------------------------------------------------------------

@@ -134,6 +134,14 @@ def no_tokenizer(b):
         (b / name).unlink(missing_ok=True)
 
 
+def no_chat_template(b):
+    """A plain pretrained base: its tokenizer has no chat template."""
+    (b / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((b / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (b / "tokenizer_config.json").write_text(json.dumps(config))
+
+
 RECORD = json.dumps({"run": "r", "point": "base@0", "path": "base", "alpha": 0.0, "split": "validation",
                      "role": "target", "suite": "s", "task": "t", "score": 0.0, "part": [0, 1]})
 
@@ -362,6 +370,11 @@ CASES = [
     Case("search-groups-zero", [*SEARCH, "--groups", "0"], ("--groups 0", "at least 1")),  # not after the sweep
     Case("diagnose-limit-zero", ["diagnose", "csd", "--base", "{tbase}", "--adapter", "{tlora}", "--out", "{out}",
                                  "--limit", "0"], ("--limit", "0 is not in the range x>=1")),
+    # -- chat template ---------------------------------------------------------------------------------------------
+    Case("chat-template-on-without-one",
+         tinysweep.sweep_args(Path("{b}"), Path("{tlora}"), Path("{out}"), "--chat-template", "on", "--alphas", "0.5"),
+         ("--chat-template on", "no chat template", "--chat-template off"), base="tbase",
+         base_damage=no_chat_template),
     # -- a damaged sweep dir ---------------------------------------------------------------------------------------
     Case("results-garbage-line", SWEEP_DIR, ("results.jsonl line 2: damaged", "delete that line"),
          setup=in_out(results_jsonl=f"{RECORD}\ngarbage\n{RECORD}\n")),
@@ -631,3 +644,24 @@ def test_sweep_on_a_full_disk_fails_cleanly_and_resumes(world, small_disk, capsy
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records}) == 8  # nothing twice
     assert json.loads((out / "summary.json").read_text())["selected"]["test"] is not None
+
+
+def test_sweep_on_a_base_without_chat_template_uses_plain_prompts(world, tmp_path, capsys):
+    shutil.copytree(world / "tbase", tmp_path / "plain")
+    no_chat_template(tmp_path / "plain")
+    out = tmp_path / "out"
+    code, err = _run(tinysweep.sweep_args(tmp_path / "plain", world / "tlora", out, "--alphas", "0,1", limit=1),
+                     capsys)
+    notes = [line for line in err.splitlines() if line.startswith("rewind:")]
+    assert code == 0 and len(notes) == 1 and notes[0].startswith("rewind: note: "), err
+    assert "no chat template" in notes[0] and "--chat-template off" in notes[0]
+    assert json.loads((out / "sweep.json").read_text())["chat_template"] is False
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert records and not any(r["chat_template"] for r in records)
+    with_template = tinysweep.sweep_args(world / "tbase", world / "tlora", tmp_path / "chat", "--alphas", "0,1",
+                                         limit=1)
+    code, err = _run(with_template, capsys)
+    records = [json.loads(line) for line in (tmp_path / "chat" / "results.jsonl").read_text().splitlines()]
+    assert code == 0 and "rewind: note" not in err
+    assert {r["task"] for r in records if r["chat_template"]} == {tinysweep.TARGET}  # the task that asks for it
+    assert records[0]["run"] != json.loads((out / "sweep.json").read_text())["run"]  # other prompts, other run

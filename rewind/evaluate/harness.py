@@ -64,6 +64,7 @@ class TaskResult:
     seconds: float
     n: int
     metrics: dict[str, float] = field(default_factory=dict)  # every metric lm-eval reported, by its key
+    chat_template: bool = False  # whether the prompts went through the tokenizer's chat template
 
 
 def use_bundled_nltk_data() -> None:
@@ -126,6 +127,21 @@ def resolve_suites(names: list[str]) -> list[Suite]:
     return suites
 
 
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+
+
+def use_chat_template(mode: str, tokenizer) -> bool:
+    """Whether tasks that ask for the chat template get it. auto: when the tokenizer has one (a plain pretrained
+    base has none: its prompts stay plain text); on: it must have one; off: never."""
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise RewindError(f"--chat-template {mode}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        raise RewindError("--chat-template on: the base's tokenizer has no chat template; pass --chat-template off "
+                          "(plain prompts) or use a base that has one")
+    return has if mode == "auto" else mode == "on"
+
+
 def suite_scores(results: list[TaskResult]) -> dict[str, float]:
     """Each suite's score: the mean of its tasks' 0-100 scores."""
     by_suite: dict[str, list[float]] = {}
@@ -146,7 +162,7 @@ class _Entry:
     suite: str
     name: str
     loaded: dict  # TaskManager.load() output
-    chat: bool
+    chat: bool  # the task asks for the chat template
     split: str
     primary: str | None = None  # the metric to report, where not the task's own (pass@k runs)
 
@@ -159,13 +175,15 @@ class Evaluator:
     generation task's settings, as lm-eval's --gen_kwargs does (e.g. {"do_sample": True, "temperature": 0.7}).
     `pass_k` (e.g. [1, 8]) adds, for every generation task, a sampled run of max(k) responses per item (`sampling`
     settings) scored as unbiased pass@k; its results carry the suite name + ":pass@k".
+    `chat_template` (auto, on, off): see `use_chat_template`; it applies to the tasks that ask for the template.
     """
 
     def __init__(self, model, tokenizer, suites: list[Suite], split: str = "validation", limit: int | None = None,
                  batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None,
-                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None):
+                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None, chat_template: str = "auto"):
         if split not in SPLITS:
             raise RewindError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        self.chat = use_chat_template(chat_template, tokenizer)
         use_bundled_nltk_data()
         from lm_eval.models.huggingface import HFLM
 
@@ -263,13 +281,14 @@ class Evaluator:
         # lm-eval's own such tasks stay refused, as lm-eval refuses them.
         sandboxed = entry.name in _bundled_manager().all_subtasks
         start = time.perf_counter()
+        chat = entry.chat and self.chat
         out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=self.limit, log_samples=False,
-                       apply_chat_template=entry.chat, confirm_run_unsafe_code=sandboxed)
+                       apply_chat_template=chat, confirm_run_unsafe_code=sandboxed)
         seconds = time.perf_counter() - start
-        return _result(entry, out, seconds)
+        return _result(entry, out, seconds, chat)
 
 
-def _result(entry: _Entry, out: dict, seconds: float) -> TaskResult:
+def _result(entry: _Entry, out: dict, seconds: float, chat: bool) -> TaskResult:
     values = out["results"][entry.name]
     metrics = {k: float(v) for k, v in values.items()
                if "," in k and "_stderr," not in k and isinstance(v, (int, float))}
@@ -279,7 +298,7 @@ def _result(entry: _Entry, out: dict, seconds: float) -> TaskResult:
     n = sum(out["n-samples"][leaf]["effective"] for leaf in entry.loaded["tasks"])
     return TaskResult(entry.suite, entry.name, entry.split, metric, value,
                       float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
-                      to_score(metric, value), seconds, n, metrics)
+                      to_score(metric, value), seconds, n, metrics, chat)
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
