@@ -355,6 +355,10 @@ CASES = [
          ("has 3 alphas; the model has 2",)),
     Case("sweep-path", tinysweep.sweep_args(Path("{tbase}"), Path("{tlora}"), Path("{out}"), "--path", "cayley"),
          ("does not apply", "--path auto")),
+    Case("layers-bools", [*EXPORT, "--layers", "[true,false,true]"], ("layer schedule", "a list of numbers"),
+         adapter="lora"),
+    Case("sweep-layers-bools", sweep_argv("--layers", "[true,false]", "--alphas", "0.5"),
+         ("layer schedule '[true,false]'",)),
     # -- numbers: checked by click before anything loads -------------------------------------------------------------
     Case("sweep-limit-zero", sweep_argv(limit=0), ("--limit", "0 is not in the range x>=1")),
     Case("sweep-limit-negative", sweep_argv(limit=-3), ("--limit", "-3 is not in the range x>=1")),

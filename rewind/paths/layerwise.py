@@ -12,6 +12,7 @@ Tensors outside the numbered layers (embeddings, final norm, lm_head) always tak
 from __future__ import annotations
 
 import json
+import numbers
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,15 @@ from pathlib import Path
 from ..errors import RewindError
 
 KINDS = ("uniform", "list", "ramp", "balanced")
+
+
+def _numbers(values, spec) -> tuple[float, ...]:
+    """`values` as alphas: numbers only (JSON true/false are ints to Python, and would pass as 1 and 0)."""
+    if not isinstance(values, (list, tuple)) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
+        raise RewindError(f"layer schedule {spec!r}: give uniform, ramp, balanced, a comma list of alphas "
+                          f"or a JSON file with a list of numbers")
+    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -33,16 +43,15 @@ class Schedule:
         if spec is None:
             return cls()
         if not isinstance(spec, str):
-            return cls("list", tuple(float(v) for v in spec))
+            return cls("list", _numbers(list(spec), spec))
         if spec in KINDS and spec != "list":
             return cls(spec)
         text = Path(spec).read_text() if spec.endswith(".json") and Path(spec).is_file() else spec
         try:
             values = json.loads(text) if text.lstrip().startswith("[") else [float(v) for v in text.split(",")]
-            return cls("list", tuple(float(v) for v in values))
-        except (ValueError, TypeError):
-            raise RewindError(f"layer schedule {spec!r}: give uniform, ramp, balanced, a comma list of alphas "
-                              f"or a JSON file with a list") from None
+        except ValueError:
+            values = None
+        return cls("list", _numbers(values, spec))
 
     def layer_alphas(self, alpha: float, num_layers: int, strengths: Mapping[int, float] | None = None) -> list[float]:
         if self.kind == "uniform":
