@@ -1,15 +1,23 @@
 """The lm-eval bridge: evaluate a live, in-memory model (its weights changed in place between runs) on suites.
 
-A suite is a named list of lm-eval tasks. Three kinds resolve by name:
+A suite is a named list of lm-eval tasks. These resolve by name:
 - bundled offline suites (`math-offline`, `med-offline`, `code-offline`, `general-offline`): lm-eval tags over the
   YAMLs in rewind/evaluate/suites/tasks, with data shipped in the package; their tasks also resolve one by one;
 - the paper's suites (`math`, `med`, `general`): lm-eval's own tasks, which fetch data from the HF hub;
-- any other lm-eval task or group name: a suite of that one task.
+- a task YAML file, or a task, group or tag in an include path (dirs searched before lm-eval's own tasks, as
+  lm-eval's --include_path does);
+- any other lm-eval task, group or tag name: a suite of that task (a tag: of its tasks).
+
+Split policy (`split_items`), the same for every task: the validation phase scores the task's validation split and
+the test phase its test split; a task naming only one of them (or the same split twice) has that split's items
+shuffled with SPLIT_SEED and cut in two disjoint halves, the first for validation, the second for test. A limit
+takes the first items of each. Every result records which items it scored.
 
 The Evaluator loads tasks and wraps the model once, then each `run()` evaluates the weights as they are now.
 Each task (or group) is its own `lm_eval.evaluator.evaluate` call, so its result equals what lm-eval's
-`simple_evaluate(model=HFLM(model), tasks=[task], limit=...)` gives for the same weights and batch size
-(tests/test_suites.py checks it; bench/README.md has the GPU comparison, where greedy generations can vary).
+`simple_evaluate(model=HFLM(model), tasks=[task], limit=...)` gives for the same weights and batch size (for a
+halved task: `samples={task: indices}`, lm-eval's own way to score chosen items; tests/test_suites.py and
+tests/test_task_splits.py check it; bench/README.md has the GPU comparison, where greedy generations can vary).
 """
 
 from __future__ import annotations
@@ -45,18 +53,44 @@ PASS_SUFFIX, PASS_FILTER = ":pass@k", "pass_at_k"
 SCORE_MAPS = {"bits_per_byte": lambda bpb: 100.0 * 2.0 ** -bpb}
 
 
+# Seeds the shuffle before a single-split task is halved; fixed, so every run halves a task the same way.
+SPLIT_SEED = 1234
+
+
 @dataclass(frozen=True)
 class Suite:
     name: str
     tasks: tuple[str, ...]
-    include_path: Path | None  # the bundled tasks dir; None for lm-eval's own tasks
+    include_path: Path | None  # the bundled tasks dir; None for other tasks
+    user_paths: tuple[str, ...] = ()  # include dirs (and task YAMLs' dirs), searched before lm-eval's own tasks
+
+
+@dataclass(frozen=True)
+class Items:
+    """What one phase scores of one task: positions [start, stop) among the `size` items of lm-eval's split
+    `split`, in their own order, or (`seed` set: a single-split task's half) in their shuffle by `seed`."""
+    split: str
+    size: int
+    start: int
+    stop: int
+    seed: int | None = None
+
+    def indices(self) -> list[int]:
+        """The items' indices in the split, ascending (the order lm-eval scores them in)."""
+        order = list(range(self.size))
+        if self.seed is not None:
+            random.Random(self.seed).shuffle(order)
+        return sorted(order[self.start:self.stop])
+
+    def record(self) -> dict:
+        return {"split": self.split, "items": [self.start, self.stop], "of": self.size, "seed": self.seed}
 
 
 @dataclass(frozen=True)
 class TaskResult:
     suite: str
     task: str
-    split: str
+    split: str  # the phase: "validation" (choose) or "test" (report); `scored` says which items that was
     metric: str  # lm-eval's "metric,filter" key of the primary metric
     value: float
     stderr: float | None
@@ -65,6 +99,7 @@ class TaskResult:
     n: int
     metrics: dict[str, float] = field(default_factory=dict)  # every metric lm-eval reported, by its key
     chat_template: bool = False  # whether the prompts went through the tokenizer's chat template
+    scored: dict[str, dict] = field(default_factory=dict)  # per lm-eval task: Items.record() of what was scored
 
 
 def use_bundled_nltk_data() -> None:
@@ -93,11 +128,16 @@ class _DropExpectedNotices(logging.Filter):
 
 
 @functools.cache
+def _quiet() -> None:
+    for name in ("lm_eval.api.task", "lm_eval.models.huggingface"):
+        logging.getLogger(name).addFilter(_DropExpectedNotices())
+
+
+@functools.cache
 def _bundled_manager():
     from lm_eval.tasks import TaskManager
 
-    for name in ("lm_eval.api.task", "lm_eval.models.huggingface"):
-        logging.getLogger(name).addFilter(_DropExpectedNotices())
+    _quiet()
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
@@ -108,23 +148,92 @@ def _default_manager():
     return TaskManager()  # indexes every lm-eval task: seconds, so only when a name needs it
 
 
-def resolve_suites(names: list[str]) -> list[Suite]:
-    """Suites by name: bundled, the paper's, a bundled task, or any lm-eval task/group name."""
-    suites = []
-    for name in names:
-        if name in BUNDLED:
-            tasks = tuple(sorted(_bundled_manager().task_index[name].tags))
-            suites.append(Suite(name, tasks, TASKS_DIR))
-        elif name in PAPER_SUITES:
-            suites.append(Suite(name, PAPER_SUITES[name], None))
-        elif name in _bundled_manager().all_subtasks:
-            suites.append(Suite(name, (name,), TASKS_DIR))
-        elif name in _default_manager().all_tasks:
-            suites.append(Suite(name, (name,), None))
-        else:
-            known = ", ".join([*BUNDLED, *PAPER_SUITES])
-            raise RewindError(f"unknown suite {name!r}: use one of {known}, a bundled task or an lm-eval task name")
-    return suites
+@functools.cache
+def _user_manager(dirs: tuple[str, ...]):
+    from lm_eval.tasks import TaskManager
+
+    _quiet()
+    # Without lm-eval's own tasks: indexing them takes seconds, and names not found here fall back to them.
+    return TaskManager(include_path=list(dirs), include_defaults=False)
+
+
+def _manager(suite: Suite, task: str):
+    """The TaskManager that defines `task` of `suite`: bundled, the include dirs', else lm-eval's own."""
+    if suite.include_path is not None:
+        return _bundled_manager()
+    if suite.user_paths and task in _user_manager(suite.user_paths).all_tasks:
+        return _user_manager(suite.user_paths)
+    return _default_manager()
+
+
+def is_bundled(task: str) -> bool:
+    """Whether `task` is one of rewind's bundled offline tasks (their splits are shipped, never halved)."""
+    return task in _bundled_manager().all_subtasks
+
+
+def load(suite: Suite, task: str) -> dict:
+    """lm-eval's TaskManager.load() of one task (or group, or tag) of `suite`."""
+    try:
+        return _manager(suite, task).load([task])
+    except FileNotFoundError as exc:
+        if suite.include_path is not None:  # a bundled data file is gone: the install is damaged
+            raise RewindError(f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
+                              f"python -m rewind.evaluate.suites.build") from exc
+        raise _unloadable(task, exc) from exc
+    except ConnectionError as exc:  # lm-eval's own tasks fetch their data from the hub (datasets raises this)
+        raise RewindError(f"task {task}: its data is not in the local HF cache; " + (
+            models.ONLINE_HINT if models.offline() else f"the hub is unreachable ({exc}); check the network "
+            "or use a bundled suite (math-offline, general-offline, ...)")) from exc
+    except Exception as exc:  # lm-eval fails in many ways on a bad YAML or absent data
+        raise _unloadable(task, exc) from exc
+
+
+def _unloadable(task: str, exc: Exception) -> RewindError:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return RewindError(f"task {task}: lm-eval cannot load it ({type(exc).__name__}: {first})")
+
+
+def resolve_suites(names: list[str], include_path: Sequence[str | Path] = ()) -> list[Suite]:
+    """Suites by name (see the module docstring); `include_path`: dirs of task YAMLs, as lm-eval's --include_path."""
+    dirs = []
+    for path in include_path:
+        if not Path(path).is_dir():
+            raise RewindError(f"--include-path {path}: not a directory")
+        dirs.append(str(Path(path).resolve()))
+    return [_resolve(name, tuple(dict.fromkeys(dirs))) for name in names]
+
+
+def _resolve(name: str, dirs: tuple[str, ...]) -> Suite:
+    if name in BUNDLED:
+        return Suite(name, tuple(sorted(_bundled_manager().task_index[name].tags)), TASKS_DIR)
+    if name.endswith((".yaml", ".yml")):
+        return _yaml_suite(name, dirs)
+    if name in PAPER_SUITES:
+        return Suite(name, PAPER_SUITES[name], None, dirs)
+    if name in _bundled_manager().all_subtasks:
+        return Suite(name, (name,), TASKS_DIR)
+    for manager in ([_user_manager(dirs)] if dirs else []) + [_default_manager()]:
+        if name in manager.all_tasks:
+            entry = manager.task_index[name]
+            tagged = entry.kind.name == "TAG"  # a suite of the tasks it names, as the bundled suites are
+            return Suite(name, tuple(sorted(entry.tags)) if tagged else (name,), None, dirs)
+    known = ", ".join([*BUNDLED, *PAPER_SUITES])
+    raise RewindError(f"unknown suite {name!r}: use one of {known}, a bundled task, an lm-eval task name, a task "
+                      f"YAML file, or a task in a dir given with --include-path")
+
+
+def _yaml_suite(name: str, dirs: tuple[str, ...]) -> Suite:
+    """A task (or group) YAML file: its dir joins the include dirs; the suite keeps the path as its name."""
+    path = Path(name).resolve()
+    if not path.is_file():
+        raise RewindError(f"task file {name}: no such file")
+    dirs = tuple(dict.fromkeys([*dirs, str(path.parent)]))
+    found = [key for key, entry in _user_manager(dirs).task_index.items()
+             if entry.yaml_path is not None and Path(entry.yaml_path).resolve() == path]
+    if not found:
+        raise RewindError(f"task file {name}: lm-eval does not read it as a task or group (or a YAML of the same "
+                          f"task name in its dir or an include dir takes precedence)")
+    return Suite(name, (found[0],), None, dirs)
 
 
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
@@ -156,6 +265,49 @@ def to_score(metric: str, value: float) -> float:
     return mapping(value) if mapping else 100.0 * value
 
 
+def split_items(leaf, phase: str, limit: int | None = None) -> Items:
+    """The split policy (module docstring): the items of lm-eval task `leaf` that `phase` scores."""
+    name = leaf.get_config("task")
+    declared = list(dict.fromkeys(s for s in (leaf.get_config("validation_split"), leaf.get_config("test_split"))
+                                  if s))
+    if not declared:
+        raise RewindError(f"task {name}: it names no validation_split or test_split to score")
+    split = declared[1 if phase == "test" and len(declared) == 2 else 0]
+    size = len(_docs(leaf, split))
+    if len(declared) == 2:
+        start, stop, seed = 0, size, None
+    elif size < 2:
+        raise RewindError(f"task {name}: its one split {split!r} has {size} item(s); validation and test each "
+                          f"take a disjoint half of it, so it needs at least 2")
+    else:
+        start, stop, seed = (0, size // 2, SPLIT_SEED) if phase == "validation" else (size // 2, size, SPLIT_SEED)
+    if stop == start:
+        raise RewindError(f"task {name}: its {phase} split {split!r} has no items")
+    return Items(split, size, start, stop if limit is None else min(stop, start + limit), seed)
+
+
+def _docs(leaf, split: str):
+    """A split's documents as lm-eval scores them (after the task's process_docs); lm-eval checked at loading that
+    the data has the splits the task names."""
+    docs = leaf.dataset[split]
+    return leaf.config.process_docs(docs) if leaf.config.process_docs is not None else docs
+
+
+def use_split(leaf, phase: str, limit: int | None = None) -> Items:
+    """Point `leaf`'s evaluation documents (lm-eval's eval_docs) at `phase`'s split; return its items."""
+    items = split_items(leaf, phase, limit)
+    if items.seed is None:  # a task with both splits: lm-eval scores test_split where one is named
+        leaf.set_config(key="test_split", value=items.split)
+    return items
+
+
+def phase_docs(leaf, phase: str, limit: int | None = None) -> list:
+    """The documents of `leaf` that `phase` scores, in lm-eval's order."""
+    items = use_split(leaf, phase, limit)
+    docs = leaf.eval_docs
+    return [docs[i] for i in items.indices()]
+
+
 @dataclass
 class _Entry:
     """One evaluate() call: a requested task or group, loaded once."""
@@ -163,16 +315,28 @@ class _Entry:
     name: str
     loaded: dict  # TaskManager.load() output
     chat: bool  # the task asks for the chat template
-    split: str
+    phase: str
+    items: dict[str, Items]  # per lm-eval task (the group's leaves, or the task itself)
     primary: str | None = None  # the metric to report, where not the task's own (pass@k runs)
+
+    def samples(self) -> dict[str, list[int]] | None:
+        """lm-eval's `samples` where a task is halved; None where a limit alone says what is scored."""
+        if all(items.seed is None for items in self.items.values()):
+            return None
+        return {name: items.indices() for name, items in self.items.items()}
+
+    def where(self) -> str:
+        parts = [f"{name} items {i.start}-{i.stop} of split {i.split!r}" for name, i in self.items.items()]
+        return f"{self.phase} ({'; '.join(parts[:3])}{'; ...' if len(parts) > 3 else ''})"
 
 
 class Evaluator:
     """Evaluates the current weights of `model` on `suites`; build once, `run()` after every weight change.
 
-    `split` picks the bundled tasks' split ("validation" to choose, "test" to report); lm-eval's own tasks
-    always use their fixed evaluation split, which each TaskResult records. `gen_kwargs` update every
-    generation task's settings, as lm-eval's --gen_kwargs does (e.g. {"do_sample": True, "temperature": 0.7}).
+    `split` is the phase: "validation" to choose, "test" to report; every task's items follow the split policy
+    (module docstring) and each TaskResult records them. `metrics` choose a task's score: {task or suite: metric}
+    (lm-eval's "metric" or "metric,filter"). `gen_kwargs` update every generation task's settings, as lm-eval's
+    --gen_kwargs does (e.g. {"do_sample": True, "temperature": 0.7}).
     `pass_k` (e.g. [1, 8]) adds, for every generation task, a sampled run of max(k) responses per item (`sampling`
     settings) scored as unbiased pass@k; its results carry the suite name + ":pass@k".
     `chat_template` (auto, on, off): see `use_chat_template`; it applies to the tasks that ask for the template.
@@ -180,68 +344,61 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, suites: list[Suite], split: str = "validation", limit: int | None = None,
                  batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None,
-                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None, chat_template: str = "auto"):
+                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None, chat_template: str = "auto",
+                 metrics: dict[str, str] | None = None):
         if split not in SPLITS:
             raise RewindError(f"split {split!r}: use one of {', '.join(SPLITS)}")
+        if limit is not None and limit < 1:
+            raise RewindError(f"--limit {limit}: give at least 1 item per task and split")
         self.chat = use_chat_template(chat_template, tokenizer)
         use_bundled_nltk_data()
         from lm_eval.models.huggingface import HFLM
 
         if batch_size is None:
             batch_size = "auto" if model.device.type == "cuda" else 8
-        self.split, self.limit = split, limit
+        self.split, self.limit, self.metrics = split, limit, dict(metrics or {})
         # Never a use_cache path: lm-eval's response cache keys on the request, not the weights.
         self.lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
         if batch_size == "auto":
             # HFLM probes again on every generation call (seconds each, at the model's full context); probe
             # once, at full context, and keep that size for every request type and run.
             self.lm.batch_size_per_gpu = self.lm._detect_batch_size()
-        self.entries = [self._load(suite, task, split, gen_kwargs) for suite in suites for task in suite.tasks]
+        self.entries = [self._load(suite, task, split, gen_kwargs, limit) for suite in suites for task in suite.tasks]
+        _check_metrics(self.metrics, suites, self.entries)
         if pass_k:
             ks = sorted({int(k) for k in pass_k})
             if ks[0] < 1:
                 raise RewindError(f"--pass-k {','.join(map(str, pass_k))}: k must be at least 1")
-            self.entries += [self._sampled(suite, task, split, ks, {**DEFAULT_SAMPLING, **(sampling or {})})
+            self.entries += [self._sampled(suite, task, split, ks, {**DEFAULT_SAMPLING, **(sampling or {})}, limit)
                              for suite in suites for task in suite.tasks if _generates(self.entries, suite, task)]
 
     @staticmethod
-    def _load(suite: Suite, task: str, split: str, gen_kwargs: dict[str, Any] | None) -> _Entry:
+    def _load(suite: Suite, task: str, split: str, gen_kwargs: dict[str, Any] | None, limit: int | None) -> _Entry:
         from lm_eval.defaults import DEFAULT_OTHER_SEED
 
-        manager = _bundled_manager() if suite.include_path is not None else _default_manager()
-        try:
-            loaded = manager.load([task])
-        except FileNotFoundError as exc:  # a bundled data file is gone: the install is damaged
-            raise RewindError(f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
-                              f"python -m rewind.evaluate.suites.build") from exc
-        except ConnectionError as exc:  # lm-eval's own tasks fetch their data from the hub (datasets raises this)
-            raise RewindError(f"task {task}: its data is not in the local HF cache; " + (
-                models.ONLINE_HINT if models.offline() else f"the hub is unreachable ({exc}); check the network "
-                "or use a bundled suite (math-offline, general-offline, ...)")) from exc
-        chat = False
-        for leaf in loaded["tasks"].values():
+        loaded = load(suite, task)
+        chat, items = False, {}
+        for name, leaf in loaded["tasks"].items():
             # What simple_evaluate does to each task before it evaluates.
             if gen_kwargs and leaf.get_config("output_type") == "generate_until":
                 leaf.set_config(key="generation_kwargs", value=dict(gen_kwargs), update=True)
             if leaf.get_config("num_fewshot") is None:
                 leaf.set_config(key="num_fewshot", value=0)
             leaf.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-            if suite.include_path is not None:
-                leaf.set_config(key="test_split", value=split)
+            items[name] = use_split(leaf, split, limit)
             chat = chat or bool((leaf.get_config("metadata") or {}).get("chat_template"))
-        first = next(iter(loaded["tasks"].values()))
-        used = first.get_config("test_split") if first.has_test_docs() else first.get_config("validation_split")
-        return _Entry(suite.name, task, loaded, chat, used)
+        return _Entry(suite.name, task, loaded, chat, split, items)
 
     @classmethod
-    def _sampled(cls, suite: Suite, task: str, split: str, ks: list[int], sampling: dict[str, Any]) -> _Entry:
+    def _sampled(cls, suite: Suite, task: str, split: str, ks: list[int], sampling: dict[str, Any],
+                 limit: int | None) -> _Entry:
         """`task` answered max(ks) times per item with sampling; each response scored by an untouched copy."""
         from lm_eval.api.metrics import mean
         from lm_eval.filters import build_filter_ensemble
 
         n = ks[-1]
-        entry = cls._load(suite, task, split, sampling)
-        scorers = cls._load(suite, task, split, None).loaded["tasks"]
+        entry = cls._load(suite, task, split, sampling, limit)
+        scorers = cls._load(suite, task, split, None, limit).loaded["tasks"]
         names = [f"pass@{k}" for k in ks]
         for name, leaf in entry.loaded["tasks"].items():
             metric = _declared_metric(scorers[name]) or "exact_match"
@@ -256,12 +413,17 @@ class Evaluator:
             leaf._metric_fn_list = dict.fromkeys(names)
             leaf._aggregation_list = dict.fromkeys(names, mean)
             leaf._higher_is_better = dict.fromkeys(names, True)
-        return _Entry(suite.name + PASS_SUFFIX, task, entry.loaded, entry.chat, entry.split, f"pass@{n},{PASS_FILTER}")
+        return _Entry(suite.name + PASS_SUFFIX, task, entry.loaded, entry.chat, split, entry.items,
+                      f"pass@{n},{PASS_FILTER}")
 
     @property
     def task_names(self) -> list[str]:
         """The tasks (or groups) that `run()` reports, in order."""
         return [entry.name for entry in self.entries]
+
+    def split_plan(self) -> dict[str, dict]:
+        """{lm-eval task: Items.record()} of what this phase scores of every task."""
+        return {name: items.record() for entry in self.entries for name, items in entry.items.items()}
 
     def run(self) -> list[TaskResult]:
         """Evaluate the model's current weights on every task."""
@@ -279,26 +441,59 @@ class Evaluator:
         set_torch_seed(DEFAULT_OTHER_SEED)
         # Bundled tasks that run generated code (unsafe_code: true) run it in rewind's sandbox (sandbox.py);
         # lm-eval's own such tasks stay refused, as lm-eval refuses them.
-        sandboxed = entry.name in _bundled_manager().all_subtasks
+        sandboxed = is_bundled(entry.name)
+        samples = entry.samples()
         start = time.perf_counter()
         chat = entry.chat and self.chat
-        out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=self.limit, log_samples=False,
-                       apply_chat_template=chat, confirm_run_unsafe_code=sandboxed)
+        out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=None if samples else self.limit, samples=samples,
+                       log_samples=False, apply_chat_template=chat, confirm_run_unsafe_code=sandboxed)
         seconds = time.perf_counter() - start
-        return _result(entry, out, seconds, chat)
+        return _result(entry, out, seconds, chat, self.metrics)
 
 
-def _result(entry: _Entry, out: dict, seconds: float, chat: bool) -> TaskResult:
+def _check_metrics(metrics: dict[str, str], suites: list[Suite], entries: list[_Entry]) -> None:
+    """Refuse a --metric that names no task or suite of the run, or a metric a task does not have, before any
+    evaluation."""
+    names = {s.name for s in suites} | {e.name for e in entries}
+    for key, metric in metrics.items():
+        if key not in names:
+            raise RewindError(f"--metric {key}={metric}: {key} is no task or suite of this run "
+                              f"({', '.join(sorted(names))})")
+    for entry in entries:
+        chosen = metrics.get(entry.name) or metrics.get(entry.suite)
+        leaf = entry.loaded["tasks"].get(entry.name)
+        if chosen is None or leaf is None:  # a group's metrics are known once it has run
+            continue
+        higher = leaf.higher_is_better()
+        name = chosen.split(",")[0]
+        if name not in higher:
+            raise RewindError(f"--metric {entry.name}={chosen}: task {entry.name} has metrics "
+                              f"{', '.join(higher)}")
+        _check_direction(entry.name, chosen, name, higher[name])
+
+
+def _check_direction(task: str, chosen: str, name: str, higher: bool | None) -> None:
+    if higher is False and name not in SCORE_MAPS:
+        raise RewindError(f"--metric {task}={chosen}: lower is better for {name}, and scores are higher-is-better "
+                          f"(0-100); choose a higher-is-better metric")
+
+
+def _result(entry: _Entry, out: dict, seconds: float, chat: bool, chosen: dict[str, str]) -> TaskResult:
     values = out["results"][entry.name]
+    # Only numbers: results.jsonl stays strict JSON (a NaN secondary metric is left out, not written as NaN).
     metrics = {k: float(v) for k, v in values.items()
-               if "," in k and "_stderr," not in k and isinstance(v, (int, float))}
-    metric = _primary_metric(entry, out)
+               if "," in k and "_stderr," not in k and isinstance(v, (int, float)) and math.isfinite(v)}
+    metric = _primary_metric(entry, out, chosen)
+    value = values.get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RewindError(f"task {entry.name}, {entry.where()}: lm-eval gave {metric} = {value!r}, not a number, "
+                          f"so it has no score")
     stderr = values.get(metric.replace(",", "_stderr,", 1))
-    value = float(values[metric])
     n = sum(out["n-samples"][leaf]["effective"] for leaf in entry.loaded["tasks"])
-    return TaskResult(entry.suite, entry.name, entry.split, metric, value,
+    return TaskResult(entry.suite, entry.name, entry.phase, metric, float(value),
                       float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
-                      to_score(metric, value), seconds, n, metrics, chat)
+                      to_score(metric, value), seconds, n, metrics, chat,
+                      {name: items.record() for name, items in entry.items.items()})
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -318,9 +513,21 @@ def _generates(entries: list[_Entry], suite: Suite, task: str) -> bool:
     return all(leaf.get_config("output_type") == "generate_until" for leaf in entry.loaded["tasks"].values())
 
 
-def _primary_metric(entry: _Entry, out: dict) -> str:
+def _primary_metric(entry: _Entry, out: dict, chosen: dict[str, str]) -> str:
+    """The metric that scores `entry`: pass@k's, else --metric's, the task's declared one, rewind's choice
+    (PRIMARY_METRICS), else the task's first higher-is-better metric."""
     if entry.primary:
         return entry.primary
+    keys = [k for k in out["results"][entry.name] if "," in k and "_stderr," not in k]
+    wanted = chosen.get(entry.name) or chosen.get(entry.suite)
+    if wanted:
+        found = [k for k in keys if k == wanted or k.split(",")[0] == wanted]
+        if len(found) != 1:
+            more = "; name its filter too (metric,filter)" if found else ""
+            raise RewindError(f"--metric {entry.name}={wanted}: task {entry.name} reports {', '.join(keys)}{more}")
+        name = found[0].split(",")[0]
+        _check_direction(entry.name, wanted, name, out.get("higher_is_better", {}).get(entry.name, {}).get(name))
+        return found[0]
     if entry.name in entry.loaded["tasks"]:
         declared = (entry.loaded["tasks"][entry.name].get_config("metadata") or {}).get("primary_metric")
         if declared:
@@ -328,8 +535,9 @@ def _primary_metric(entry: _Entry, out: dict) -> str:
     if entry.name in PRIMARY_METRICS:
         return PRIMARY_METRICS[entry.name]
     higher = out.get("higher_is_better", {}).get(entry.name, {})
-    for key in out["results"][entry.name]:
+    for key in keys:
         metric = key.split(",")[0]
-        if "," in key and "_stderr" not in key and (higher.get(metric) or metric in SCORE_MAPS):
+        if higher.get(metric) or metric in SCORE_MAPS:
             return key
-    raise RewindError(f"task {entry.name}: no higher-is-better metric among {list(out['results'][entry.name])}")
+    raise RewindError(f"task {entry.name}: no higher-is-better metric among {list(out['results'][entry.name])}; "
+                      f"choose one with --metric {entry.name}=METRIC")
