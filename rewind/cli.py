@@ -178,15 +178,26 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
     return base, adapter, init_adapter, path, layers, cayley_scale or spec["cayley_scale"], alpha
 
 
+INCLUDE_PATH = click.option(
+    "--include-path", "include_path", multiple=True, type=click.Path(),
+    help="Dir of lm-eval task YAMLs, searched before lm-eval's own tasks (lm-eval's --include_path). Repeatable.")
+
+
 def sweep_options(f):
     """What defines a sweep's points and scores; shared by `sweep` and `search` (which sweeps first)."""
     for option in reversed([
         click.option("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), show_default=True,
                      help="Comma list of alphas per path (0 and 1 are always evaluated)."),
         click.option("--target", multiple=True, default=["math-offline"], show_default=True,
-                     help="Target suite(s): math-offline, med-offline, code-offline, math, med, or any lm-eval task name."),
+                     help="Target suite(s): math-offline, med-offline, code-offline, math, med, any lm-eval task "
+                          "name, or a task YAML file."),
         click.option("--general", multiple=True, default=["general-offline"], show_default=True,
-                     help="General suite(s): general-offline, general, or any lm-eval task name."),
+                     help="General suite(s): general-offline, general, any lm-eval task name, or a task YAML file."),
+        INCLUDE_PATH,
+        click.option("--metric", "metrics", multiple=True, metavar="TASK=METRIC",
+                     help="Score TASK (or every task of a suite) by lm-eval METRIC (e.g. acc_norm, or "
+                          "exact_match,flexible-extract). Default: the task's metadata primary_metric, else its "
+                          "first higher-is-better metric. Repeatable."),
         click.option("--limit", type=click.IntRange(min=1), default=None,
                      help="At most N items per task and split (quick runs)."),
         click.option("--checkpoints", default=None,
@@ -212,8 +223,8 @@ def sweep_options(f):
 
 
 def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size,
-                chat_template):
+                general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype,
+                batch_size, chat_template):
     from . import sweep as sweeper
 
     if adapter is None:
@@ -228,7 +239,17 @@ def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_e
         general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
         checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
         batch_size=batch_size, allow_extrapolation=allow_extrapolation, pass_k=_counts(pass_k or "", "--pass-k"),
-        chat_template=chat_template)
+        chat_template=chat_template, include_path=list(include_path), metric=_metrics(metrics))
+
+
+def _metrics(values) -> dict[str, str]:
+    out = {}
+    for value in values:
+        task, sep, metric = value.partition("=")
+        if not (sep and task.strip() and metric.strip()):
+            raise RewindError(f"--metric {value}: give TASK=METRIC (e.g. my_task=acc_norm)")
+        out[task.strip()] = metric.strip()
+    return out
 
 
 def _batch_size(ctx, param, text):
@@ -246,13 +267,14 @@ def _batch_size(ctx, param, text):
 @click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
               default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
 def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-          limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, chat_template):
+          include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size,
+          chat_template):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
 
     spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                       general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype, batch_size,
-                       chat_template)
+                       general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, device,
+                       dtype, batch_size, chat_template)
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(sweeper.table(summary))
@@ -275,8 +297,8 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
 @click.option("--min-step", type=_Finite(0, 1, min_open=True), default=0.05, show_default=True,
               help="Smallest move; alphas lie on its grid.")
 def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-           limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size, chat_template, groups,
-           budget, step, min_step):
+           include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size,
+           chat_template, groups, budget, step, min_step):
     """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
 
     \b
@@ -289,8 +311,8 @@ def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
 
     if adapter is not None:
         spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas,
-                           target, general, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype,
-                           batch_size, chat_template)
+                           target, general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance,
+                           weight, device, dtype, batch_size, chat_template)
     else:
         record, _ = sweeper.load(out)
         spec = sweeper.SweepSpec(**record["spec"])
@@ -395,6 +417,7 @@ def _diagnose_options(f):
 
 
 def _probe_options(f):
+    f = INCLUDE_PATH(f)
     f = click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
                      show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU.")(f)
     f = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
@@ -404,7 +427,7 @@ def _probe_options(f):
                      help="Items per data set, round-robin over the suite's tasks.")(f)
     f = click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)(f)
     f = click.option("--target", default="math-offline", show_default=True,
-                     help="Bundled suite (or bundled task) behind --data target.")(f)
+                     help="Suite or task behind --data target (as sweep's --target).")(f)
     f = click.option("--data", type=click.Choice(["general", "target"]), multiple=True, default=("general", "target"),
                      show_default=True, help="Probe data: general-offline and/or the --target suite. Repeatable.")(f)
     return f
@@ -419,10 +442,10 @@ def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_ext
     return Finetune(adapter, base, alpha, path, schedule, cayley_scale, init_adapter, allow_extrapolation)
 
 
-def _probe(data, target, split, limit, batch_size, max_length):
+def _probe(data, target, split, limit, batch_size, max_length, include_path):
     from .diagnostics import Probe
 
-    return Probe(tuple(data), target, split, limit, batch_size, max_length)
+    return Probe(tuple(data), target, split, limit, batch_size, max_length, tuple(include_path))
 
 
 def _wrote(out, report, json_name):
@@ -451,15 +474,15 @@ def diagnose_spectral(base, adapter, init_adapter, path, layers, cayley_scale, a
 @_diagnose_options
 @_probe_options
 def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out,
-                 device, data, target, split, limit, batch_size, max_length, dtype):
+                 device, data, target, split, limit, batch_size, max_length, dtype, include_path):
     """Capability-conditioned drift E||dW h||^2 (absolute, relative to E||W0 h||^2, per unit update and input),
     h the base model's inputs to each adapted module on general or target data."""
     from .diagnostics import csd
     from .diagnostics.common import parse_modules
 
     report = csd.run(_finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
-                     out, _probe(data, target, split, limit, batch_size, max_length), parse_modules(modules),
-                     device, dtype)
+                     out, _probe(data, target, split, limit, batch_size, max_length, include_path),
+                     parse_modules(modules), device, dtype)
     click.echo(f"{len(report['modules'])} modules at {report['point']}; {_wrote(out, report, csd.JSON)}")
 
 
@@ -473,8 +496,8 @@ def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_
 @click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Tokens kept per module and data set.")
 def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
-                         out, device, data, target, split, limit, batch_size, max_length, dtype, probe_layers,
-                         max_tokens):
+                         out, device, data, target, split, limit, batch_size, max_length, dtype, include_path,
+                         probe_layers, max_tokens):
     """Base vs finetuned module outputs on the same tokens: linear CKA, Procrustes residual, Gram distortion,
     cosine and norm drift (default modules: q,k,v,down at a few evenly spaced layers)."""
     from .diagnostics import activations
@@ -482,7 +505,7 @@ def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale
 
     report = activations.run(
         _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha), out,
-        _probe(data, target, split, limit, batch_size, max_length), parse_modules(modules),
+        _probe(data, target, split, limit, batch_size, max_length, include_path), parse_modules(modules),
         activations.parse_layers(probe_layers), max_tokens,
         device=device, dtype=dtype)
     click.echo(f"{len(report['probed'])} modules at {report['point']}; {_wrote(out, report, activations.JSON)}")
@@ -507,7 +530,7 @@ def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale
                                                               "arena.json, arena.png, per-adapter diagnostics.")
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
 def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, includes, data, target, split, limit, batch_size,
-          max_length, dtype, out, device):
+          max_length, dtype, include_path, out, device):
     """Finetunes of one base side by side: method, trainable params, target and general scores from their sweeps,
     and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score).
     --include adds the rows of earlier arena reports, so one report can grow adapter by adapter."""
@@ -515,7 +538,7 @@ def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, includes, data, 
 
     report = arena_.run(list(adapter_dirs), base, out, list(sweeps) or None, sweeps_root,
                         tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
-                        _probe(data, target, split, limit, batch_size, max_length), device, dtype,
+                        _probe(data, target, split, limit, batch_size, max_length, include_path), device, dtype,
                         include=list(includes))
     click.echo(arena_.markdown(report))
     click.echo(f"wrote {os.path.join(out, arena_.MARKDOWN)}, {arena_.TABLE}, {arena_.CORRELATIONS}, {arena_.JSON}"

@@ -49,7 +49,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Strict JSON: a NaN or infinity is refused (ValueError), never written as a bare NaN."""
+    write_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:

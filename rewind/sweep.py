@@ -57,6 +57,8 @@ class SweepSpec:
     allow_extrapolation: bool = False
     pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
     chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
+    include_path: list[str] = field(default_factory=list)  # dirs of task YAMLs, as lm-eval's --include_path
+    metric: dict[str, str] = field(default_factory=dict)  # {task or suite: lm-eval metric} scoring it
 
     def checkpoint_dirs(self) -> list[Path]:
         if not self.checkpoints:
@@ -66,15 +68,19 @@ class SweepSpec:
             raise RewindError(f"--checkpoints {self.checkpoints}: no checkpoint dirs match")
         return found
 
-    def run_id(self, adapter_sha: str, chat: bool = True) -> str:
+    def run_id(self, adapter_sha: str, chat: bool = True, splits: dict | None = None) -> str:
         """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results).
-        `chat`: whether the chat template is applied (where tasks ask for it)."""
+        `chat`: whether the chat template is applied (where tasks ask for it); `splits`: what each phase scores of
+        each task not bundled (the bundled tasks' splits are fixed)."""
         facts = {"base": models.hub_id(self.base), "adapter": adapter_sha, "init": self.init_adapter,
                  "target": self.target, "general": self.general, "limit": self.limit, "layers": self.layers,
                  "cayley_scale": self.cayley_scale, "dtype": self.dtype, "pass_k": sorted(self.pass_k),
                  "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
         if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
             facts["chat_template"] = False
+        # Likewise only where given: a sweep of bundled suites keeps its run id (and its results) from before.
+        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits}
+        facts |= {key: value for key, value in more.items() if value}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -221,15 +227,19 @@ def _locked(f):
 
 
 def point_scores(records: list[dict], target: list[str], general: list[str]) -> tuple[float, float]:
-    """(target, general): each the mean over its suites of the suite's mean task score."""
+    """(target, general): each the mean over its suites of the suite's mean task score. A suite without a score
+    is an error: a mean over what is left would compare points on different tasks."""
 
     def role_score(suites):
         per_suite = []
         for suite in suites:
             scores = [r["score"] for r in records if r["suite"] == suite]
-            if scores:
-                per_suite.append(sum(scores) / len(scores))
-        return sum(per_suite) / len(per_suite) if per_suite else float("nan")
+            if not scores:
+                point, split = records[0]["point"], records[0]["split"]
+                raise RewindError(f"point {point}, {split}: suite {suite} has no score in results.jsonl; rerun "
+                                  f"the sweep to evaluate it")
+            per_suite.append(sum(scores) / len(scores))
+        return sum(per_suite) / len(per_suite)
 
     return role_score(target), role_score(general)
 
@@ -250,7 +260,8 @@ class Sweep:
         self.spec, self.out = spec, Path(out)
         _check(spec)
         spec.dtype = models.resolve_dtype(spec.dtype, spec.device)  # the run id records what actually ran
-        self.suites = harness.resolve_suites(spec.target + spec.general)  # unknown names fail before any loading
+        # Unknown names fail before any loading.
+        self.suites = harness.resolve_suites(spec.target + spec.general, spec.include_path)
         self.schedule = paths.Schedule.parse(spec.layers)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -278,14 +289,18 @@ class Sweep:
                 engine.tensor_alphas(names, engine.Point("", alpha, self.schedule), layers, None,
                                      self.spec.allow_extrapolation)
         self.chat = self._chat_template()
-        self.run_id = self.spec.run_id(self.update.sha256, self.chat)
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
         batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
         self.evaluators = {split: harness.Evaluator(self.model, self.tokenizer, self.suites, split=split,
                                                     limit=self.spec.limit, batch_size=batch, pass_k=self.spec.pass_k,
-                                                    chat_template="on" if self.chat else "off")
+                                                    chat_template="on" if self.chat else "off",
+                                                    metrics=self.spec.metric)
                            for split in (VALIDATION, TEST)}
+        plans = {split: evaluator.split_plan() for split, evaluator in self.evaluators.items()}
+        self.splits = {task: {split: plans[split][task] for split in plans} for task in plans[VALIDATION]}
+        unbundled = {task: plan for task, plan in self.splits.items() if not harness.is_bundled(task)}
+        self.run_id = self.spec.run_id(self.update.sha256, self.chat, unbundled)
 
     def _chat_template(self) -> bool:
         from .evaluate import harness
@@ -399,7 +414,8 @@ class Sweep:
     def _write_spec(self) -> None:
         record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
                   "method": self.update.method.name, "natural_path": self.update.natural_path,
-                  "chat_template": self.chat}  # what --chat-template resolved to
+                  "chat_template": self.chat,  # what --chat-template resolved to
+                  "splits": self.splits}
         files.write_json(self.out / SWEEP_FILE, record)
 
     # -- selection and report -------------------------------------------------------------------------------
@@ -423,6 +439,14 @@ class Sweep:
         return {"selected": next(r for r in rows if r["key"] == chosen.key),
                 "frontier": [s.key for s in pareto.frontier(scored)], "rows": rows}
 
+    def metrics(self) -> dict[str, dict[str, str]]:
+        """{"target" | "general": {task: the lm-eval metric its score is}}, as the base point was scored."""
+        out: dict[str, dict[str, str]] = {}
+        for r in self.log.records(self.run_id):
+            if r["point"] == "base@0" and r["split"] == VALIDATION and r["role"] in ("target", "general"):
+                out.setdefault(r["role"], {})[r["task"]] = r["metric"]
+        return out
+
     def summarize(self, points: list[PointSpec], selected_key: str) -> dict:
         from .plots import pareto_plot
 
@@ -437,7 +461,7 @@ class Sweep:
             "base_point": {**base, "test": tests.get("base@0")},
             "final_point": {**next(r for r in selection["rows"] if r["key"] == "final@1"),
                             "test": tests.get("final@1")},
-            "frontier": selection["frontier"], "points": selection["rows"],
+            "frontier": selection["frontier"], "points": selection["rows"], "metrics": self.metrics(),
         }
         files.write_json(self.out / SUMMARY_FILE, summary)
         pareto_plot(selection["rows"], set(selection["frontier"]), selected_key, self.out / PLOT_FILE,
@@ -458,8 +482,11 @@ def table(summary: dict) -> str:
     """The printed table: one row per point, deltas against the base, frontier and selection marked."""
     base = summary["base_point"]
     passes = [key for key in base if key.startswith("pass@")]
-    lines = [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
-             + "".join(f" {key:>8}" for key in passes) + "  front", "-" * (62 + 9 * len(passes))]
+    # Which metric each score is (older summaries did not record it).
+    lines = [f"{role:<8} {', '.join(f'{task} {metric}' for task, metric in tasks.items())}"
+             for role, tasks in summary.get("metrics", {}).items()]
+    lines += [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
+              + "".join(f" {key:>8}" for key in passes) + "  front", "-" * (62 + 9 * len(passes))]
     for r in summary["points"]:
         mark = ("*" if r["key"] in summary["frontier"] else "") + (" <- selected" if r["key"] ==
                                                                    summary["selected"]["key"] else "")
@@ -468,7 +495,7 @@ def table(summary: dict) -> str:
         name = r["path"] + ("+L" if r.get("layers") else "")
         lines.append(f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
                      f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
-                     + "".join(f" {r.get(key, float('nan')):>8.2f}" for key in passes) + f"  {mark}")
+                     + "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in passes) + f"  {mark}")
     sel = summary["selected"]
     lines.append("")
     layers = f" layers={compact(sel['layers'])}" if sel.get("layers") else ""

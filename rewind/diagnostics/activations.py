@@ -76,7 +76,7 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
     rows, counts = [], {}
     try:
         for data, suite in suites.items():
-            items = texts(suite, probe.split, probe.limit, tokenizer)
+            items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
             outputs = {}
             for side in ("base", "finetune"):
                 if side == "base":

@@ -73,7 +73,7 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
                 "shape": list(params[n].shape), "alpha": plan.alphas[n]} for n in names}
     counts = {}
     for data, suite in suites.items():
-        items = texts(suite, probe.split, probe.limit, tokenizer)
+        items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
         drifts = {n: _Drift(plan, n, params[n]) for n in names}
         counts[data] = {"suite": suite, "items": len(items),
                         "tokens": stream(model, tokenizer, items, {module_of(n): d for n, d in drifts.items()},

@@ -1,8 +1,8 @@
-"""Probe data and forward passes: the bundled offline suites' items as text, and hooks that see each module's
-inputs or outputs token by token (padding removed).
+"""Probe data and forward passes: a suite's items as text, and hooks that see each module's inputs or outputs
+token by token (padding removed).
 
-Texts come from the suites' own lm-eval tasks (the same YAMLs, data files and splits the Evaluator uses), so a
-probe sees each item as evaluation shows it to the model: the task's description and prompt (inside the chat
+Texts come from the suites' own lm-eval tasks (the same YAMLs, data files and split policy the Evaluator uses), so
+a probe sees each item as evaluation shows it to the model: the task's description and prompt (inside the chat
 template for tasks whose metadata asks for it), followed by the gold answer.
 """
 
@@ -26,11 +26,12 @@ class Probe:
     """Which data a data-driven diagnostic runs on, and how much of it."""
 
     data: tuple[str, ...] = DATA  # "general" (general-offline) and/or "target" (the `target` suite)
-    target: str = "math-offline"
+    target: str = "math-offline"  # any suite the sweep takes, its tasks looked up in include_path first
     split: str = "validation"
     limit: int = 32  # items per data set, taken round-robin over the suite's tasks
     batch_size: int = 8
     max_length: int = 512  # tokens per item (longer items are cut)
+    include_path: tuple[str, ...] = ()  # dirs of task YAMLs, as lm-eval's --include_path
 
     def suites(self) -> dict[str, str]:
         unknown = set(self.data) - set(DATA)
@@ -43,16 +44,14 @@ class Probe:
         return {d: "general-offline" if d == "general" else self.target for d in self.data}
 
 
-def texts(suite: str, split: str = "validation", limit: int | None = None, tokenizer=None) -> list[str]:
-    """Up to `limit` items of a bundled suite (or one bundled task) as text, round-robin over its tasks."""
-    [resolved] = harness.resolve_suites([suite])
-    if resolved.include_path is None:
-        raise RewindError(f"suite {suite!r}: diagnostics read the bundled offline data; use one of "
-                          f"{', '.join(harness.BUNDLED)} or one of their tasks")
+def texts(suite: str, split: str = "validation", limit: int | None = None, tokenizer=None,
+          include_path: Sequence[str] = ()) -> list[str]:
+    """Up to `limit` items of a suite's `split` phase as text, round-robin over its lm-eval tasks."""
+    [resolved] = harness.resolve_suites([suite], include_path)
     tasks = []
     for name in resolved.tasks:
-        task = harness._bundled_manager().load([name])["tasks"][name]
-        tasks.append((task, task.validation_docs() if split == "validation" else task.test_docs()))
+        for task in harness.load(resolved, name)["tasks"].values():
+            tasks.append((task, harness.phase_docs(task, split)))
     order = [(t, i) for i in range(max(len(docs) for _, docs in tasks)) for t in range(len(tasks))
              if i < len(tasks[t][1])]
     return [_text(tasks[t][0], tasks[t][1][i], tokenizer) for t, i in order[:limit]]
