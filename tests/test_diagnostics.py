@@ -380,7 +380,7 @@ def test_arena_include_equals_one_arena_over_all(workdir, sweeps, arena_of_two, 
     _cli(_arena_argv(workdir, sweeps, ("oft-exact",), tmp_path / "grown", "--include", arena_of_two), capsys)
     direct, grown = (json.loads((tmp_path / d / "arena.json").read_text()) for d in ("all", "grown"))
     assert grown["probe"] == direct["probe"] == {"data": ["general"], "target": "math-offline", "split": "validation",
-                                                 "limit": 2, "batch_size": 8, "max_length": 512}
+                                                 "limit": 2, "batch_size": 8, "max_length": 512, "include_path": []}
     assert [r.get("from") for r in grown["adapters"]] == [str(arena_of_two / "arena.json")] * 2 + [None]
     assert {r["dtype"] for r in grown["adapters"]} == {"fp32"} and not grown["notes"][1:]  # one precision: no note
     # CPU, fp32, the same inputs: every value is the same float, so equality, not approx.
