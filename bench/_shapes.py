@@ -16,14 +16,25 @@ import torch
 
 # Shapes no recipe preset has. Llama-3.2-1B's config.json fields (meta-llama/Llama-3.2-1B).
 LOCAL_SHAPES = {
-    "llama1b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192,
-                "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
-                "tie_word_embeddings": True},
+    "llama1b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+    },
 }
 SHAPE_NAMES = {"smollm2": "SmolLM2-135M", "llama1b": "Llama-3.2-1B", "llama": "Llama-3.2-3B", "qwen": "Qwen2.5-7B"}
 # Adapter methods by name: (peft config class, its options). Targets are chosen per run (--targets).
-METHODS = {"lora": ("LoraConfig", {"r": 8}), "lora16": ("LoraConfig", {"r": 16}),
-           "oft": ("OFTConfig", {"r": 0, "oft_block_size": 32})}
+METHODS = {
+    "lora": ("LoraConfig", {"r": 8}),
+    "lora16": ("LoraConfig", {"r": 16}),
+    "oft": ("OFTConfig", {"r": 0, "oft_block_size": 32}),
+}
 ALL_LINEAR = "all-linear"
 
 
@@ -90,8 +101,9 @@ class _Filler:
     def __init__(self, device: str, dtype: torch.dtype, seed: int = 0, pool: int = 1 << 24):
         self.device, self.dtype = device, dtype
         self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.pool = None if device.startswith("cuda") else \
-            torch.empty(pool, dtype=dtype).normal_(0, 0.02, generator=self.gen)
+        self.pool = (
+            None if device.startswith("cuda") else torch.empty(pool, dtype=dtype).normal_(0, 0.02, generator=self.gen)
+        )
         self.offset = 0
 
     def __call__(self, shape) -> torch.Tensor:
@@ -101,14 +113,20 @@ class _Filler:
         flat, n, done = out.view(-1), out.numel(), 0
         while done < n:  # tile the pool, starting where the last tensor stopped (neighbours differ)
             take = min(n - done, self.pool.numel() - self.offset)
-            flat[done:done + take].copy_(self.pool[self.offset:self.offset + take])
+            flat[done : done + take].copy_(self.pool[self.offset : self.offset + take])
             done += take
             self.offset = (self.offset + take) % self.pool.numel()
         return out
 
 
-def write_checkpoint(shape: str, out: Path, max_shard_size: str | int = "5GB", dtype: torch.dtype = torch.bfloat16,
-                     device: str = "cpu", seed: int = 0) -> dict:
+def write_checkpoint(
+    shape: str,
+    out: Path,
+    max_shard_size: str | int = "5GB",
+    dtype: torch.dtype = torch.bfloat16,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """A random HF checkpoint of `shape` in `out` (config.json + safetensors shards + index), written tensor by
     tensor: host memory holds one tensor, never the model. Shards are cut like save_pretrained cuts them (in state
     dict order, a new shard when the next tensor would pass max_shard_size). Returns what was written."""
@@ -129,8 +147,11 @@ def write_checkpoint(shape: str, out: Path, max_shard_size: str | int = "5GB", d
             size = 0
         shards[-1].append(name)
         size += nbytes
-    names = ["model.safetensors"] if len(shards) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     fill = _Filler(device, dtype, seed)
     weight_map, shard_bytes = {}, {}
     for file, members in zip(names, shards):
@@ -143,17 +164,23 @@ def write_checkpoint(shape: str, out: Path, max_shard_size: str | int = "5GB", d
     if len(names) > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     cfg = model.config
     cfg.architectures = [type(model).__name__]
     cfg.dtype = dtype
     cfg.save_pretrained(out)
-    return {"shards": shard_bytes, "params": sum(t.numel() for t in tensors.values()),
-            "bytes": sum(shard_bytes.values()), "create_s": time.perf_counter() - start}
+    return {
+        "shards": shard_bytes,
+        "params": sum(t.numel() for t in tensors.values()),
+        "bytes": sum(shard_bytes.values()),
+        "create_s": time.perf_counter() - start,
+    }
 
 
-def write_adapter(shape: str, method: str, out: Path, targets: str = ALL_LINEAR, dtype: torch.dtype = torch.bfloat16,
-                  seed: int = 0) -> dict:
+def write_adapter(
+    shape: str, method: str, out: Path, targets: str = ALL_LINEAR, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> dict:
     """A random peft adapter for `shape` in `out`, as get_peft_model + save_pretrained would write it, built on a
     meta-device model (no base weights): every trainable tensor random (scale 0.01), lora_B included."""
     from peft import get_peft_model
@@ -161,9 +188,15 @@ def write_adapter(shape: str, method: str, out: Path, targets: str = ALL_LINEAR,
     start = time.perf_counter()
     peft_model = get_peft_model(_meta_model(shape, dtype), adapter_config(method, targets))
     gen = torch.Generator().manual_seed(seed)
-    state = {name: (torch.randn(p.shape, generator=gen) * 0.01).to(p.dtype)
-             for name, p in peft_model.named_parameters() if p.requires_grad}
+    state = {
+        name: (torch.randn(p.shape, generator=gen) * 0.01).to(p.dtype)
+        for name, p in peft_model.named_parameters()
+        if p.requires_grad
+    }
     peft_model.save_pretrained(out, state_dict=state)
     weights = Path(out) / "adapter_model.safetensors"
-    return {"adapter_bytes": weights.stat().st_size, "adapter_tensors": len(state),
-            "adapter_s": time.perf_counter() - start}
+    return {
+        "adapter_bytes": weights.stat().st_size,
+        "adapter_tensors": len(state),
+        "adapter_s": time.perf_counter() - start,
+    }

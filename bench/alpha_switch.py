@@ -63,8 +63,11 @@ def load(base_id, shape, device: str, dtype: str):
     from transformers import AutoModelForCausalLM
 
     if shape is None:
-        return AutoModelForCausalLM.from_pretrained(models.resolve(base_id), dtype=models.torch_dtype(dtype)).to(
-            device).eval()
+        return (
+            AutoModelForCausalLM.from_pretrained(models.resolve(base_id), dtype=models.torch_dtype(dtype))
+            .to(device)
+            .eval()
+        )
     return _shapes.build(shape, device, models.torch_dtype(dtype))
 
 
@@ -106,11 +109,17 @@ def time_reload(base_id, shape, adapter: Path, device: str, dtype: str, reps: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="smollm2")
-    parser.add_argument("--shape", default=None,
-                        help="random weights in this architecture (smollm2, llama1b, llama, qwen); a comma list runs "
-                             "each")
-    parser.add_argument("--targets", action="append", default=None,
-                        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for a grid")
+    parser.add_argument(
+        "--shape",
+        default=None,
+        help="random weights in this architecture (smollm2, llama1b, llama, qwen); a comma list runs each",
+    )
+    parser.add_argument(
+        "--targets",
+        action="append",
+        default=None,
+        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for a grid",
+    )
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--methods", default="lora,oft")
@@ -119,8 +128,11 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = models.pick_device(args.device)
-    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"{platform.processor() or 'cpu'} " \
-        f"({torch.get_num_threads()} threads)"
+    where = (
+        torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else f"{platform.processor() or 'cpu'} ({torch.get_num_threads()} threads)"
+    )
     bandwidth = copy_bandwidth(device) if device.startswith("cuda") else None
     shapes = args.shape.split(",") if args.shape else [None]
     records = []
@@ -135,21 +147,33 @@ def main() -> None:
                 for method in args.methods.split(","):
                     label = _shapes.targets_label(targets)
                     adapter = random_adapter(model, method, Path(tmp) / f"{shape}-{method}-{label}", targets)
-                    for path in (["cayley", "dense"] if method == "oft" else ["linear"]):
+                    for path in ["cayley", "dense"] if method == "oft" else ["linear"]:
                         rw = engine.attach(model, adapter, path=path)
                         switch = time_switches(rw, args.reps, device)
                         moved = sum(w.numel() * w.element_size() for w in rw.w0.values())
-                        record = {"bench": "alpha_switch", "base": shape or args.base,
-                                  "weights": "random" if shape else "real", "method": method, "path": path,
-                                  "targets": label, "params": params, "build_s": build_s,
-                                  "device": where, "dtype": args.dtype, "tensors": len(rw.w0),
-                                  # which kernels wrote W (rewind/paths/fused.py): Triton on CUDA unless disabled
-                                  "writes": "triton" if device.startswith("cuda") and fused.available() else "torch",
-                                  "adapted_bytes": moved, "switch_s_median": statistics.median(switch),
-                                  "switch_s_min": min(switch), "reps": args.reps, "torch": torch.__version__,
-                                  "copy_bytes_per_s": bandwidth,
-                                  # reading W0 and writing W: the least any in-place switch must move
-                                  "copy_bound_s": 2 * moved / bandwidth if bandwidth else None}
+                        record = {
+                            "bench": "alpha_switch",
+                            "base": shape or args.base,
+                            "weights": "random" if shape else "real",
+                            "method": method,
+                            "path": path,
+                            "targets": label,
+                            "params": params,
+                            "build_s": build_s,
+                            "device": where,
+                            "dtype": args.dtype,
+                            "tensors": len(rw.w0),
+                            # which kernels wrote W (rewind/paths/fused.py): Triton on CUDA unless disabled
+                            "writes": "triton" if device.startswith("cuda") and fused.available() else "torch",
+                            "adapted_bytes": moved,
+                            "switch_s_median": statistics.median(switch),
+                            "switch_s_min": min(switch),
+                            "reps": args.reps,
+                            "torch": torch.__version__,
+                            "copy_bytes_per_s": bandwidth,
+                            # reading W0 and writing W: the least any in-place switch must move
+                            "copy_bound_s": 2 * moved / bandwidth if bandwidth else None,
+                        }
                         restore(model, rw)
                         if path in ("linear", "cayley") and args.reload_reps:
                             reload = time_reload(args.base, shape, adapter, device, args.dtype, args.reload_reps)
@@ -170,13 +194,17 @@ def main() -> None:
 
 
 def table(records: list[dict]) -> None:
-    print("| shape | params | targets | method | path | tensors | adapted MB | switch ms (median) | copy bound ms | "
-          "switch / bound |\n" + "|" + " --- |" * 10)
+    print(
+        "| shape | params | targets | method | path | tensors | adapted MB | switch ms (median) | copy bound ms | "
+        "switch / bound |\n" + "|" + " --- |" * 10
+    )
     for r in records:
         bound = r["copy_bound_s"]  # None off an accelerator
         bound_text = f"{bound * 1e3:.2f} | {r['switch_s_median'] / bound:.1f}" if bound else "– | –"
-        print(f"| {r['base']} | {r['params'] / 1e9:.2f}B | {r['targets']} | {r['method']} | {r['path']} | "
-              f"{r['tensors']} | {r['adapted_bytes'] / 1e6:.0f} | {r['switch_s_median'] * 1e3:.2f} | {bound_text} |")
+        print(
+            f"| {r['base']} | {r['params'] / 1e9:.2f}B | {r['targets']} | {r['method']} | {r['path']} | "
+            f"{r['tensors']} | {r['adapted_bytes'] / 1e6:.0f} | {r['switch_s_median'] * 1e3:.2f} | {bound_text} |"
+        )
 
 
 def restore(model, rw: engine.Rewinder) -> None:

@@ -50,8 +50,14 @@ def main() -> None:
         plan_alphas = plan.alphas
         updated = sum(t.numel() * t.element_size() for n, t in tensors.items() if n in plan_alphas)
         unchanged = sum(t.numel() * t.element_size() for n, t in tensors.items() if n not in plan_alphas)
-        held.append({"shard": Path(filename).name, "updated_bytes": updated, "unchanged_bytes": unchanged,
-                     "shard_bytes": updated + unchanged})
+        held.append(
+            {
+                "shard": Path(filename).name,
+                "updated_bytes": updated,
+                "unchanged_bytes": unchanged,
+                "shard_bytes": updated + unchanged,
+            }
+        )
         stages.append((f"before save_file {Path(filename).name}", status()))
         real_save(tensors, filename, metadata=metadata)
         stages.append((f"after save_file {Path(filename).name}", status()))
@@ -59,22 +65,35 @@ def main() -> None:
     safetensors.torch.save_file = save_file
     with tempfile.TemporaryDirectory() as tmp:
         plan = export.plan(args.base, args.adapter, Path(tmp) / "out", args.alpha)
-        deltas = sum(t.numel() * t.element_size() for d in plan.update.deltas.values()
-                     for t in vars(d).values() if isinstance(t, torch.Tensor))
+        deltas = sum(
+            t.numel() * t.element_size()
+            for d in plan.update.deltas.values()
+            for t in vars(d).values()
+            if isinstance(t, torch.Tensor)
+        )
         stages.append(("planned (adapter read)", status()))
         export.write(plan, args.device)
         stages.append(("written", status()))
     mb = 1e6
     print(f"{'stage':44} {'VmRSS':>8} {'anon':>8} {'file':>8} {'VmHWM':>8}  (MB)")
     for name, s in stages:
-        print(f"{name:44} {s['VmRSS'] / mb:8.0f} {s['RssAnon'] / mb:8.0f} {s['RssFile'] / mb:8.0f} "
-              f"{s['VmHWM'] / mb:8.0f}")
+        print(
+            f"{name:44} {s['VmRSS'] / mb:8.0f} {s['RssAnon'] / mb:8.0f} {s['RssFile'] / mb:8.0f} {s['VmHWM'] / mb:8.0f}"
+        )
     for h in held:
-        print(f"{h['shard']}: held {h['shard_bytes'] / mb:.0f} MB = updated {h['updated_bytes'] / mb:.0f} MB "
-              f"+ unchanged {h['unchanged_bytes'] / mb:.0f} MB")
+        print(
+            f"{h['shard']}: held {h['shard_bytes'] / mb:.0f} MB = updated {h['updated_bytes'] / mb:.0f} MB "
+            f"+ unchanged {h['unchanged_bytes'] / mb:.0f} MB"
+        )
     print(f"adapter deltas in memory: {deltas / mb:.0f} MB")
-    record = {"bench": "export_profile", "base": args.base, "device": args.device, "stages": dict(stages),
-              "held": held, "deltas_bytes": deltas}
+    record = {
+        "bench": "export_profile",
+        "base": args.base,
+        "device": args.device,
+        "stages": dict(stages),
+        "held": held,
+        "deltas_bytes": deltas,
+    }
     if args.out:
         with open(args.out, "a") as f:
             f.write(json.dumps(record) + "\n")

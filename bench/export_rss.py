@@ -103,9 +103,13 @@ def measure(args: list[str], interval: float = 0.01, trace: Path | None = None, 
     own = json.loads(text) if text else {}
     if trace is not None:
         trace.write_text("\n".join(json.dumps({"t": t, **v}) for t, v in sampler.trace) + "\n")
-    return {"wall_s": wall, "peak_rss_bytes": own.get("VmHWM") or sampler.peak["VmRSS"],
-            "peak_from": "VmHWM" if own.get("VmHWM") else "sampled", "sampled_peak": sampler.peak,
-            "sampled_at_peak": sampler.at_peak}
+    return {
+        "wall_s": wall,
+        "peak_rss_bytes": own.get("VmHWM") or sampler.peak["VmRSS"],
+        "peak_from": "VmHWM" if own.get("VmHWM") else "sampled",
+        "sampled_peak": sampler.peak,
+        "sampled_at_peak": sampler.at_peak,
+    }
 
 
 def old_way(base: str, adapter: str, out: str, device: str, alpha: float, max_shard_size: str) -> None:
@@ -126,10 +130,12 @@ def old_way(base: str, adapter: str, out: str, device: str, alpha: float, max_sh
     merged.save_pretrained(out, max_shard_size=max_shard_size)
 
 
-BASELINES = {"import": "import torch, rewind",
-             # what the old way imports before it loads anything (rewind export imports only torch + safetensors)
-             "import+hf": "import torch, rewind, peft, transformers.modeling_utils",
-             "import+cuda": "import torch, rewind; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"}
+BASELINES = {
+    "import": "import torch, rewind",
+    # what the old way imports before it loads anything (rewind export imports only torch + safetensors)
+    "import+hf": "import torch, rewind, peft, transformers.modeling_utils",
+    "import+cuda": "import torch, rewind; torch.zeros(1, device='cuda'); torch.cuda.synchronize()",
+}
 
 
 def versions() -> dict:
@@ -138,14 +144,22 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "safetensors": safetensors.__version__}
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "safetensors": safetensors.__version__,
+    }
 
 
 def commit(root: Path) -> str | None:
     try:
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -159,25 +173,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="smollm2", help="smollm2, llama1b, llama, qwen (see bench/_shapes.py)")
     parser.add_argument("--methods", default="lora16", help="comma list of lora, lora16, oft")
-    parser.add_argument("--targets", action="append", default=None,
-                        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for more")
+    parser.add_argument(
+        "--targets",
+        action="append",
+        default=None,
+        help="adapted modules: all-linear (default) or a comma list (q_proj,v_proj); repeat for more",
+    )
     parser.add_argument("--devices", default=None, help="comma list; default cpu, plus cuda when present")
     parser.add_argument("--ways", default="rewind,old", help="rewind, old or both")
-    parser.add_argument("--runs", default=None,
-                        help="way:device pairs instead of ways x devices, e.g. rewind:cpu,rewind:cuda,old:cpu")
+    parser.add_argument(
+        "--runs", default=None, help="way:device pairs instead of ways x devices, e.g. rewind:cpu,rewind:cuda,old:cpu"
+    )
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--max-shard-size", default="5GB", help="shard size of the random base (and the old way's)")
-    parser.add_argument("--work", default=None, help="dir for the base, adapters and outputs (default: a temp dir; "
-                                                     "needs ~2x the model's size free)")
+    parser.add_argument(
+        "--work",
+        default=None,
+        help="dir for the base, adapters and outputs (default: a temp dir; needs ~2x the model's size free)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep --work's base and adapters afterwards")
     parser.add_argument("--reps", type=int, default=1, help="runs of each export (one JSON line each)")
-    parser.add_argument("--rewind-root", default=str(ROOT),
-                        help="checkout whose rewind the rewind way runs (e.g. another branch's worktree)")
+    parser.add_argument(
+        "--rewind-root",
+        default=str(ROOT),
+        help="checkout whose rewind the rewind way runs (e.g. another branch's worktree)",
+    )
     parser.add_argument("--interval", type=float, default=0.01, help="RSS sampling period, seconds")
     parser.add_argument("--trace", action="store_true", help="write each run's RSS timeline next to --out")
     parser.add_argument("--out", default=None, help="append JSON lines here")
-    parser.add_argument("--child", nargs=6, metavar=("BASE", "ADAPTER", "OUT", "DEVICE", "ALPHA", "SHARD"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=6, metavar=("BASE", "ADAPTER", "OUT", "DEVICE", "ALPHA", "SHARD"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         base, adapter, out, device, alpha, shard = args.child
@@ -190,17 +216,33 @@ def main() -> None:
 
     cuda = torch.cuda.is_available()
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if cuda else [])
-    runs = [tuple(r.split(":")) for r in args.runs.split(",")] if args.runs else \
-        [(way, device) for device in devices for way in args.ways.split(",")]
+    runs = (
+        [tuple(r.split(":")) for r in args.runs.split(",")]
+        if args.runs
+        else [(way, device) for device in devices for way in args.ways.split(",")]
+    )
     devices = list(dict.fromkeys(device for _, device in runs))
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="export-rss-"))
     work.mkdir(parents=True, exist_ok=True)
-    common = {"bench": "export_rss", "shape": args.shape, "machine": machine(), "max_shard_size": args.max_shard_size,
-              **versions()}
+    common = {
+        "bench": "export_rss",
+        "shape": args.shape,
+        "machine": machine(),
+        "max_shard_size": args.max_shard_size,
+        **versions(),
+    }
     records = []
     # `python -m rewind.cli` needs click; a machine without it runs the library call that the CLI makes
-    entry = "cli" if subprocess.run([sys.executable, "-c", "import rewind.cli"], env=child_env(
-        Path(args.rewind_root).resolve()), capture_output=True).returncode == 0 else "library"
+    entry = (
+        "cli"
+        if subprocess.run(
+            [sys.executable, "-c", "import rewind.cli"],
+            env=child_env(Path(args.rewind_root).resolve()),
+            capture_output=True,
+        ).returncode
+        == 0
+        else "library"
+    )
 
     def emit(record: dict) -> None:
         line = json.dumps(record)
@@ -219,12 +261,20 @@ def main() -> None:
             shards = {s.name: s.stat().st_size for s in base_shards(base)}
             created = {"shards": shards, "bytes": sum(shards.values()), "create_s": None, "reused": True}
         else:
-            created = _shapes.write_checkpoint(args.shape, base, args.max_shard_size,
-                                               device="cuda" if cuda else "cpu")
+            created = _shapes.write_checkpoint(args.shape, base, args.max_shard_size, device="cuda" if cuda else "cpu")
         largest = max(created["shards"].values())
-        emit({**common, "kind": "create", "device": "cuda" if cuda and not created.get("reused") else "cpu",
-              "shards": len(created["shards"]), "largest_shard_bytes": largest, "base_bytes": created["bytes"],
-              "params": created.get("params"), "create_s": created["create_s"]})
+        emit(
+            {
+                **common,
+                "kind": "create",
+                "device": "cuda" if cuda and not created.get("reused") else "cpu",
+                "shards": len(created["shards"]),
+                "largest_shard_bytes": largest,
+                "base_bytes": created["bytes"],
+                "params": created.get("params"),
+                "create_s": created["create_s"],
+            }
+        )
         baselines = {}
         olds = any(way == "old" for way, _ in runs)
         for name in ["import"] + (["import+hf"] if olds else []) + (["import+cuda"] if "cuda" in devices else []):
@@ -236,20 +286,47 @@ def main() -> None:
             made = _shapes.write_adapter(args.shape, method, adapter, targets)
             for (way, device), rep in [(run, r) for run in runs for r in range(args.reps)]:
                 # net of what the way imports before it loads anything (on cuda: of a started CUDA context)
-                baseline = "import+cuda" if device.startswith("cuda") else "import+hf" if way == "old" else \
-                    "import"
+                baseline = "import+cuda" if device.startswith("cuda") else "import+hf" if way == "old" else "import"
                 out = work / f"out-{way}-{device}"
                 shutil.rmtree(out, ignore_errors=True)
                 if way == "rewind" and entry == "cli":
-                    cmd = ["-m", "rewind.cli", "export", "--base", str(base), "--adapter",
-                           str(adapter), "--alpha", str(args.alpha), "--out", str(out), "--device", device]
+                    cmd = [
+                        "-m",
+                        "rewind.cli",
+                        "export",
+                        "--base",
+                        str(base),
+                        "--adapter",
+                        str(adapter),
+                        "--alpha",
+                        str(args.alpha),
+                        "--out",
+                        str(out),
+                        "--device",
+                        device,
+                    ]
                 elif way == "rewind":  # the same plan + write, without the CLI's imports
-                    cmd = ["-c", "import sys; from rewind.export import export; export(sys.argv[1], sys.argv[2], "
-                           "sys.argv[3], float(sys.argv[4]), device=sys.argv[5])", str(base), str(adapter), str(out),
-                           str(args.alpha), device]
+                    cmd = [
+                        "-c",
+                        "import sys; from rewind.export import export; export(sys.argv[1], sys.argv[2], "
+                        "sys.argv[3], float(sys.argv[4]), device=sys.argv[5])",
+                        str(base),
+                        str(adapter),
+                        str(out),
+                        str(args.alpha),
+                        device,
+                    ]
                 else:
-                    cmd = [str(Path(__file__).resolve()), "--child", str(base), str(adapter),
-                           str(out), device, str(args.alpha), args.max_shard_size]
+                    cmd = [
+                        str(Path(__file__).resolve()),
+                        "--child",
+                        str(base),
+                        str(adapter),
+                        str(out),
+                        device,
+                        str(args.alpha),
+                        args.max_shard_size,
+                    ]
                 label = f"{args.shape}-{method}-{_shapes.targets_label(targets)}-{device}-{way}-{rep}"
                 trace = Path(args.out).with_suffix(f".{label}.trace.jsonl") if args.trace and args.out else None
                 m = measure(cmd, args.interval, trace, Path(args.rewind_root).resolve())
@@ -257,18 +334,33 @@ def main() -> None:
                 out_largest = max(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
                 shutil.rmtree(out, ignore_errors=True)
                 bound = largest + made["adapter_bytes"]
-                emit({**common, "kind": "export", "way": way, "rep": rep, "method": method,
-                      "rewind_root": str(Path(args.rewind_root).resolve()) if way == "rewind" else None,
-                      "rewind_commit": commit(Path(args.rewind_root)) if way == "rewind" else None,
-                      "entry": entry if way == "rewind" else "peft",
-                      "targets": _shapes.targets_label(targets), "device": device, "alpha": args.alpha,
-                      **m, "largest_shard_bytes": largest, "out_largest_shard_bytes": out_largest,
-                      "written_bytes": written, **made, "baseline": baseline,
-                      "baseline_rss_bytes": baselines[baseline], "import_rss_bytes": baselines["import"],
-                      "ratio": m["peak_rss_bytes"] / bound,
-                      "net_ratio": (m["peak_rss_bytes"] - baselines[baseline]) / bound,
-                      "target_met": m["peak_rss_bytes"] <= TARGET_RATIO * bound,
-                      "net_target_met": m["peak_rss_bytes"] - baselines[baseline] <= TARGET_RATIO * bound})
+                emit(
+                    {
+                        **common,
+                        "kind": "export",
+                        "way": way,
+                        "rep": rep,
+                        "method": method,
+                        "rewind_root": str(Path(args.rewind_root).resolve()) if way == "rewind" else None,
+                        "rewind_commit": commit(Path(args.rewind_root)) if way == "rewind" else None,
+                        "entry": entry if way == "rewind" else "peft",
+                        "targets": _shapes.targets_label(targets),
+                        "device": device,
+                        "alpha": args.alpha,
+                        **m,
+                        "largest_shard_bytes": largest,
+                        "out_largest_shard_bytes": out_largest,
+                        "written_bytes": written,
+                        **made,
+                        "baseline": baseline,
+                        "baseline_rss_bytes": baselines[baseline],
+                        "import_rss_bytes": baselines["import"],
+                        "ratio": m["peak_rss_bytes"] / bound,
+                        "net_ratio": (m["peak_rss_bytes"] - baselines[baseline]) / bound,
+                        "target_met": m["peak_rss_bytes"] <= TARGET_RATIO * bound,
+                        "net_target_met": m["peak_rss_bytes"] - baselines[baseline] <= TARGET_RATIO * bound,
+                    }
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -278,22 +370,38 @@ def main() -> None:
 def table(records: list[dict]) -> None:
     gb = 1e9
     rows = [r for r in records if r["kind"] == "export"]
-    head = ["shape", "method", "targets", "device", "way", "wall s", "peak RSS GB", "net GB", "shard+adapter GB",
-            "ratio", "net ratio", "<=1.3"]
+    head = [
+        "shape",
+        "method",
+        "targets",
+        "device",
+        "way",
+        "wall s",
+        "peak RSS GB",
+        "net GB",
+        "shard+adapter GB",
+        "ratio",
+        "net ratio",
+        "<=1.3",
+    ]
     print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
     for r in rows:
         bound = r["largest_shard_bytes"] + r["adapter_bytes"]
-        print(f"| {r['shape']} | {r['method']} | {r['targets']} | {r['device']} | {r['way']} | {r['wall_s']:.1f} | "
-              f"{r['peak_rss_bytes'] / gb:.2f} | {(r['peak_rss_bytes'] - r['baseline_rss_bytes']) / gb:.2f} | "
-              f"{bound / gb:.2f} | {r['ratio']:.2f} | {r['net_ratio']:.2f} | "
-              f"{'yes' if r['target_met'] else 'net only' if r['net_target_met'] else 'no'} |")
+        print(
+            f"| {r['shape']} | {r['method']} | {r['targets']} | {r['device']} | {r['way']} | {r['wall_s']:.1f} | "
+            f"{r['peak_rss_bytes'] / gb:.2f} | {(r['peak_rss_bytes'] - r['baseline_rss_bytes']) / gb:.2f} | "
+            f"{bound / gb:.2f} | {r['ratio']:.2f} | {r['net_ratio']:.2f} | "
+            f"{'yes' if r['target_met'] else 'net only' if r['net_target_met'] else 'no'} |"
+        )
     for r in records:
         if r["kind"] == "baseline":
             print(f"baseline {r['baseline']}: {r['peak_rss_bytes'] / gb:.2f} GB, {r['wall_s']:.1f} s")
         if r["kind"] == "create":
             made = f"{r['create_s']:.1f} s" if r["create_s"] is not None else "reused"
-            print(f"base {r['shape']}: {r['base_bytes'] / gb:.2f} GB in {r['shards']} shards (largest "
-                  f"{r['largest_shard_bytes'] / gb:.2f} GB), created on {r['device']}: {made}")
+            print(
+                f"base {r['shape']}: {r['base_bytes'] / gb:.2f} GB in {r['shards']} shards (largest "
+                f"{r['largest_shard_bytes'] / gb:.2f} GB), created on {r['device']}: {made}"
+            )
 
 
 if __name__ == "__main__":

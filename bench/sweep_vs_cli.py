@@ -28,8 +28,9 @@ from rewind import export, sweep
 from rewind.evaluate.suites import TASKS_DIR
 
 
-def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str, workdir: Path,
-            batch_size: str = "auto") -> dict:
+def old_way(
+    spec: dict, point: dict, tasks: dict[str, bool], limit, device: str, workdir: Path, batch_size: str = "auto"
+) -> dict:
     """Merge to disk + lm_eval CLI per point. Returns seconds and the scores it printed."""
     start = time.perf_counter()
     out = workdir / f"merged-{point['path']}-{point['alpha']:g}"
@@ -43,15 +44,32 @@ def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str,
         if not names:
             continue
         results = workdir / f"lm_eval-{chat}"
-        cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
-               f"pretrained={out},dtype=bfloat16", "--tasks", ",".join(names), "--include_path", str(TASKS_DIR),
-               "--device", device, "--batch_size", batch_size, "--output_path", str(results)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lm_eval",
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={out},dtype=bfloat16",
+            "--tasks",
+            ",".join(names),
+            "--include_path",
+            str(TASKS_DIR),
+            "--device",
+            device,
+            "--batch_size",
+            batch_size,
+            "--output_path",
+            str(results),
+        ]
         if limit:
             cmd += ["--limit", str(limit)]
         if chat:
             cmd += ["--apply_chat_template"]
-        done = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-                              stdout=subprocess.DEVNULL)
+        done = subprocess.run(
+            cmd, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, stdout=subprocess.DEVNULL
+        )
         # lm_eval saves its results before printing the table; a box without pytablewriter fails only at the table.
         if done.returncode and not any(results.rglob("results_*.json")):
             raise subprocess.CalledProcessError(done.returncode, cmd)
@@ -61,8 +79,9 @@ def old_way(spec: dict, point: dict, tasks: dict[str, bool], limit, device: str,
     return {"seconds": time.perf_counter() - start, "merge_seconds": merged_s, "scores": scores}
 
 
-def remeasure(spec: dict, keys: list[str], lines: list[dict], split: str, device: str, out: Path
-              ) -> tuple[list[dict], float]:
+def remeasure(
+    spec: dict, keys: list[str], lines: list[dict], split: str, device: str, out: Path
+) -> tuple[list[dict], float]:
     """rewind's lines for `keys` timed again in this process: one resident model, each point an in-place switch.
 
     The first point of a process also pays one-time start-up (CUDA kernels, lm-eval's first generation), which a
@@ -87,12 +106,16 @@ def main() -> None:
     # The bundled YAMLs point lm_eval's CLI at their test split: compare points the sweep scored on test.
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--batch-size", default=None,
-                        help="lm_eval's; default: the sweep's (if it had none: auto on cuda, 8 on cpu)")
-    parser.add_argument("--remeasure", action="store_true",
-                        help="time rewind's points again here, right before the old way, instead of reading the "
-                             "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
-                             "other split goes first")
+    parser.add_argument(
+        "--batch-size", default=None, help="lm_eval's; default: the sweep's (if it had none: auto on cuda, 8 on cpu)"
+    )
+    parser.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="time rewind's points again here, right before the old way, instead of reading the "
+        "sweep's seconds (which may have shared the GPU with other work); a warm-up point on the "
+        "other split goes first",
+    )
     parser.add_argument("--adapter", default=None, help="no finished sweep: this adapter's points, timed here")
     parser.add_argument("--base", default=None, help="with --adapter: the base (default smollm2)")
     parser.add_argument("--limit", type=int, default=None, help="with --adapter: items per task")
@@ -105,13 +128,17 @@ def main() -> None:
     else:
         record, _ = sweep.load(args.sweep)
         spec = record["spec"]
-        lines = [r for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
-                 if r["split"] == args.split]
+        lines = [
+            r
+            for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
+            if r["split"] == args.split
+        ]
     first_point_s = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.remeasure:
-            lines, first_point_s = remeasure(spec, args.points.split(","), lines, args.split, args.device,
-                                             Path(tmp) / "again")
+            lines, first_point_s = remeasure(
+                spec, args.points.split(","), lines, args.split, args.device, Path(tmp) / "again"
+            )
         tasks = {r["task"]: r["task"].startswith("math") for r in lines}  # math tasks use the chat template
         for key in args.points.split(","):
             mine = [r for r in lines if r["point"] == key]
@@ -119,17 +146,30 @@ def main() -> None:
             # lm-eval's auto batch size probes ever larger batches: minutes and GBs on a CPU
             batch = args.batch_size or str(spec.get("batch_size") or ("auto" if args.device.startswith("cuda") else 8))
             old = old_way(spec, point, tasks, spec["limit"], args.device, Path(tmp), batch)
-            agree = {r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"]) for r in mine
-                     if r["task"] in old["scores"]}
-            result = {"bench": "sweep_vs_cli", "point": key, "split": args.split, "limit": spec["limit"],
-                      "batch_size": batch, "rewind_remeasured": args.remeasure,
-                      "rewind_first_point_s": first_point_s,  # with --remeasure: the warm-up, start-up included
-                      "rewind_point_s": mine[0]["point_seconds"],
-                      "rewind_switch_s": mine[0]["switch_seconds"], "old_way_s": old["seconds"],
-                      "old_merge_s": old["merge_seconds"], "speedup": old["seconds"] / mine[0]["point_seconds"],
-                      "max_abs_score_diff": max(agree.values()) if agree else None,
-                      "tasks": len(tasks), "rewind_point_s_median_all": statistics.median(
-                          {r["point"]: r["point_seconds"] for r in lines}.values())}
+            agree = {
+                r["task"]: abs(old["scores"][r["task"]][r["metric"]] - r["value"])
+                for r in mine
+                if r["task"] in old["scores"]
+            }
+            result = {
+                "bench": "sweep_vs_cli",
+                "point": key,
+                "split": args.split,
+                "limit": spec["limit"],
+                "batch_size": batch,
+                "rewind_remeasured": args.remeasure,
+                "rewind_first_point_s": first_point_s,  # with --remeasure: the warm-up, start-up included
+                "rewind_point_s": mine[0]["point_seconds"],
+                "rewind_switch_s": mine[0]["switch_seconds"],
+                "old_way_s": old["seconds"],
+                "old_merge_s": old["merge_seconds"],
+                "speedup": old["seconds"] / mine[0]["point_seconds"],
+                "max_abs_score_diff": max(agree.values()) if agree else None,
+                "tasks": len(tasks),
+                "rewind_point_s_median_all": statistics.median(
+                    {r["point"]: r["point_seconds"] for r in lines}.values()
+                ),
+            }
             line = json.dumps(result)
             print(line, flush=True)
             if args.out:

@@ -49,8 +49,13 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def read(adapter: str | Path, base_shapes: Mapping[str, torch.Size], init_adapter: str | Path | None = None,
-         base_tensor: Callable[[str], torch.Tensor] | None = None, base_config: Mapping | None = None) -> Update:
+def read(
+    adapter: str | Path,
+    base_shapes: Mapping[str, torch.Size],
+    init_adapter: str | Path | None = None,
+    base_tensor: Callable[[str], torch.Tensor] | None = None,
+    base_config: Mapping | None = None,
+) -> Update:
     """Read an adapter dir (or a full checkpoint dir) against a base given by its parameter shapes.
 
     `base_tensor(name)` is needed only for full checkpoints (to skip tensors the finetune left unchanged).
@@ -79,7 +84,6 @@ def load_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise RewindError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -135,8 +139,10 @@ def check_architecture(config: Mapping, base_config: Mapping | None, source: Pat
     for claim, where in claims:
         if _family(claim) and _family(claim) not in base_families:
             base_name = base_config.get("model_type") or next(iter(base_families))
-            raise RewindError(f"{source} was trained on a {claim} model ({where}) but --base is a {base_name} model: "
-                              f"pass the base it was trained on")
+            raise RewindError(
+                f"{source} was trained on a {claim} model ({where}) but --base is a {base_name} model: "
+                f"pass the base it was trained on"
+            )
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -184,7 +190,7 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
         if not key.startswith(_PEFT_PREFIX):
             shared[key] = t  # VeRA's projections live at base_model.vera_A / vera_B
             continue
-        name = key[len(_PEFT_PREFIX):]
+        name = key[len(_PEFT_PREFIX) :]
         if name in shapes:  # modules_to_save: peft stores the whole trained tensor under its base name
             deltas[name] = Replace(t)
             continue
@@ -193,16 +199,28 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
     reader = _READERS[config["peft_type"].upper()]
     for module, parts in by_module.items():
         if f"{module}.weight" not in shapes:
-            raise RewindError(f"adapter module {module} is not in the base model; was the adapter trained on "
-                              f"{config.get('base_model_name_or_path') or 'another model'}?")
+            raise RewindError(
+                f"adapter module {module} is not in the base model; was the adapter trained on "
+                f"{config.get('base_model_name_or_path') or 'another model'}?"
+            )
         try:
             deltas.update(reader(module, parts, config, shapes, shared))
         except RewindError:
             raise
-        except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError, re.error,
-                RuntimeError) as exc:
-            raise RewindError(f"{path / ADAPTER_CONFIG}: cannot read module {module} ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}); the adapter is malformed") from exc
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            ZeroDivisionError,
+            AttributeError,
+            IndexError,
+            re.error,
+            RuntimeError,
+        ) as exc:
+            raise RewindError(
+                f"{path / ADAPTER_CONFIG}: cannot read module {module} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); the adapter is malformed"
+            ) from exc
     if residual:
         _rebase_residual(deltas, residual, config, init_adapter, path)
     for name, delta in deltas.items():
@@ -233,8 +251,13 @@ _CONFIG_FIELDS = [
     (("LORA", "ADALORA"), "lora_alpha", _number, "a number", True),
     (("LORA",), "rank_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
     (("LORA",), "alpha_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
-    (("OFT",), "num_cayley_neumann_terms", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-     "a non-negative integer", False),
+    (
+        ("OFT",),
+        "num_cayley_neumann_terms",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a non-negative integer",
+        False,
+    ),
     (("OFT",), "eps", _number, "a number", False),
     (("OFT",), "use_cayley_neumann", lambda v: isinstance(v, bool), "true or false", False),
 ]
@@ -252,7 +275,7 @@ def _check_config(config: dict, where: Path) -> None:
         if not ok(config[key]):
             raise RewindError(f"{where}: `{key}` is {config[key]!r}; it must be {what}")
     for key in ("rank_pattern", "alpha_pattern") if peft_type == "LORA" else ():
-        for pattern in (config.get(key) or {}):
+        for pattern in config.get(key) or {}:
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -268,8 +291,10 @@ def _split_key(key: str) -> tuple[str, str]:
     for i, part in enumerate(parts):
         if part.startswith(("lora_", "oft_", "ia3_", "vera_", "miss_")):
             return ".".join(parts[:i]), ".".join(parts[i:])
-    raise RewindError(f"adapter tensor {key} is neither an adapter parameter rewind knows (LoRA, AdaLoRA, VeRA, "
-                      f"OFT, IA3, MiSS) nor a base-model tensor")
+    raise RewindError(
+        f"adapter tensor {key} is neither an adapter parameter rewind knows (LoRA, AdaLoRA, VeRA, "
+        f"OFT, IA3, MiSS) nor a base-model tensor"
+    )
 
 
 def _pattern(config: dict, key: str, module: str, default):
@@ -283,8 +308,10 @@ def _pattern(config: dict, key: str, module: str, default):
 def _only(parts: dict, names: set[str], module: str) -> None:
     unknown = set(parts) - names
     if unknown:
-        raise RewindError(f"adapter module {module}: unsupported tensors {sorted(unknown)} (embedding or conv "
-                          f"adapters, trained biases and multi-adapter files are not read)")
+        raise RewindError(
+            f"adapter module {module}: unsupported tensors {sorted(unknown)} (embedding or conv "
+            f"adapters, trained biases and multi-adapter files are not read)"
+        )
 
 
 def _lora(module, parts, config, shapes, shared):
@@ -377,7 +404,8 @@ def _rebase_residual(deltas: dict[str, Delta], init: str, config: dict, init_ada
     if init_adapter is None:
         raise RewindError(
             f"{path} was trained on a residual base ({init} init): pass --init-adapter DIR "
-            f"with its step-0 adapter, or convert it with peft's path_initial_model_for_weight_conversion")
+            f"with its step-0 adapter, or convert it with peft's path_initial_model_for_weight_conversion"
+        )
     init_config = load_json(Path(init_adapter) / ADAPTER_CONFIG)
     init_weights = load_safetensors(Path(init_adapter) / ADAPTER_WEIGHTS)
     for name, delta in deltas.items():
@@ -398,10 +426,13 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
     if name not in shapes:
         raise RewindError(f"adapter tensor {name} is not in the base model")
     want = tuple(shapes[name])
-    if isinstance(delta, (LowRank, DoRA)) and (delta.B.dim() != 2 or delta.A.dim() != 2
-                                               or delta.B.shape[1] != delta.A.shape[0]):
-        raise RewindError(f"adapter factors of {name} do not fit each other: B is {tuple(delta.B.shape)}, A is "
-                          f"{tuple(delta.A.shape)} (expected [out, r] and [r, in]); the adapter is broken")
+    if isinstance(delta, (LowRank, DoRA)) and (
+        delta.B.dim() != 2 or delta.A.dim() != 2 or delta.B.shape[1] != delta.A.shape[0]
+    ):
+        raise RewindError(
+            f"adapter factors of {name} do not fit each other: B is {tuple(delta.B.shape)}, A is "
+            f"{tuple(delta.A.shape)} (expected [out, r] and [r, in]); the adapter is broken"
+        )
     if isinstance(delta, (LowRank, DoRA)):
         got = (delta.B.shape[0], delta.A.shape[1])
     elif isinstance(delta, Scale):
@@ -416,8 +447,10 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
         got = want
     if got != want:
         base = config.get("base_model_name_or_path") or config.get("_name_or_path") or "another model"
-        raise RewindError(f"adapter does not fit this base: {name} is {want} in the base but {got} in the adapter "
-                          f"(trained on {base}?)")
+        raise RewindError(
+            f"adapter does not fit this base: {name} is {want} in the base but {got} in the adapter "
+            f"(trained on {base}?)"
+        )
 
 
 def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_config=None) -> Update:
@@ -437,8 +470,10 @@ def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_c
                 raise RewindError(f"full checkpoint tensor {name} is not in the base model (another architecture?)")
             w0 = base_tensor(name)
             if tuple(w1.shape) != tuple(shapes[name]):
-                raise RewindError(f"checkpoint does not fit this base: {name} is {tuple(shapes[name])} in the base "
-                                  f"but {tuple(w1.shape)} in {path}")
+                raise RewindError(
+                    f"checkpoint does not fit this base: {name} is {tuple(shapes[name])} in the base "
+                    f"but {tuple(w1.shape)} in {path}"
+                )
             if not torch.equal(w1.to(w0.device, w0.dtype), w0):  # compared where the base lives (a GPU, often)
                 deltas[name] = Replace(w1)
     if not deltas:

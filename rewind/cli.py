@@ -15,7 +15,8 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
-from .sweep import DEFAULT_ALPHAS, DEFAULT_OUT as DEFAULT_SWEEP
+from .sweep import DEFAULT_ALPHAS
+from .sweep import DEFAULT_OUT as DEFAULT_SWEEP
 
 _PATH_CHOICES = ["auto", "linear", "cayley", "dora", "dense", "layerwise"]
 
@@ -60,8 +61,12 @@ def _show_notes() -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="rewind")
-@click.option("--online", is_flag=True, envvar="REWIND_ONLINE",
-              help="Allow hub downloads (models, hub tasks). Default: offline, local files and HF cache only.")
+@click.option(
+    "--online",
+    is_flag=True,
+    envvar="REWIND_ONLINE",
+    help="Allow hub downloads (models, hub tasks). Default: offline, local files and HF cache only.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.pass_context
 def cli(ctx, online, debug):
@@ -74,26 +79,47 @@ def cli(ctx, online, debug):
 
 
 def base_options(f):
-    f = click.option("--init-adapter", type=click.Path(), default=None,
-                     help="Step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA/LoRA-GA saved unconverted).")(f)
+    f = click.option(
+        "--init-adapter",
+        type=click.Path(),
+        default=None,
+        help="Step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA/LoRA-GA saved unconverted).",
+    )(f)
     f = click.option("--adapter", type=click.Path(), default=None, help="peft adapter dir or full checkpoint dir.")(f)
-    f = click.option("--base", default=None,
-                     help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")(f)
+    f = click.option("--base", default=None, help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")(
+        f
+    )
     return f
 
 
 def path_options(multiple: bool = False):
     def decorate(f):
         f = click.option("--allow-extrapolation", is_flag=True, help="Allow alpha outside [0, 1].")(f)
-        f = click.option("--cayley-scale", type=click.Choice(["linear", "sqrt"]), default="linear",
-                         show_default=True, help="cayley path: generator scale s(alpha) = alpha or sqrt(alpha).")(f)
-        f = click.option("--layers", "layers", default=None,
-                         help="Per-layer alphas: ramp, balanced, a comma list (one per layer) or a JSON file.")(f)
+        f = click.option(
+            "--cayley-scale",
+            type=click.Choice(["linear", "sqrt"]),
+            default="linear",
+            show_default=True,
+            help="cayley path: generator scale s(alpha) = alpha or sqrt(alpha).",
+        )(f)
+        f = click.option(
+            "--layers",
+            "layers",
+            default=None,
+            help="Per-layer alphas: ramp, balanced, a comma list (one per layer) or a JSON file.",
+        )(f)
         more = " Repeat to sweep several paths on one resident model." if multiple else ""
-        f = click.option("--path", "path", type=click.Choice(_PATH_CHOICES), multiple=multiple,
-                         default=("auto",) if multiple else "auto", show_default=True,
-                         help=f"auto = the method's natural path (OFT: cayley, DoRA: dora, others: linear).{more}")(f)
+        f = click.option(
+            "--path",
+            "path",
+            type=click.Choice(_PATH_CHOICES),
+            multiple=multiple,
+            default=("auto",) if multiple else "auto",
+            show_default=True,
+            help=f"auto = the method's natural path (OFT: cayley, DoRA: dora, others: linear).{more}",
+        )(f)
         return f
+
     return decorate
 
 
@@ -110,23 +136,66 @@ def _path_and_schedule(path: str, layers: str | None):
 @cli.command()
 @base_options
 @path_options()
-@click.option("--alpha", type=float, default=None,
-              help="Point on the path: 0 = base, 1 = finetune. Default: the last sweep's selected point, else 1.")
-@click.option("--out", type=click.Path(), required=True,
-              help="Output dir (must be empty or absent; never an input, nor inside or around one).")
-@click.option("--format", "fmt", type=click.Choice(["merged", "adapter"]), default="merged", show_default=True,
-              help="merged: HF checkpoint; adapter: a peft adapter scaled along its natural path (where exact).")
-@click.option("--from", "sweep_dir", type=click.Path(), default=None,
-              help="Sweep dir to take base, adapter and point from (default ./rewind-sweep when --adapter is absent).")
+@click.option(
+    "--alpha",
+    type=float,
+    default=None,
+    help="Point on the path: 0 = base, 1 = finetune. Default: the last sweep's selected point, else 1.",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Output dir (must be empty or absent; never an input, nor inside or around one).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["merged", "adapter"]),
+    default="merged",
+    show_default=True,
+    help="merged: HF checkpoint; adapter: a peft adapter scaled along its natural path (where exact).",
+)
+@click.option(
+    "--from",
+    "sweep_dir",
+    type=click.Path(),
+    default=None,
+    help="Sweep dir to take base, adapter and point from (default ./rewind-sweep when --adapter is absent).",
+)
 @click.option("--force", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
 @click.option("--device", default="cpu", show_default=True, help="Where tensors are computed while streaming.")
-@click.option("--verify", is_flag=True,
-              help="Reload what was written and compare its logits with the in-memory model before publishing it.")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
-              help="Dtype written: merged in fp32, rounded once. auto: the base's (merged), the adapter's (adapter).")
-def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, out, fmt, sweep_dir,
-           force, dry_run, device, verify, dtype):
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Reload what was written and compare its logits with the in-memory model before publishing it.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "bf16", "fp16", "fp32"]),
+    default="auto",
+    show_default=True,
+    help="Dtype written: merged in fp32, rounded once. auto: the base's (merged), the adapter's (adapter).",
+)
+def export(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alpha,
+    out,
+    fmt,
+    sweep_dir,
+    force,
+    dry_run,
+    device,
+    verify,
+    dtype,
+):
     """Write the model at one point of a path: merged checkpoint or peft adapter.
 
     With no --adapter, exports from the last sweep: its selected Pareto-best point, or --alpha on its path.
@@ -139,10 +208,24 @@ def export(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
         sweep_dir = sweep_dir or DEFAULT_SWEEP
         given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT
         base, adapter, init_adapter, path, layers, cayley_scale, alpha = _from_sweep(
-            sweep_dir, base, path, layers, cayley_scale if given else None, alpha)
+            sweep_dir, base, path, layers, cayley_scale if given else None, alpha
+        )
     path, schedule = _path_and_schedule(path, layers)
-    plan = exporter.plan(base, adapter, out, 1.0 if alpha is None else alpha, path, schedule, fmt, force,
-                         init_adapter, cayley_scale, allow_extrapolation, sweep_dir, dtype)
+    plan = exporter.plan(
+        base,
+        adapter,
+        out,
+        1.0 if alpha is None else alpha,
+        path,
+        schedule,
+        fmt,
+        force,
+        init_adapter,
+        cayley_scale,
+        allow_extrapolation,
+        sweep_dir,
+        dtype,
+    )
     click.echo(plan.summary())
     if dry_run:
         return
@@ -166,8 +249,10 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
             raise RewindError(f"the sweep in {sweep_dir} has no selection yet (no summary.json): pass --alpha")
         chosen = summary["selected"]
         if chosen["path"] == "train":
-            raise RewindError("the sweep selected a training checkpoint: export it with --adapter "
-                              f"<checkpoint-{chosen['alpha']:g}> --alpha 1")
+            raise RewindError(
+                "the sweep selected a training checkpoint: export it with --adapter "
+                f"<checkpoint-{chosen['alpha']:g}> --alpha 1"
+            )
         alpha = {"base": 0.0, "final": 1.0}.get(chosen["path"], chosen["alpha"])
         if chosen["path"] not in ("base", "final"):
             path = chosen["path"]
@@ -179,52 +264,130 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
 
 
 INCLUDE_PATH = click.option(
-    "--include-path", "include_path", multiple=True, type=click.Path(),
-    help="Dir of lm-eval task YAMLs, searched before lm-eval's own tasks (lm-eval's --include_path). Repeatable.")
+    "--include-path",
+    "include_path",
+    multiple=True,
+    type=click.Path(),
+    help="Dir of lm-eval task YAMLs, searched before lm-eval's own tasks (lm-eval's --include_path). Repeatable.",
+)
 
 
 def sweep_options(f):
     """What defines a sweep's points and scores; shared by `sweep` and `search` (which sweeps first)."""
-    for option in reversed([
-        click.option("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS), show_default=True,
-                     help="Comma list of alphas per path (0 and 1 are always evaluated)."),
-        click.option("--target", multiple=True, default=["math-offline"], show_default=True,
-                     help="Target suite(s): math-offline, med-offline, code-offline, math, med, any lm-eval task "
-                          "name, or a task YAML file."),
-        click.option("--general", multiple=True, default=["general-offline"], show_default=True,
-                     help="General suite(s): general-offline, general, any lm-eval task name, or a task YAML file."),
-        INCLUDE_PATH,
-        click.option("--metric", "metrics", multiple=True, metavar="TASK=METRIC",
-                     help="Score TASK (or every task of a suite) by lm-eval METRIC (e.g. acc_norm, or "
-                          "exact_match,flexible-extract). Default: the task's metadata primary_metric, else its "
-                          "first higher-is-better metric. Repeatable."),
-        click.option("--limit", type=click.IntRange(min=1), default=None,
-                     help="At most N items per task and split (quick runs)."),
-        click.option("--checkpoints", default=None,
-                     help="Glob of a training run's checkpoint dirs: one more path, 'train'."),
-        click.option("--pass-k", default=None,
-                     help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks."),
-        click.option("--tolerance", type=_Finite(), default=1.0, show_default=True,
-                     help="max-target-within: general may drop this many points below the base."),
-        click.option("--weight", type=_Finite(0, 1), default=0.5, show_default=True,
-                     help="weighted: weight of the target score."),
-        click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
-        click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
-        click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
-                     show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU."),
-        click.option("--batch-size", callback=_batch_size, default=None,
-                     help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU)."),
-        click.option("--chat-template", type=click.Choice(CHAT_TEMPLATE_MODES), default="auto", show_default=True,
-                     help="Chat-format the prompts of tasks that ask for it. auto: when the base's tokenizer has a "
-                          "chat template (a plain pretrained base has none: plain prompts, with a note)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--alphas",
+                default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+                show_default=True,
+                help="Comma list of alphas per path (0 and 1 are always evaluated).",
+            ),
+            click.option(
+                "--target",
+                multiple=True,
+                default=["math-offline"],
+                show_default=True,
+                help="Target suite(s): math-offline, med-offline, code-offline, math, med, any lm-eval task "
+                "name, or a task YAML file.",
+            ),
+            click.option(
+                "--general",
+                multiple=True,
+                default=["general-offline"],
+                show_default=True,
+                help="General suite(s): general-offline, general, any lm-eval task name, or a task YAML file.",
+            ),
+            INCLUDE_PATH,
+            click.option(
+                "--metric",
+                "metrics",
+                multiple=True,
+                metavar="TASK=METRIC",
+                help="Score TASK (or every task of a suite) by lm-eval METRIC (e.g. acc_norm, or "
+                "exact_match,flexible-extract). Default: the task's metadata primary_metric, else its "
+                "first higher-is-better metric. Repeatable.",
+            ),
+            click.option(
+                "--limit",
+                type=click.IntRange(min=1),
+                default=None,
+                help="At most N items per task and split (quick runs).",
+            ),
+            click.option(
+                "--checkpoints", default=None, help="Glob of a training run's checkpoint dirs: one more path, 'train'."
+            ),
+            click.option(
+                "--pass-k",
+                default=None,
+                help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks.",
+            ),
+            click.option(
+                "--tolerance",
+                type=_Finite(),
+                default=1.0,
+                show_default=True,
+                help="max-target-within: general may drop this many points below the base.",
+            ),
+            click.option(
+                "--weight",
+                type=_Finite(0, 1),
+                default=0.5,
+                show_default=True,
+                help="weighted: weight of the target score.",
+            ),
+            click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
+            click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
+            click.option(
+                "--dtype",
+                type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
+                default="auto",
+                show_default=True,
+                help="auto: bf16 on a GPU, fp32 on a CPU.",
+            ),
+            click.option(
+                "--batch-size",
+                callback=_batch_size,
+                default=None,
+                help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU).",
+            ),
+            click.option(
+                "--chat-template",
+                type=click.Choice(CHAT_TEMPLATE_MODES),
+                default="auto",
+                show_default=True,
+                help="Chat-format the prompts of tasks that ask for it. auto: when the base's tokenizer has a "
+                "chat template (a plain pretrained base has none: plain prompts, with a note).",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
 
-def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, device, dtype,
-                batch_size, chat_template):
+def _sweep_spec(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alphas,
+    target,
+    general,
+    include_path,
+    metrics,
+    limit,
+    checkpoints,
+    pass_k,
+    rule,
+    tolerance,
+    weight,
+    device,
+    dtype,
+    batch_size,
+    chat_template,
+):
     from . import sweep as sweeper
 
     if adapter is None:
@@ -235,11 +398,29 @@ def _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_e
             raise RewindError("--path layerwise needs --layers ramp|balanced|a,b,...")
         paths = ["auto" if p == "layerwise" else p for p in paths]
     return sweeper.SweepSpec(
-        adapter=adapter, base=base, paths=paths, alphas=_floats(alphas, "--alphas"), target=list(target),
-        general=list(general), limit=limit, layers=layers, cayley_scale=cayley_scale, init_adapter=init_adapter,
-        checkpoints=checkpoints, select=rule, tolerance=tolerance, weight=weight, dtype=dtype, device=device,
-        batch_size=batch_size, allow_extrapolation=allow_extrapolation, pass_k=_counts(pass_k or "", "--pass-k"),
-        chat_template=chat_template, include_path=list(include_path), metric=_metrics(metrics))
+        adapter=adapter,
+        base=base,
+        paths=paths,
+        alphas=_floats(alphas, "--alphas"),
+        target=list(target),
+        general=list(general),
+        limit=limit,
+        layers=layers,
+        cayley_scale=cayley_scale,
+        init_adapter=init_adapter,
+        checkpoints=checkpoints,
+        select=rule,
+        tolerance=tolerance,
+        weight=weight,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        allow_extrapolation=allow_extrapolation,
+        pass_k=_counts(pass_k or "", "--pass-k"),
+        chat_template=chat_template,
+        include_path=list(include_path),
+        metric=_metrics(metrics),
+    )
 
 
 def _metrics(values) -> dict[str, str]:
@@ -264,17 +445,66 @@ def _batch_size(ctx, param, text):
 @base_options
 @path_options(multiple=True)
 @sweep_options
-@click.option("--select", "rule", type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
-              default="max-target-within", show_default=True, help="How to pick the point (on validation scores).")
-def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-          include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size,
-          chat_template):
+@click.option(
+    "--select",
+    "rule",
+    type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
+    default="max-target-within",
+    show_default=True,
+    help="How to pick the point (on validation scores).",
+)
+def sweep(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alphas,
+    target,
+    general,
+    include_path,
+    metrics,
+    limit,
+    checkpoints,
+    pass_k,
+    rule,
+    tolerance,
+    weight,
+    out,
+    device,
+    dtype,
+    batch_size,
+    chat_template,
+):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
 
-    spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target,
-                       general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, device,
-                       dtype, batch_size, chat_template)
+    spec = _sweep_spec(
+        base,
+        adapter,
+        init_adapter,
+        path,
+        layers,
+        cayley_scale,
+        allow_extrapolation,
+        alphas,
+        target,
+        general,
+        include_path,
+        metrics,
+        limit,
+        checkpoints,
+        pass_k,
+        rule,
+        tolerance,
+        weight,
+        device,
+        dtype,
+        batch_size,
+        chat_template,
+    )
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(sweeper.table(summary))
@@ -285,20 +515,62 @@ def sweep(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapo
 @base_options
 @path_options(multiple=True)
 @sweep_options
-@click.option("--objective", "rule", type=click.Choice(["max-target-within", "max-sum", "weighted"]),
-              default="max-target-within", show_default=True,
-              help="What the search maximises on validation (the sweep's selection rule; also picks the export).")
-@click.option("--groups", default="4", show_default=True,
-              help="Contiguous layer groups with one alpha each: a number, or 'layer' for one per layer.")
-@click.option("--budget", type=click.IntRange(min=1), default=24, show_default=True,
-              help="New validation evaluations at most.")
-@click.option("--step", type=_Finite(0, 1, min_open=True), default=0.2, show_default=True,
-              help="First alpha move of a group.")
-@click.option("--min-step", type=_Finite(0, 1, min_open=True), default=0.05, show_default=True,
-              help="Smallest move; alphas lie on its grid.")
-def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas, target, general,
-           include_path, metrics, limit, checkpoints, pass_k, rule, tolerance, weight, out, device, dtype, batch_size,
-           chat_template, groups, budget, step, min_step):
+@click.option(
+    "--objective",
+    "rule",
+    type=click.Choice(["max-target-within", "max-sum", "weighted"]),
+    default="max-target-within",
+    show_default=True,
+    help="What the search maximises on validation (the sweep's selection rule; also picks the export).",
+)
+@click.option(
+    "--groups",
+    default="4",
+    show_default=True,
+    help="Contiguous layer groups with one alpha each: a number, or 'layer' for one per layer.",
+)
+@click.option(
+    "--budget", type=click.IntRange(min=1), default=24, show_default=True, help="New validation evaluations at most."
+)
+@click.option(
+    "--step", type=_Finite(0, 1, min_open=True), default=0.2, show_default=True, help="First alpha move of a group."
+)
+@click.option(
+    "--min-step",
+    type=_Finite(0, 1, min_open=True),
+    default=0.05,
+    show_default=True,
+    help="Smallest move; alphas lie on its grid.",
+)
+def search(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alphas,
+    target,
+    general,
+    include_path,
+    metrics,
+    limit,
+    checkpoints,
+    pass_k,
+    rule,
+    tolerance,
+    weight,
+    out,
+    device,
+    dtype,
+    batch_size,
+    chat_template,
+    groups,
+    budget,
+    step,
+    min_step,
+):
     """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
 
     \b
@@ -307,12 +579,34 @@ def search(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrap
     --path picks the path searched (default the sweep's first). Candidates join the sweep's results.jsonl,
     table and pareto.png; `rewind export --from OUT` then writes the selected point.
     """
-    from . import search as searcher, sweep as sweeper
+    from . import search as searcher
+    from . import sweep as sweeper
 
     if adapter is not None:
-        spec = _sweep_spec(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alphas,
-                           target, general, include_path, metrics, limit, checkpoints, pass_k, rule, tolerance,
-                           weight, device, dtype, batch_size, chat_template)
+        spec = _sweep_spec(
+            base,
+            adapter,
+            init_adapter,
+            path,
+            layers,
+            cayley_scale,
+            allow_extrapolation,
+            alphas,
+            target,
+            general,
+            include_path,
+            metrics,
+            limit,
+            checkpoints,
+            pass_k,
+            rule,
+            tolerance,
+            weight,
+            device,
+            dtype,
+            batch_size,
+            chat_template,
+        )
     else:
         record, _ = sweeper.load(out)
         spec = sweeper.SweepSpec(**record["spec"])
@@ -345,8 +639,12 @@ def _counts(text: str, flag: str) -> list[int]:
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
-@click.option("--out", type=click.Path(), default=None,
-              help="Run dir: adapter, checkpoints, recipe.yaml, log (required unless --print-recipe).")
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Run dir: adapter, checkpoints, recipe.yaml, log (required unless --print-recipe).",
+)
 @click.option("--print-recipe", is_flag=True, help="Print the resolved recipe and stop.")
 def train(recipe, overrides, out, print_recipe):
     """Train RECIPE (a YAML file or a shipped name like sft/oft) with key=value OVERRIDES.
@@ -379,17 +677,25 @@ def recipes(base):
 @base_options
 def inspect(base, adapter, init_adapter):
     """Show what an adapter is: method, natural path, updated tensors, update size per layer."""
-    from . import adapters, engine, export as exporter, models
+    from . import adapters, engine, models
+    from . import export as exporter
 
     if adapter is None:
         raise RewindError("--adapter is required")
     base_dir = models.local_dir(base)
     tensors = exporter.BaseTensors(exporter.base_shards(base_dir))
-    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors,
-                           base_config=adapters.load_json(base_dir / "config.json"))
-    click.echo(f"adapter   {update.source}\nmethod    {update.method.name} ({update.method.summary})\n"
-               f"path      {update.natural_path} (natural)\ntensors   {len(update.deltas)} updated\n"
-               f"sha256    {update.sha256}")
+    update = adapters.read(
+        adapter,
+        tensors.shapes,
+        init_adapter,
+        base_tensor=tensors,
+        base_config=adapters.load_json(base_dir / "config.json"),
+    )
+    click.echo(
+        f"adapter   {update.source}\nmethod    {update.method.name} ({update.method.summary})\n"
+        f"path      {update.natural_path} (natural)\ntensors   {len(update.deltas)} updated\n"
+        f"sha256    {update.sha256}"
+    )
     strengths = engine.layer_strengths(update, tensors)
     unit = "||Q||" if update.natural_path == "cayley" else "||dW||/||W0||"
     click.echo(f"per-layer update size ({unit}):")
@@ -409,27 +715,54 @@ def diagnose():
 def _diagnose_options(f):
     f = click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")(f)
     f = click.option("--out", type=click.Path(), required=True, help="Report dir (JSON + PNG), created if absent.")(f)
-    f = click.option("--modules", default=None,
-                     help="Comma list of module types (q,k,v,o,gate,up,down) or full module names.")(f)
-    f = click.option("--alpha", type=float, default=1.0, show_default=True,
-                     help="The point compared with the base: 0 = base, 1 = finetune.")(f)
+    f = click.option(
+        "--modules", default=None, help="Comma list of module types (q,k,v,o,gate,up,down) or full module names."
+    )(f)
+    f = click.option(
+        "--alpha",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="The point compared with the base: 0 = base, 1 = finetune.",
+    )(f)
     return f
 
 
 def _probe_options(f):
     f = INCLUDE_PATH(f)
-    f = click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "fp16"]), default="auto",
-                     show_default=True, help="auto: bf16 on a GPU, fp32 on a CPU.")(f)
-    f = click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
-                     help="Tokens per item.")(f)
+    f = click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 on a GPU, fp32 on a CPU.",
+    )(f)
+    f = click.option(
+        "--max-length", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens per item."
+    )(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)(f)
-    f = click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True,
-                     help="Items per data set, round-robin over the suite's tasks.")(f)
+    f = click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=32,
+        show_default=True,
+        help="Items per data set, round-robin over the suite's tasks.",
+    )(f)
     f = click.option("--split", type=click.Choice(["validation", "test"]), default="validation", show_default=True)(f)
-    f = click.option("--target", default="math-offline", show_default=True,
-                     help="Suite or task behind --data target (as sweep's --target).")(f)
-    f = click.option("--data", type=click.Choice(["general", "target"]), multiple=True, default=("general", "target"),
-                     show_default=True, help="Probe data: general-offline and/or the --target suite. Repeatable.")(f)
+    f = click.option(
+        "--target",
+        default="math-offline",
+        show_default=True,
+        help="Suite or task behind --data target (as sweep's --target).",
+    )(f)
+    f = click.option(
+        "--data",
+        type=click.Choice(["general", "target"]),
+        multiple=True,
+        default=("general", "target"),
+        show_default=True,
+        help="Probe data: general-offline and/or the --target suite. Repeatable.",
+    )(f)
     return f
 
 
@@ -456,15 +789,20 @@ def _wrote(out, report, json_name):
 @base_options
 @path_options()
 @_diagnose_options
-def diagnose_spectral(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
-                      out, device):
+def diagnose_spectral(
+    base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out, device
+):
     """Per adapted matrix, in W0's singular basis: retention and adaptation profiles, effective rank of dW,
     fluctuation, spectrum shift, and for OFT singular-vector alignment."""
     from .diagnostics import spectral
     from .diagnostics.common import parse_modules
 
-    report = spectral.run(_finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation,
-                                    alpha), out, parse_modules(modules), device)
+    report = spectral.run(
+        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
+        out,
+        parse_modules(modules),
+        device,
+    )
     click.echo(f"{len(report['matrices'])} matrices at {report['point']}; {_wrote(out, report, spectral.JSON)}")
 
 
@@ -473,16 +811,40 @@ def diagnose_spectral(base, adapter, init_adapter, path, layers, cayley_scale, a
 @path_options()
 @_diagnose_options
 @_probe_options
-def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out,
-                 device, data, target, split, limit, batch_size, max_length, dtype, include_path):
+def diagnose_csd(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alpha,
+    modules,
+    out,
+    device,
+    data,
+    target,
+    split,
+    limit,
+    batch_size,
+    max_length,
+    dtype,
+    include_path,
+):
     """Capability-conditioned drift E||dW h||^2 (absolute, relative to E||W0 h||^2, per unit update and input),
     h the base model's inputs to each adapted module on general or target data."""
     from .diagnostics import csd
     from .diagnostics.common import parse_modules
 
-    report = csd.run(_finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
-                     out, _probe(data, target, split, limit, batch_size, max_length, include_path),
-                     parse_modules(modules), device, dtype)
+    report = csd.run(
+        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
+        out,
+        _probe(data, target, split, limit, batch_size, max_length, include_path),
+        parse_modules(modules),
+        device,
+        dtype,
+    )
     click.echo(f"{len(report['modules'])} modules at {report['point']}; {_wrote(out, report, csd.JSON)}")
 
 
@@ -491,58 +853,140 @@ def diagnose_csd(base, adapter, init_adapter, path, layers, cayley_scale, allow_
 @path_options()
 @_diagnose_options
 @_probe_options
-@click.option("--probe-layers", default=None,
-              help="Comma list of layer indices for --modules types (default: 4 evenly spaced, first and last).")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Tokens kept per module and data set.")
-def diagnose_activations(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules,
-                         out, device, data, target, split, limit, batch_size, max_length, dtype, include_path,
-                         probe_layers, max_tokens):
+@click.option(
+    "--probe-layers",
+    default=None,
+    help="Comma list of layer indices for --modules types (default: 4 evenly spaced, first and last).",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Tokens kept per module and data set.",
+)
+def diagnose_activations(
+    base,
+    adapter,
+    init_adapter,
+    path,
+    layers,
+    cayley_scale,
+    allow_extrapolation,
+    alpha,
+    modules,
+    out,
+    device,
+    data,
+    target,
+    split,
+    limit,
+    batch_size,
+    max_length,
+    dtype,
+    include_path,
+    probe_layers,
+    max_tokens,
+):
     """Base vs finetuned module outputs on the same tokens: linear CKA, Procrustes residual, Gram distortion,
     cosine and norm drift (default modules: q,k,v,down at a few evenly spaced layers)."""
     from .diagnostics import activations
     from .diagnostics.common import parse_modules
 
     report = activations.run(
-        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha), out,
-        _probe(data, target, split, limit, batch_size, max_length, include_path), parse_modules(modules),
-        activations.parse_layers(probe_layers), max_tokens,
-        device=device, dtype=dtype)
+        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
+        out,
+        _probe(data, target, split, limit, batch_size, max_length, include_path),
+        parse_modules(modules),
+        activations.parse_layers(probe_layers),
+        max_tokens,
+        device=device,
+        dtype=dtype,
+    )
     click.echo(f"{len(report['probed'])} modules at {report['point']}; {_wrote(out, report, activations.JSON)}")
 
 
 @cli.command()
 @click.argument("adapter_dirs", metavar="[ADAPTERS]...", nargs=-1, type=click.Path())
 @click.option("--base", default=None, help="Alias (smollm2 [default], qwen, llama), hub id or local model dir.")
-@click.option("--sweep", "sweeps", multiple=True, type=click.Path(),
-              help="A finished sweep dir per adapter, in the adapters' order (default: found by adapter path).")
-@click.option("--sweeps-root", type=click.Path(), default=".", show_default=True,
-              help="Without --sweep: look for sweep dirs here and in each adapter's dir.")
-@click.option("--diagnostics", default="spectral,csd,activations", show_default=True,
-              help="Comma list of diagnostics to run and correlate with forgetting (may be empty: scores only).")
-@click.option("--include", "includes", multiple=True, type=click.Path(),
-              help="An earlier arena report (its --out dir or arena.json) whose rows join this one as recorded, "
-                   "before the ADAPTERS, without their adapters. Same --base and --diagnostics; with csd or "
-                   "activations, also the same --data, --target, --split, --limit, --max-length. A name already "
-                   "taken gets a -N suffix. Repeatable.")
+@click.option(
+    "--sweep",
+    "sweeps",
+    multiple=True,
+    type=click.Path(),
+    help="A finished sweep dir per adapter, in the adapters' order (default: found by adapter path).",
+)
+@click.option(
+    "--sweeps-root",
+    type=click.Path(),
+    default=".",
+    show_default=True,
+    help="Without --sweep: look for sweep dirs here and in each adapter's dir.",
+)
+@click.option(
+    "--diagnostics",
+    default="spectral,csd,activations",
+    show_default=True,
+    help="Comma list of diagnostics to run and correlate with forgetting (may be empty: scores only).",
+)
+@click.option(
+    "--include",
+    "includes",
+    multiple=True,
+    type=click.Path(),
+    help="An earlier arena report (its --out dir or arena.json) whose rows join this one as recorded, "
+    "before the ADAPTERS, without their adapters. Same --base and --diagnostics; with csd or "
+    "activations, also the same --data, --target, --split, --limit, --max-length. A name already "
+    "taken gets a -N suffix. Repeatable.",
+)
 @_probe_options
-@click.option("--out", type=click.Path(), required=True, help="Report dir: arena.md, arena.csv, correlations.csv, "
-                                                              "arena.json, arena.png, per-adapter diagnostics.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    required=True,
+    help="Report dir: arena.md, arena.csv, correlations.csv, arena.json, arena.png, per-adapter diagnostics.",
+)
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
-def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, includes, data, target, split, limit, batch_size,
-          max_length, dtype, include_path, out, device):
+def arena(
+    adapter_dirs,
+    base,
+    sweeps,
+    sweeps_root,
+    diagnostics,
+    includes,
+    data,
+    target,
+    split,
+    limit,
+    batch_size,
+    max_length,
+    dtype,
+    include_path,
+    out,
+    device,
+):
     """Finetunes of one base side by side: method, trainable params, target and general scores from their sweeps,
     and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score).
     --include adds the rows of earlier arena reports, so one report can grow adapter by adapter."""
     from .diagnostics import arena as arena_
 
-    report = arena_.run(list(adapter_dirs), base, out, list(sweeps) or None, sweeps_root,
-                        tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
-                        _probe(data, target, split, limit, batch_size, max_length, include_path), device, dtype,
-                        include=list(includes))
+    report = arena_.run(
+        list(adapter_dirs),
+        base,
+        out,
+        list(sweeps) or None,
+        sweeps_root,
+        tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
+        _probe(data, target, split, limit, batch_size, max_length, include_path),
+        device,
+        dtype,
+        include=list(includes),
+    )
     click.echo(arena_.markdown(report))
-    click.echo(f"wrote {os.path.join(out, arena_.MARKDOWN)}, {arena_.TABLE}, {arena_.CORRELATIONS}, {arena_.JSON}"
-               + "".join(f", {p}" for p in report["plots"]))
+    click.echo(
+        f"wrote {os.path.join(out, arena_.MARKDOWN)}, {arena_.TABLE}, {arena_.CORRELATIONS}, {arena_.JSON}"
+        + "".join(f", {p}" for p in report["plots"])
+    )
 
 
 def main(argv=None) -> None:
@@ -553,8 +997,11 @@ def main(argv=None) -> None:
         click.echo("rewind: aborted", err=True)
         sys.exit(130)
     except click.exceptions.ClickException as exc:
-        where = f"rewind {exc.ctx.command_path.split(' ', 1)[1]} --help" if getattr(exc, "ctx", None) and \
-            " " in exc.ctx.command_path else "rewind --help"
+        where = (
+            f"rewind {exc.ctx.command_path.split(' ', 1)[1]} --help"
+            if getattr(exc, "ctx", None) and " " in exc.ctx.command_path
+            else "rewind --help"
+        )
         click.echo(f"rewind: error: {exc.format_message()} (see {where})", err=True)
         sys.exit(exc.exit_code)
     except RewindError as exc:
@@ -566,8 +1013,9 @@ def main(argv=None) -> None:
         if debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"rewind: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-                   err=True)
+        click.echo(
+            f"rewind: internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True
+        )
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)  # --help and --version return their exit code
 

@@ -1,8 +1,8 @@
 """A resident model that moves along a path in place: load once, then `set(alpha)` as often as you like.
 
-    rw = rewind.engine.open(base="smollm2", adapter="./oft-math")      # or attach(model, adapter_dir)
-    rw.set(0.7)                         # rw.model now has W(0.7); nothing reloaded
-    rw.set(0.5, Schedule.parse("ramp"))
+rw = rewind.engine.open(base="smollm2", adapter="./oft-math")      # or attach(model, adapter_dir)
+rw.set(0.7)                         # rw.model now has W(0.7); nothing reloaded
+rw.set(0.5, Schedule.parse("ramp"))
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def check_alphas(alphas: Sequence[float], allow_extrapolation: bool) -> None:
         if not math.isfinite(a):
             raise RewindError(f"alpha {a} is not a finite number")
         if not allow_extrapolation and not 0 <= a <= 1:
-            raise RewindError(f"alpha {a:g} is outside [0, 1] (0 = base, 1 = finetune): pass --allow-extrapolation "
-                              f"to go beyond")
+            raise RewindError(
+                f"alpha {a:g} is outside [0, 1] (0 = base, 1 = finetune): pass --allow-extrapolation to go beyond"
+            )
 
 
 def layer_strengths(update: adapters.Update, base_tensor) -> dict[int, float]:
@@ -58,8 +59,13 @@ def layer_strengths(update: adapters.Update, base_tensor) -> dict[int, float]:
     return {layer: math.sqrt(d) / math.sqrt(w) if w else math.sqrt(d) for layer, (d, w) in sums.items()}
 
 
-def tensor_alphas(names: Sequence[str], point: Point, num_layers: int,
-                  strengths: Mapping[int, float] | None = None, allow_extrapolation: bool = False) -> list[float]:
+def tensor_alphas(
+    names: Sequence[str],
+    point: Point,
+    num_layers: int,
+    strengths: Mapping[int, float] | None = None,
+    allow_extrapolation: bool = False,
+) -> list[float]:
     """One alpha per updated tensor for a point (uniform, or a per-layer schedule)."""
     per_layer = point.schedule.layer_alphas(point.alpha, num_layers, strengths)
     check_alphas([point.alpha, *per_layer], allow_extrapolation)
@@ -73,15 +79,24 @@ def tensor_alphas(names: Sequence[str], point: Point, num_layers: int,
 class Rewinder:
     """Binds an Update to a live model: keeps W0 and the update on the model's device, rewrites in place."""
 
-    def __init__(self, model: torch.nn.Module, update: adapters.Update, path: str = "auto",
-                 cayley_scale: str = "linear", tokenizer=None, w0: Mapping[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        update: adapters.Update,
+        path: str = "auto",
+        cayley_scale: str = "linear",
+        tokenizer=None,
+        w0: Mapping[str, torch.Tensor] | None = None,
+    ):
         """`w0`: base tensors already kept by another Rewinder of the same model (several paths, one copy)."""
         self.model, self.update, self.tokenizer = model, update, tokenizer
         self.num_layers = int(model.config.num_hidden_layers)
         params = dict(model.named_parameters(remove_duplicate=False))
         w0 = w0 or {}
-        items = [Bound(name, delta, w0[name] if name in w0 else params[name].detach().clone(), params[name].data)
-                 for name, delta in update.deltas.items()]
+        items = [
+            Bound(name, delta, w0[name] if name in w0 else params[name].detach().clone(), params[name].data)
+            for name, delta in update.deltas.items()
+        ]
         path_cls = paths.resolve(path, update.natural_path)
         self.path_name, self.cayley_scale = path_cls.name, cayley_scale
         self._path = path_cls(items, cayley_scale=cayley_scale)
@@ -100,18 +115,31 @@ class Rewinder:
         return point
 
 
-def attach(model: torch.nn.Module, adapter, path: str = "auto", init_adapter=None, cayley_scale: str = "linear",
-           tokenizer=None) -> Rewinder:
+def attach(
+    model: torch.nn.Module, adapter, path: str = "auto", init_adapter=None, cayley_scale: str = "linear", tokenizer=None
+) -> Rewinder:
     """Read `adapter` against `model`'s own weights and bind it. The model is left at alpha = 0 (its base)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     shapes = {name: p.shape for name, p in params.items()}
-    update = adapters.read(adapter, shapes, init_adapter, base_tensor=lambda n: params[n].detach(),
-                           base_config=model.config.to_dict() if hasattr(model, "config") else None)
+    update = adapters.read(
+        adapter,
+        shapes,
+        init_adapter,
+        base_tensor=lambda n: params[n].detach(),
+        base_config=model.config.to_dict() if hasattr(model, "config") else None,
+    )
     return Rewinder(model, update, path, cayley_scale, tokenizer)
 
 
-def open(base=None, adapter=None, path: str = "auto", device: str | None = None, dtype: str = "auto",
-         init_adapter=None, cayley_scale: str = "linear") -> Rewinder:  # shadows the builtin: reads like it
+def open(
+    base=None,
+    adapter=None,
+    path: str = "auto",
+    device: str | None = None,
+    dtype: str = "auto",
+    init_adapter=None,
+    cayley_scale: str = "linear",
+) -> Rewinder:  # shadows the builtin: reads like it
     """Load the base (alias, hub id or dir) onto `device` and attach the adapter."""
     if adapter is None:
         raise RewindError("--adapter is required")

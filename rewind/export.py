@@ -32,8 +32,15 @@ from .updates import Rotation
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
 # Adapter tensors whose scaling moves the adapter along its natural path, exactly (how, per leaf name).
-_SCALED_LEAVES = {"lora_B.weight": "scale", "lora_B": "scale", "vera_lambda_b": "scale", "miss_block": "scale",
-                  "ia3_l": "ia3", "oft_R.weight": "generator", "lora_magnitude_vector": "magnitude"}
+_SCALED_LEAVES = {
+    "lora_B.weight": "scale",
+    "lora_B": "scale",
+    "vera_lambda_b": "scale",
+    "miss_block": "scale",
+    "ia3_l": "ia3",
+    "oft_R.weight": "generator",
+    "lora_magnitude_vector": "magnitude",
+}
 _NO_ADAPTER_FORMAT = {"full": "a full finetune has no adapter"}
 
 
@@ -56,10 +63,12 @@ class ExportPlan:
 
     def summary(self) -> str:
         dtype = f" as {str(self.dtype).removeprefix('torch.')}" if self.dtype is not None else ""
-        lines = [f"export {self.fmt} {self.point.describe()}{dtype} -> {self.out}",
-                 f"  base     {self.base} ({self.base_dir})",
-                 f"  adapter  {self.adapter} [{self.update.method.name}, sha256 {self.update.sha256[:12]}]",
-                 f"  tensors  {len(self.alphas)} updated"]
+        lines = [
+            f"export {self.fmt} {self.point.describe()}{dtype} -> {self.out}",
+            f"  base     {self.base} ({self.base_dir})",
+            f"  adapter  {self.adapter} [{self.update.method.name}, sha256 {self.update.sha256[:12]}]",
+            f"  tensors  {len(self.alphas)} updated",
+        ]
         if self.fmt == MERGED:
             lines.append(f"  shards   {len(self.shards)}: " + ", ".join(s.name for s in self.shards))
         layer_alphas = self.layer_alphas()
@@ -68,8 +77,7 @@ class ExportPlan:
         return "\n".join(lines)
 
     def layer_alphas(self) -> dict[int, float]:
-        return {layer: alpha for name, alpha in self.alphas.items()
-                if (layer := adapters.layer_of(name)) is not None}
+        return {layer: alpha for name, alpha in self.alphas.items() if (layer := adapters.layer_of(name)) is not None}
 
 
 def base_shards(base_dir: Path) -> list[Path]:
@@ -108,8 +116,10 @@ class BaseTensors:
                         self._where[name] = shard
                         self.shapes[name] = torch.Size(f.get_slice(name).get_shape())
             except Exception as exc:  # broad: SafetensorError, OSError: the shard is what matters
-                raise RewindError(f"{shard}: not a readable safetensors file ({str(exc).splitlines()[0]}); the base "
-                                  f"checkpoint is damaged: re-download or re-save it") from exc
+                raise RewindError(
+                    f"{shard}: not a readable safetensors file ({str(exc).splitlines()[0]}); the base "
+                    f"checkpoint is damaged: re-download or re-save it"
+                ) from exc
 
     def __call__(self, name: str) -> torch.Tensor:
         from safetensors import safe_open
@@ -135,9 +145,21 @@ def check_out(out: Path, force: bool) -> None:
         raise RewindError(f"--out {out}: cannot write in {existing} ({exc.strerror}); choose another --out") from exc
 
 
-def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: paths.Schedule | None = None,
-         fmt: str = MERGED, force: bool = False, init_adapter=None, cayley_scale: str = "linear",
-         allow_extrapolation: bool = False, sweep_dir=None, dtype: str | None = None) -> ExportPlan:
+def plan(
+    base,
+    adapter,
+    out,
+    alpha: float = 1.0,
+    path: str = "auto",
+    schedule: paths.Schedule | None = None,
+    fmt: str = MERGED,
+    force: bool = False,
+    init_adapter=None,
+    cayley_scale: str = "linear",
+    allow_extrapolation: bool = False,
+    sweep_dir=None,
+    dtype: str | None = None,
+) -> ExportPlan:
     """Check every input and decide every tensor's alpha; touches nothing on disk.
 
     `out` None: a plan that is never written (diagnostics), so no check of an output. `sweep_dir`: the sweep the
@@ -149,8 +171,9 @@ def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: p
     base_dir = models.local_dir(base)
     if out is not None:
         out = Path(out)
-        outdir.check_spares_inputs(out, {"--base": base_dir, "--adapter": adapter, "--init-adapter": init_adapter,
-                                         "--from sweep": sweep_dir})
+        outdir.check_spares_inputs(
+            out, {"--base": base_dir, "--adapter": adapter, "--init-adapter": init_adapter, "--from sweep": sweep_dir}
+        )
         check_out(out, force)
     base_config = adapters.load_json(base_dir / "config.json")
     shards = base_shards(base_dir)
@@ -159,16 +182,29 @@ def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: p
     path_cls = paths.resolve(path, update.natural_path)
     for name, delta in update.deltas.items():
         if not path_cls.accepts(delta):
-            raise RewindError(f"path {path_cls.name!r} does not apply to {update.method.name} ({name}); "
-                              f"try --path auto")
+            raise RewindError(
+                f"path {path_cls.name!r} does not apply to {update.method.name} ({name}); try --path auto"
+            )
     point = Point(path_cls.name, float(alpha), schedule or paths.Schedule(), cayley_scale)
     num_layers = int(base_config.get("num_hidden_layers") or 0)
     strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
     names = list(update.deltas)
     alphas = dict(zip(names, tensor_alphas(names, point, num_layers, strengths, allow_extrapolation)))
-    result = ExportPlan(models.hub_id(base), base_dir, Path(adapter), update, point, fmt, out, alphas,
-                        shards, num_layers, Path(init_adapter) if init_adapter else None, allow_extrapolation,
-                        torch_dtype)
+    result = ExportPlan(
+        models.hub_id(base),
+        base_dir,
+        Path(adapter),
+        update,
+        point,
+        fmt,
+        out,
+        alphas,
+        shards,
+        num_layers,
+        Path(init_adapter) if init_adapter else None,
+        allow_extrapolation,
+        torch_dtype,
+    )
     if fmt == ADAPTER:
         _check_adapter_format(result)
     return result
@@ -177,14 +213,19 @@ def plan(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule: p
 def _check_adapter_format(p: ExportPlan) -> None:
     method = p.update.method
     if method.name in _NO_ADAPTER_FORMAT:
-        raise RewindError(f"--format adapter is not exact for {method.name} ({_NO_ADAPTER_FORMAT[method.name]}): "
-                          f"use --format merged")
+        raise RewindError(
+            f"--format adapter is not exact for {method.name} ({_NO_ADAPTER_FORMAT[method.name]}): use --format merged"
+        )
     if p.point.path != method.natural_path:
-        raise RewindError(f"--format adapter writes {method.name}'s own path ({method.natural_path}), not "
-                          f"{p.point.path}: use --format merged")
+        raise RewindError(
+            f"--format adapter writes {method.name}'s own path ({method.natural_path}), not "
+            f"{p.point.path}: use --format merged"
+        )
     if methods.residual_init(p.update.config, p.adapter):
-        raise RewindError("--format adapter: this adapter needs a residual base; convert it first (peft's "
-                          "path_initial_model_for_weight_conversion) or use --format merged")
+        raise RewindError(
+            "--format adapter: this adapter needs a residual base; convert it first (peft's "
+            "path_initial_model_for_weight_conversion) or use --format merged"
+        )
     _check_coft_ball(p)
 
 
@@ -199,9 +240,11 @@ def _check_coft_ball(p: ExportPlan) -> None:
         s = SCALES[p.point.cayley_scale](p.alphas[name])
         norm = abs(s) * float(torch.linalg.matrix_norm(delta.Q.float()).max())
         if norm > delta.coft_radius * (1 + 1e-6):  # rounding: a block on the ball at alpha 1 stays there
-            raise RewindError(f"--format adapter: at alpha {p.alphas[name]:g} the coft generator of {name} leaves "
-                              f"peft's ball (norm {norm:.3g} > eps/sqrt(blocks) = {delta.coft_radius:.3g}) and peft "
-                              f"would project it back, loading another point: use --format merged")
+            raise RewindError(
+                f"--format adapter: at alpha {p.alphas[name]:g} the coft generator of {name} leaves "
+                f"peft's ball (norm {norm:.3g} > eps/sqrt(blocks) = {delta.coft_radius:.3g}) and peft "
+                f"would project it back, loading another point: use --format merged"
+            )
 
 
 def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
@@ -236,8 +279,10 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
         _remove_empty(created)
         if not isinstance(exc, OSError) and not _IO_ERROR.search(str(exc)):
             raise
-        raise RewindError(f"--out {p.out}: writing failed ({_reason(exc)}); nothing was written: free space on "
-                          f"{_mount_point(parent)} or choose another --out") from exc
+        raise RewindError(
+            f"--out {p.out}: writing failed ({_reason(exc)}); nothing was written: free space on "
+            f"{_mount_point(parent)} or choose another --out"
+        ) from exc
     except BaseException:
         _remove_empty(created)
         raise
@@ -293,8 +338,9 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
     base_dtype = p.dtype if p.fmt == MERGED and p.dtype is not None else "auto"
 
     def fresh_base():
-        return AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=base_dtype, use_safetensors=True).to(
-            device).eval()
+        return (
+            AutoModelForCausalLM.from_pretrained(p.base_dir, dtype=base_dtype, use_safetensors=True).to(device).eval()
+        )
 
     def run(model) -> torch.Tensor:
         with torch.no_grad():
@@ -319,18 +365,49 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
     diff = float((got - want).abs().max())
     tolerance = VERIFY_TOLERANCE.get(dtype, 1e-2) * max(1.0, float(want.abs().max()))
     if not diff <= tolerance:  # NaN fails too
-        raise RewindError(f"verify: the written {p.fmt} checkpoint's logits differ from the in-memory model at "
-                          f"{p.point.describe()} by {diff:.3g} (tolerance {tolerance:.3g} for {dtype}); nothing was "
-                          f"written to {p.out}: rerun with --debug and report it")
+        raise RewindError(
+            f"verify: the written {p.fmt} checkpoint's logits differ from the in-memory model at "
+            f"{p.point.describe()} by {diff:.3g} (tolerance {tolerance:.3g} for {dtype}); nothing was "
+            f"written to {p.out}: rerun with --debug and report it"
+        )
     return diff
 
 
-def export(base, adapter, out, alpha: float = 1.0, path: str = "auto", schedule=None, fmt: str = MERGED,
-           force: bool = False, init_adapter=None, cayley_scale: str = "linear", allow_extrapolation: bool = False,
-           device: str = "cpu", verify: bool = False, dtype: str | None = None) -> Path:
+def export(
+    base,
+    adapter,
+    out,
+    alpha: float = 1.0,
+    path: str = "auto",
+    schedule=None,
+    fmt: str = MERGED,
+    force: bool = False,
+    init_adapter=None,
+    cayley_scale: str = "linear",
+    allow_extrapolation: bool = False,
+    device: str = "cpu",
+    verify: bool = False,
+    dtype: str | None = None,
+) -> Path:
     """Plan and write in one call (the notebook form of `rewind export`)."""
-    return write(plan(base, adapter, out, alpha, path, schedule, fmt, force, init_adapter, cayley_scale,
-                      allow_extrapolation, dtype=dtype), device, verify)
+    return write(
+        plan(
+            base,
+            adapter,
+            out,
+            alpha,
+            path,
+            schedule,
+            fmt,
+            force,
+            init_adapter,
+            cayley_scale,
+            allow_extrapolation,
+            dtype=dtype,
+        ),
+        device,
+        verify,
+    )
 
 
 def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
@@ -376,8 +453,9 @@ def _moved(p: ExportPlan, shard: Path, name: str, device: str) -> torch.Tensor:
     if p.dtype is not None:
         w0 = w0.float()  # the path computes in w0's dtype and rounds once into `out`
     out = torch.empty(w0.shape, dtype=p.dtype or w0.dtype, device=device)
-    paths.resolve(p.point.path, p.update.natural_path)([Bound(name, p.update.deltas[name], w0, out)],
-                                                       cayley_scale=p.point.cayley_scale).write([p.alphas[name]])
+    paths.resolve(p.point.path, p.update.natural_path)(
+        [Bound(name, p.update.deltas[name], w0, out)], cayley_scale=p.point.cayley_scale
+    ).write([p.alphas[name]])
     return _finite(p, name, out.cpu())
 
 
@@ -386,10 +464,14 @@ def _finite(p: ExportPlan, name: str, t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         dtype = str(t.dtype).removeprefix("torch.")
-        fix = ("fp16 overflows past 65504: pass --dtype bf16 (same size, fp32's range) or --dtype fp32"
-               if t.dtype == torch.float16 else "the update overflows even there: check the adapter and --alpha")
-        raise RewindError(f"{name}: {bad} non-finite values (Inf/NaN) in {dtype} at {p.point.describe()}; nothing "
-                          f"was written: {fix}")
+        fix = (
+            "fp16 overflows past 65504: pass --dtype bf16 (same size, fp32's range) or --dtype fp32"
+            if t.dtype == torch.float16
+            else "the update overflows even there: check the adapter and --alpha"
+        )
+        raise RewindError(
+            f"{name}: {bad} non-finite values (Inf/NaN) in {dtype} at {p.point.describe()}; nothing was written: {fix}"
+        )
     return t
 
 
@@ -423,7 +505,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     tensors_out = {}
     base = BaseTensors(p.shards)
     for key, t in tensors.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
+        name = key[len(prefix) :] if key.startswith(prefix) else key
         if p.dtype is not None and t.is_floating_point():
             t = t.float()  # scaled in fp32, rounded once to --dtype below
         if name in p.alphas and isinstance(p.update.deltas[name], Replace):  # modules_to_save: interpolate
@@ -486,13 +568,13 @@ def model_card(p: ExportPlan, checksums: dict[str, str]) -> str:
         lines.append(f"| cayley scale | {p.point.cayley_scale} |")
     if p.point.schedule.kind != "uniform":
         lines.append(f"| layer schedule | {p.point.schedule.kind} |")
-        lines.append("| per-layer alpha | " + ", ".join(f"{i}: {a:.4g}" for i, a in sorted(layer_alphas.items()))
-                     + " |")
+        lines.append(
+            "| per-layer alpha | " + ", ".join(f"{i}: {a:.4g}" for i, a in sorted(layer_alphas.items())) + " |"
+        )
     if p.verified is not None:
         lines.append(f"| verified | reloaded logits within {p.verified:.3g} (max abs) of the in-memory model |")
     written = datetime.datetime.now(datetime.timezone.utc)
-    lines += [f"| rewind | {__version__} |", f"| written | {written:%Y-%m-%d %H:%M UTC} |",
-              "", "## Files (sha256)", ""]
+    lines += [f"| rewind | {__version__} |", f"| written | {written:%Y-%m-%d %H:%M UTC} |", "", "## Files (sha256)", ""]
     lines += [f"- `{name}` {digest}" for name, digest in checksums.items()]
     return "\n".join(lines) + "\n"
 

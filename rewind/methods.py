@@ -43,23 +43,68 @@ METHODS: dict[str, Method] = {
         Method("full", None, LINEAR, "full finetune: every weight trains"),
         Method("lora", "LORA", LINEAR, "low-rank update s*B@A", "LoraConfig", _LORA),
         Method("rslora", "LORA", LINEAR, "LoRA with s = alpha/sqrt(r)", "LoraConfig", {**_LORA, "use_rslora": True}),
-        Method("dora", "LORA", DORA, "LoRA with a learned per-row magnitude", "LoraConfig",
-               {**_LORA, "use_dora": True}),
-        Method("pissa", "LORA", LINEAR, "LoRA initialised on the principal singular components (residual base)",
-               "LoraConfig", {**_LORA, "init_lora_weights": "pissa"}, residual_init=True),
-        Method("milora", "LORA", LINEAR, "LoRA initialised on the minor singular components (residual base)",
-               "LoraConfig", _LORA, residual_init=True),
+        Method(
+            "dora", "LORA", DORA, "LoRA with a learned per-row magnitude", "LoraConfig", {**_LORA, "use_dora": True}
+        ),
+        Method(
+            "pissa",
+            "LORA",
+            LINEAR,
+            "LoRA initialised on the principal singular components (residual base)",
+            "LoraConfig",
+            {**_LORA, "init_lora_weights": "pissa"},
+            residual_init=True,
+        ),
+        Method(
+            "milora",
+            "LORA",
+            LINEAR,
+            "LoRA initialised on the minor singular components (residual base)",
+            "LoraConfig",
+            _LORA,
+            residual_init=True,
+        ),
         Method("keeplora", "LORA", LINEAR, "LoRA kept away from the base's principal subspace", "LoraConfig", _LORA),
-        Method("adalora", "ADALORA", LINEAR, "SVD-form LoRA with adaptive rank", "AdaLoraConfig",
-               {"init_r": 12, "target_r": 8, "lora_alpha": 16, "target_modules": _ALL_LINEAR}),
-        Method("vera", "VERA", LINEAR, "shared random projections, trained scaling vectors", "VeraConfig",
-               {"r": 256, "target_modules": _ALL_LINEAR}),
-        Method("miss", "MISS", LINEAR, "shared block update tiled over the weight", "MissConfig",
-               {"r": 64, "target_modules": _ALL_LINEAR}),
-        Method("ia3", "IA3", LINEAR, "learned rescaling of activations", "IA3Config",
-               {"target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]}),
-        Method("oft", "OFT", CAYLEY, "block-diagonal orthogonal rotation, Cayley of a skew generator", "OFTConfig",
-               {"r": 0, "oft_block_size": 32, "target_modules": _ALL_LINEAR}),
+        Method(
+            "adalora",
+            "ADALORA",
+            LINEAR,
+            "SVD-form LoRA with adaptive rank",
+            "AdaLoraConfig",
+            {"init_r": 12, "target_r": 8, "lora_alpha": 16, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "vera",
+            "VERA",
+            LINEAR,
+            "shared random projections, trained scaling vectors",
+            "VeraConfig",
+            {"r": 256, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "miss",
+            "MISS",
+            LINEAR,
+            "shared block update tiled over the weight",
+            "MissConfig",
+            {"r": 64, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "ia3",
+            "IA3",
+            LINEAR,
+            "learned rescaling of activations",
+            "IA3Config",
+            {"target_modules": ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+        ),
+        Method(
+            "oft",
+            "OFT",
+            CAYLEY,
+            "block-diagonal orthogonal rotation, Cayley of a skew generator",
+            "OFTConfig",
+            {"r": 0, "oft_block_size": 32, "target_modules": _ALL_LINEAR},
+        ),
     ]
 }
 
@@ -110,8 +155,10 @@ def residual_init(peft_config: dict[str, Any], where: Any) -> str | None:
     """
     if str(peft_config.get("peft_type", "")).upper() != "LORA":
         return None
-    fix = ("rewind cannot undo that from the adapter: save the merged finetune (peft's merge_and_unload) and pass "
-           "that model dir as --adapter, which rewind reads as a full finetune of --base")
+    fix = (
+        "rewind cannot undo that from the adapter: save the merged finetune (peft's merge_and_unload) and pass "
+        "that model dir as --adapter, which rewind reads as a full finetune of --base"
+    )
     if peft_config.get("kasa_config"):
         raise RewindError(f"{where}: KaSA (kasa_config) truncated the base weights at init; {fix}")
     init = peft_config.get("init_lora_weights")
@@ -120,7 +167,10 @@ def residual_init(peft_config: dict[str, Any], where: Any) -> str | None:
     if init.lower().startswith(RESIDUAL_INITS):
         return init
     if init.lower() == "loftq":
-        raise RewindError(f"{where}: init_lora_weights 'loftq' replaced the base weights by their quantization at "
-                          f"init; {fix}")
-    raise RewindError(f"{where}: init_lora_weights {init!r} is not an init rewind knows, and it may have rewritten "
-                      f"the base weights; {fix}")
+        raise RewindError(
+            f"{where}: init_lora_weights 'loftq' replaced the base weights by their quantization at init; {fix}"
+        )
+    raise RewindError(
+        f"{where}: init_lora_weights {init!r} is not an init rewind knows, and it may have rewritten "
+        f"the base weights; {fix}"
+    )

@@ -85,8 +85,9 @@ def resolve(base: str | os.PathLike | None) -> str:
     if Path(base).expanduser().is_dir():
         path = Path(base).expanduser().resolve()
         if not (path / "config.json").is_file():
-            raise RewindError(f"--base {base}: no config.json there; give a model dir, a hub id or an alias "
-                              f"({', '.join(ALIASES)})")
+            raise RewindError(
+                f"--base {base}: no config.json there; give a model dir, a hub id or an alias ({', '.join(ALIASES)})"
+            )
         return str(path)
     if base.count("/") == 1 and not base.startswith((".", "/")):
         return base  # a hub id
@@ -98,8 +99,10 @@ ONLINE_HINT = "rewind runs offline unless told: pass --online (rewind --online C
 
 def offline() -> bool:
     """Whether hub downloads are off (rewind's default: the CLI sets these unless --online)."""
-    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def local_dir(base: str | os.PathLike | None) -> Path:
@@ -110,11 +113,16 @@ def local_dir(base: str | os.PathLike | None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(where, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
-                                                             "*.jinja", "tokenizer*"]))
+        return Path(
+            snapshot_download(
+                where, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+            )
+        )
     except Exception as exc:  # broad: hub errors come in many types; the message is what matters
-        raise RewindError(f"--base {where}: cannot fetch from the hub ({type(exc).__name__}); "
-                          f"{ONLINE_HINT if offline() else 'download it'} or pass a local dir") from exc
+        raise RewindError(
+            f"--base {where}: cannot fetch from the hub ({type(exc).__name__}); "
+            f"{ONLINE_HINT if offline() else 'download it'} or pass a local dir"
+        ) from exc
 
 
 def pick_device(device: str | None = None) -> str:
@@ -129,8 +137,11 @@ def pick_device(device: str | None = None) -> str:
         raise RewindError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise RewindError(f"--device {device} asked for, but no CUDA GPU is visible: use --device cpu")
-    if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= \
-            torch.cuda.device_count():
+    if (
+        kind == "cuda"
+        and torch.device(device).index is not None
+        and torch.device(device).index >= torch.cuda.device_count()
+    ):
         raise RewindError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
     if kind not in ("cpu", "cuda") and not _allocates(device):
         raise RewindError(f"--device {device}: this torch build cannot use {kind} devices; use --device cpu or cuda")
@@ -176,8 +187,10 @@ def load_base(base: str | os.PathLike | None = None, device: str | None = None, 
     where = resolve(base)
     device = pick_device(device)  # before the load: a bad --device costs nothing
     if Path(where).is_dir() and not any((Path(where) / f).is_file() for f in TOKENIZER_FILES):
-        raise RewindError(f"--base {where}: no tokenizer there ({' / '.join(TOKENIZER_FILES[:2])}); save the "
-                          f"tokenizer of the model it came from into that dir (tokenizer.save_pretrained)")
+        raise RewindError(
+            f"--base {where}: no tokenizer there ({' / '.join(TOKENIZER_FILES[:2])}); save the "
+            f"tokenizer of the model it came from into that dir (tokenizer.save_pretrained)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype, device), use_safetensors=True)

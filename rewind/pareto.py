@@ -23,6 +23,7 @@ class Scored:
 
 def frontier(points: Sequence[Scored]) -> list[Scored]:
     """Points no other point beats on both axes (ties kept), sorted by target."""
+
     def beats(q: Scored, p: Scored) -> bool:
         return q.target >= p.target and q.general >= p.general and (q.target, q.general) != (p.target, p.general)
 
@@ -43,10 +44,12 @@ def objective(rule: str, base: Scored, tolerance: float = 1.0, weight: float = 0
     Ties go to the higher general score.
     """
     if rule == "max-target-within":
+
         def key(p: Scored):
             shortfall = base.general - tolerance - p.general
             feasible = shortfall <= 0 or p.key == base.key
             return (1, p.target, p.general) if feasible else (0, -shortfall, p.general)
+
         return key
     if rule == "max-sum":
         return lambda p: (p.target + p.general, p.general)
@@ -55,13 +58,15 @@ def objective(rule: str, base: Scored, tolerance: float = 1.0, weight: float = 0
             raise RewindError(f"--weight {weight}: must be in [0, 1]")
         return lambda p: (weight * p.target + (1 - weight) * p.general, p.general)
     if rule == "knee":
-        raise RewindError("the knee rule ranks a whole frontier, not single points: choose one of "
-                          f"{', '.join(SCALAR_RULES)}")
+        raise RewindError(
+            f"the knee rule ranks a whole frontier, not single points: choose one of {', '.join(SCALAR_RULES)}"
+        )
     raise RewindError(f"--select {rule}: choose one of {', '.join(RULES)}")
 
 
-def select(points: Sequence[Scored], base: Scored, rule: str = "max-target-within", tolerance: float = 1.0,
-           weight: float = 0.5) -> Scored:
+def select(
+    points: Sequence[Scored], base: Scored, rule: str = "max-target-within", tolerance: float = 1.0, weight: float = 0.5
+) -> Scored:
     """One point by `rule`: the best under `objective` for the scalar rules, or
 
     - knee: the frontier point farthest from the straight line joining the frontier's two ends (axes scaled to

@@ -8,8 +8,9 @@ from pathlib import Path
 from . import files
 
 
-def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str | None, out: Path,
-                title: str = "") -> Path:
+def pareto_plot(
+    points: list[dict], frontier_keys: set[str], selected_key: str | None, out: Path, title: str = ""
+) -> Path:
     """`points`: dicts with key, path, alpha, target, general (validation scores)."""
     import matplotlib
 
@@ -22,29 +23,67 @@ def pareto_plot(points: list[dict], frontier_keys: set[str], selected_key: str |
     points = [p for p in points if not p.get("layers")]
     paths = sorted({p["path"] for p in points} - {"base", "final"})
     for i, path in enumerate(paths):
-        line = sorted([p for p in points if p["path"] == path] + ([] if path == "train" else ends),
-                      key=lambda p: (p["alpha"] if p["path"] != "base" else -1, p["path"] == "final"))
-        ax.plot([p["target"] for p in line], [p["general"] for p in line], "o-", ms=4, lw=1.4,
-                color=f"C{i}", label=path)
+        line = sorted(
+            [p for p in points if p["path"] == path] + ([] if path == "train" else ends),
+            key=lambda p: (p["alpha"] if p["path"] != "base" else -1, p["path"] == "final"),
+        )
+        ax.plot(
+            [p["target"] for p in line], [p["general"] for p in line], "o-", ms=4, lw=1.4, color=f"C{i}", label=path
+        )
         for p in line:
             if p["path"] == path:
-                ax.annotate(f"{p['alpha']:g}", (p["target"], p["general"]), fontsize=6, alpha=0.7,
-                            xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{p['alpha']:g}",
+                    (p["target"], p["general"]),
+                    fontsize=6,
+                    alpha=0.7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     if searched:  # per-layer schedules are points, not a line: there is no single alpha to order them by
-        ax.plot([p["target"] for p in searched], [p["general"] for p in searched], "x", ms=6, mew=1.4,
-                color=f"C{len(paths)}", label="per-layer search")
+        ax.plot(
+            [p["target"] for p in searched],
+            [p["general"] for p in searched],
+            "x",
+            ms=6,
+            mew=1.4,
+            color=f"C{len(paths)}",
+            label="per-layer search",
+        )
         points = points + searched
     front = sorted([p for p in points if p["key"] in frontier_keys], key=lambda p: p["target"])
-    ax.plot([p["target"] for p in front], [p["general"] for p in front], "s", ms=10, mfc="none", mec="k",
-            mew=1.2, label="Pareto frontier")
+    ax.plot(
+        [p["target"] for p in front],
+        [p["general"] for p in front],
+        "s",
+        ms=10,
+        mfc="none",
+        mec="k",
+        mew=1.2,
+        label="Pareto frontier",
+    )
     for p in ends:
-        ax.plot(p["target"], p["general"], "*" if p["path"] == "base" else "D", ms=13, color="k",
-                label=f"{p['path']} (alpha={p['alpha']:g})")
+        ax.plot(
+            p["target"],
+            p["general"],
+            "*" if p["path"] == "base" else "D",
+            ms=13,
+            color="k",
+            label=f"{p['path']} (alpha={p['alpha']:g})",
+        )
     chosen = next((p for p in points if p["key"] == selected_key), None)
     if chosen:
         kind = " per-layer" if chosen.get("layers") else ""
-        ax.plot(chosen["target"], chosen["general"], "o", ms=16, mfc="none", mec="red", mew=2,
-                label=f"selected: {chosen['path']} {chosen['alpha']:g}{kind}")
+        ax.plot(
+            chosen["target"],
+            chosen["general"],
+            "o",
+            ms=16,
+            mfc="none",
+            mec="red",
+            mew=2,
+            label=f"selected: {chosen['path']} {chosen['alpha']:g}{kind}",
+        )
     ax.set_xlabel("target score (validation)")
     ax.set_ylabel("general score (validation)")
     ax.set_title(title, fontsize=9)

@@ -54,8 +54,15 @@ def layer_groups(num_layers: int, groups: str | int) -> list[list[int]]:
     return out
 
 
-def compass(value: Callable[[tuple[float, ...]], tuple], start: tuple[float, ...], step: float, min_step: float,
-            lo: float = 0.0, hi: float = 1.0, budget: Callable[[], bool] = lambda: True) -> tuple[float, ...]:
+def compass(
+    value: Callable[[tuple[float, ...]], tuple],
+    start: tuple[float, ...],
+    step: float,
+    min_step: float,
+    lo: float = 0.0,
+    hi: float = 1.0,
+    budget: Callable[[], bool] = lambda: True,
+) -> tuple[float, ...]:
     """Maximise `value` over group alphas in [lo, hi]; `budget()` false stops it. Returns the best point found."""
     grid = min_step
 
@@ -68,7 +75,7 @@ def compass(value: Callable[[tuple[float, ...]], tuple], start: tuple[float, ...
         moved = False
         for g in range(len(best)):
             for direction in (first[g], -first[g]):
-                candidate = best[:g] + (snap(best[g] + direction * step),) + best[g + 1:]
+                candidate = best[:g] + (snap(best[g] + direction * step),) + best[g + 1 :]
                 if candidate == best or not budget():
                     continue
                 v = value(candidate)
@@ -85,8 +92,10 @@ class Search:
 
     def __init__(self, sweep: Sweep, spec: SearchSpec):
         if sweep.spec.layers is not None:
-            raise RewindError("search starts from a uniform sweep; this sweep applies --layers "
-                              f"{sweep.spec.layers} on every path (sweep again without --layers)")
+            raise RewindError(
+                "search starts from a uniform sweep; this sweep applies --layers "
+                f"{sweep.spec.layers} on every path (sweep again without --layers)"
+            )
         pareto.objective(sweep.spec.select, pareto.Scored("", 0, 0))  # refuses knee before any loading
         if spec.budget < 1:
             raise RewindError(f"--budget {spec.budget}: give at least 1 evaluation")
@@ -120,8 +129,9 @@ class Search:
         bar = tqdm(total=self.spec.budget, desc="search", unit="eval", disable=not progress)
 
         def point_of(group_alphas: tuple[float, ...]) -> PointSpec:
-            return _point(path, start_alpha, tuple(group_alphas[g] for g, members in enumerate(groups)
-                                                   for _ in members))
+            return _point(
+                path, start_alpha, tuple(group_alphas[g] for g, members in enumerate(groups) for _ in members)
+            )
 
         def evaluate(group_alphas: tuple[float, ...]) -> tuple:
             nonlocal spent
@@ -132,29 +142,40 @@ class Search:
                 bar.update(1)
                 rows[point.key] = sweep.scored([point], VALIDATION)[0]
             row = rows[point.key]
-            history.append({"key": point.key, "groups": list(group_alphas), "target": row["target"],
-                            "general": row["general"]})
+            history.append(
+                {"key": point.key, "groups": list(group_alphas), "target": row["target"], "general": row["general"]}
+            )
             return value(_scored(row))
 
-        best = compass(evaluate, (start_alpha,) * len(groups), self.spec.step, self.spec.min_step,
-                       budget=lambda: spent < self.spec.budget)
+        best = compass(
+            evaluate,
+            (start_alpha,) * len(groups),
+            self.spec.step,
+            self.spec.min_step,
+            budget=lambda: spent < self.spec.budget,
+        )
         bar.close()
 
         points = sweep.known_points(_planned(sweep))
         chosen_key = point_of(best).key
         selection = sweep.select(points)  # over every evaluated point, uniform or searched
-        sweep.evaluate_test(points, ["base@0", "final@1", start_row["key"], chosen_key,
-                                     selection["selected"]["key"]])
+        sweep.evaluate_test(points, ["base@0", "final@1", start_row["key"], chosen_key, selection["selected"]["key"]])
         summary = sweep.summarize(points, selection["selected"]["key"])
         tests = {r["key"]: r for r in sweep.scored(points, TEST)}
         report = {
-            "run": sweep.run_id, "path": path, "rule": sweep.spec.select, "groups": groups,
-            "search": asdict(self.spec), "evaluations": spent, "start": start_row["key"],
+            "run": sweep.run_id,
+            "path": path,
+            "rule": sweep.spec.select,
+            "groups": groups,
+            "search": asdict(self.spec),
+            "evaluations": spent,
+            "start": start_row["key"],
             "best_uniform": {**start_row, "test": tests.get(start_row["key"])},
             "searched": {**rows[chosen_key], "test": tests.get(chosen_key)},
             "final": {**rows["final@1"], "test": tests.get("final@1")},
             "base": {**rows["base@0"], "test": tests.get("base@0")},
-            "selected": summary["selected"]["key"], "history": history,
+            "selected": summary["selected"]["key"],
+            "history": history,
         }
         files.write_json(sweep.out / SEARCH_FILE, report)
         return report
@@ -181,14 +202,18 @@ def _scored(row: dict) -> pareto.Scored:
 
 def report_table(report: dict) -> str:
     """Validation and test scores of the searched schedule against the best uniform alpha, final and base."""
-    lines = [f"search on {report['path']} ({report['rule']}): {report['evaluations']} new validation evaluations, "
-             f"{len(report['groups'])} layer groups, start {report['start']}",
-             f"{'point':<12} {'val target':>10} {'val general':>11} {'test target':>11} {'test general':>12}  key"]
+    lines = [
+        f"search on {report['path']} ({report['rule']}): {report['evaluations']} new validation evaluations, "
+        f"{len(report['groups'])} layer groups, start {report['start']}",
+        f"{'point':<12} {'val target':>10} {'val general':>11} {'test target':>11} {'test general':>12}  key",
+    ]
     for name in ("base", "final", "best_uniform", "searched"):
         row = report[name]
         test = row.get("test") or {}
-        lines.append(f"{name:<12} {row['target']:>10.2f} {row['general']:>11.2f} "
-                     f"{test.get('target', float('nan')):>11.2f} {test.get('general', float('nan')):>12.2f}  "
-                     f"{row['key']}")
+        lines.append(
+            f"{name:<12} {row['target']:>10.2f} {row['general']:>11.2f} "
+            f"{test.get('target', float('nan')):>11.2f} {test.get('general', float('nan')):>12.2f}  "
+            f"{row['key']}"
+        )
     lines.append(f"selected on validation (exported by `rewind export --from`): {report['selected']}")
     return "\n".join(lines)

@@ -72,10 +72,19 @@ class SweepSpec:
         """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results).
         `chat`: whether the chat template is applied (where tasks ask for it); `splits`: what each phase scores of
         each task not bundled (the bundled tasks' splits are fixed)."""
-        facts = {"base": models.hub_id(self.base), "adapter": adapter_sha, "init": self.init_adapter,
-                 "target": self.target, "general": self.general, "limit": self.limit, "layers": self.layers,
-                 "cayley_scale": self.cayley_scale, "dtype": self.dtype, "pass_k": sorted(self.pass_k),
-                 "checkpoints": [str(p) for p in self.checkpoint_dirs()]}
+        facts = {
+            "base": models.hub_id(self.base),
+            "adapter": adapter_sha,
+            "init": self.init_adapter,
+            "target": self.target,
+            "general": self.general,
+            "limit": self.limit,
+            "layers": self.layers,
+            "cayley_scale": self.cayley_scale,
+            "dtype": self.dtype,
+            "pass_k": sorted(self.pass_k),
+            "checkpoints": [str(p) for p in self.checkpoint_dirs()],
+        }
         if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
             facts["chat_template"] = False
         # Likewise only where given: a sweep of bundled suites keeps its run id (and its results) from before.
@@ -87,8 +96,11 @@ class SweepSpec:
 def _check(spec: SweepSpec) -> None:
     """What the spec alone shows to be wrong, before anything loads (the CLI's types check most of it too)."""
     models.pick_device(spec.device)
-    if not spec.alphas or not all(math.isfinite(a) for a in spec.alphas) or (
-            any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation):
+    if (
+        not spec.alphas
+        or not all(math.isfinite(a) for a in spec.alphas)
+        or (any(not 0 <= a <= 1 for a in spec.alphas) and not spec.allow_extrapolation)
+    ):
         raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
     if spec.limit is not None and spec.limit < 1:
         raise RewindError(f"--limit {spec.limit}: give at least 1 item per task")
@@ -187,8 +199,10 @@ class ResultsLog:
                 raise ValueError("not a results record")
         except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError and UnicodeDecodeError included
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not a results record"
-            raise RewindError(f"{self.path} line {number}: damaged ({why}); delete that line (its point is "
-                              f"evaluated again) or the whole file to start over, then rerun") from None
+            raise RewindError(
+                f"{self.path} line {number}: damaged ({why}); delete that line (its point is "
+                f"evaluated again) or the whole file to start over, then rerun"
+            ) from None
         return record
 
     def records(self, run_id: str | None = None) -> list[dict]:
@@ -198,19 +212,22 @@ class ResultsLog:
         return [r for r in records if run_id is None or r.get("run") == run_id]
 
     def append(self, records: list[dict]) -> None:
-        data = "".join(json.dumps({**r, "part": [i, len(records)]}, sort_keys=True) + "\n"
-                       for i, r in enumerate(records)).encode()
+        data = "".join(
+            json.dumps({**r, "part": [i, len(records)]}, sort_keys=True) + "\n" for i, r in enumerate(records)
+        ).encode()
         with open(self.path, "ab", buffering=0) as f, _locked(f):
             size = f.seek(0, os.SEEK_END)
             try:
                 view = memoryview(data)
                 while view:  # one write() unless the disk fills up
-                    view = view[f.write(view):]
+                    view = view[f.write(view) :]
                 os.fsync(f.fileno())
             except OSError as exc:  # e.g. disk full: drop the partial point, keep every finished one
                 f.truncate(size)
-                raise RewindError(f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
-                                  f"same command (finished points are kept)") from exc
+                raise RewindError(
+                    f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
+                    f"same command (finished points are kept)"
+                ) from exc
 
 
 RECORD_KEYS = ("run", "point", "path", "alpha", "split", "role", "suite", "task", "score")
@@ -236,8 +253,10 @@ def point_scores(records: list[dict], target: list[str], general: list[str]) -> 
             scores = [r["score"] for r in records if r["suite"] == suite]
             if not scores:
                 point, split = records[0]["point"], records[0]["split"]
-                raise RewindError(f"point {point}, {split}: suite {suite} has no score in results.jsonl; rerun "
-                                  f"the sweep to evaluate it")
+                raise RewindError(
+                    f"point {point}, {split}: suite {suite} has no score in results.jsonl; rerun "
+                    f"the sweep to evaluate it"
+                )
             per_suite.append(sum(scores) / len(scores))
         return sum(per_suite) / len(per_suite)
 
@@ -249,8 +268,9 @@ def pass_scores(records: list[dict], ks: list[int]) -> dict:
     sampled = [r for r in records if r["role"] == "pass@k"]
     if not ks or not sampled:
         return {}
-    return {f"pass@{k}": 100 * sum(r["metrics"][f"pass@{k},pass_at_k"] for r in sampled) / len(sampled)
-            for k in sorted(ks)}
+    return {
+        f"pass@{k}": 100 * sum(r["metrics"][f"pass@{k},pass_at_k"] for r in sampled) / len(sampled) for k in sorted(ks)
+    }
 
 
 class Sweep:
@@ -275,28 +295,44 @@ class Sweep:
         self.model, self.tokenizer = models.load_base(self.spec.base, device, self.spec.dtype)
         params = dict(self.model.named_parameters(remove_duplicate=False))
         shapes = {n: p.shape for n, p in params.items()}
-        self.update = adapters.read(self.spec.adapter, shapes, self.spec.init_adapter,
-                                    base_tensor=lambda n: params[n].detach(), base_config=self.model.config.to_dict())
+        self.update = adapters.read(
+            self.spec.adapter,
+            shapes,
+            self.spec.init_adapter,
+            base_tensor=lambda n: params[n].detach(),
+            base_config=self.model.config.to_dict(),
+        )
         path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
         for path_cls in path_classes:  # refuse now, not after the base point was evaluated
             if not all(path_cls.accepts(d) for d in self.update.deltas.values()):
-                raise RewindError(f"path {path_cls.name!r} does not apply to {self.update.method.name}; "
-                                  f"try --path auto")
+                raise RewindError(
+                    f"path {path_cls.name!r} does not apply to {self.update.method.name}; try --path auto"
+                )
         self.path_names = [c.name for c in path_classes]
         names, layers = list(self.update.deltas), int(self.model.config.num_hidden_layers)
         for alpha in self.spec.alphas:
             if self.schedule.kind != "balanced":  # balanced needs W0 norms; its alphas never exceed the global one
-                engine.tensor_alphas(names, engine.Point("", alpha, self.schedule), layers, None,
-                                     self.spec.allow_extrapolation)
+                engine.tensor_alphas(
+                    names, engine.Point("", alpha, self.schedule), layers, None, self.spec.allow_extrapolation
+                )
         self.chat = self._chat_template()
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
         batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
-        self.evaluators = {split: harness.Evaluator(self.model, self.tokenizer, self.suites, split=split,
-                                                    limit=self.spec.limit, batch_size=batch, pass_k=self.spec.pass_k,
-                                                    chat_template="on" if self.chat else "off",
-                                                    metrics=self.spec.metric)
-                           for split in (VALIDATION, TEST)}
+        self.evaluators = {
+            split: harness.Evaluator(
+                self.model,
+                self.tokenizer,
+                self.suites,
+                split=split,
+                limit=self.spec.limit,
+                batch_size=batch,
+                pass_k=self.spec.pass_k,
+                chat_template="on" if self.chat else "off",
+                metrics=self.spec.metric,
+            )
+            for split in (VALIDATION, TEST)
+        }
         plans = {split: evaluator.split_plan() for split, evaluator in self.evaluators.items()}
         self.splits = {task: {split: plans[split][task] for split in plans} for task in plans[VALIDATION]}
         unbundled = {task: plan for task, plan in self.splits.items() if not harness.is_bundled(task)}
@@ -307,15 +343,18 @@ class Sweep:
 
         chat = harness.use_chat_template(self.spec.chat_template, self.tokenizer)
         if not chat and self.spec.chat_template == "auto":
-            log.warning("--base %s has no chat template: tasks that ask for one get plain prompts "
-                        "(--chat-template off)", models.hub_id(self.spec.base))
+            log.warning(
+                "--base %s has no chat template: tasks that ask for one get plain prompts (--chat-template off)",
+                models.hub_id(self.spec.base),
+            )
         return chat
 
     def _rewinder(self, path: str) -> engine.Rewinder:
         if path not in self.rewinders:
             shared = next(iter(self.rewinders.values()), None)
-            self.rewinders[path] = engine.Rewinder(self.model, self.update, path, self.spec.cayley_scale,
-                                                   self.tokenizer, w0=shared.w0 if shared else None)
+            self.rewinders[path] = engine.Rewinder(
+                self.model, self.update, path, self.spec.cayley_scale, self.tokenizer, w0=shared.w0 if shared else None
+            )
         return self.rewinders[path]
 
     def _move(self, point: PointSpec) -> None:
@@ -331,8 +370,9 @@ class Sweep:
         elif point.path == "train":
             self._load_checkpoint(point)
         elif point.layers is not None:
-            self._rewinder(point.path).set(point.alpha, paths.Schedule("list", point.layers),
-                                           self.spec.allow_extrapolation)
+            self._rewinder(point.path).set(
+                point.alpha, paths.Schedule("list", point.layers), self.spec.allow_extrapolation
+            )
         else:
             self._rewinder(point.path).set(point.alpha, self.schedule, self.spec.allow_extrapolation)
 
@@ -340,8 +380,9 @@ class Sweep:
         directory = next(d for d in self.spec.checkpoint_dirs() if _step(d) == point.alpha)
         natural = self._rewinder(self.path_names[0])
         params = dict(self.model.named_parameters(remove_duplicate=False))
-        update = adapters.read(directory, {n: p.shape for n, p in params.items()}, None,
-                               base_tensor=natural.w0.__getitem__)
+        update = adapters.read(
+            directory, {n: p.shape for n, p in params.items()}, None, base_tensor=natural.w0.__getitem__
+        )
         natural.set(0.0)
         self._checkpoint = engine.Rewinder(self.model, update, "auto", self.spec.cayley_scale, w0=natural.w0)
         self._checkpoint.set(1.0)
@@ -365,10 +406,22 @@ class Sweep:
         switch = time.perf_counter() - start
         results = self.evaluators[split].run()
         elapsed = time.perf_counter() - start
-        records = [{"run": self.run_id, "point": point.key, "path": point.path, "alpha": point.alpha,
-                    "layers": list(point.layers) if point.layers else None, "split": split, "role": role[r.suite],
-                    **asdict(r), "device": str(self.model.device), "switch_seconds": round(switch, 4),
-                    "point_seconds": round(elapsed, 3)} for r in results]
+        records = [
+            {
+                "run": self.run_id,
+                "point": point.key,
+                "path": point.path,
+                "alpha": point.alpha,
+                "layers": list(point.layers) if point.layers else None,
+                "split": split,
+                "role": role[r.suite],
+                **asdict(r),
+                "device": str(self.model.device),
+                "switch_seconds": round(switch, 4),
+                "point_seconds": round(elapsed, 3),
+            }
+            for r in results
+        ]
         self.log.append(records)
         return records
 
@@ -412,10 +465,15 @@ class Sweep:
                 self.evaluate(next(p for p in points if p.key == key), TEST)
 
     def _write_spec(self) -> None:
-        record = {"run": self.run_id, "spec": asdict(self.spec), "paths": self.path_names,
-                  "method": self.update.method.name, "natural_path": self.update.natural_path,
-                  "chat_template": self.chat,  # what --chat-template resolved to
-                  "splits": self.splits}
+        record = {
+            "run": self.run_id,
+            "spec": asdict(self.spec),
+            "paths": self.path_names,
+            "method": self.update.method.name,
+            "natural_path": self.update.natural_path,
+            "chat_template": self.chat,  # what --chat-template resolved to
+            "splits": self.splits,
+        }
         files.write_json(self.out / SWEEP_FILE, record)
 
     # -- selection and report -------------------------------------------------------------------------------
@@ -426,9 +484,18 @@ class Sweep:
             mine = [r for r in records if r["point"] == p.key]
             if mine:
                 target, general = point_scores(mine, self.spec.target, self.spec.general)
-                rows.append({"key": p.key, "path": p.path, "alpha": p.alpha,
-                             "layers": list(p.layers) if p.layers else None, "target": target, "general": general,
-                             "seconds": mine[0]["point_seconds"], **pass_scores(mine, self.spec.pass_k)})
+                rows.append(
+                    {
+                        "key": p.key,
+                        "path": p.path,
+                        "alpha": p.alpha,
+                        "layers": list(p.layers) if p.layers else None,
+                        "target": target,
+                        "general": general,
+                        "seconds": mine[0]["point_seconds"],
+                        **pass_scores(mine, self.spec.pass_k),
+                    }
+                )
         return rows
 
     def select(self, points: list[PointSpec]) -> dict:
@@ -436,8 +503,11 @@ class Sweep:
         scored = [pareto.Scored(r["key"], r["target"], r["general"]) for r in rows]
         base = next(s for s in scored if s.key == "base@0")
         chosen = pareto.select(scored, base, self.spec.select, self.spec.tolerance, self.spec.weight)
-        return {"selected": next(r for r in rows if r["key"] == chosen.key),
-                "frontier": [s.key for s in pareto.frontier(scored)], "rows": rows}
+        return {
+            "selected": next(r for r in rows if r["key"] == chosen.key),
+            "frontier": [s.key for s in pareto.frontier(scored)],
+            "rows": rows,
+        }
 
     def metrics(self) -> dict[str, dict[str, str]]:
         """{"target" | "general": {task: the lm-eval metric its score is}}, as the base point was scored."""
@@ -454,18 +524,33 @@ class Sweep:
         tests = {r["key"]: r for r in self.scored(points, TEST)}
         base = next(r for r in selection["rows"] if r["key"] == "base@0")
         summary = {
-            "run": self.run_id, "base": models.hub_id(self.spec.base), "adapter": str(self.spec.adapter),
-            "method": self.update.method.name, "paths": self.path_names, "rule": self.spec.select,
-            "tolerance": self.spec.tolerance, "layers": self.spec.layers, "cayley_scale": self.spec.cayley_scale,
+            "run": self.run_id,
+            "base": models.hub_id(self.spec.base),
+            "adapter": str(self.spec.adapter),
+            "method": self.update.method.name,
+            "paths": self.path_names,
+            "rule": self.spec.select,
+            "tolerance": self.spec.tolerance,
+            "layers": self.spec.layers,
+            "cayley_scale": self.spec.cayley_scale,
             "selected": {**selection["selected"], "test": tests.get(selected_key)},
             "base_point": {**base, "test": tests.get("base@0")},
-            "final_point": {**next(r for r in selection["rows"] if r["key"] == "final@1"),
-                            "test": tests.get("final@1")},
-            "frontier": selection["frontier"], "points": selection["rows"], "metrics": self.metrics(),
+            "final_point": {
+                **next(r for r in selection["rows"] if r["key"] == "final@1"),
+                "test": tests.get("final@1"),
+            },
+            "frontier": selection["frontier"],
+            "points": selection["rows"],
+            "metrics": self.metrics(),
         }
         files.write_json(self.out / SUMMARY_FILE, summary)
-        pareto_plot(selection["rows"], set(selection["frontier"]), selected_key, self.out / PLOT_FILE,
-                    title=f"{summary['method']} on {summary['base']} ({', '.join(self.path_names)})")
+        pareto_plot(
+            selection["rows"],
+            set(selection["frontier"]),
+            selected_key,
+            self.out / PLOT_FILE,
+            title=f"{summary['method']} on {summary['base']} ({', '.join(self.path_names)})",
+        )
         return summary
 
 
@@ -483,19 +568,29 @@ def table(summary: dict) -> str:
     base = summary["base_point"]
     passes = [key for key in base if key.startswith("pass@")]
     # Which metric each score is (older summaries did not record it).
-    lines = [f"{role:<8} {', '.join(f'{task} {metric}' for task, metric in tasks.items())}"
-             for role, tasks in summary.get("metrics", {}).items()]
-    lines += [f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
-              + "".join(f" {key:>8}" for key in passes) + "  front", "-" * (62 + 9 * len(passes))]
+    lines = [
+        f"{role:<8} {', '.join(f'{task} {metric}' for task, metric in tasks.items())}"
+        for role, tasks in summary.get("metrics", {}).items()
+    ]
+    lines += [
+        f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
+        + "".join(f" {key:>8}" for key in passes)
+        + "  front",
+        "-" * (62 + 9 * len(passes)),
+    ]
     for r in summary["points"]:
-        mark = ("*" if r["key"] in summary["frontier"] else "") + (" <- selected" if r["key"] ==
-                                                                   summary["selected"]["key"] else "")
+        mark = ("*" if r["key"] in summary["frontier"] else "") + (
+            " <- selected" if r["key"] == summary["selected"]["key"] else ""
+        )
         if r.get("layers"):
             mark += f" layers {compact(r['layers'])}"
         name = r["path"] + ("+L" if r.get("layers") else "")
-        lines.append(f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
-                     f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
-                     + "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in passes) + f"  {mark}")
+        lines.append(
+            f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
+            f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
+            + "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in passes)
+            + f"  {mark}"
+        )
     sel = summary["selected"]
     lines.append("")
     layers = f" layers={compact(sel['layers'])}" if sel.get("layers") else ""

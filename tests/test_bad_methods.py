@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from peft import KasaConfig, LoraConfig, OFTConfig, get_peft_model
+from tiny import make_adapter, randomize, tiny_base
 
 from rewind.cli import main
-from tiny import make_adapter, randomize, tiny_base
 
 C = "adapter_config.json"
 
@@ -24,26 +24,48 @@ C = "adapter_config.json"
 def _init(value):
     """peft's config of that init on an ordinary LoRA: rewind decides from adapter_config.json alone (LoftQ itself
     needs bitsandbytes, which this machine lacks)."""
+
     def damage(a: Path):
         (a / C).write_text(json.dumps({**json.loads((a / C).read_text()), "init_lora_weights": value}))
+
     return damage
 
 
 EXPORT = ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{out}"]
 CASES = [  # id, argv, adapter, damage, what the line must say
     ("loftq", EXPORT, "lora", _init("loftq"), ("init_lora_weights 'loftq'", "quantization", "merge_and_unload")),
-    ("loftq-inspect", ["inspect", "--base", "{base}", "--adapter", "{a}"], "lora", _init("loftq"),
-     ("init_lora_weights 'loftq'",)),
+    (
+        "loftq-inspect",
+        ["inspect", "--base", "{base}", "--adapter", "{a}"],
+        "lora",
+        _init("loftq"),
+        ("init_lora_weights 'loftq'",),
+    ),
     ("unknown-init", EXPORT, "lora", _init("fancy_svd"), ("init_lora_weights 'fancy_svd'", "not an init rewind knows")),
     ("kasa", EXPORT, "kasa", None, ("KaSA (kasa_config)", "truncated the base weights", "--adapter")),
     ("lora-ga-unconverted", EXPORT, "lora", _init("lora_ga"), ("residual base (lora_ga init)", "--init-adapter")),
     ("corda-unconverted", EXPORT, "lora", _init("corda"), ("residual base (corda init)", "--init-adapter")),
-    ("coft-past-ball", [*EXPORT, "--format", "adapter", "--alpha", "1.5", "--allow-extrapolation"], "coft", None,
-     ("coft generator", "leaves peft's ball", "--format merged")),
-    ("coft-past-ball-sqrt", [*EXPORT, "--format", "adapter", "--alpha", "2", "--allow-extrapolation",
-                             "--cayley-scale", "sqrt"], "coft", None, ("leaves peft's ball", "--format merged")),
-    ("dora-dense-adapter", [*EXPORT, "--format", "adapter", "--path", "dense"], "dora", None,
-     ("dora's own path (dora)", "--format merged")),
+    (
+        "coft-past-ball",
+        [*EXPORT, "--format", "adapter", "--alpha", "1.5", "--allow-extrapolation"],
+        "coft",
+        None,
+        ("coft generator", "leaves peft's ball", "--format merged"),
+    ),
+    (
+        "coft-past-ball-sqrt",
+        [*EXPORT, "--format", "adapter", "--alpha", "2", "--allow-extrapolation", "--cayley-scale", "sqrt"],
+        "coft",
+        None,
+        ("leaves peft's ball", "--format merged"),
+    ),
+    (
+        "dora-dense-adapter",
+        [*EXPORT, "--format", "adapter", "--path", "dense"],
+        "dora",
+        None,
+        ("dora's own path (dora)", "--format merged"),
+    ),
 ]
 
 
@@ -57,8 +79,9 @@ def world(tmp_path_factory):
     kasa = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, kasa_config=KasaConfig(), target_modules=["q_proj"]))
     randomize(kasa, 0.1)
     kasa.save_pretrained(root / "kasa")
-    coft = get_peft_model(copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=2e-2,
-                                                         target_modules=["q_proj"]))
+    coft = get_peft_model(
+        copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=2e-2, target_modules=["q_proj"])
+    )
     randomize(coft, 0.05)  # far outside the ball: peft projects every block onto it, as training leaves them
     with torch.no_grad():
         for module in coft.modules():
@@ -70,8 +93,10 @@ def world(tmp_path_factory):
 
 
 def _snapshot(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(d.rglob("*"))}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(d.rglob("*"))
+    }
 
 
 @pytest.mark.parametrize("argv,adapter,damage,expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from tiny import make_adapter, tiny_base
 from transformers import AutoModelForCausalLM
 
 from rewind.cli import cli, main
-from tiny import make_adapter, tiny_base
 
 
 def _commands(group, prefix=()):
@@ -39,16 +39,20 @@ def _run(argv, capsys):
     return exit_info.value.code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--alpha", "1.5"], "alpha 1.5 is outside [0, 1]"),
-    (["--path", "cayley"], "path 'cayley' does not apply"),
-    (["--path", "layerwise"], "--path layerwise needs --layers"),
-    (["--layers", "0.1,0.2"], "has 2 alphas; the model has 3"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--alpha", "1.5"], "alpha 1.5 is outside [0, 1]"),
+        (["--path", "cayley"], "path 'cayley' does not apply"),
+        (["--path", "layerwise"], "--path layerwise needs --layers"),
+        (["--layers", "0.1,0.2"], "has 2 alphas; the model has 3"),
+    ],
+)
 def test_export_errors_are_one_line(extra, message, base_dir, tmp_path, capsys):
     make_adapter("lora", AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "a")
-    code, out, err = _run(["export", "--base", base_dir, "--adapter", tmp_path / "a", "--out", tmp_path / "o",
-                           *extra], capsys)
+    code, out, err = _run(
+        ["export", "--base", base_dir, "--adapter", tmp_path / "a", "--out", tmp_path / "o", *extra], capsys
+    )
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("rewind: error: ") and message in err
     assert "Traceback" not in err
@@ -64,11 +68,40 @@ def test_missing_adapter_and_base(tmp_path, capsys):
 
 def test_export_and_inspect_work(base_dir, tmp_path, capsys):
     make_adapter("oft", AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "a")
-    code, out, err = _run(["export", "--base", base_dir, "--adapter", tmp_path / "a", "--out", tmp_path / "o",
-                           "--alpha", "0.5", "--dry-run"], capsys)
+    code, out, err = _run(
+        [
+            "export",
+            "--base",
+            base_dir,
+            "--adapter",
+            tmp_path / "a",
+            "--out",
+            tmp_path / "o",
+            "--alpha",
+            "0.5",
+            "--dry-run",
+        ],
+        capsys,
+    )
     assert code == 0 and "cayley(alpha=0.5)" in out and not (tmp_path / "o").exists()
-    code, out, err = _run(["export", "--base", base_dir, "--adapter", tmp_path / "a", "--out", tmp_path / "o",
-                           "--path", "layerwise", "--layers", "ramp", "--alpha", "0.5"], capsys)
+    code, out, err = _run(
+        [
+            "export",
+            "--base",
+            base_dir,
+            "--adapter",
+            tmp_path / "a",
+            "--out",
+            tmp_path / "o",
+            "--path",
+            "layerwise",
+            "--layers",
+            "ramp",
+            "--alpha",
+            "0.5",
+        ],
+        capsys,
+    )
     assert code == 0 and (tmp_path / "o" / "README.md").is_file()
     code, out, err = _run(["inspect", "--base", base_dir, "--adapter", tmp_path / "a"], capsys)
     assert code == 0 and "method    oft" in out and "layer   2" in out
@@ -92,8 +125,13 @@ def test_export_from_a_sweep_keeps_its_cayley_scale_unless_given(base_dir, tmp_p
     make_adapter("oft", AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "a")
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    spec = {"base": str(base_dir), "adapter": str(tmp_path / "a"), "init_adapter": None, "layers": None,
-            "cayley_scale": "sqrt"}
+    spec = {
+        "base": str(base_dir),
+        "adapter": str(tmp_path / "a"),
+        "init_adapter": None,
+        "layers": None,
+        "cayley_scale": "sqrt",
+    }
     (sweep_dir / "sweep.json").write_text(json.dumps({"run": "x", "spec": spec, "paths": ["cayley"]}))
     argv = ["export", "--from", sweep_dir, "--alpha", "0.5", "--out", tmp_path / "o", "--dry-run"]
     code, out, _ = _run(argv, capsys)

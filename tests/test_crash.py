@@ -17,30 +17,41 @@ import time
 from pathlib import Path
 
 import pytest
+import tinysweep
+from tiny import logits, make_adapter, tiny_base
 from transformers import AutoModelForCausalLM
 
-import tinysweep
 from rewind import export, outdir, sweep
-from tiny import logits, make_adapter, tiny_base
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "OMP_NUM_THREADS": "1"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+}
 TESTS = Path(__file__).parent
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     # the checkout's rewind first: not an installed one from elsewhere
     path = os.pathsep.join([str(TESTS.parent), str(TESTS)])
-    return subprocess.Popen([sys.executable, *args], env={**ENV, "PYTHONPATH": path}, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env={**ENV, "PYTHONPATH": path},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if proc.poll() is not None:
-            pytest.fail(f"the process ended (rc {proc.returncode}) before it could be killed:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the process ended (rc {proc.returncode}) before it could be killed:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"timed out waiting:\n{log.read_text()[-3000:]}")
@@ -65,8 +76,7 @@ def _complete_lines(path: Path) -> list[str]:
 def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path):
     base, adapter = tinysweep.make(tmp_path)
     out = tmp_path / "sweep"
-    args = ["-m", "rewind.cli", *tinysweep.sweep_args(base, adapter, out, "--alphas", "0,0.2,0.4,0.6,0.8,1",
-                                                      limit=2)]
+    args = ["-m", "rewind.cli", *tinysweep.sweep_args(base, adapter, out, "--alphas", "0,0.2,0.4,0.6,0.8,1", limit=2)]
     results = out / "results.jsonl"
 
     proc = _start(args, tmp_path / "first.log")
@@ -83,10 +93,12 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path):
     records = [json.loads(line) for line in after]  # every line parses: valid JSONL
     assert after[: len(kept)] == kept  # finished points' lines untouched, torn tail (if any) dropped
     for point in finished:  # and never evaluated again
-        mine = [line for line in after if json.loads(line)["point"] == point and json.loads(line)["split"] ==
-                "validation"]
-        assert mine == [line for line in kept if json.loads(line)["point"] == point and
-                        json.loads(line)["split"] == "validation"], point
+        mine = [
+            line for line in after if json.loads(line)["point"] == point and json.loads(line)["split"] == "validation"
+        ]
+        assert mine == [
+            line for line in kept if json.loads(line)["point"] == point and json.loads(line)["split"] == "validation"
+        ], point
     validation = {r["point"] for r in records if r["split"] == "validation"}
     assert validation == {"base@0", "final@1", "linear@0.2", "linear@0.4", "linear@0.6", "linear@0.8"}
     assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records})  # no duplicates
@@ -98,8 +110,16 @@ def test_sweep_resumes_over_a_point_cut_after_its_first_line(tmp_path):
     whole point and evaluates it once more, so no line is there twice."""
     base, adapter = tinysweep.make(tmp_path)
     out = tmp_path / "sweep"
-    spec = sweep.SweepSpec(adapter=str(adapter), base=str(base), alphas=[0, 1], target=[tinysweep.TARGET],
-                           general=[tinysweep.GENERAL], limit=1, dtype="fp32", device="cpu")
+    spec = sweep.SweepSpec(
+        adapter=str(adapter),
+        base=str(base),
+        alphas=[0, 1],
+        target=[tinysweep.TARGET],
+        general=[tinysweep.GENERAL],
+        limit=1,
+        dtype="fp32",
+        device="cpu",
+    )
     sweep.Sweep(spec, out).run(progress=False)
     results = out / "results.jsonl"
     lines = results.read_text().splitlines(keepends=True)
@@ -118,19 +138,61 @@ def test_sweep_resumes_over_a_point_cut_after_its_first_line(tmp_path):
 
 def test_results_log_reads_whole_points_only(tmp_path):
     def line(point, i, n):
-        return json.dumps({"run": "r", "point": point, "path": "p", "alpha": 0, "split": "validation", "role": "t",
-                           "suite": "s", "task": f"t{i}", "score": 0, "part": [i, n]}) + "\n"
+        return (
+            json.dumps(
+                {
+                    "run": "r",
+                    "point": point,
+                    "path": "p",
+                    "alpha": 0,
+                    "split": "validation",
+                    "role": "t",
+                    "suite": "s",
+                    "task": f"t{i}",
+                    "score": 0,
+                    "part": [i, n],
+                }
+            )
+            + "\n"
+        )
 
-    old = json.dumps({"run": "r", "point": "old", "path": "p", "alpha": 0, "split": "validation", "role": "t",
-                      "suite": "s", "task": "t", "score": 0}) + "\n"  # written before lines had parts
+    old = (
+        json.dumps(
+            {
+                "run": "r",
+                "point": "old",
+                "path": "p",
+                "alpha": 0,
+                "split": "validation",
+                "role": "t",
+                "suite": "s",
+                "task": "t",
+                "score": 0,
+            }
+        )
+        + "\n"
+    )  # written before lines had parts
     path = tmp_path / "results.jsonl"
     whole = old + line("a", 0, 2) + line("a", 1, 2)
     path.write_text(whole + line("b", 0, 2) + line("c", 0, 1) + line("d", 0, 3) + line("d", 1, 3) + '{"ru')
     log = sweep.ResultsLog(path)  # opening repairs the tail: from d's first line on
     assert path.read_text() == whole + line("b", 0, 2) + line("c", 0, 1)
     assert [r["point"] for r in log.records()] == ["old", "a", "a", "c"]  # b is cut inside the file: skipped
-    log.append([{"run": "r", "point": "e", "path": "p", "alpha": 0, "split": "validation", "role": "t",
-                 "suite": "s", "task": "t", "score": 0}])
+    log.append(
+        [
+            {
+                "run": "r",
+                "point": "e",
+                "path": "p",
+                "alpha": 0,
+                "split": "validation",
+                "role": "t",
+                "suite": "s",
+                "task": "t",
+                "score": 0,
+            }
+        ]
+    )
     assert [r["point"] for r in log.records("r")] == ["old", "a", "a", "c", "e"]
 
 
@@ -181,8 +243,17 @@ def test_export_killed_mid_write_never_shows_a_half_checkpoint(tmp_path):
     make_adapter("lora", base, tmp_path / "a")
     (tmp_path / "slow_export.py").write_text(SLOW_EXPORT)
     marker, out = tmp_path / "shards-written", tmp_path / "exports" / "point"
-    argv = ["export", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "a"), "--out", str(out),
-            "--alpha", "0.5"]
+    argv = [
+        "export",
+        "--base",
+        str(tmp_path / "base"),
+        "--adapter",
+        str(tmp_path / "a"),
+        "--out",
+        str(out),
+        "--alpha",
+        "0.5",
+    ]
 
     watcher = Watcher(out, shards)
     watcher.start()

@@ -9,9 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
+import tinysweep
 import torch
 from peft import LoraConfig, get_peft_model
 from scipy.linalg import orthogonal_procrustes
+from tiny import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewind import sweep
@@ -20,8 +22,6 @@ from rewind.diagnostics import Finetune, Probe, activations, arena, csd, geometr
 from rewind.diagnostics.data import texts
 from rewind.errors import RewindError
 from rewind.updates import cayley, rotate
-import tinysweep
-from tiny import make_adapter
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -36,6 +36,7 @@ def _orthogonal(d: int) -> torch.Tensor:
 
 
 # --- geometry ----------------------------------------------------------------------------------------------
+
 
 def _hsic_cka(x: np.ndarray, y: np.ndarray) -> float:
     """CKA from its HSIC definition with an explicit centring matrix (independent of the implementation)."""
@@ -82,6 +83,7 @@ def test_gram_distortion_and_drift():
 
 # --- spectral ----------------------------------------------------------------------------------------------
 
+
 def test_fluctuation_smooth_is_zero_rough_is_not_and_matches_a_loop():
     t = torch.linspace(0, 3, 2000, dtype=torch.float64)
     smooth = torch.exp(-t) + 0.2 * torch.sin(t)
@@ -90,7 +92,7 @@ def test_fluctuation_smooth_is_zero_rough_is_not_and_matches_a_loop():
     assert spectral.fluctuation(rough) > 0.03
     x = _randn(9).numpy()
     padded = np.concatenate([x[2:0:-1], x, x[-2:-4:-1]])  # reflect padding by two on each side
-    expected = np.mean([abs(x[i] - padded[i:i + 5].mean()) for i in range(9)])
+    expected = np.mean([abs(x[i] - padded[i : i + 5].mean()) for i in range(9)])
     assert spectral.fluctuation(torch.from_numpy(x)) == pytest.approx(expected, rel=1e-12)
     assert spectral.fluctuation(torch.ones(4)) is None
 
@@ -127,26 +129,29 @@ def lora(workdir, base):
 
 
 def test_spectral_matches_peft_merge_and_oft_branches(workdir, base, lora, tmp_path):
-    report = spectral.run(Finetune(lora[0], workdir / "base"), tmp_path / "lora", modules=["q", "down"],
-                          device="cpu", plots=False)
+    report = spectral.run(
+        Finetune(lora[0], workdir / "base"), tmp_path / "lora", modules=["q", "down"], device="cpu", plots=False
+    )
     assert {r["type"] for r in report["matrices"]} == {"q", "down"} and len(report["matrices"]) == 6
     row = next(r for r in report["matrices"] if r["module"] == "model.layers.1.mlp.down_proj")
     w0 = base.get_submodule(row["module"]).weight.detach().double().numpy()
     w1 = lora[1].get_submodule(row["module"]).weight.detach().double().numpy()
     u, s, vt = np.linalg.svd(w0, full_matrices=False)
     delta_s = np.linalg.svd(w1 - w0, compute_uv=False)
-    assert row["effective_rank"] == pytest.approx((delta_s ** 2).sum() / delta_s[0] ** 2, rel=1e-4)
+    assert row["effective_rank"] == pytest.approx((delta_s**2).sum() / delta_s[0] ** 2, rel=1e-4)
     assert 1 <= row["effective_rank"] <= 4  # rank-4 LoRA
     deviation = np.abs(np.einsum("ki,kl,il->i", u, w1, vt) - s)
     assert row["retention_deviation_mean"] == pytest.approx(deviation.mean(), rel=1e-4)
     profiles = np.load(tmp_path / "lora" / spectral.PROFILES)
-    np.testing.assert_allclose(profiles[f"{row['module']}::adaptation"], np.linalg.norm((w1 - w0) @ vt.T, axis=0),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        profiles[f"{row['module']}::adaptation"], np.linalg.norm((w1 - w0) @ vt.T, axis=0), rtol=1e-4, atol=1e-6
+    )
     shifts = {}
     for kind in ("oft-exact", "oft"):  # exact Cayley rotates; peft's default Neumann series only nearly does
         make_adapter(kind, base, workdir / kind)
-        rows = spectral.run(Finetune(workdir / kind, workdir / "base"), tmp_path / kind, device="cpu",
-                            plots=False)["matrices"]
+        rows = spectral.run(Finetune(workdir / kind, workdir / "base"), tmp_path / kind, device="cpu", plots=False)[
+            "matrices"
+        ]
         assert all(r["alignment_mean"] is not None for r in rows)
         shifts[kind] = max(r["spectrum_shift"] for r in rows)
     assert shifts["oft-exact"] < 1e-5 < 1e-4 < shifts["oft"]
@@ -154,12 +159,16 @@ def test_spectral_matches_peft_merge_and_oft_branches(workdir, base, lora, tmp_p
 
 # --- csd and activations -----------------------------------------------------------------------------------
 
+
 def _unpadded(model, tokenizer, items, module, where, max_length):
     """A module's inputs or outputs, one text at a time (no padding anywhere)."""
     seen = []
     target = model.get_submodule(module)
-    handle = (target.register_forward_pre_hook(lambda m, args: seen.append(args[0][0])) if where == "input" else
-              target.register_forward_hook(lambda m, args, out: seen.append(out[0])))
+    handle = (
+        target.register_forward_pre_hook(lambda m, args: seen.append(args[0][0]))
+        if where == "input"
+        else target.register_forward_hook(lambda m, args, out: seen.append(out[0]))
+    )
     with torch.no_grad():
         for text in items:
             model(**tokenizer(text, return_tensors="pt", truncation=True, max_length=max_length))
@@ -169,8 +178,15 @@ def _unpadded(model, tokenizer, items, module, where, max_length):
 
 def test_csd_matches_independent_computation(workdir, base, lora, tmp_path):
     probe = Probe(data=("general",), limit=5, batch_size=2, max_length=48)
-    report = csd.run(Finetune(lora[0], workdir / "base"), tmp_path, probe, modules=["q", "v"], device="cpu",
-                     dtype="fp32", plots=False)
+    report = csd.run(
+        Finetune(lora[0], workdir / "base"),
+        tmp_path,
+        probe,
+        modules=["q", "v"],
+        device="cpu",
+        dtype="fp32",
+        plots=False,
+    )
     module = "model.layers.1.self_attn.q_proj"
     row = next(r for r in report["modules"] if r["module"] == module)["general"]
     tokenizer = AutoTokenizer.from_pretrained(workdir / "base")
@@ -181,16 +197,21 @@ def test_csd_matches_independent_computation(workdir, base, lora, tmp_path):
     assert row["n_tokens"] == h.shape[0]
     assert row["csd_abs"] == pytest.approx(float(expected), rel=1e-4)
     assert row["csd_rel"] == pytest.approx(float(expected / (h @ w0.T).square().sum(1).mean()), rel=1e-4)
-    assert row["csd_norm"] == pytest.approx(float(expected / (dw.square().sum() * h.square().sum(1).mean())),
-                                            rel=1e-4)
+    assert row["csd_norm"] == pytest.approx(float(expected / (dw.square().sum() * h.square().sum(1).mean())), rel=1e-4)
     assert len(report["modules"]) == 6 and set(report["summary"]) == {"q", "v", "all"}
 
 
 def test_csd_of_a_zero_update_is_zero(workdir, base, tmp_path):
     untrained = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "down_proj"]))
     untrained.save_pretrained(tmp_path / "zero")  # peft's init: B = 0, so dW = 0 exactly
-    report = csd.run(Finetune(tmp_path / "zero", workdir / "base"), tmp_path / "out",
-                     Probe(data=("target",), limit=3), device="cpu", dtype="fp32", plots=False)
+    report = csd.run(
+        Finetune(tmp_path / "zero", workdir / "base"),
+        tmp_path / "out",
+        Probe(data=("target",), limit=3),
+        device="cpu",
+        dtype="fp32",
+        plots=False,
+    )
     results = [r["target"] for r in report["modules"]]
     assert len(results) == 6 and all(r["n_tokens"] > 0 and r["h_norm2"] > 0 for r in results)
     assert all(r["csd_abs"] == 0 and r["csd_rel"] == 0 and r["csd_norm"] is None for r in results)
@@ -201,10 +222,21 @@ def test_activations_match_peft_merge_and_leave_the_model_at_base(workdir, lora,
     tokenizer = AutoTokenizer.from_pretrained(workdir / "base")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     probe = Probe(data=("general",), limit=4, batch_size=3, max_length=40)
-    report = activations.run(Finetune(lora[0], workdir / "base"), tmp_path, probe, modules=["k", "down"],
-                             layers=[0, 2], resident=(model, tokenizer), plots=False)
-    assert report["probed"] == ["model.layers.0.self_attn.k_proj", "model.layers.0.mlp.down_proj",
-                                "model.layers.2.self_attn.k_proj", "model.layers.2.mlp.down_proj"]
+    report = activations.run(
+        Finetune(lora[0], workdir / "base"),
+        tmp_path,
+        probe,
+        modules=["k", "down"],
+        layers=[0, 2],
+        resident=(model, tokenizer),
+        plots=False,
+    )
+    assert report["probed"] == [
+        "model.layers.0.self_attn.k_proj",
+        "model.layers.0.mlp.down_proj",
+        "model.layers.2.self_attn.k_proj",
+        "model.layers.2.mlp.down_proj",
+    ]
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     items = texts("general-offline", "validation", 4, tokenizer)
     for module in ("model.layers.2.mlp.down_proj", "model.layers.2.self_attn.k_proj"):
@@ -220,6 +252,7 @@ def test_activations_match_peft_merge_and_leave_the_model_at_base(workdir, lora,
 
 
 # --- arena -------------------------------------------------------------------------------------------------
+
 
 def test_correlations_match_numpy():
     x, y = _randn(12).numpy(), _randn(12).numpy()
@@ -237,9 +270,16 @@ def test_correlations_match_numpy():
 @pytest.fixture(scope="module")
 def sweeps(workdir, lora, base):
     """A real sweep of the LoRA adapter, and copies of it for two more adapters with other general scores."""
-    spec = sweep.SweepSpec(adapter=str(lora[0]), base=str(workdir / "base"), alphas=[0, 1],
-                           target=["general_offline_truthfulqa_mc1"], general=["general_offline_date_understanding"],
-                           limit=2, dtype="fp32", device="cpu")
+    spec = sweep.SweepSpec(
+        adapter=str(lora[0]),
+        base=str(workdir / "base"),
+        alphas=[0, 1],
+        target=["general_offline_truthfulqa_mc1"],
+        general=["general_offline_date_understanding"],
+        limit=2,
+        dtype="fp32",
+        device="cpu",
+    )
     sweep.Sweep(spec, workdir / "sweep-lora").run(progress=False)
     dirs = {"lora": workdir / "sweep-lora"}
     for kind, drop in (("ia3", 3.0), ("oft-exact", 7.0)):
@@ -270,6 +310,7 @@ def test_find_sweep_and_scores(workdir, sweeps, lora, monkeypatch):
 
 # --- the commands ------------------------------------------------------------------------------------------
 
+
 def _cli(argv, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -281,52 +322,118 @@ def _cli(argv, capsys):
 
 def test_diagnose_commands_end_to_end(workdir, lora, tmp_path, capsys):
     common = ["--base", workdir / "base", "--adapter", lora[0]]
-    out = _cli(["diagnose", "spectral", *common, "--alpha", "0.5", "--modules", "q,down", "--out", tmp_path / "s"],
-               capsys)
+    out = _cli(
+        ["diagnose", "spectral", *common, "--alpha", "0.5", "--modules", "q,down", "--out", tmp_path / "s"], capsys
+    )
     report = json.loads((tmp_path / "s" / "spectral.json").read_text())
     assert {"matrices", "summary", "point", "adapter_sha256", "plots"} <= set(report)
     assert report["point"] == "linear(alpha=0.5)" and {"q", "down", "all"} == set(report["summary"])
     assert all((tmp_path / "s" / p).stat().st_size > 5000 for p in report["plots"]) and "spectral.json" in out
     assert {"effective_rank", "fluctuation_retention", "fluctuation_adaptation", "spectrum_shift"} <= set(
-        report["matrices"][0])
+        report["matrices"][0]
+    )
 
-    _cli(["diagnose", "csd", *common, "--data", "general", "--data", "target", "--limit", "2", "--dtype", "fp32",
-          "--device", "cpu", "--out", tmp_path / "c"], capsys)
+    _cli(
+        [
+            "diagnose",
+            "csd",
+            *common,
+            "--data",
+            "general",
+            "--data",
+            "target",
+            "--limit",
+            "2",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "c",
+        ],
+        capsys,
+    )
     report = json.loads((tmp_path / "c" / "csd.json").read_text())
     assert set(report["data"]) == {"general", "target"} and (tmp_path / "c" / "csd.png").is_file()
     assert {"csd_abs", "csd_rel", "csd_norm"} <= set(report["modules"][0]["general"])
     assert report["summary"]["all"]["general_over_target_rel"] > 0
 
-    _cli(["diagnose", "activations", *common, "--data", "general", "--limit", "2", "--probe-layers", "0,2",
-          "--dtype", "fp32", "--device", "cpu", "--out", tmp_path / "a"], capsys)
+    _cli(
+        [
+            "diagnose",
+            "activations",
+            *common,
+            "--data",
+            "general",
+            "--limit",
+            "2",
+            "--probe-layers",
+            "0,2",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "a",
+        ],
+        capsys,
+    )
     report = json.loads((tmp_path / "a" / "activations.json").read_text())
     assert len(report["probed"]) == 8 and (tmp_path / "a" / "activations.png").is_file()
-    assert {"cka", "procrustes_residual", "gram_distortion", "cosine_drift", "norm_drift"} <= set(
-        report["modules"][0])
+    assert {"cka", "procrustes_residual", "gram_distortion", "cosine_drift", "norm_drift"} <= set(report["modules"][0])
 
 
 def test_report_dir_may_lie_inside_the_adapter_dir(workdir, lora, tmp_path):
     """Unlike an export's --out (issue 13), a report only adds files: a report dir inside the adapter dir is fine."""
     adapter = tmp_path / "lora"
     shutil.copytree(lora[0], adapter)
-    report = spectral.run(Finetune(adapter, workdir / "base"), adapter / "diagnostics", modules=["q"], device="cpu",
-                          plots=False)
+    report = spectral.run(
+        Finetune(adapter, workdir / "base"), adapter / "diagnostics", modules=["q"], device="cpu", plots=False
+    )
     assert report["matrices"] and (adapter / "diagnostics" / spectral.JSON).is_file()
 
 
 def test_diagnose_bad_input_is_one_line(workdir, lora, tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["diagnose", "spectral", "--base", str(workdir / "base"), "--adapter", str(lora[0]),
-              "--modules", "o", "--out", str(tmp_path / "x")])
+        main(
+            [
+                "diagnose",
+                "spectral",
+                "--base",
+                str(workdir / "base"),
+                "--adapter",
+                str(lora[0]),
+                "--modules",
+                "o",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "--modules o: matches no adapted matrix" in err
 
 
 def test_arena_end_to_end(workdir, sweeps, tmp_path, capsys):
     adapters_ = [workdir / k for k in ("lora", "ia3", "oft-exact")]
-    argv = ["arena", *adapters_, "--base", workdir / "base", "--diagnostics", "spectral,csd", "--data", "general",
-            "--limit", "2", "--dtype", "fp32", "--device", "cpu", "--out", tmp_path]
+    argv = [
+        "arena",
+        *adapters_,
+        "--base",
+        workdir / "base",
+        "--diagnostics",
+        "spectral,csd",
+        "--data",
+        "general",
+        "--limit",
+        "2",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path,
+    ]
     for k in ("lora", "ia3", "oft-exact"):
         argv += ["--sweep", sweeps[k]]
     out = _cli(argv, capsys)
@@ -349,8 +456,25 @@ def test_arena_end_to_end(workdir, sweeps, tmp_path, capsys):
 
 
 def _arena_argv(workdir, sweeps, kinds, out, *extra):
-    argv = ["arena", *[workdir / k for k in kinds], "--base", workdir / "base", "--diagnostics", "spectral,csd",
-            "--data", "general", "--limit", "2", "--dtype", "fp32", "--device", "cpu", "--out", out, *extra]
+    argv = [
+        "arena",
+        *[workdir / k for k in kinds],
+        "--base",
+        workdir / "base",
+        "--diagnostics",
+        "spectral,csd",
+        "--data",
+        "general",
+        "--limit",
+        "2",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--out",
+        out,
+        *extra,
+    ]
     for k in kinds:
         argv += ["--sweep", sweeps[k]]
     return argv
@@ -379,8 +503,19 @@ def test_arena_include_equals_one_arena_over_all(workdir, sweeps, arena_of_two, 
     _cli(_arena_argv(workdir, sweeps, ("lora", "ia3", "oft-exact"), tmp_path / "all"), capsys)
     _cli(_arena_argv(workdir, sweeps, ("oft-exact",), tmp_path / "grown", "--include", arena_of_two), capsys)
     direct, grown = (json.loads((tmp_path / d / "arena.json").read_text()) for d in ("all", "grown"))
-    assert grown["probe"] == direct["probe"] == {"data": ["general"], "target": "math-offline", "split": "validation",
-                                                 "limit": 2, "batch_size": 8, "max_length": 512, "include_path": []}
+    assert (
+        grown["probe"]
+        == direct["probe"]
+        == {
+            "data": ["general"],
+            "target": "math-offline",
+            "split": "validation",
+            "limit": 2,
+            "batch_size": 8,
+            "max_length": 512,
+            "include_path": [],
+        }
+    )
     assert [r.get("from") for r in grown["adapters"]] == [str(arena_of_two / "arena.json")] * 2 + [None]
     assert {r["dtype"] for r in grown["adapters"]} == {"fp32"} and not grown["notes"][1:]  # one precision: no note
     # CPU, fp32, the same inputs: every value is the same float, so equality, not approx.
@@ -393,10 +528,12 @@ def test_arena_include_equals_one_arena_over_all(workdir, sweeps, arena_of_two, 
 def test_arena_include_refuses_other_base_diagnostics_or_probe(workdir, sweeps, arena_of_two, tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**json.loads((arena_of_two / "arena.json").read_text()), "base": "someone/else"}))
-    cases = [(other, (), "its base is someone/else, not"),
-             (arena_of_two, ("--diagnostics", "spectral"), "its diagnostics are spectral,csd, not spectral"),
-             (arena_of_two, ("--limit", "3"), "its probe differs: --limit 2 (this run: 3)"),
-             (tmp_path, (), "not an arena report")]
+    cases = [
+        (other, (), "its base is someone/else, not"),
+        (arena_of_two, ("--diagnostics", "spectral"), "its diagnostics are spectral,csd, not spectral"),
+        (arena_of_two, ("--limit", "3"), "its probe differs: --limit 2 (this run: 3)"),
+        (tmp_path, (), "not an arena report"),
+    ]
     for included, extra, message in cases:  # extra options come last, and the last value of an option wins
         argv = _arena_argv(workdir, sweeps, ("oft-exact",), tmp_path / "out", "--include", included, *extra)
         assert message in _cli_error(argv, capsys)
@@ -408,13 +545,16 @@ def test_arena_include_without_probe_notes_it_and_renames(workdir, sweeps, arena
     del old["probe"]  # as reports written before the probe was recorded
     (tmp_path / "old.json").write_text(json.dumps(old))
     # Includes only: nothing is computed, no adapter is needed.
-    argv = _arena_argv(workdir, sweeps, (), tmp_path / "out", "--include", tmp_path / "old.json",
-                       "--include", arena_of_two)
+    argv = _arena_argv(
+        workdir, sweeps, (), tmp_path / "out", "--include", tmp_path / "old.json", "--include", arena_of_two
+    )
     _cli(argv, capsys)
     report = json.loads((tmp_path / "out" / "arena.json").read_text())
     assert [r["name"] for r in report["adapters"]] == ["lora", "ia3", "lora-3", "ia3-4"]
-    assert f"{tmp_path / 'old.json'} did not record its probe settings: they are assumed to match this run's" in \
-        report["notes"]
+    assert (
+        f"{tmp_path / 'old.json'} did not record its probe settings: they are assumed to match this run's"
+        in report["notes"]
+    )
     assert "did not record its probe" in (tmp_path / "out" / "arena.md").read_text()
     assert sum("did not record" in n for n in report["notes"]) == 1
     assert not any("computed in" in n for n in report["notes"])

@@ -12,13 +12,13 @@ import pytest
 import torch
 from peft import LoraConfig, OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from tiny import logits, make_adapter, make_full, randomize, rel_err, tiny_base
 from transformers import AutoModelForCausalLM
 
 from rewind import export, outdir
 from rewind.engine import attach
 from rewind.errors import RewindError
 from rewind.paths import Schedule
-from tiny import logits, make_adapter, make_full, randomize, rel_err, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +34,25 @@ def base(base_dir):
 
 
 def _resident(base, adapter, alpha, **kw):
-    rw = attach(copy.deepcopy(base), adapter, path=kw.pop("path", "auto"),
-                cayley_scale=kw.pop("cayley_scale", "linear"))
+    rw = attach(
+        copy.deepcopy(base), adapter, path=kw.pop("path", "auto"), cayley_scale=kw.pop("cayley_scale", "linear")
+    )
     rw.set(alpha, kw.pop("schedule", None), kw.pop("allow_extrapolation", False))
     return rw
 
 
-@pytest.mark.parametrize("kind,path", [("lora", "auto"), ("dora", "auto"), ("ia3", "auto"), ("miss-bat", "auto"),
-                                       ("oft", "auto"), ("oft-exact", "dense"), ("lora-save-head", "auto")])
+@pytest.mark.parametrize(
+    "kind,path",
+    [
+        ("lora", "auto"),
+        ("dora", "auto"),
+        ("ia3", "auto"),
+        ("miss-bat", "auto"),
+        ("oft", "auto"),
+        ("oft-exact", "dense"),
+        ("lora-save-head", "auto"),
+    ],
+)
 def test_merged_export_reloads_to_in_memory_logits(kind, path, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.6, path=path)
@@ -60,11 +71,24 @@ def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
     assert "| layer schedule | ramp |" in card and "0: 0.5, 1: 0.75, 2: 1" in card
 
 
-@pytest.mark.parametrize("kind,scale", [("lora", "linear"), ("rslora", "linear"), ("adalora", "linear"),
-                                        ("vera", "linear"), ("ia3", "linear"), ("miss", "linear"),
-                                        ("miss-bat", "linear"), ("oft", "linear"), ("oft", "sqrt"),
-                                        ("oft-exact", "linear"), ("oft-coft", "linear"), ("lora-save-head", "linear"),
-                                        ("dora", "linear")])
+@pytest.mark.parametrize(
+    "kind,scale",
+    [
+        ("lora", "linear"),
+        ("rslora", "linear"),
+        ("adalora", "linear"),
+        ("vera", "linear"),
+        ("ia3", "linear"),
+        ("miss", "linear"),
+        ("miss-bat", "linear"),
+        ("oft", "linear"),
+        ("oft", "sqrt"),
+        ("oft-exact", "linear"),
+        ("oft-coft", "linear"),
+        ("lora-save-head", "linear"),
+        ("dora", "linear"),
+    ],
+)
 def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.35, fmt="adapter", cayley_scale=scale)
@@ -75,8 +99,9 @@ def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
         assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, name
 
 
-@pytest.mark.parametrize("kind,path,message", [("dora", "dense", "use --format merged"),
-                                               ("oft", "dense", "use --format merged")])
+@pytest.mark.parametrize(
+    "kind,path,message", [("dora", "dense", "use --format merged"), ("oft", "dense", "use --format merged")]
+)
 def test_adapter_export_refused_where_inexact(kind, path, message, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     with pytest.raises(RewindError, match=message):
@@ -87,8 +112,9 @@ def test_adapter_export_refused_where_inexact(kind, path, message, base, base_di
 def test_dora_adapter_export_with_a_layer_schedule(base, base_dir, tmp_path):
     """Per-tensor alphas reach both of DoRA's scaled tensors (B and the magnitude) of the same module."""
     make_adapter("dora", base, tmp_path / "a")
-    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.2, fmt="adapter",
-                        schedule=Schedule.parse("0.1,0.9,0.5"))
+    out = export.export(
+        base_dir, tmp_path / "a", tmp_path / "out", alpha=0.2, fmt="adapter", schedule=Schedule.parse("0.1,0.9,0.5")
+    )
     served = dict(PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload().named_parameters())
     rw = _resident(base, tmp_path / "a", 0.2, schedule=Schedule.parse("0.1,0.9,0.5"))
     for name in rw.update.deltas:
@@ -97,8 +123,9 @@ def test_dora_adapter_export_with_a_layer_schedule(base, base_dir, tmp_path):
 
 def _coft_adapter(base, out, eps):
     """A coft adapter whose stored generator is peft's own projection (as training leaves it)."""
-    peft_model = get_peft_model(copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=eps,
-                                                               target_modules=["q_proj", "up_proj"]))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), OFTConfig(r=0, oft_block_size=16, coft=True, eps=eps, target_modules=["q_proj", "up_proj"])
+    )
     randomize(peft_model, 0.05)
     with torch.no_grad():
         for module in peft_model.modules():
@@ -114,11 +141,19 @@ def test_coft_adapter_export_refused_outside_the_ball(alpha, scale, base, base_d
     as the alpha = 1 rotation. The merged export of the same point is still written."""
     _coft_adapter(base, tmp_path / "a", eps=2e-2)  # every block on the ball
     with pytest.raises(RewindError, match="leaves peft's ball.*use --format merged"):
-        export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=alpha, fmt="adapter", cayley_scale=scale,
-                      allow_extrapolation=True)
+        export.export(
+            base_dir,
+            tmp_path / "a",
+            tmp_path / "out",
+            alpha=alpha,
+            fmt="adapter",
+            cayley_scale=scale,
+            allow_extrapolation=True,
+        )
     _assert_nothing_written(tmp_path, tmp_path / "out")
-    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=alpha, cayley_scale=scale,
-                        allow_extrapolation=True)
+    out = export.export(
+        base_dir, tmp_path / "a", tmp_path / "out", alpha=alpha, cayley_scale=scale, allow_extrapolation=True
+    )
     rw = _resident(base, tmp_path / "a", alpha, cayley_scale=scale, allow_extrapolation=True)
     torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(out)), logits(rw.model), rtol=0, atol=1e-6)
 
@@ -126,8 +161,7 @@ def test_coft_adapter_export_refused_outside_the_ball(alpha, scale, base, base_d
 def test_coft_adapter_export_inside_the_ball_is_exact(base, base_dir, tmp_path):
     """Past alpha 1 but still inside the ball (a wide eps): peft uses the scaled generator as written."""
     _coft_adapter(base, tmp_path / "a", eps=50.0)
-    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=1.5, fmt="adapter",
-                        allow_extrapolation=True)
+    out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=1.5, fmt="adapter", allow_extrapolation=True)
     served = dict(PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload().named_parameters())
     rw = _resident(base, tmp_path / "a", 1.5, allow_extrapolation=True)
     for name in rw.update.deltas:
@@ -141,8 +175,14 @@ def test_model_card_and_checksums(base, base_dir, tmp_path):
     from rewind import __version__
     from rewind.adapters import sha256
 
-    for text in ["| method | oft |", "| path | cayley |", "| alpha | 0.7 |", "| cayley scale | sqrt |",
-                 f"| rewind | {__version__} |", sha256(tmp_path / "a" / "adapter_model.safetensors")]:
+    for text in [
+        "| method | oft |",
+        "| path | cayley |",
+        "| alpha | 0.7 |",
+        "| cayley scale | sqrt |",
+        f"| rewind | {__version__} |",
+        sha256(tmp_path / "a" / "adapter_model.safetensors"),
+    ]:
         assert text in card
     for shard in out.glob("*.safetensors"):
         assert f"`{shard.name}` {sha256(shard)}" in card
@@ -159,8 +199,14 @@ def _residual_peft_model(base, init, use_dora=False):
     from peft.tuners.lora.loraga import preprocess_loraga
 
     model = copy.deepcopy(base)
-    config = LoraConfig(r=4, lora_alpha=4, init_lora_weights="lora_ga", lora_ga_config=LoraGAConfig(),
-                        target_modules=targets, use_dora=use_dora)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=4,
+        init_lora_weights="lora_ga",
+        lora_ga_config=LoraGAConfig(),
+        target_modules=targets,
+        use_dora=use_dora,
+    )
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
     preprocess_loraga(model, config, lambda: model(input_ids=ids, labels=ids).loss.backward())
     return get_peft_model(model, config)
@@ -171,8 +217,13 @@ def test_residual_init_needs_init_adapter_then_matches(init, use_dora, base, bas
     """Residual inits train on W0 - s*B0@A0: rewind must measure dW against the true base, given the step-0 adapter
     (DoRA on a residual base keeps its magnitude: it normalises W0 + s*(B@A - B0@A0))."""
     peft_model = _residual_peft_model(base, init, use_dora)
-    assert rel_err(peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight,
-                   base.model.layers[0].self_attn.q_proj.weight) > 1e-3, "the init left the base alone: test is void"
+    assert (
+        rel_err(
+            peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight,
+            base.model.layers[0].self_attn.q_proj.weight,
+        )
+        > 1e-3
+    ), "the init left the base alone: test is void"
     peft_model.save_pretrained(tmp_path / "init")
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -183,8 +234,9 @@ def test_residual_init_needs_init_adapter_then_matches(init, use_dora, base, bas
     peft_model.save_pretrained(tmp_path / "trained")
     converted = [] if use_dora else [(tmp_path / "converted", None)]  # peft's conversion drops DoRA's magnitude
     if converted:
-        peft_model.save_pretrained(tmp_path / "converted",
-                                   path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+        peft_model.save_pretrained(
+            tmp_path / "converted", path_initial_model_for_weight_conversion=str(tmp_path / "init")
+        )
     reference = dict(peft_model.merge_and_unload().named_parameters())
 
     with pytest.raises(RewindError, match=f"residual base \\({init} init\\).*--init-adapter"):
@@ -200,6 +252,7 @@ def test_residual_init_needs_init_adapter_then_matches(init, use_dora, base, bas
 
 
 # --- bad input: one clear error, nothing on disk ---------------------------------------------------------------
+
 
 def _assert_nothing_written(parent, out):
     assert not out.exists()
@@ -221,13 +274,16 @@ def test_adapter_for_missing_module(base, base_dir, tmp_path):
         export.export(base_dir, tmp_path / "a", tmp_path / "out")
 
 
-@pytest.mark.parametrize("damage,message", [
-    ("peft_type", "unsupported peft_type 'PREFIX_TUNING'"),
-    ("weights", "adapter_model.safetensors: missing"),
-    ("truncate", "not a readable safetensors file"),
-    ("nan", "NaN/Inf"),
-    ("config", "unreadable JSON"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("peft_type", "unsupported peft_type 'PREFIX_TUNING'"),
+        ("weights", "adapter_model.safetensors: missing"),
+        ("truncate", "not a readable safetensors file"),
+        ("nan", "NaN/Inf"),
+        ("config", "unreadable JSON"),
+    ],
+)
 def test_damaged_adapters(damage, message, base, base_dir, tmp_path):
     a = tmp_path / "a"
     make_adapter("lora", base, a)
@@ -287,6 +343,7 @@ def test_dry_run_plan_touches_nothing(base, base_dir, tmp_path):
 
 
 # --- issue 13: what export writes ------------------------------------------------------------------------------
+
 
 def _written(out) -> dict[str, torch.Tensor]:
     return {k: v for shard in sorted(out.glob("*.safetensors")) for k, v in load_file(shard).items()}
@@ -350,8 +407,22 @@ def test_cli_dtype_with_verify(base, base_dir, tmp_path, capsys):
 
     make_adapter("lora", base, tmp_path / "a")
     with pytest.raises(SystemExit) as done:
-        main(["export", "--base", str(base_dir), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "out"),
-              "--alpha", "0.5", "--dtype", "fp16", "--verify"])
+        main(
+            [
+                "export",
+                "--base",
+                str(base_dir),
+                "--adapter",
+                str(tmp_path / "a"),
+                "--out",
+                str(tmp_path / "out"),
+                "--alpha",
+                "0.5",
+                "--dtype",
+                "fp16",
+                "--verify",
+            ]
+        )
     printed = capsys.readouterr().out
     assert done.value.code == 0 and "as float16" in printed and "verified:" in printed
     assert {t.dtype for t in _written(tmp_path / "out").values()} == {torch.float16}
@@ -381,9 +452,12 @@ def test_stale_temp_dirs_go_live_and_foreign_ones_stay(base, base_dir, tmp_path)
 def test_out_never_touches_an_input(base, base_dir, tmp_path):
     make_adapter("lora", base, tmp_path / "a")
     before = {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}
-    for out, how in [(tmp_path / "a", "is the --adapter dir"), (tmp_path, "contains the --adapter dir"),
-                     (tmp_path / "a" / "x", "lies inside the --adapter dir"),
-                     (base_dir / "x", "lies inside the --base dir")]:
+    for out, how in [
+        (tmp_path / "a", "is the --adapter dir"),
+        (tmp_path, "contains the --adapter dir"),
+        (tmp_path / "a" / "x", "lies inside the --adapter dir"),
+        (base_dir / "x", "lies inside the --base dir"),
+    ]:
         with pytest.raises(RewindError, match=how):
             export.export(base_dir, tmp_path / "a", out, force=True)
     assert before == {p: p.read_bytes() for p in (tmp_path / "a").iterdir()}

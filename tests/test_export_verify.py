@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import make_adapter, tiny_base
 from transformers import AutoModelForCausalLM
 
 from rewind import export
 from rewind.errors import RewindError
 from rewind.paths import Schedule
-from tiny import make_adapter, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +24,20 @@ def bases(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kind,fmt,schedule", [("lora", "merged", None), ("oft", "merged", "ramp"),
-                                               ("ia3", "merged", None), ("lora", "adapter", None),
-                                               ("oft", "adapter", None)])
+@pytest.mark.parametrize(
+    "kind,fmt,schedule",
+    [
+        ("lora", "merged", None),
+        ("oft", "merged", "ramp"),
+        ("ia3", "merged", None),
+        ("lora", "adapter", None),
+        ("oft", "adapter", None),
+    ],
+)
 def test_verify_passes_and_is_recorded(kind, fmt, schedule, bases, tmp_path):
-    plan = export.plan(bases / "fp32", bases / kind, tmp_path / "out", alpha=0.6, fmt=fmt,
-                       schedule=Schedule.parse(schedule))
+    plan = export.plan(
+        bases / "fp32", bases / kind, tmp_path / "out", alpha=0.6, fmt=fmt, schedule=Schedule.parse(schedule)
+    )
     out = export.write(plan, verify=True)
     assert plan.verified is not None and plan.verified <= export.VERIFY_TOLERANCE[torch.float32]
     if fmt == "merged":

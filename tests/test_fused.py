@@ -49,8 +49,11 @@ def random(shape, dtype, std=1.0, seed=0):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,cols,rank", [(64, 128, 16), (70, 130, 8), (33, 200, 70), (5, 300, 1)])
 def test_lowrank_add_is_w0_plus_scaled_product(rows, cols, rank, dtype):
-    w0, B, A = random((rows, cols), dtype, seed=1), random((rows, rank), dtype, 0.1, 2), random((rank, cols), dtype,
-                                                                                               0.1, 3)
+    w0, B, A = (
+        random((rows, cols), dtype, seed=1),
+        random((rows, rank), dtype, 0.1, 2),
+        random((rank, cols), dtype, 0.1, 3),
+    )
     scale = -0.7 * 2.0
     out = torch.full_like(w0, math.nan)  # poison: every element must be written
     assert fused.lowrank_add(w0, B, A, scale, out) is out
@@ -60,8 +63,9 @@ def test_lowrank_add_is_w0_plus_scaled_product(rows, cols, rank, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,cols,block,shared", [(64, 128, 32, False), (70, 128, 16, False), (10, 256, 64, False),
-                                                    (130, 64, 16, True)])
+@pytest.mark.parametrize(
+    "rows,cols,block,shared", [(64, 128, 32, False), (70, 128, 16, False), (10, 256, 64, False), (130, 64, 16, True)]
+)
 def test_rotate_add_is_w0_plus_blockdiagonal_product(rows, cols, block, shared, dtype):
     w0 = random((rows, cols), dtype, seed=4)
     d = random((1 if shared else cols // block, block, block), dtype, 0.05, 5)
@@ -94,7 +98,7 @@ def test_one_launch_writes_many_tensors():
         fused.rotate_add_many([(w, o, f) for w, o, f in zip(w0s, outs, firsts)], d, shared)
         for w, o, f in zip(w0s, outs, firsts):
             blocks = w.double().view(40, 3, 32)
-            mine = d[f:f + per_tensor].double().expand(3, 32, 32)
+            mine = d[f : f + per_tensor].double().expand(3, 32, 32)
             exact = w.double() + torch.einsum("ojk,jck->ojc", blocks, mine).reshape(40, 96)
             terms = w.double().abs() + torch.einsum("ojk,jck->ojc", blocks.abs(), mine.abs()).reshape(40, 96)
             assert_rounded_once(o, exact, terms, 34)
@@ -135,16 +139,20 @@ def test_paths_use_the_kernels_only_where_they_apply(monkeypatch):
 def test_paths_batch_their_tensors_into_the_kernels(kind, tmp_path, monkeypatch):
     """The paths' grouping (one launch per shape, each tensor its own alpha and span of D) writes what the torch
     writes do, per layer too. Without a GPU the kernels run interpreted, so the paths are let use them on CPU."""
+    from tiny import make_adapter, tiny_base
+
     from rewind import paths
     from rewind.engine import attach
-    from tiny import make_adapter, tiny_base
 
     base = tiny_base()
     make_adapter(kind, base, tmp_path / "a")
     reference, kernels = (attach(copy.deepcopy(base).to(DEVICE), tmp_path / "a") for _ in range(2))
     if DEVICE == "cpu":
-        monkeypatch.setattr(fused, "enabled", lambda w0, out: out is not None and fused._dense(w0)
-                            and fused._dense(out) and fused.available())  # REWIND_TRITON=0 still means torch
+        monkeypatch.setattr(
+            fused,
+            "enabled",
+            lambda w0, out: out is not None and fused._dense(w0) and fused._dense(out) and fused.available(),
+        )  # REWIND_TRITON=0 still means torch
     for alpha, schedule in [(0.7, None), (1.0, paths.Schedule("list", (0.2, 1.3, 0.0)))]:
         with monkeypatch.context() as m:
             m.setenv("REWIND_TRITON", "0")

@@ -6,8 +6,14 @@ from rewind.errors import RewindError
 from rewind.pareto import Scored, frontier, select
 
 BASE = Scored("base@0", 10.0, 50.0)
-POINTS = [BASE, Scored("p@0.3", 20.0, 49.5), Scored("p@0.6", 30.0, 48.0), Scored("p@0.8", 34.0, 45.0),
-          Scored("final@1", 35.0, 40.0), Scored("q@0.5", 25.0, 47.0)]
+POINTS = [
+    BASE,
+    Scored("p@0.3", 20.0, 49.5),
+    Scored("p@0.6", 30.0, 48.0),
+    Scored("p@0.8", 34.0, 45.0),
+    Scored("final@1", 35.0, 40.0),
+    Scored("q@0.5", 25.0, 47.0),
+]
 
 
 def test_frontier_drops_dominated_points():

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 from peft import get_peft_model
+from tiny import ADAPTERS, logits, make_adapter, make_full, randomize, rel_err, tiny_base
 
 from rewind.engine import attach
 from rewind.errors import RewindError
 from rewind.paths import Schedule
-from tiny import ADAPTERS, logits, make_adapter, make_full, randomize, rel_err, tiny_base
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,18 @@ def test_full_finetune_and_no_drift(kind, base, tmp_path, device):
         assert torch.equal(p, snapshot[name]), name
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="the checkpoint is read on the CPU, the model lives on a GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="the checkpoint is read on the CPU, the model lives on a GPU"
+            ),
+        ),
+    ],
+)
 def test_full_finetune_endpoints(base, tmp_path, device):
     tuned = make_full(base, tmp_path / "full")
     rw = attach(copy.deepcopy(base).to(device), tmp_path / "full")
@@ -92,6 +102,7 @@ def test_linear_path_is_linear_in_alpha(base, tmp_path):
 
 
 # --- OFT's Cayley path --------------------------------------------------------------------------------------
+
 
 def _identity_q_base():
     """A base whose q_proj weights are the identity, so W(alpha) of q_proj is blockdiag(R(alpha))^T itself."""
@@ -176,6 +187,7 @@ def test_cayley_differs_from_dense_in_between(tmp_path):
 
 # --- DoRA's own path ------------------------------------------------------------------------------------------
 
+
 def _dora_at(peft_model, alpha):
     """peft's merge of the DoRA adapter at alpha: B scaled by alpha, magnitude (1 - alpha)*||W0||_row + alpha*m,
     with ||W0||_row taken from peft's own base layer (the norm peft's DoRA normalises by, at B = 0)."""
@@ -185,7 +197,8 @@ def _dora_at(peft_model, alpha):
             if "default" in getattr(module, "lora_magnitude_vector", {}):
                 magnitude = module.lora_magnitude_vector["default"].weight
                 w0_norm = module.lora_magnitude_vector["default"].get_weight_norm(
-                    module.get_base_layer().weight, torch.zeros_like(module.get_base_layer().weight), scaling=1.0)
+                    module.get_base_layer().weight, torch.zeros_like(module.get_base_layer().weight), scaling=1.0
+                )
                 magnitude.copy_((1 - alpha) * w0_norm + alpha * magnitude)
                 module.lora_B["default"].weight.mul_(alpha)
     return dict(scaled.merge_and_unload().named_parameters())
@@ -210,6 +223,7 @@ def test_dora_path_is_peft_merge_of_the_scaled_adapter(base, tmp_path):
 
 
 # --- layer-wise schedules -------------------------------------------------------------------------------------
+
 
 def test_layer_list_touches_only_its_layers(base, tmp_path):
     merged = make_adapter("lora-save-head", base, tmp_path / "a")
@@ -236,8 +250,9 @@ def test_ramp_schedule_per_layer(base, tmp_path):
     for name in rw.update.deltas:
         layer = int(name.split(".layers.")[1].split(".")[0])
         w0 = dict(base.named_parameters())[name].detach()
-        torch.testing.assert_close(rw.model.get_parameter(name), w0 + expected[layer] * (full[name] - w0),
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            rw.model.get_parameter(name), w0 + expected[layer] * (full[name] - w0), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_balanced_schedule_caps_at_median():
@@ -259,8 +274,10 @@ def test_balanced_schedule_on_oft_uses_generator_norms(base, tmp_path):
     assert strengths == pytest.approx({k: math.sqrt(v) for k, v in norms.items()})
 
 
-@pytest.mark.parametrize("spec,message", [("0.1,0.2", "has 2 alphas; the model has 3"), ("a,b", "layer schedule"),
-                                          ("0.1,2,0.3", "outside \\[0, 1\\]")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [("0.1,0.2", "has 2 alphas; the model has 3"), ("a,b", "layer schedule"), ("0.1,2,0.3", "outside \\[0, 1\\]")],
+)
 def test_bad_schedules(spec, message, base, tmp_path):
     make_adapter("lora", base, tmp_path / "a")
     rw = attach(copy.deepcopy(base), tmp_path / "a")

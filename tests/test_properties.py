@@ -44,8 +44,14 @@ def _close(got: torch.Tensor, want: torch.Tensor, rel: float = 2e-6) -> None:
 
 
 @FAST
-@given(out=st.integers(1, 24), fan_in=st.integers(1, 24), rank=st.integers(1, 6), scale=st.floats(0.05, 4),
-       alpha=alphas, seed=seeds)
+@given(
+    out=st.integers(1, 24),
+    fan_in=st.integers(1, 24),
+    rank=st.integers(1, 6),
+    scale=st.floats(0.05, 4),
+    alpha=alphas,
+    seed=seeds,
+)
 def test_lowrank_linear_path_is_w0_plus_alpha_s_BA(out, fan_in, rank, scale, alpha, seed):
     """fp32, as models are (the paths compute in fp32 at most: W1 and Cayley generators are kept in fp32)."""
     g = _gen(seed)
@@ -60,20 +66,36 @@ def test_lowrank_linear_path_is_w0_plus_alpha_s_BA(out, fan_in, rank, scale, alp
 
 
 @FAST
-@given(out=st.integers(1, 16), blocks=st.integers(1, 3), b=st.integers(2, 6), rank=st.integers(1, 4),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), detour=alphas,
-       terms=st.sampled_from([None, 2, 3, 5]), seed=seeds)
+@given(
+    out=st.integers(1, 16),
+    blocks=st.integers(1, 3),
+    b=st.integers(2, 6),
+    rank=st.integers(1, 4),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+    detour=alphas,
+    terms=st.sampled_from([None, 2, 3, 5]),
+    seed=seeds,
+)
 def test_alpha_zero_is_the_base_bit_for_bit_on_every_path(out, blocks, b, rank, dtype, detour, terms, seed):
     g = _gen(seed)
     fan_in = blocks * b
     w0 = torch.randn(out, fan_in, generator=g).to(dtype)
-    deltas = [(Linear, LowRank(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7)),
-              (Linear, Scale(1 + 0.1 * torch.randn(out, 1, generator=g))),
-              (Dense, LowRank(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7)),
-              (Cayley, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
-              (Dense, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
-              (Dora, DoRA(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7,
-                          1 + torch.rand(out, generator=g)))]
+    deltas = [
+        (Linear, LowRank(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7)),
+        (Linear, Scale(1 + 0.1 * torch.randn(out, 1, generator=g))),
+        (Dense, LowRank(torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g), 0.7)),
+        (Cayley, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
+        (Dense, Rotation(_skew(blocks, b, seed, 0.3, torch.float32), terms)),
+        (
+            Dora,
+            DoRA(
+                torch.randn(out, rank, generator=g),
+                torch.randn(rank, fan_in, generator=g),
+                0.7,
+                1 + torch.rand(out, generator=g),
+            ),
+        ),
+    ]
     for path_cls, delta in deltas:
         item = _bound(delta, w0)
         path = path_cls([item])
@@ -125,9 +147,16 @@ def test_neumann_series_is_peft_series(blocks, b, terms, norm, seed):
 
 
 @FAST
-@given(out=st.integers(1, 12), blocks=st.integers(1, 4), b=st.integers(2, 8), share=st.booleans(),
-       terms=st.sampled_from([None, 2, 3, 4, 5, 8]), scale=st.sampled_from(["linear", "sqrt"]), alpha=alphas,
-       seed=seeds)
+@given(
+    out=st.integers(1, 12),
+    blocks=st.integers(1, 4),
+    b=st.integers(2, 8),
+    share=st.booleans(),
+    terms=st.sampled_from([None, 2, 3, 4, 5, 8]),
+    scale=st.sampled_from(["linear", "sqrt"]),
+    alpha=alphas,
+    seed=seeds,
+)
 def test_cayley_path_at_alpha_is_rotate_w0_by_cayley_of_scaled_q(out, blocks, b, share, terms, scale, alpha, seed):
     w0 = torch.randn(out, blocks * b, generator=_gen(seed + 1))
     Q = _skew(1 if share else blocks, b, seed, norm=0.5).float()  # block_share: one block repeated
@@ -141,10 +170,15 @@ def test_cayley_path_at_alpha_is_rotate_w0_by_cayley_of_scaled_q(out, blocks, b,
 
 
 @FAST
-@given(out=st.integers(1, 16), fan_in=st.integers(1, 16), rank=st.integers(1, 4), scale=st.floats(0.05, 4),
-       alpha=alphas, seed=seeds)
-def test_dora_path_normalises_w0_plus_alpha_s_BA_to_the_interpolated_magnitude(out, fan_in, rank, scale, alpha,
-                                                                                 seed):
+@given(
+    out=st.integers(1, 16),
+    fan_in=st.integers(1, 16),
+    rank=st.integers(1, 4),
+    scale=st.floats(0.05, 4),
+    alpha=alphas,
+    seed=seeds,
+)
+def test_dora_path_normalises_w0_plus_alpha_s_BA_to_the_interpolated_magnitude(out, fan_in, rank, scale, alpha, seed):
     g = _gen(seed)
     w0 = torch.randn(out, fan_in, generator=g)
     B, A = torch.randn(out, rank, generator=g), torch.randn(rank, fan_in, generator=g)
@@ -159,8 +193,15 @@ def test_dora_path_normalises_w0_plus_alpha_s_BA_to_the_interpolated_magnitude(o
 
 
 @FAST
-@given(out=st.integers(0, 12), blocks=st.integers(1, 4), b=st.sampled_from([2, 3, 8, 16, 32, 33]), share=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]), strided_out=st.booleans(), seed=seeds)
+@given(
+    out=st.integers(0, 12),
+    blocks=st.integers(1, 4),
+    b=st.sampled_from([2, 3, 8, 16, 32, 33]),
+    share=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float64]),
+    strided_out=st.booleans(),
+    seed=seeds,
+)
 def test_rotate_add_matches_add_of_rotate(out, blocks, b, share, dtype, strided_out, seed):
     """The Cayley path's rotation into its output (bmm on strided block views, then += w0) against the einsum
     formula it replaced: the same arithmetic, up to the matmul kernel's summation order (a rounding of the max)."""

@@ -40,15 +40,17 @@ def test_exiting_before_the_tests_is_not_a_pass():
 
 
 def test_an_endless_loop_times_out_and_leaves_no_process_behind():
-    program = ("import os, subprocess, sys\n"
-               "print(os.getpid(), file=sys.stderr, flush=True)\n"
-               "try:  # a background child, where the process limit allows one (it does not for root)\n"
-               "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-               "    print(child.pid, file=sys.stderr, flush=True)\n"
-               "except OSError:\n"
-               "    pass\n"
-               "while True:\n"
-               "    pass\n")
+    program = (
+        "import os, subprocess, sys\n"
+        "print(os.getpid(), file=sys.stderr, flush=True)\n"
+        "try:  # a background child, where the process limit allows one (it does not for root)\n"
+        "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "    print(child.pid, file=sys.stderr, flush=True)\n"
+        "except OSError:\n"
+        "    pass\n"
+        "while True:\n"
+        "    pass\n"
+    )
     start = time.monotonic()
     result = sandbox.run(program, timeout=1.0)
     assert result.status == "timeout" and not result.passed
@@ -71,10 +73,12 @@ def test_a_huge_allocation_is_an_error_in_the_child_only():
 
 def test_the_program_runs_in_a_temporary_dir_that_is_removed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    program = ("import os, sys\n"
-               "print(os.getcwd(), file=sys.stderr)\n"
-               "open('written.txt', 'w').write('x')\n"
-               "assert sorted(os.listdir('.')) == ['program.py', 'written.txt'], os.listdir('.')\n")
+    program = (
+        "import os, sys\n"
+        "print(os.getcwd(), file=sys.stderr)\n"
+        "open('written.txt', 'w').write('x')\n"
+        "assert sorted(os.listdir('.')) == ['program.py', 'written.txt'], os.listdir('.')\n"
+    )
     result = sandbox.run(program)
     assert result.passed, result
     cwd = Path(result.stderr.strip())
@@ -86,9 +90,11 @@ def test_the_program_runs_in_a_temporary_dir_that_is_removed(tmp_path, monkeypat
 def test_the_callers_environment_is_not_passed_on(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws_secret_value")
-    program = ("import os\n"
-               "assert 'HF_TOKEN' not in os.environ and 'AWS_SECRET_ACCESS_KEY' not in os.environ\n"
-               "assert not any('secret_value' in v for v in os.environ.values()), os.environ\n")
+    program = (
+        "import os\n"
+        "assert 'HF_TOKEN' not in os.environ and 'AWS_SECRET_ACCESS_KEY' not in os.environ\n"
+        "assert not any('secret_value' in v for v in os.environ.values()), os.environ\n"
+    )
     assert sandbox.run(program).passed
 
 

@@ -5,19 +5,23 @@ from __future__ import annotations
 import json
 
 import pytest
+import tinysweep
 import torch
 from safetensors.torch import load_file
 
-import tinysweep
-from rewind import engine, paths, pareto, search, sweep
+from rewind import engine, pareto, paths, search, sweep
 from rewind.cli import main
 from rewind.errors import RewindError
 from rewind.evaluate import harness
 
 
 def test_layer_groups_are_contiguous_and_balanced():
-    assert search.layer_groups(30, "4") == [list(range(0, 8)), list(range(8, 16)), list(range(16, 23)),
-                                             list(range(23, 30))]
+    assert search.layer_groups(30, "4") == [
+        list(range(0, 8)),
+        list(range(8, 16)),
+        list(range(16, 23)),
+        list(range(23, 30)),
+    ]
     assert search.layer_groups(3, "layer") == [[0], [1], [2]]
     assert search.layer_groups(5, 1) == [[0, 1, 2, 3, 4]]
     for bad in ("0", "6", "x"):
@@ -124,14 +128,28 @@ def test_export_from_writes_a_selected_schedule(searched, tmp_path):
 
 def test_search_refuses_bad_settings(searched, capsys):
     root, base, adapter, out = searched
-    for extra, message in [(["--groups", "3"], "--groups 3"), (["--budget", "0"], "--budget"),
-                           (["--path", "cayley"], "--path cayley")]:
+    for extra, message in [
+        (["--groups", "3"], "--groups 3"),
+        (["--budget", "0"], "--budget"),
+        (["--path", "cayley"], "--path cayley"),
+    ]:
         with pytest.raises(SystemExit) as code:
             main(["search", "--out", str(out), "--device", "cpu", *extra])
         assert code.value.code == 2
         assert message in capsys.readouterr().err
     with pytest.raises(RewindError, match="uniform sweep"):
-        search.Search(sweep.Sweep(sweep.SweepSpec(adapter=str(adapter), base=str(base), layers="ramp",
-                                                  device="cpu", dtype="fp32",
-                                                  target=[tinysweep.TARGET], general=[tinysweep.GENERAL]),
-                                  out), search.SearchSpec())
+        search.Search(
+            sweep.Sweep(
+                sweep.SweepSpec(
+                    adapter=str(adapter),
+                    base=str(base),
+                    layers="ramp",
+                    device="cpu",
+                    dtype="fp32",
+                    target=[tinysweep.TARGET],
+                    general=[tinysweep.GENERAL],
+                ),
+                out,
+            ),
+            search.SearchSpec(),
+        )

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
+from tiny import make_adapter, tiny_base
 
 from rewind import adapters, export, models
 from rewind.errors import RewindError
 from rewind.train import load_recipe
-from tiny import make_adapter, tiny_base
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rewind"
 
@@ -42,17 +42,28 @@ def test_no_unsafe_loaders_in_the_package():
             where = f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
-                if any(n and n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve")
-                       for n in names):
+                if any(
+                    n and n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve")
+                    for n in names
+                ):
                     found.append(f"{where} imports a pickle module")
             if isinstance(node, ast.Call):
                 name = _dotted(node.func)
-                if name in ("eval", "exec", "torch.load", "yaml.load", "yaml.unsafe_load", "yaml.full_load",
-                            "numpy.load", "np.load") or name.endswith(".load_state_dict_from_url"):
+                if name in (
+                    "eval",
+                    "exec",
+                    "torch.load",
+                    "yaml.load",
+                    "yaml.unsafe_load",
+                    "yaml.full_load",
+                    "numpy.load",
+                    "np.load",
+                ) or name.endswith(".load_state_dict_from_url"):
                     found.append(f"{where} calls {name}")
                 for kw in node.keywords:
-                    if kw.arg == "trust_remote_code" and not (isinstance(kw.value, ast.Constant) and
-                                                              kw.value.value is False):
+                    if kw.arg == "trust_remote_code" and not (
+                        isinstance(kw.value, ast.Constant) and kw.value.value is False
+                    ):
                         found.append(f"{where} passes trust_remote_code")
                     if kw.arg == "weights_only" and isinstance(kw.value, ast.Constant) and kw.value.value is False:
                         found.append(f"{where} passes weights_only=False")
@@ -65,8 +76,11 @@ def test_model_weights_load_through_safetensors_only():
     calls = []
     for path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and _dotted(node.func).startswith("AutoModel") and \
-                    _dotted(node.func).endswith(".from_pretrained"):
+            if (
+                isinstance(node, ast.Call)
+                and _dotted(node.func).startswith("AutoModel")
+                and _dotted(node.func).endswith(".from_pretrained")
+            ):
                 kws = {kw.arg: kw.value for kw in node.keywords}
                 safe = isinstance(kws.get("use_safetensors"), ast.Constant) and kws["use_safetensors"].value is True
                 calls.append((f"{path.name}:{node.lineno}", safe or "gguf_file" in kws))
@@ -119,8 +133,9 @@ def test_pickled_adapter_is_refused_and_never_unpickled(tiny):
 def test_checkpoint_index_cannot_point_outside_the_base(shard, tiny):
     base = tiny / "base"
     names = list(load_file(base / "model.safetensors"))
-    (base / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {**{n: "model.safetensors" for n in names}, names[0]: shard}}))
+    (base / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {**{n: "model.safetensors" for n in names}, names[0]: shard}})
+    )
     (tiny / "outside.safetensors").write_bytes((base / "model.safetensors").read_bytes())  # would even load
     with pytest.raises(RewindError, match="is not a file name in"):
         export.base_shards(base)
@@ -167,7 +182,13 @@ def test_architecture_check_reads_no_files_named_by_the_adapter(tiny, monkeypatc
     opened = []
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
-    adapters.check_architecture({"peft_type": "LORA", "base_model_name_or_path": str(tiny / "base"),
-                                 "auto_mapping": {"base_model_class": "LlamaForCausalLM"}},
-                                {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, tiny / "lora")
+    adapters.check_architecture(
+        {
+            "peft_type": "LORA",
+            "base_model_name_or_path": str(tiny / "base"),
+            "auto_mapping": {"base_model_class": "LlamaForCausalLM"},
+        },
+        {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+        tiny / "lora",
+    )
     assert opened == []

@@ -22,8 +22,10 @@ def adapters(smol_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("smol")
     base = AutoModelForCausalLM.from_pretrained(smol_dir, dtype=torch.float32)
     made = {}
-    for name, config, std in [("lora", LoraConfig(r=8, target_modules="all-linear"), 0.02),
-                              ("oft", OFTConfig(r=0, oft_block_size=32, target_modules="all-linear"), 0.01)]:
+    for name, config, std in [
+        ("lora", LoraConfig(r=8, target_modules="all-linear"), 0.02),
+        ("oft", OFTConfig(r=0, oft_block_size=32, target_modules="all-linear"), 0.01),
+    ]:
         peft_model = get_peft_model(base, config)
         torch.manual_seed(0)
         with torch.no_grad():
@@ -40,8 +42,12 @@ def adapters(smol_dir, tmp_path_factory):
 def test_export_reloads_to_resident_logits(name, adapters, tmp_path):
     rw = engine.open("smollm2", adapters[name], device="cpu", dtype="bf16")
     assert rw.update.method.name == name and len(rw.update.deltas) == 30 * 7
-    prompt = rw.tokenizer.apply_chat_template([{"role": "user", "content": "What is 17 + 25?"}],
-                                              add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = rw.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 17 + 25?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         base_logits = rw.model(**prompt).logits
         rw.set(0.5)

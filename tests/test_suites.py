@@ -29,9 +29,17 @@ def tiny():
     torch.set_num_threads(1)  # faster than 2 on a busy 2-core machine, and these models are tiny
     tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     yield LlamaForCausalLM(config).eval(), tokenizer
     torch.set_num_threads(threads)
 
@@ -115,14 +123,16 @@ def test_evaluator_equals_lm_eval_simple_evaluate(tiny):
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     for result in ours:
         chat = result.task.startswith("math_")
-        theirs = simple_evaluate(model=lm, tasks=[result.task], task_manager=manager, limit=3,
-                                 apply_chat_template=chat)["results"][result.task]
+        theirs = simple_evaluate(
+            model=lm, tasks=[result.task], task_manager=manager, limit=3, apply_chat_template=chat
+        )["results"][result.task]
         assert result.metrics == {k: v for k, v in theirs.items() if k in result.metrics}, result.task
         assert len(result.metrics) == sum("," in k and "_stderr," not in k for k in theirs)
     # The validation split too, given to lm-eval as a prepared task.
     [ours] = harness.Evaluator(model, tokenizer, harness.resolve_suites(["med_offline_medmcqa"]), limit=3).run()
-    theirs = simple_evaluate(model=lm, tasks=[load_split("med_offline_medmcqa", "validation")],
-                             task_manager=manager, limit=3)
+    theirs = simple_evaluate(
+        model=lm, tasks=[load_split("med_offline_medmcqa", "validation")], task_manager=manager, limit=3
+    )
     assert ours.value == theirs["results"]["med_offline_medmcqa"]["acc,none"]
 
 
@@ -180,9 +190,12 @@ def test_ifeval_scorer_runs_offline(monkeypatch):
     assert nltk.data.find("tokenizers/punkt_tab").path.startswith(str(harness.NLTK_DIR))
     from lm_eval.tasks.ifeval import utils
 
-    doc = {"key": 1, "prompt": "Describe a cat in at most two sentences, without commas.",
-           "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_sentences"],
-           "kwargs": [{}, {"relation": "less than", "num_sentences": 3}]}
+    doc = {
+        "key": 1,
+        "prompt": "Describe a cat in at most two sentences, without commas.",
+        "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_sentences"],
+        "kwargs": [{}, {"relation": "less than", "num_sentences": 3}],
+    }
     good = utils.process_results(doc, ["Cats are small furry animals. They purr when happy."])
     assert good["prompt_level_strict_acc"] and good["inst_level_strict_acc"] == [True, True]
     bad = utils.process_results(doc, ["Cats purr. Cats nap. Cats hunt, and cats play."])
@@ -195,15 +208,18 @@ def test_scores_are_0_to_100_higher_is_better():
     assert harness.to_score("bits_per_byte,none", 0.0) == 100.0
 
 
-@pytest.mark.parametrize("text, gold, ok", [
-    ("Thinking... <answer>42</answer>", "42", True),
-    ("So 12 + 30 = 42.", "42", True),
-    ("The total is 1,234.", "1234", True),
-    ("\\boxed{7} and later 9", "7", True),
-    ("<answer>-5.0</answer>", "-5", True),
-    ("It is 41.", "42", False),
-    ("no number here", "42", False),
-])
+@pytest.mark.parametrize(
+    "text, gold, ok",
+    [
+        ("Thinking... <answer>42</answer>", "42", True),
+        ("So 12 + 30 = 42.", "42", True),
+        ("The total is 1,234.", "1234", True),
+        ("\\boxed{7} and later 9", "7", True),
+        ("<answer>-5.0</answer>", "-5", True),
+        ("It is 41.", "42", False),
+        ("no number here", "42", False),
+    ],
+)
 def test_math_answer_matching(text, gold, ok):
     assert suite_utils.math_exact_match({"answer": gold}, [text])["exact_match"] == float(ok)
 

@@ -6,14 +6,14 @@ import copy
 import json
 
 import pytest
+import tinysweep
 import torch
 from peft import LoraConfig, get_peft_model
+from tiny import randomize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rewind import export, sweep
 from rewind.cli import main
-import tinysweep
-from tiny import randomize
 
 TARGET, GENERAL = ["math_offline_basic_arithmetic"], ["general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
 LIMIT = 3
@@ -35,8 +35,16 @@ def workdir(tmp_path_factory):
 
 
 def _spec(workdir, **kw):
-    fields = dict(adapter=str(workdir / "lora"), base=str(workdir / "base"), alphas=[0, 0.5, 1], target=TARGET,
-                  general=GENERAL, limit=LIMIT, dtype="fp32", device="cpu")
+    fields = dict(
+        adapter=str(workdir / "lora"),
+        base=str(workdir / "base"),
+        alphas=[0, 0.5, 1],
+        target=TARGET,
+        general=GENERAL,
+        limit=LIMIT,
+        dtype="fp32",
+        device="cpu",
+    )
     return sweep.SweepSpec(**{**fields, **kw})
 
 
@@ -69,14 +77,18 @@ def test_final_point_equals_lm_eval_on_peft_merge(swept, workdir):
     from rewind.evaluate.harness import _bundled_manager
 
     out, _ = swept
-    mine = {r["task"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
-            if r["point"] == "final@1" and r["split"] == "test"}
+    mine = {
+        r["task"]: r
+        for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())
+        if r["point"] == "final@1" and r["split"] == "test"
+    }
     merged = AutoModelForCausalLM.from_pretrained(workdir / "merged", dtype=torch.float32).eval()
     lm = HFLM(pretrained=merged, tokenizer=AutoTokenizer.from_pretrained(workdir / "merged"), batch_size=8)
     for task in TARGET + GENERAL:
         chat = task.startswith("math")
-        result = simple_evaluate(model=lm, tasks=[task], task_manager=_bundled_manager(), limit=LIMIT,
-                                 apply_chat_template=chat)["results"][task]
+        result = simple_evaluate(
+            model=lm, tasks=[task], task_manager=_bundled_manager(), limit=LIMIT, apply_chat_template=chat
+        )["results"][task]
         assert result[mine[task]["metric"]] == pytest.approx(mine[task]["value"], rel=1e-6), task
 
 
@@ -93,7 +105,7 @@ def test_rerun_resumes_and_kill_loses_only_the_point_in_flight(swept, workdir):
     sweep.Sweep(_spec(workdir), out).run(progress=False)
     after = [json.loads(line) for line in results.read_text().splitlines()]  # every line parses
     assert len(after) == len(lines)
-    redone = after[len(kept):]  # its validation lines, and its test lines if it was the selected point
+    redone = after[len(kept) :]  # its validation lines, and its test lines if it was the selected point
     assert {r["point"] for r in redone} == {"linear@0.5"} and len(redone) == len(lines) - len(kept)
 
 
@@ -124,15 +136,17 @@ def test_export_from_the_sweep_dir(swept, workdir, tmp_path, monkeypatch, capsys
 
 def test_training_checkpoints_become_the_train_path(swept, workdir, tmp_path):
     """A checkpoint whose B is half the final one sits exactly at linear@0.5: the train path must score it so."""
-    from safetensors.torch import load_file, save_file
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     for step, factor in [(10, 0.5), (20, 1.0)]:
         ckpt = tmp_path / "run" / f"checkpoint-{step}"
         shutil.copytree(workdir / "lora", ckpt)
         tensors = load_file(ckpt / "adapter_model.safetensors")
-        save_file({k: v * factor if "lora_B" in k else v for k, v in tensors.items()},
-                  ckpt / "adapter_model.safetensors")
+        save_file(
+            {k: v * factor if "lora_B" in k else v for k, v in tensors.items()}, ckpt / "adapter_model.safetensors"
+        )
     out = tmp_path / "sweep"
     summary = sweep.Sweep(_spec(workdir, checkpoints=str(tmp_path / "run" / "checkpoint-*")), out).run(progress=False)
     rows = {r["key"]: r for r in summary["points"]}
@@ -169,8 +183,10 @@ def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeyp
     # every item of every sampled run was scored for each k: limit items x 2 ks per run
     assert len(seen) == len(sampled) * LIMIT * 2
     greedy = {(r["point"], r["split"], r["task"]): r["value"] for r in records if r["role"] != "pass@k"}
-    first = {(r["point"], r["split"], r["task"]): r["value"]
-             for r in map(json.loads, (swept[0] / "results.jsonl").read_text().splitlines())}
+    first = {
+        (r["point"], r["split"], r["task"]): r["value"]
+        for r in map(json.loads, (swept[0] / "results.jsonl").read_text().splitlines())
+    }
     assert all(first[key] == value for key, value in greedy.items() if key in first)  # pass@k leaves greedy alone
     for row in summary["points"]:
         assert 0 <= row["pass@1"] <= row["pass@3"] <= 100
@@ -185,8 +201,18 @@ def test_ranks_own_their_points_whenever_they_read_the_log():
     assert sorted(evaluated) == sorted(p.key for p in points)  # each point exactly once, none skipped
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    torch.cuda.device_count() < 2, reason="needs two GPUs: each rank keeps its model on its own"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                torch.cuda.device_count() < 2, reason="needs two GPUs: each rank keeps its model on its own"
+            ),
+        ),
+    ],
+)
 def test_two_ranks_share_the_points(tmp_path, device):
     """Under torchrun each rank evaluates its share of the points once; rank 0 selects and reports."""
     import subprocess
@@ -197,8 +223,12 @@ def test_two_ranks_share_the_points(tmp_path, device):
     out = tmp_path / "sweep"
     argv = tinysweep.sweep_args(base, adapter, out, "--alphas", "0,0.25,0.5,0.75,1")
     argv[argv.index("--device") + 1] = device
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "rewind.cli",
-                           *argv], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "rewind.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     counts = Counter((r["point"], r["split"], r["task"]) for r in records)

@@ -21,8 +21,28 @@ from rewind import RewindError, sweep
 from rewind.cli import main
 from rewind.evaluate import harness
 
-WORDS = ("red", "green", "blue", "cat", "dog", "bird", "river", "stone", "cloud", "seven", "apple", "paper", "glass",
-         "north", "quiet", "sudden", "old", "warm", "bright", "tall")
+WORDS = (
+    "red",
+    "green",
+    "blue",
+    "cat",
+    "dog",
+    "bird",
+    "river",
+    "stone",
+    "cloud",
+    "seven",
+    "apple",
+    "paper",
+    "glass",
+    "north",
+    "quiet",
+    "sudden",
+    "old",
+    "warm",
+    "bright",
+    "tall",
+)
 # task -> (output type, {split: items}, the splits its YAML names)
 LAYOUTS = {
     "my_valtest": ("mc", {"validation": 10, "test": 10}, {"validation_split": "validation", "test_split": "test"}),
@@ -55,24 +75,44 @@ def _items(name: str, split: str, n: int, kind: str) -> list[dict]:
     for i in range(n):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12)))
         if kind == "mc":
-            out.append({"id": f"{split}-{i}", "question": words, "choices": [rng.choice(WORDS) for _ in range(4)],
-                        "label": rng.randrange(4)})
+            out.append(
+                {
+                    "id": f"{split}-{i}",
+                    "question": words,
+                    "choices": [rng.choice(WORDS) for _ in range(4)],
+                    "label": rng.randrange(4),
+                }
+            )
         else:
             out.append({"id": f"{split}-{i}", "text": words.capitalize() + "."})
     return out
 
 
-def write_task(root: Path, name: str, kind: str, sizes: dict[str, int], fields: dict[str, str],
-               yaml_dir: Path | None = None, task: str | None = None) -> Path:
+def write_task(
+    root: Path,
+    name: str,
+    kind: str,
+    sizes: dict[str, int],
+    fields: dict[str, str],
+    yaml_dir: Path | None = None,
+    task: str | None = None,
+) -> Path:
     """A task YAML over local JSON lines (one file per split of the layout) in `yaml_dir` (default `root`)."""
     files = {}
     for split, n in sizes.items():
         files[split] = root / "data" / f"{name}.{split}.jsonl"
         files[split].parent.mkdir(parents=True, exist_ok=True)
         files[split].write_text("".join(json.dumps(item) + "\n" for item in _items(name, split, n, kind)))
-    lines = [f"task: {task or name}", "dataset_path: json", "dataset_name: null", "dataset_kwargs:",
-             f"  cache_dir: {root / 'hf-datasets'}", "  data_files:",
-             *[f"    {split}: {path}" for split, path in files.items()], *[f"{k}: {v}" for k, v in fields.items()]]
+    lines = [
+        f"task: {task or name}",
+        "dataset_path: json",
+        "dataset_name: null",
+        "dataset_kwargs:",
+        f"  cache_dir: {root / 'hf-datasets'}",
+        "  data_files:",
+        *[f"    {split}: {path}" for split, path in files.items()],
+        *[f"{k}: {v}" for k, v in fields.items()],
+    ]
     path = (yaml_dir or root) / f"{task or name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n" + (MC if kind == "mc" else ROLLING) + "metadata: {version: 1.0}\n")
@@ -94,7 +134,7 @@ def shuffled_half(record: dict) -> list[int]:
     order = list(range(record["of"]))
     if record["seed"] is not None:
         random.Random(record["seed"]).shuffle(order)
-    return sorted(order[record["items"][0]:record["items"][1]])
+    return sorted(order[record["items"][0] : record["items"][1]])
 
 
 def _leaf(tasks: Path, name: str):
@@ -105,9 +145,12 @@ def _leaf(tasks: Path, name: str):
 
 
 def test_split_policy_for_every_layout(tasks):
-    expect = {"my_valtest": ("validation", "test", None), "my_testonly": ("test", "test", harness.SPLIT_SEED),
-              "my_valonly": ("validation", "validation", harness.SPLIT_SEED),
-              "my_trainonly": ("train", "train", harness.SPLIT_SEED)}
+    expect = {
+        "my_valtest": ("validation", "test", None),
+        "my_testonly": ("test", "test", harness.SPLIT_SEED),
+        "my_valonly": ("validation", "validation", harness.SPLIT_SEED),
+        "my_trainonly": ("train", "train", harness.SPLIT_SEED),
+    }
     for name, (val_split, test_split, seed) in expect.items():
         ids = {}
         for phase, split in (("validation", val_split), ("test", test_split)):
@@ -120,8 +163,9 @@ def test_split_policy_for_every_layout(tasks):
         assert ids["validation"] and ids["test"] and not set(ids["validation"]) & set(ids["test"]), name
         if seed is not None:  # one split: the halves cover it, and the halving does not move between runs
             size = LAYOUTS[name][1][split]
-            assert sorted(ids["validation"] + ids["test"], key=lambda i: int(i.split("-")[1])) == \
-                [f"{split}-{i}" for i in range(size)]
+            assert sorted(ids["validation"] + ids["test"], key=lambda i: int(i.split("-")[1])) == [
+                f"{split}-{i}" for i in range(size)
+            ]
             assert len(ids["validation"]) == size // 2
             assert ids["validation"] != [f"{split}-{i}" for i in range(size // 2)]  # shuffled, not the first half
             assert [d["id"] for d in harness.phase_docs(_leaf(tasks, name), "validation")] == ids["validation"]
@@ -131,9 +175,11 @@ def test_a_task_without_two_splits_to_score_is_a_sentence(tmp_path):
     write_task(tmp_path, "one_item", "mc", {"train": 1}, {"test_split": "train"})
     write_task(tmp_path, "no_split", "mc", {"train": 4}, {"training_split": "train"})
     write_task(tmp_path, "wrong_split", "mc", {"test": 4}, {"validation_split": "dev", "test_split": "test"})
-    for name, words in [("one_item", ("task one_item", "'train' has 1 item", "at least 2")),
-                        ("no_split", ("task no_split", "lm-eval cannot load it", "valid or test docs")),
-                        ("wrong_split", ("task wrong_split", "lm-eval cannot load it", "'dev'"))]:
+    for name, words in [
+        ("one_item", ("task one_item", "'train' has 1 item", "at least 2")),
+        ("no_split", ("task no_split", "lm-eval cannot load it", "valid or test docs")),
+        ("wrong_split", ("task wrong_split", "lm-eval cannot load it", "'dev'")),
+    ]:
         [suite] = harness.resolve_suites([name], [tmp_path])
         with pytest.raises(RewindError) as info:
             harness.split_items(harness.load(suite, name)["tasks"][name], "validation")
@@ -147,10 +193,36 @@ def model_dirs(tmp_path_factory):
 
 def _argv(tasks: Path, model_dirs, out: Path, *extra: str) -> list[str]:
     base, lora = model_dirs
-    return ["sweep", "--base", str(base), "--adapter", str(lora), "--out", str(out), "--device", "cpu",
-            "--dtype", "fp32", "--limit", str(LIMIT), "--alphas", "0,0.5,1", "--include-path", str(tasks / "include"),
-            "--target", "my_valtest", "--target", "my_testonly", "--general", "my_valonly",
-            "--general", str(tasks / "own" / "my_trainonly.yaml"), "--metric", "my_valtest=acc_norm", *extra]
+    return [
+        "sweep",
+        "--base",
+        str(base),
+        "--adapter",
+        str(lora),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--limit",
+        str(LIMIT),
+        "--alphas",
+        "0,0.5,1",
+        "--include-path",
+        str(tasks / "include"),
+        "--target",
+        "my_valtest",
+        "--target",
+        "my_testonly",
+        "--general",
+        "my_valonly",
+        "--general",
+        str(tasks / "own" / "my_trainonly.yaml"),
+        "--metric",
+        "my_valtest=acc_norm",
+        *extra,
+    ]
 
 
 def _run(argv, capsys) -> tuple[int, str, str]:
@@ -189,8 +261,10 @@ def test_own_tasks_sweep_records_what_it_scored(swept, tasks):
         [(leaf, scored)] = r["scored"].items()
         assert scored == plan[leaf][r["split"]] and r["n"] == LIMIT
         assert scored["items"][1] - scored["items"][0] == LIMIT  # --limit within the phase's items
-    assert plan["my_valtest"] == {"validation": {"split": "validation", "items": [0, LIMIT], "of": 10, "seed": None},
-                                  "test": {"split": "test", "items": [0, LIMIT], "of": 10, "seed": None}}
+    assert plan["my_valtest"] == {
+        "validation": {"split": "validation", "items": [0, LIMIT], "of": 10, "seed": None},
+        "test": {"split": "test", "items": [0, LIMIT], "of": 10, "seed": None},
+    }
     for name, split in [("my_testonly", "test"), ("my_valonly", "validation"), ("my_trainonly", "train")]:
         val, test = plan[name]["validation"], plan[name]["test"]
         assert val == {"split": split, "items": [0, LIMIT], "of": 13, "seed": harness.SPLIT_SEED}
@@ -231,8 +305,9 @@ def test_scores_equal_simple_evaluate_on_the_same_items(swept, tasks, model_dirs
     # my_valtest's validation split as plain lm-eval scores it: a copy of the task naming only that split.
     kind, sizes, _ = LAYOUTS["my_valtest"]
     write_task(tmp_path, "my_valtest", kind, sizes, {"validation_split": "validation"}, task="ref_valtest")
-    manager = TaskManager(include_path=[str(tasks / "include"), str(tasks / "own"), str(tmp_path)],
-                          include_defaults=False)
+    manager = TaskManager(
+        include_path=[str(tasks / "include"), str(tasks / "own"), str(tmp_path)], include_defaults=False
+    )
     checked = 0
     for r in _records(swept):
         if r["point"] != "final@1":
@@ -242,42 +317,56 @@ def test_scores_equal_simple_evaluate_on_the_same_items(swept, tasks, model_dirs
             task = "ref_valtest" if r["split"] == "validation" else leaf
             theirs = simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=LIMIT)["results"][task]
         else:
-            theirs = simple_evaluate(model=lm, tasks=[leaf], task_manager=manager,
-                                     samples={leaf: shuffled_half(scored)})["results"][leaf]
+            theirs = simple_evaluate(
+                model=lm, tasks=[leaf], task_manager=manager, samples={leaf: shuffled_half(scored)}
+            )["results"][leaf]
         assert r["metrics"] == pytest.approx({k: theirs[k] for k in r["metrics"]}, rel=1e-5), (leaf, r["split"])
         checked += 1
     assert checked == 2 * len(LAYOUTS)
 
 
 def test_bad_task_options_are_one_line_and_write_nothing(tasks, model_dirs, tmp_path, capsys):
-    cases = [(["--include-path", str(tmp_path / "nope")], ("--include-path", "not a directory")),
-             (["--metric", "my_valtest"], ("--metric my_valtest", "TASK=METRIC")),
-             (["--metric", "no_task=acc"], ("--metric no_task=acc", "no task or suite")),
-             (["--metric", "my_testonly=f1"], ("--metric my_testonly=f1", "acc, acc_norm")),
-             (["--metric", "my_valonly=word_perplexity"], ("lower is better",)),
-             (["--general", str(tmp_path / "missing.yaml")], ("missing.yaml", "no such file"))]
+    cases = [
+        (["--include-path", str(tmp_path / "nope")], ("--include-path", "not a directory")),
+        (["--metric", "my_valtest"], ("--metric my_valtest", "TASK=METRIC")),
+        (["--metric", "no_task=acc"], ("--metric no_task=acc", "no task or suite")),
+        (["--metric", "my_testonly=f1"], ("--metric my_testonly=f1", "acc, acc_norm")),
+        (["--metric", "my_valonly=word_perplexity"], ("lower is better",)),
+        (["--general", str(tmp_path / "missing.yaml")], ("missing.yaml", "no such file")),
+    ]
     for extra, words in cases:
         out = tmp_path / "out"
         code, _, err = _run(_argv(tasks, model_dirs, out, *extra), capsys)
         assert code == 2 and not out.exists(), extra
         progress = ("%|", "examples/s]")  # model loading and datasets' split generation
-        lines = [line for line in err.replace("\r", "\n").splitlines()
-                 if line.strip() and not any(p in line for p in progress)]
+        lines = [
+            line
+            for line in err.replace("\r", "\n").splitlines()
+            if line.strip() and not any(p in line for p in progress)
+        ]
         assert len(lines) == 1 and lines[0].startswith("rewind: error: ") and all(w in err for w in words), err
 
 
 def test_a_missing_score_is_an_error_never_nan(tmp_path, model_dirs):
     """A metric lm-eval reports as NaN (here: every item's value) stops the run with which task, split, why."""
-    write_task(tmp_path, "nan_task", "mc", {"validation": 4, "test": 4},
-               {"validation_split": "validation", "test_split": "test",
-                "process_results": "!function nan_utils.nan_results"})
+    write_task(
+        tmp_path,
+        "nan_task",
+        "mc",
+        {"validation": 4, "test": 4},
+        {"validation_split": "validation", "test_split": "test", "process_results": "!function nan_utils.nan_results"},
+    )
     (tmp_path / "nan_utils.py").write_text("def nan_results(doc, results):\n    return {'acc': float('nan')}\n")
-    text = (tmp_path / "nan_task.yaml").read_text().replace("  - {metric: acc_norm, aggregation: mean, "
-                                                            "higher_is_better: true}\n", "")
+    text = (
+        (tmp_path / "nan_task.yaml")
+        .read_text()
+        .replace("  - {metric: acc_norm, aggregation: mean, higher_is_better: true}\n", "")
+    )
     (tmp_path / "nan_task.yaml").write_text(text)
     model = AutoModelForCausalLM.from_pretrained(model_dirs[0], dtype=torch.float32)
-    evaluator = harness.Evaluator(model, AutoTokenizer.from_pretrained(model_dirs[0]),
-                                  harness.resolve_suites(["nan_task"], [tmp_path]), limit=2)
+    evaluator = harness.Evaluator(
+        model, AutoTokenizer.from_pretrained(model_dirs[0]), harness.resolve_suites(["nan_task"], [tmp_path]), limit=2
+    )
     with pytest.raises(RewindError) as info:
         evaluator.run()
     message = str(info.value)
@@ -292,10 +381,13 @@ def test_a_missing_score_is_an_error_never_nan(tmp_path, model_dirs):
 SPLIT_FIELDS = ("training_split", "validation_split", "test_split", "fewshot_split")
 # What the policy must pick for the paper's tasks: (validation phase, test phase), "half" for a seeded half.
 PAPER_POLICY = {
-    "minerva_math500": ("test half", "test half"), "aime24": ("train half", "train half"),
+    "minerva_math500": ("test half", "test half"),
+    "aime24": ("train half", "train half"),
     "medmcqa": ("validation half", "validation half"),  # lm-eval names validation twice (test is unlabelled)
-    "medqa_4options": ("validation", "test"), "pubmedqa": ("validation", "test"),
-    "mmlu_pro_health": ("test half", "test half"), "ifeval": ("train half", "train half"),
+    "medqa_4options": ("validation", "test"),
+    "pubmedqa": ("validation", "test"),
+    "mmlu_pro_health": ("test half", "test half"),
+    "ifeval": ("train half", "train half"),
     "nq_open": ("validation half", "validation half"),
 }
 BBH_LEAVES = 2  # stand-in bbh: a group of its first two tasks
@@ -314,9 +406,11 @@ def standins(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
         layouts[name] = fields
         write_task(root, name, "mc", dict.fromkeys(fields.values(), 8), fields, root / "tasks")
     (root / "tasks" / "bbh.yaml").write_text(
-        "group: bbh\ntask:\n" + "".join(f"  - {t}\n" for t in bbh)
+        "group: bbh\ntask:\n"
+        + "".join(f"  - {t}\n" for t in bbh)
         + "aggregate_metric_list:\n  - {metric: acc, aggregation: mean, weight_by_size: true}\n"
-        + "metadata: {version: 1.0}\n")
+        + "metadata: {version: 1.0}\n"
+    )
     return root / "tasks", layouts
 
 
@@ -330,8 +424,10 @@ def test_paper_suites_resolve_to_standins_and_split_as_declared(standins):
         for task in suite.tasks:
             assert harness._manager(suite, task) is harness._user_manager(suite.user_paths)  # the stand-in
             for name, leaf in harness.load(suite, task)["tasks"].items():
-                picked = tuple(f"{i.split} half" if i.seed is not None else i.split
-                               for i in (harness.split_items(leaf, phase) for phase in ("validation", "test")))
+                picked = tuple(
+                    f"{i.split} half" if i.seed is not None else i.split
+                    for i in (harness.split_items(leaf, phase) for phase in ("validation", "test"))
+                )
                 assert picked == policy[name], name
 
 
@@ -339,9 +435,33 @@ def test_paper_suites_sweep_selects_on_a_real_validation_split(standins, model_d
     tasks_dir, _ = standins
     base, lora = model_dirs
     out = tmp_path / "sweep"
-    argv = ["sweep", "--base", str(base), "--adapter", str(lora), "--out", str(out), "--device", "cpu", "--dtype",
-            "fp32", "--limit", "2", "--alphas", "0,0.5,1", "--include-path", str(tasks_dir), "--target", "med",
-            "--target", "math", "--general", "general", "--metric", "minerva_math500=acc"]
+    argv = [
+        "sweep",
+        "--base",
+        str(base),
+        "--adapter",
+        str(lora),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--limit",
+        "2",
+        "--alphas",
+        "0,0.5,1",
+        "--include-path",
+        str(tasks_dir),
+        "--target",
+        "med",
+        "--target",
+        "math",
+        "--general",
+        "general",
+        "--metric",
+        "minerva_math500=acc",
+    ]
     code, text, err = _run(argv, capsys)
     assert code == 0, err
     records = _records(out)
@@ -367,9 +487,31 @@ def test_diagnostics_probe_own_tasks_by_the_split_policy(tasks, model_dirs, tmp_
     assert len(validation) == 6 and len(test) == 7 and not set(validation) & set(test)
     assert texts("my_valonly", "validation", 2, include_path=include) == validation[:2]
     base, lora = model_dirs
-    code, _, err = _run(["diagnose", "csd", "--base", str(base), "--adapter", str(lora), "--data", "target",
-                         "--target", "my_valonly", "--include-path", include[0], "--limit", "3", "--dtype", "fp32",
-                         "--device", "cpu", "--out", str(tmp_path / "csd")], capsys)
+    code, _, err = _run(
+        [
+            "diagnose",
+            "csd",
+            "--base",
+            str(base),
+            "--adapter",
+            str(lora),
+            "--data",
+            "target",
+            "--target",
+            "my_valonly",
+            "--include-path",
+            include[0],
+            "--limit",
+            "3",
+            "--dtype",
+            "fp32",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "csd"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "csd" / "csd.json").read_text())
     assert report["data"]["target"]["items"] == 3

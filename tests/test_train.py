@@ -29,8 +29,10 @@ METHODS = ["full", "lora", "adalora", "dora", "miss", "vera", "pissa", "milora",
 # Learning rates that move each method visibly in 4 steps of a random tiny model.
 LR = {"full": 1e-3, "ia3": 1e-1, "vera": 5e-2, "miss": 3e-3}
 PROBE = torch.arange(40).view(2, 20) % 300  # token ids for logits comparisons
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,16 +55,35 @@ def tiny_base(tmp_path_factory):
     bpe.decoder = decoders.ByteLevel()
     generators = data.reasoning_gym_datasets(load_recipe("sft/lora", ["data.size=100"]).data)
     corpus = [f"{item['question']} <answer>{item['answer']}</answer>" for g in generators.values() for item in g]
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                        pad_token="<|endoftext|>", chat_template=CHATML)
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=320,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("tiny-base")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -71,10 +92,20 @@ def tiny_base(tmp_path_factory):
 
 def tiny_overrides(base, method: str = "lora") -> list[str]:
     """4 steps on one fixed batch of 8 reasoning-gym items (batch size 8), checkpoints at steps 2 and 4."""
-    return [f"base={base}", "preset=smollm2", "device=cpu", "data.generators=[basic_arithmetic]", "data.size=8",
-            "trainer.per_device_train_batch_size=8", "trainer.max_steps=4", "save_steps=2",
-            f"trainer.learning_rate={LR.get(method, 1e-2)}", "trainer.lr_scheduler_type=constant",
-            "trainer.warmup_steps=0", "trainer.disable_tqdm=true"]
+    return [
+        f"base={base}",
+        "preset=smollm2",
+        "device=cpu",
+        "data.generators=[basic_arithmetic]",
+        "data.size=8",
+        "trainer.per_device_train_batch_size=8",
+        "trainer.max_steps=4",
+        "save_steps=2",
+        f"trainer.learning_rate={LR.get(method, 1e-2)}",
+        "trainer.lr_scheduler_type=constant",
+        "trainer.warmup_steps=0",
+        "trainer.disable_tqdm=true",
+    ]
 
 
 def load_base(path):
@@ -178,8 +209,14 @@ def test_engine_round_trip_gives_the_trained_model(runs, tiny_base, method):
 
 
 def test_grpo_trains_with_a_reasoning_gym_reward(tiny_base, tmp_path):
-    over = [*tiny_overrides(tiny_base), "trainer.per_device_train_batch_size=4", "trainer.num_generations=2",
-            "trainer.max_completion_length=8", "trainer.max_steps=2", "save_steps=1"]
+    over = [
+        *tiny_overrides(tiny_base),
+        "trainer.per_device_train_batch_size=4",
+        "trainer.num_generations=2",
+        "trainer.max_completion_length=8",
+        "trainer.max_steps=2",
+        "save_steps=1",
+    ]
     out = train("grpo/lora", over, tmp_path / "grpo")
     entries = [e for e in logs(out) if "loss" in e]
     assert len(entries) == 2
@@ -196,8 +233,10 @@ def test_reasoning_gym_reward_scores_its_items():
     spec = load_recipe("grpo/lora", ["data.size=2", "data.generators=[basic_arithmetic]"]).data
     item = data.reasoning_gym_datasets(spec)["basic_arithmetic"][1]
     reward = grpo.reasoning_gym_reward(spec)
-    said = [[{"role": "assistant", "content": text}] for text in
-            (f"so <answer>{item['answer']}</answer>", f"{item['answer']}", "<answer>no idea</answer>")]
+    said = [
+        [{"role": "assistant", "content": text}]
+        for text in (f"so <answer>{item['answer']}</answer>", f"{item['answer']}", "<answer>no idea</answer>")
+    ]
     assert reward(said, rg_source=["basic_arithmetic"] * 3, rg_index=[1] * 3) == [1.0, 1.0, 0.0]
     assert grpo.answer_tags(said) == [1.0, 0.0, 1.0]
 
@@ -266,8 +305,15 @@ def test_budget_counts_match_peft():
     import peft
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    fields = dict(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2)
+    fields = dict(
+        model_type="llama",
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     rows = budget_table(fields)
     assert [row.label for row in rows] == available() and len(rows) == 22
     for row in rows:
@@ -287,8 +333,9 @@ def test_budget_of_the_paper_models_needs_no_download():
     from rewind.train import recipe_variants
 
     wanted = {"sft/lora", "sft/oft", "grpo/lora", "grpo/oft"}
-    by_label = {row.label: row.trainable
-                for row in budget_table("qwen", [v for v in recipe_variants() if v[0] in wanted])}
+    by_label = {
+        row.label: row.trainable for row in budget_table("qwen", [v for v in recipe_variants() if v[0] in wanted])
+    }
     assert by_label["sft/lora"] == 20_185_088  # r8 on Qwen2.5-7B: the paper's ~20M
     assert by_label["grpo/lora"] == 40_370_176  # r16: ~40M
     assert abs(by_label["sft/oft"] / by_label["sft/lora"] - 1) < 0.15  # b32 ~ r8
@@ -296,29 +343,34 @@ def test_budget_of_the_paper_models_needs_no_download():
 
 
 def test_overrides_are_typed_and_dotted():
-    recipe = load_recipe("sft/lora", ["trainer.learning_rate=1e-4", "peft.r=16", "data.generators=[chain_sum]",
-                                      "seed=3", "trainer.bf16=false"])
+    recipe = load_recipe(
+        "sft/lora",
+        ["trainer.learning_rate=1e-4", "peft.r=16", "data.generators=[chain_sum]", "seed=3", "trainer.bf16=false"],
+    )
     assert recipe.trainer["learning_rate"] == 1e-4  # PyYAML reads "1e-4" as a string: coerced
     assert recipe.peft == {"r": 16, "lora_alpha": 16, "lora_dropout": 0.05}
     assert recipe.data.generators == ["chain_sum"] and recipe.seed == 3 and recipe.trainer["bf16"] is False
 
 
-@pytest.mark.parametrize("override, message", [
-    ("lerning_rate=1", "unknown key 'lerning_rate'"),
-    ("trainer.lerning_rate=1", "trainer.lerning_rate: not a field of SFTConfig"),
-    ("peft.rank=4", "peft.rank: not a field of LoraConfig"),
-    ("data.sise=4", "unknown key 'sise'"),
-    ("trainer.learning_rate=fast", "trainer.learning_rate: expected a number"),
-    ("seed=1.5", "seed: expected an integer"),
-    ("resume=maybe", "resume: expected true or false"),
-    ("trainer.output_dir=/x", "use the out_dir argument"),
-    ("kind=dpo", "kind: 'dpo' is not one of sft, grpo"),
-    ("method=qlora", "unknown method 'qlora'"),
-    ("data.seed=99990", "training seeds must lie in"),
-    ("init.energy=0.5", "init: method lora has no init options"),
-    ("preset=gpt", "preset gpt: no"),
-    ("no_equals_sign", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lerning_rate=1", "unknown key 'lerning_rate'"),
+        ("trainer.lerning_rate=1", "trainer.lerning_rate: not a field of SFTConfig"),
+        ("peft.rank=4", "peft.rank: not a field of LoraConfig"),
+        ("data.sise=4", "unknown key 'sise'"),
+        ("trainer.learning_rate=fast", "trainer.learning_rate: expected a number"),
+        ("seed=1.5", "seed: expected an integer"),
+        ("resume=maybe", "resume: expected true or false"),
+        ("trainer.output_dir=/x", "use the out_dir argument"),
+        ("kind=dpo", "kind: 'dpo' is not one of sft, grpo"),
+        ("method=qlora", "unknown method 'qlora'"),
+        ("data.seed=99990", "training seeds must lie in"),
+        ("init.energy=0.5", "init: method lora has no init options"),
+        ("preset=gpt", "preset gpt: no"),
+        ("no_equals_sign", "expected key=value"),
+    ],
+)
 def test_bad_overrides_fail_in_one_line(override, message):
     with pytest.raises(RewindError, match=message) as info:
         load_recipe("sft/lora", [override])
@@ -397,13 +449,21 @@ def peft_arena_table(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    rows = [{"data_source": source, "prompt": [{"role": "user", "content": q}],
-             "reward_model": {"ground_truth": truth, "style": "rule"},
-             "extra_info": {"question": q, "answer": worked, "index": i}}
-            for i, (source, q, worked, truth) in enumerate([
+    rows = [
+        {
+            "data_source": source,
+            "prompt": [{"role": "user", "content": q}],
+            "reward_model": {"ground_truth": truth, "style": "rule"},
+            "extra_info": {"question": q, "answer": worked, "index": i},
+        }
+        for i, (source, q, worked, truth) in enumerate(
+            [
                 ("openr1", "What is 6*7?", "6*7 = \\boxed{42}", "42"),
                 ("medthink", "Which vitamin ...?", "It is B12.", "B"),
-                ("openr1", "Half of 1?", "\\boxed{\\frac{1}{2}}", "\\frac{1}{2}")])]
+                ("openr1", "Half of 1?", "\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+            ]
+        )
+    ]
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
@@ -413,8 +473,10 @@ def test_hub_rows_from_a_local_table_in_peft_arena_layout(peft_arena_table):
     path = peft_arena_table
     spec = load_recipe("sft/lora", ["base=qwen", f"data.path={path}"]).data
     table = data.build(spec)
-    assert table["prompt"] == [[{"role": "user", "content": "What is 6*7?"}],
-                               [{"role": "user", "content": "Half of 1?"}]]
+    assert table["prompt"] == [
+        [{"role": "user", "content": "What is 6*7?"}],
+        [{"role": "user", "content": "Half of 1?"}],
+    ]
     assert table["completion"][0] == [{"role": "assistant", "content": "6*7 = \\boxed{42}"}]
     assert table["solution"] == ["$42$", "$\\frac{1}{2}$"]
     medical = data.build(load_recipe("sft/lora", ["base=qwen", "domain=medical", f"data.path={path}"]).data)
@@ -430,12 +492,28 @@ def test_grpo_on_table_data_with_math_verify(tiny_base, peft_arena_table, tmp_pa
     table = data.build(load_recipe("grpo/lora", ["base=qwen", f"data.path={peft_arena_table}"]).data)
     said = [[{"role": "assistant", "content": "so \\boxed{42}"}], [{"role": "assistant", "content": "\\boxed{1}"}]]
     assert accuracy_reward(said, table["solution"]) == [1.0, 0.0]
-    fields = ["data.source=hub", f"data.path={peft_arena_table}", "data.filters=[data_source == openr1]",
-              "data.question=extra_info.question", "data.answer=extra_info.answer",
-              "data.ground_truth=reward_model.ground_truth", "reward.type=math", "reward.format_weight=0"]
-    out = train("grpo/lora", [*tiny_overrides(tiny_base), *fields, "trainer.per_device_train_batch_size=4",
-                              "trainer.num_generations=2", "trainer.max_completion_length=8", "trainer.max_steps=1"],
-                tmp_path / "grpo-math")
+    fields = [
+        "data.source=hub",
+        f"data.path={peft_arena_table}",
+        "data.filters=[data_source == openr1]",
+        "data.question=extra_info.question",
+        "data.answer=extra_info.answer",
+        "data.ground_truth=reward_model.ground_truth",
+        "reward.type=math",
+        "reward.format_weight=0",
+    ]
+    out = train(
+        "grpo/lora",
+        [
+            *tiny_overrides(tiny_base),
+            *fields,
+            "trainer.per_device_train_batch_size=4",
+            "trainer.num_generations=2",
+            "trainer.max_completion_length=8",
+            "trainer.max_steps=1",
+        ],
+        tmp_path / "grpo-math",
+    )
     entry = next(e for e in logs(out) if "loss" in e)
     assert math.isfinite(entry["loss"]) and "rewards/accuracy_reward/mean" in entry
 

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import torch
-from peft import (AdaLoraConfig, IA3Config, LoraConfig, MissConfig, OFTConfig, VeraConfig, get_peft_model)
+from peft import AdaLoraConfig, IA3Config, LoraConfig, MissConfig, OFTConfig, VeraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
@@ -14,17 +14,33 @@ TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
 
 def tiny_base(seed: int = 0, layers: int = 3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 # name -> (peft config, std of the random trained parameters)
 ADAPTERS = {
     "lora": (LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS), 0.1),
-    "rslora": (LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=TARGETS,
-                          rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}), 0.1),
+    "rslora": (
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            use_rslora=True,
+            target_modules=TARGETS,
+            rank_pattern={"v_proj": 2},
+            alpha_pattern={"down_proj": 3},
+        ),
+        0.1,
+    ),
     "dora": (LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=TARGETS), 0.1),
     "adalora": (AdaLoraConfig(init_r=6, target_r=4, lora_alpha=8, total_step=10, target_modules=TARGETS), 0.1),
     "vera": (VeraConfig(r=8, target_modules=TARGETS), 0.5),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from tiny import randomize
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from rewind import models
-from tiny import randomize
 
 # One cheap task per role keeps a point at well under a second on CPU.
 TARGET, GENERAL = "math_offline_basic_arithmetic", "general_offline_truthfulqa_mc1"
@@ -23,9 +23,17 @@ def chat_base(dest: Path, layers: int = 2) -> LlamaForCausalLM:
     """A random Llama with SmolLM2's tokenizer, saved with that tokenizer into `dest` (a loadable --base dir)."""
     tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     base = LlamaForCausalLM(config)
     base.generation_config.max_new_tokens = 8  # short generations keep CPU sweeps fast
     base.save_pretrained(dest)
@@ -43,5 +51,23 @@ def make(root: Path, layers: int = 2) -> tuple[Path, Path]:
 
 
 def sweep_args(base: Path, adapter: Path, out: Path, *extra: str, limit: int = 2) -> list[str]:
-    return ["sweep", "--base", str(base), "--adapter", str(adapter), "--out", str(out), "--device", "cpu",
-            "--dtype", "fp32", "--limit", str(limit), "--target", TARGET, "--general", GENERAL, *extra]
+    return [
+        "sweep",
+        "--base",
+        str(base),
+        "--adapter",
+        str(adapter),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--dtype",
+        "fp32",
+        "--limit",
+        str(limit),
+        "--target",
+        TARGET,
+        "--general",
+        GENERAL,
+        *extra,
+    ]

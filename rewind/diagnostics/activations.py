@@ -20,8 +20,16 @@ from .data import Probe, stream, texts
 JSON, PLOT = "activations.json", "activations.png"
 DEFAULT_TYPES = ("q", "k", "v", "down")
 DEFAULT_LAYER_COUNT = 4
-METRICS = ("cka", "procrustes_residual", "procrustes_raw", "gram_distortion", "cosine", "cosine_drift",
-           "norm_ratio", "norm_drift")
+METRICS = (
+    "cka",
+    "procrustes_residual",
+    "procrustes_raw",
+    "gram_distortion",
+    "cosine",
+    "cosine_drift",
+    "norm_ratio",
+    "norm_drift",
+)
 
 
 def probed_modules(model, modules: list[str] | None = None, layers: list[int] | None = None) -> list[str]:
@@ -39,11 +47,11 @@ def probed_modules(model, modules: list[str] | None = None, layers: list[int] | 
     unknown = [w for w in wanted if w not in linear and w not in {module_type(n) for n in linear}]
     if unknown:
         raise RewindError(f"--modules {','.join(unknown)}: not a linear module or module type of this model")
-    chosen = [n for n in linear if n in wanted
-              or (module_type(n) in wanted and adapters.layer_of(n + ".") in layers)]
+    chosen = [n for n in linear if n in wanted or (module_type(n) in wanted and adapters.layer_of(n + ".") in layers)]
     if not chosen:
-        raise RewindError(f"--modules {','.join(wanted)}: no linear module matches at layers "
-                          f"{','.join(map(str, layers))}")
+        raise RewindError(
+            f"--modules {','.join(wanted)}: no linear module matches at layers {','.join(map(str, layers))}"
+        )
     return chosen
 
 
@@ -57,9 +65,19 @@ def parse_layers(spec: str | None) -> list[int] | None:
         raise RewindError(f"--probe-layers {spec!r}: give comma-separated layer indices") from None
 
 
-def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: list[str] | None = None,
-        layers: list[int] | None = None, max_tokens: int = 4096, gram_tokens: int = 1024,
-        device: str | None = None, dtype: str = "auto", resident=None, plots: bool = True) -> dict:
+def run(
+    finetune: Finetune,
+    out: str | Path,
+    probe: Probe = Probe(),
+    modules: list[str] | None = None,
+    layers: list[int] | None = None,
+    max_tokens: int = 4096,
+    gram_tokens: int = 1024,
+    device: str | None = None,
+    dtype: str = "auto",
+    resident=None,
+    plots: bool = True,
+) -> dict:
     """Activation geometry of the probed modules on each of the probe's data sets; writes JSON and a PNG.
 
     `resident`: a (model, tokenizer) of this base already loaded; it is moved and then returned to its base.
@@ -84,23 +102,50 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
                 else:
                     rewinder.set(plan.point.alpha, plan.point.schedule, finetune.allow_extrapolation)
                 kept = {n: [] for n in names}
-                tokens = stream(model, tokenizer, items, {n: _keep(kept[n]) for n in names}, "output",
-                                probe.batch_size, probe.max_length, max_tokens, desc=f"activations {data} {side}")
+                tokens = stream(
+                    model,
+                    tokenizer,
+                    items,
+                    {n: _keep(kept[n]) for n in names},
+                    "output",
+                    probe.batch_size,
+                    probe.max_length,
+                    max_tokens,
+                    desc=f"activations {data} {side}",
+                )
                 outputs[side] = {n: torch.cat(chunks) for n, chunks in kept.items()}
             counts[data] = {"suite": suite, "items": len(items), "tokens": tokens}
             for n in names:
                 x0, x1 = outputs["base"].pop(n).to(compute), outputs["finetune"].pop(n).to(compute)
-                rows.append({"module": n, "type": module_type(n), "layer": adapters.layer_of(n + "."), "data": data,
-                             **geometry.compare(x0, x1, gram_tokens)})
+                rows.append(
+                    {
+                        "module": n,
+                        "type": module_type(n),
+                        "layer": adapters.layer_of(n + "."),
+                        "data": data,
+                        **geometry.compare(x0, x1, gram_tokens),
+                    }
+                )
                 del x0, x1
     finally:
         rewinder.set(0.0)  # alpha 0 writes W0 back: the resident model leaves exactly as it came
     report_dir(out)
     summary = {data: by_type([r for r in rows if r["data"] == data], METRICS) for data in suites}
-    report = {"kind": "activations", **describe(plan), "split": probe.split, "max_length": probe.max_length,
-              "max_tokens": max_tokens, "gram_tokens": gram_tokens, "data": counts, "probed": names,
-              "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
-              if plots else [], "modules": rows, "summary": summary}
+    report = {
+        "kind": "activations",
+        **describe(plan),
+        "split": probe.split,
+        "max_length": probe.max_length,
+        "max_tokens": max_tokens,
+        "gram_tokens": gram_tokens,
+        "data": counts,
+        "probed": names,
+        "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
+        if plots
+        else [],
+        "modules": rows,
+        "summary": summary,
+    }
     write_json(out / JSON, report)
     return report
 

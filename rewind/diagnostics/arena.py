@@ -38,8 +38,14 @@ from .common import Finetune, pyplot, safe_name, write_json
 from .data import Probe
 
 DIAGNOSTICS = ("spectral", "csd", "activations")
-SPECTRAL_KEYS = ("relative_update", "effective_rank", "retention_deviation_rel", "fluctuation_retention",
-                 "fluctuation_adaptation", "spectrum_shift")
+SPECTRAL_KEYS = (
+    "relative_update",
+    "effective_rank",
+    "retention_deviation_rel",
+    "fluctuation_retention",
+    "fluctuation_adaptation",
+    "spectrum_shift",
+)
 CSD_KEYS = ("csd_rel", "csd_norm")
 ACTIVATION_KEYS = ("cka", "procrustes_residual", "gram_distortion", "cosine_drift", "norm_drift")
 JSON, TABLE, CORRELATIONS, MARKDOWN, PLOT = "arena.json", "arena.csv", "correlations.csv", "arena.md", "arena.png"
@@ -63,8 +69,10 @@ def find_sweep(adapter: str | Path, root: str | Path = ".") -> Path:
     if len(found) != 1:
         where = f"under {root} or {adapter}"
         what = "no sweep" if not found else f"{len(found)} sweeps ({', '.join(map(str, found))})"
-        raise RewindError(f"{what} of {adapter} {where}: run `rewind sweep --adapter {adapter} --out DIR` and "
-                          f"pass --sweep DIR once per adapter, in order")
+        raise RewindError(
+            f"{what} of {adapter} {where}: run `rewind sweep --adapter {adapter} --out DIR` and "
+            f"pass --sweep DIR once per adapter, in order"
+        )
     return found[0]
 
 
@@ -80,13 +88,21 @@ def scores(sweep_dir: str | Path, base) -> dict:
     pick = (lambda p: p["test"]) if split == "test" else (lambda p: p)
     final, start, chosen = pick(final), pick(start), pick(chosen)
     spec = record["spec"]
-    return {"sweep": str(sweep_dir), "split": split, "target": final["target"], "general": final["general"],
-            "base_target": start["target"], "base_general": start["general"],
-            "d_target": final["target"] - start["target"], "d_general": final["general"] - start["general"],
-            "forgetting": start["general"] - final["general"], "selected": summary["selected"]["key"],
-            "selected_target": chosen["target"], "selected_general": chosen["general"],
-            "suites": f"target={'+'.join(spec['target'])} general={'+'.join(spec['general'])} "
-                      f"limit={spec['limit']}"}
+    return {
+        "sweep": str(sweep_dir),
+        "split": split,
+        "target": final["target"],
+        "general": final["general"],
+        "base_target": start["target"],
+        "base_general": start["general"],
+        "d_target": final["target"] - start["target"],
+        "d_general": final["general"] - start["general"],
+        "forgetting": start["general"] - final["general"],
+        "selected": summary["selected"]["key"],
+        "selected_target": chosen["target"],
+        "selected_general": chosen["general"],
+        "suites": f"target={'+'.join(spec['target'])} general={'+'.join(spec['general'])} limit={spec['limit']}",
+    }
 
 
 def _same_base(recorded: str, base) -> bool:
@@ -129,8 +145,12 @@ def correlate(xs: list, ys: list) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on tiny n; the n column says how much to trust it
         pearson, spearman = stats.pearsonr(x, y), stats.spearmanr(x, y)
-    out.update(pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue),
-               spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue))
+    out.update(
+        pearson_r=float(pearson.statistic),
+        pearson_p=float(pearson.pvalue),
+        spearman_rho=float(spearman.statistic),
+        spearman_p=float(spearman.pvalue),
+    )
     return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in out.items()}
 
 
@@ -151,16 +171,19 @@ def included(path: str | Path, base, diagnostics: tuple[str, ...], probe: Probe)
     if not _same_base(report["base"], base):
         raise RewindError(f"--include {path}: its base is {report['base']}, not {models.hub_id(base)}")
     if set(report["diagnostics"]) != set(diagnostics):
-        raise RewindError(f"--include {path}: its diagnostics are {','.join(report['diagnostics']) or 'none'}, not "
-                          f"{','.join(diagnostics) or 'none'}: pass --diagnostics {','.join(report['diagnostics'])}")
+        raise RewindError(
+            f"--include {path}: its diagnostics are {','.join(report['diagnostics']) or 'none'}, not "
+            f"{','.join(diagnostics) or 'none'}: pass --diagnostics {','.join(report['diagnostics'])}"
+        )
     note = None
     if DATA_DRIVEN & set(diagnostics):  # spectral reads no data: the probe cannot matter to it
         if "probe" not in report:
             note = f"{file} did not record its probe settings: they are assumed to match this run's"
         else:
             mine, theirs = _settings(asdict(probe)), _settings(report["probe"])
-            differ = [f"--{k.replace('_', '-')} {theirs[k]} (this run: {mine[k]})" for k in PROBE_KEYS
-                      if theirs[k] != mine[k]]
+            differ = [
+                f"--{k.replace('_', '-')} {theirs[k]} (this run: {mine[k]})" for k in PROBE_KEYS if theirs[k] != mine[k]
+            ]
             if differ:
                 raise RewindError(f"--include {path}: its probe differs: {'; '.join(differ)}")
     # A row included before keeps its "from": that report's dir holds the row's per-adapter diagnostics.
@@ -176,18 +199,29 @@ def _settings(probe: dict) -> dict:
     return {**probe, "data": ",".join(sorted(probe["data"]))}
 
 
-def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str | Path] | None = None,
-        sweeps_root: str | Path = ".", diagnostics: tuple[str, ...] = DIAGNOSTICS, probe: Probe = Probe(),
-        device: str | None = None, dtype: str = "auto", plots: bool = True,
-        include: list[str | Path] = ()) -> dict:
+def run(
+    adapter_dirs: list[str | Path],
+    base,
+    out: str | Path,
+    sweeps: list[str | Path] | None = None,
+    sweeps_root: str | Path = ".",
+    diagnostics: tuple[str, ...] = DIAGNOSTICS,
+    probe: Probe = Probe(),
+    device: str | None = None,
+    dtype: str = "auto",
+    plots: bool = True,
+    include: list[str | Path] = (),
+) -> dict:
     """Scores, diagnostics and correlations for `adapter_dirs` and the rows of the arena reports in `include`;
     writes JSON, CSVs, Markdown and a PNG to `out`."""
     out = Path(out)
     if not adapter_dirs and not include:
         raise RewindError("rewind arena needs at least one adapter or --include")
     if sweeps and len(sweeps) != len(adapter_dirs):
-        raise RewindError(f"--sweep given {len(sweeps)} times for {len(adapter_dirs)} adapters: give one per adapter, "
-                          f"in the same order, or none to find them")
+        raise RewindError(
+            f"--sweep given {len(sweeps)} times for {len(adapter_dirs)} adapters: give one per adapter, "
+            f"in the same order, or none to find them"
+        )
     unknown = set(diagnostics) - set(DIAGNOSTICS)
     if unknown:
         raise RewindError(f"--diagnostics {','.join(sorted(unknown))}: choose from {', '.join(DIAGNOSTICS)}")
@@ -222,8 +256,9 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
             else:
                 resident = resident or models.load_base(base, device, dtype)
                 runner = csd.run if kind == "csd" else activations.run
-                report = runner(finetune, directory / kind, probe, device=device, dtype=dtype, resident=resident,
-                                plots=False)
+                report = runner(
+                    finetune, directory / kind, probe, device=device, dtype=dtype, resident=resident, plots=False
+                )
             row.update(scalars(report))
     # Over all rows: a report that did not record its probe may have probed other data (other columns).
     columns = list(dict.fromkeys(c for r in rows for c in r if "." in c))
@@ -236,13 +271,21 @@ def run(adapter_dirs: list[str | Path], base, out: str | Path, sweeps: list[str 
         notes.append("correlations need 3 or more adapters")
     precisions = {r["dtype"] for r in rows if r.get("dtype")}
     if len(precisions) > 1:
-        notes.append(f"the rows' csd and activation values were computed in {' and '.join(sorted(precisions))} "
-                     f"(column dtype): they differ by that rounding too")
+        notes.append(
+            f"the rows' csd and activation values were computed in {' and '.join(sorted(precisions))} "
+            f"(column dtype): they differ by that rounding too"
+        )
     out.mkdir(parents=True, exist_ok=True)  # before the plot: with only included rows nothing made it yet
-    report = {"kind": "arena", "base": models.hub_id(base), "diagnostics": list(diagnostics),
-              "probe": {**asdict(probe), "data": list(probe.data)}, "adapters": rows,
-              "correlations": correlations, "notes": notes,
-              "plots": [plot(rows, correlations, out / PLOT)] if plots and columns else []}
+    report = {
+        "kind": "arena",
+        "base": models.hub_id(base),
+        "diagnostics": list(diagnostics),
+        "probe": {**asdict(probe), "data": list(probe.data)},
+        "adapters": rows,
+        "correlations": correlations,
+        "notes": notes,
+        "plots": [plot(rows, correlations, out / PLOT)] if plots and columns else [],
+    }
     write_json(out / JSON, report)
     _write_csv(out / TABLE, rows)
     _write_csv(out / CORRELATIONS, [{"diagnostic": c, **v} for c, v in correlations.items()])
@@ -275,28 +318,46 @@ def _num(v, fmt: str = ".2f") -> str:
 
 def markdown(report: dict) -> str:
     rows = report["adapters"]
-    lines = [f"# rewind arena: {report['base']}", "",
-             "Scores from each adapter's sweep: the finetune (alpha = 1) against the sweep's base point, on the split "
-             "named; forgetting = base general - finetune general (points, > 0 = lost). *rewound* is the sweep's "
-             "selected point.", "",
-             "| adapter | method | trainable params | split | target | general | Δ target | Δ general | forgetting "
-             "| rewound: point, target, general |",
-             "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"# rewind arena: {report['base']}",
+        "",
+        "Scores from each adapter's sweep: the finetune (alpha = 1) against the sweep's base point, on the split "
+        "named; forgetting = base general - finetune general (points, > 0 = lost). *rewound* is the sweep's "
+        "selected point.",
+        "",
+        "| adapter | method | trainable params | split | target | general | Δ target | Δ general | forgetting "
+        "| rewound: point, target, general |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['method']} | {r['trainable_params']:,} | {r['split']} | {_num(r['target'])} "
-                     f"| {_num(r['general'])} | {_num(r['d_target'], '+.2f')} | {_num(r['d_general'], '+.2f')} "
-                     f"| {_num(r['forgetting'], '+.2f')} | {r['selected']}, {_num(r['selected_target'])}, "
-                     f"{_num(r['selected_general'])} |")
+        lines.append(
+            f"| {r['name']} | {r['method']} | {r['trainable_params']:,} | {r['split']} | {_num(r['target'])} "
+            f"| {_num(r['general'])} | {_num(r['d_target'], '+.2f')} | {_num(r['d_general'], '+.2f')} "
+            f"| {_num(r['forgetting'], '+.2f')} | {r['selected']}, {_num(r['selected_target'])}, "
+            f"{_num(r['selected_general'])} |"
+        )
     if report["correlations"]:
-        lines += ["", f"## Diagnostics vs forgetting ({len(rows)} adapters)", "",
-                  "| diagnostic | n | Pearson r | p | Spearman ρ | p |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"## Diagnostics vs forgetting ({len(rows)} adapters)",
+            "",
+            "| diagnostic | n | Pearson r | p | Spearman ρ | p |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, c in report["correlations"].items():
-            lines.append(f"| {name} | {c['n']} | {_num(c['pearson_r'], '+.3f')} | {_num(c['pearson_p'], '.3g')} "
-                         f"| {_num(c['spearman_rho'], '+.3f')} | {_num(c['spearman_p'], '.3g')} |")
-        lines += ["", "## Diagnostic values", "", "| diagnostic | " + " | ".join(r["name"] for r in rows) + " |",
-                  "| --- |" + " ---: |" * len(rows)]
+            lines.append(
+                f"| {name} | {c['n']} | {_num(c['pearson_r'], '+.3f')} | {_num(c['pearson_p'], '.3g')} "
+                f"| {_num(c['spearman_rho'], '+.3f')} | {_num(c['spearman_p'], '.3g')} |"
+            )
+        lines += [
+            "",
+            "## Diagnostic values",
+            "",
+            "| diagnostic | " + " | ".join(r["name"] for r in rows) + " |",
+            "| --- |" + " ---: |" * len(rows),
+        ]
         for name in report["correlations"]:
-            lines.append(f"| {name} | " + " | ".join(_num(r.get(name), '.4g') for r in rows) + " |")
+            lines.append(f"| {name} | " + " | ".join(_num(r.get(name), ".4g") for r in rows) + " |")
     if report["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
@@ -310,8 +371,11 @@ def plot(rows: list[dict], correlations: dict, path: Path) -> str:
     nrows = -(-len(names) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.0 * nrows), dpi=110, squeeze=False)
     for ax, name in zip(axes.flat, names):
-        points = [(r.get(name), r["forgetting"], r["name"]) for r in rows
-                  if _defined(r.get(name)) and _defined(r["forgetting"])]
+        points = [
+            (r.get(name), r["forgetting"], r["name"])
+            for r in rows
+            if _defined(r.get(name)) and _defined(r["forgetting"])
+        ]
         for x, y, label in points:
             ax.plot(x, y, "o", ms=5)
             ax.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -320,7 +384,7 @@ def plot(rows: list[dict], correlations: dict, path: Path) -> str:
         ax.set_ylabel("forgetting (points)", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)

@@ -18,12 +18,20 @@ import torch
 
 from .. import adapters, paths
 from ..errors import RewindError
-from ..export import ExportPlan, check_out, plan as export_plan
+from ..export import ExportPlan, check_out
+from ..export import plan as export_plan
 from ..paths import Bound, Schedule
 
 # Module leaf names -> the short types the reports group by; other adapted matrices keep their leaf name.
-MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
-                "down_proj": "down"}
+MODULE_TYPES = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
 
 
 @dataclass(frozen=True)
@@ -47,9 +55,17 @@ class Finetune:
         # force: a diagnostics dir may already hold other reports. Reports only add files, so unlike an export's
         # --out, a report dir may lie inside the adapter dir: the plan itself has no output (out=None).
         check_out(out, force=True)
-        planned = export_plan(self.base, self.adapter, None, self.alpha, self.path, self.schedule,
-                              init_adapter=self.init_adapter, cayley_scale=self.cayley_scale,
-                              allow_extrapolation=self.allow_extrapolation)
+        planned = export_plan(
+            self.base,
+            self.adapter,
+            None,
+            self.alpha,
+            self.path,
+            self.schedule,
+            init_adapter=self.init_adapter,
+            cayley_scale=self.cayley_scale,
+            allow_extrapolation=self.allow_extrapolation,
+        )
         return planned
 
 
@@ -59,7 +75,8 @@ def moved(plan: ExportPlan, name: str, w0: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(w0)
     path_cls = paths.resolve(plan.point.path, plan.update.natural_path)
     path_cls([Bound(name, plan.update.deltas[name], w0, out)], cayley_scale=plan.point.cayley_scale).write(
-        [plan.alphas[name]])
+        [plan.alphas[name]]
+    )
     return out
 
 
@@ -91,8 +108,9 @@ def matrices(plan: ExportPlan, shapes: Mapping[str, Sequence[int]], wanted: Sequ
         names = [n for n in names if module_type(n) in wanted or module_of(n) in wanted]
         if not names:
             kinds = sorted({module_type(n) for n in plan.update.deltas})
-            raise RewindError(f"--modules {','.join(wanted)}: matches no adapted matrix (this adapter has "
-                              f"{', '.join(kinds)})")
+            raise RewindError(
+                f"--modules {','.join(wanted)}: matches no adapted matrix (this adapter has {', '.join(kinds)})"
+            )
     return sorted(names, key=_order)
 
 
@@ -103,10 +121,17 @@ def _order(name: str) -> tuple:
 
 def describe(plan: ExportPlan) -> dict:
     """What a report was computed on: enough to tell two reports apart."""
-    return {"base": plan.base, "adapter": str(plan.adapter), "adapter_sha256": plan.update.sha256,
-            "method": plan.update.method.name, "point": plan.point.describe(), "path": plan.point.path,
-            "alpha": plan.point.alpha, "layers": plan.point.schedule.describe(),
-            "cayley_scale": plan.point.cayley_scale}
+    return {
+        "base": plan.base,
+        "adapter": str(plan.adapter),
+        "adapter_sha256": plan.update.sha256,
+        "method": plan.update.method.name,
+        "point": plan.point.describe(),
+        "path": plan.point.path,
+        "alpha": plan.point.alpha,
+        "layers": plan.point.schedule.describe(),
+        "cayley_scale": plan.point.cayley_scale,
+    }
 
 
 def clean(value):
@@ -165,8 +190,9 @@ def pyplot():
     return plt
 
 
-def layer_plot(rows: list[dict], data: list[str], metrics: Sequence[str], value, path: Path, title: str = "",
-               log: bool = False) -> str:
+def layer_plot(
+    rows: list[dict], data: list[str], metrics: Sequence[str], value, path: Path, title: str = "", log: bool = False
+) -> str:
     """One panel per metric: value(row, data, metric) by layer, one line per module type and data set."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics) + 1.8, 3.5), dpi=110, squeeze=False)
@@ -176,8 +202,9 @@ def layer_plot(rows: list[dict], data: list[str], metrics: Sequence[str], value,
             for style, d in zip(("o-", "s--"), data):
                 mine = [(r["layer"], value(r, d, metric)) for r in rows if r["type"] == kind and r["layer"] is not None]
                 mine = [(layer, v) for layer, v in mine if v is not None and (v or not log)]
-                ax.plot([m[0] for m in mine], [m[1] for m in mine], style, ms=3, lw=1, color=f"C{j}",
-                        label=f"{kind} ({d})")
+                ax.plot(
+                    [m[0] for m in mine], [m[1] for m in mine], style, ms=3, lw=1, color=f"C{j}", label=f"{kind} ({d})"
+                )
         ax.set_xlabel("layer")
         ax.set_title(metric, fontsize=9)
         if log:

@@ -19,8 +19,18 @@ import torch
 
 from .. import adapters, models
 from ..errors import RewindError
-from .common import (Finetune, by_type, describe, layer_plot, matrices, module_of, module_type, moved,
-                     report_dir, write_json)
+from .common import (
+    Finetune,
+    by_type,
+    describe,
+    layer_plot,
+    matrices,
+    module_of,
+    module_type,
+    moved,
+    report_dir,
+    write_json,
+)
 from .data import Probe, stream, texts
 
 JSON, PLOT = "csd.json", "csd.png"
@@ -48,13 +58,27 @@ class _Drift:
     def result(self) -> dict:
         n = max(self.n, 1)
         dw_h, w0_h, h = self.dw_h / n, self.w0_h / n, self.h / n
-        return {"n_tokens": self.n, "delta_fro2": self.dw_fro2, "h_norm2": h, "w0h_norm2": w0_h, "csd_abs": dw_h,
-                "csd_rel": dw_h / w0_h if w0_h > 0 else None,
-                "csd_norm": dw_h / (self.dw_fro2 * h) if self.dw_fro2 > 0 and h > 0 else None}
+        return {
+            "n_tokens": self.n,
+            "delta_fro2": self.dw_fro2,
+            "h_norm2": h,
+            "w0h_norm2": w0_h,
+            "csd_abs": dw_h,
+            "csd_rel": dw_h / w0_h if w0_h > 0 else None,
+            "csd_norm": dw_h / (self.dw_fro2 * h) if self.dw_fro2 > 0 and h > 0 else None,
+        }
 
 
-def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: list[str] | None = None,
-        device: str | None = None, dtype: str = "auto", resident=None, plots: bool = True) -> dict:
+def run(
+    finetune: Finetune,
+    out: str | Path,
+    probe: Probe = Probe(),
+    modules: list[str] | None = None,
+    device: str | None = None,
+    dtype: str = "auto",
+    resident=None,
+    plots: bool = True,
+) -> dict:
     """CSD of every adapted linear module (or those `modules` names) on each of the probe's data sets.
 
     `resident`: a (model, tokenizer) of this base already loaded, left unchanged (e.g. shared by `rewind arena`).
@@ -65,19 +89,41 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
     model, tokenizer = resident or models.load_base(finetune.base, device, dtype)
     named = dict(model.named_modules())
     params = dict(model.named_parameters(remove_duplicate=False))
-    names = [n for n in matrices(plan, {k: p.shape for k, p in params.items()}, modules)
-             if isinstance(named[module_of(n)], torch.nn.Linear)]  # embeddings have no input vector h
+    names = [
+        n
+        for n in matrices(plan, {k: p.shape for k, p in params.items()}, modules)
+        if isinstance(named[module_of(n)], torch.nn.Linear)
+    ]  # embeddings have no input vector h
     if not names:
         raise RewindError("no adapted linear module to measure (embeddings and norms have no input vector h)")
-    rows = {n: {"module": module_of(n), "type": module_type(n), "layer": adapters.layer_of(n),
-                "shape": list(params[n].shape), "alpha": plan.alphas[n]} for n in names}
+    rows = {
+        n: {
+            "module": module_of(n),
+            "type": module_type(n),
+            "layer": adapters.layer_of(n),
+            "shape": list(params[n].shape),
+            "alpha": plan.alphas[n],
+        }
+        for n in names
+    }
     counts = {}
     for data, suite in suites.items():
         items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
         drifts = {n: _Drift(plan, n, params[n]) for n in names}
-        counts[data] = {"suite": suite, "items": len(items),
-                        "tokens": stream(model, tokenizer, items, {module_of(n): d for n, d in drifts.items()},
-                                         "input", probe.batch_size, probe.max_length, desc=f"csd {data}")}
+        counts[data] = {
+            "suite": suite,
+            "items": len(items),
+            "tokens": stream(
+                model,
+                tokenizer,
+                items,
+                {module_of(n): d for n, d in drifts.items()},
+                "input",
+                probe.batch_size,
+                probe.max_length,
+                desc=f"csd {data}",
+            ),
+        }
         for n, d in drifts.items():
             rows[n][data] = d.result()
     rows = list(rows.values())
@@ -88,9 +134,18 @@ def run(finetune: Finetune, out: str | Path, probe: Probe = Probe(), modules: li
             g, t = entry["general.csd_rel"]["mean"], entry["target.csd_rel"]["mean"]
             entry["general_over_target_rel"] = g / t if g is not None and t else None
     report_dir(out)
-    report = {"kind": "csd", **describe(plan), "split": probe.split, "max_length": probe.max_length, "data": counts,
-              "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
-              if plots else [], "modules": rows, "summary": summary}
+    report = {
+        "kind": "csd",
+        **describe(plan),
+        "split": probe.split,
+        "max_length": probe.max_length,
+        "data": counts,
+        "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
+        if plots
+        else [],
+        "modules": rows,
+        "summary": summary,
+    }
     write_json(out / JSON, report)
     return report
 

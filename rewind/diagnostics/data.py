@@ -44,16 +44,18 @@ class Probe:
         return {d: "general-offline" if d == "general" else self.target for d in self.data}
 
 
-def texts(suite: str, split: str = "validation", limit: int | None = None, tokenizer=None,
-          include_path: Sequence[str] = ()) -> list[str]:
+def texts(
+    suite: str, split: str = "validation", limit: int | None = None, tokenizer=None, include_path: Sequence[str] = ()
+) -> list[str]:
     """Up to `limit` items of a suite's `split` phase as text, round-robin over its lm-eval tasks."""
     [resolved] = harness.resolve_suites([suite], include_path)
     tasks = []
     for name in resolved.tasks:
         for task in harness.load(resolved, name)["tasks"].values():
             tasks.append((task, harness.phase_docs(task, split)))
-    order = [(t, i) for i in range(max(len(docs) for _, docs in tasks)) for t in range(len(tasks))
-             if i < len(tasks[t][1])]
+    order = [
+        (t, i) for i in range(max(len(docs) for _, docs in tasks)) for t in range(len(tasks)) if i < len(tasks[t][1])
+    ]
     return [_text(tasks[t][0], tasks[t][1][i], tokenizer) for t, i in order[:limit]]
 
 
@@ -68,17 +70,29 @@ def _text(task, doc, tokenizer) -> str:
     context = (task.config.description or "") + task.doc_to_text(doc)
     chat = bool((task.get_config("metadata") or {}).get("chat_template"))
     if chat and tokenizer is not None and tokenizer.chat_template:
-        return tokenizer.apply_chat_template([{"role": "user", "content": context}], tokenize=False,
-                                             add_generation_prompt=True) + answer
+        return (
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True
+            )
+            + answer
+        )
     if not context or answer[:1].isspace():
         return context + answer
     return context + task.config.target_delimiter + answer
 
 
 @torch.no_grad()
-def stream(model, tokenizer, texts: Sequence[str], modules: Mapping[str, Callable[[torch.Tensor], None]],
-           where: str = "input", batch_size: int = 8, max_length: int = 512, max_tokens: int | None = None,
-           desc: str = "forward") -> int:
+def stream(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    modules: Mapping[str, Callable[[torch.Tensor], None]],
+    where: str = "input",
+    batch_size: int = 8,
+    max_length: int = 512,
+    max_tokens: int | None = None,
+    desc: str = "forward",
+) -> int:
     """Run `texts` through `model`; `modules[name]` gets each batch's [tokens, features] input or output of
     that module, padding removed, in token order. Stops after `max_tokens` tokens. Returns the tokens seen."""
     if where not in ("input", "output"):
@@ -91,21 +105,34 @@ def stream(model, tokenizer, texts: Sequence[str], modules: Mapping[str, Callabl
             return lambda module, args: consume(args[0][valid["mask"]])
         return lambda module, args, out: consume((out[0] if isinstance(out, tuple) else out)[valid["mask"]])
 
-    handles = [(named[name].register_forward_pre_hook if where == "input" else named[name].register_forward_hook)(
-        hook(consume)) for name, consume in modules.items()]
+    handles = [
+        (named[name].register_forward_pre_hook if where == "input" else named[name].register_forward_hook)(
+            hook(consume)
+        )
+        for name, consume in modules.items()
+    ]
     device = next(model.parameters()).device
     seen = 0
     try:
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
             # Right padding: with causal attention the real tokens never see the pads, and keep their positions.
-            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              truncation=True, max_length=max_length, padding_side="right")
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                padding_side="right",
+            )
             mask = batch["attention_mask"].bool()
             if max_tokens is not None:
                 mask &= mask.flatten().cumsum(0).view_as(mask) <= max_tokens - seen
             valid["mask"] = mask.to(device)
-            model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                  use_cache=False)
+            model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                use_cache=False,
+            )
             seen += int(mask.sum())
             if max_tokens is not None and seen >= max_tokens:
                 break

@@ -47,9 +47,11 @@ def procrustes(x0: torch.Tensor, x1: torch.Tensor) -> dict[str, float]:
         cross = b.T @ a
     nuclear = torch.linalg.svdvals(cross).sum()
     norm_a, norm_b = torch.linalg.matrix_norm(a), torch.linalg.matrix_norm(b)
-    residual2 = (norm_a ** 2 + norm_b ** 2 - 2 * nuclear).clamp_min(0)
-    return {"raw": float(torch.linalg.matrix_norm(b - a) / (norm_a + EPS)),
-            "residual": float(residual2.sqrt() / (norm_a + EPS))}
+    residual2 = (norm_a**2 + norm_b**2 - 2 * nuclear).clamp_min(0)
+    return {
+        "raw": float(torch.linalg.matrix_norm(b - a) / (norm_a + EPS)),
+        "residual": float(residual2.sqrt() / (norm_a + EPS)),
+    }
 
 
 def gram_distortion(x0: torch.Tensor, x1: torch.Tensor, max_tokens: int = 1024) -> float:
@@ -69,8 +71,12 @@ def drift(x0: torch.Tensor, x1: torch.Tensor) -> dict[str, float]:
     x0, x1 = x0.float(), x1.float()
     cosine = torch.nn.functional.cosine_similarity(x0, x1, dim=1, eps=EPS)
     ratio = torch.linalg.vector_norm(x1, dim=1) / (torch.linalg.vector_norm(x0, dim=1) + EPS)
-    return {"cosine": float(cosine.mean()), "cosine_drift": float((1 - cosine).mean()),
-            "norm_ratio": float(ratio.mean()), "norm_drift": float(ratio.clamp_min(EPS).log().abs().mean())}
+    return {
+        "cosine": float(cosine.mean()),
+        "cosine_drift": float((1 - cosine).mean()),
+        "norm_ratio": float(ratio.mean()),
+        "norm_drift": float(ratio.clamp_min(EPS).log().abs().mean()),
+    }
 
 
 def compare(x0: torch.Tensor, x1: torch.Tensor, gram_tokens: int = 1024) -> dict[str, float]:
@@ -78,6 +84,11 @@ def compare(x0: torch.Tensor, x1: torch.Tensor, gram_tokens: int = 1024) -> dict
     if x0.shape != x1.shape:
         raise ValueError(f"activation sets differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}")
     fit = procrustes(x0, x1)
-    return {"n_tokens": int(x0.shape[0]), "cka": linear_cka(x0, x1), "procrustes_raw": fit["raw"],
-            "procrustes_residual": fit["residual"], "gram_distortion": gram_distortion(x0, x1, gram_tokens),
-            **drift(x0, x1)}
+    return {
+        "n_tokens": int(x0.shape[0]),
+        "cka": linear_cka(x0, x1),
+        "procrustes_raw": fit["raw"],
+        "procrustes_residual": fit["residual"],
+        "gram_distortion": gram_distortion(x0, x1, gram_tokens),
+        **drift(x0, x1),
+    }

@@ -20,14 +20,24 @@ from tqdm.auto import tqdm
 from .. import adapters, models
 from ..export import BaseTensors
 from ..updates import Rotation
-from .common import (Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir,
-                     write_json)
+from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir, write_json
 
 WINDOW = 5
 JSON, PROFILES = "spectral.json", "spectral_profiles.npz"
-SCALARS = ("relative_update", "effective_rank", "retention_deviation_mean", "retention_deviation_max",
-           "retention_deviation_rel", "adaptation_mean", "adaptation_max", "fluctuation_retention",
-           "fluctuation_adaptation", "spectrum_shift", "alignment_mean", "alignment_min")
+SCALARS = (
+    "relative_update",
+    "effective_rank",
+    "retention_deviation_mean",
+    "retention_deviation_max",
+    "retention_deviation_rel",
+    "adaptation_mean",
+    "adaptation_max",
+    "fluctuation_retention",
+    "fluctuation_adaptation",
+    "spectrum_shift",
+    "alignment_mean",
+    "alignment_min",
+)
 
 
 def fluctuation(values: torch.Tensor, window: int = WINDOW) -> float | None:
@@ -41,8 +51,9 @@ def fluctuation(values: torch.Tensor, window: int = WINDOW) -> float | None:
     return float((x - padded.unfold(0, window, 1).mean(1)).abs().mean())
 
 
-def profile(w0: torch.Tensor, w1: torch.Tensor, rotation: bool = False,
-            window: int = WINDOW) -> tuple[dict[str, float | None], dict[str, torch.Tensor]]:
+def profile(
+    w0: torch.Tensor, w1: torch.Tensor, rotation: bool = False, window: int = WINDOW
+) -> tuple[dict[str, float | None], dict[str, torch.Tensor]]:
     """(scalars, profiles) of one matrix moving from w0 to w1; `rotation` adds OFT's singular-vector alignment."""
     w0, w1 = w0.float(), w1.float()
     U, S, Vh = torch.linalg.svd(w0, full_matrices=False)
@@ -61,7 +72,7 @@ def profile(w0: torch.Tensor, w1: torch.Tensor, rotation: bool = False,
     profiles["sigma_prime"] = S1
     scalars = {
         "relative_update": float(fro / torch.linalg.matrix_norm(w0)),
-        "effective_rank": float(fro ** 2 / top ** 2) if top > 0 else None,  # undefined for dW = 0
+        "effective_rank": float(fro**2 / top**2) if top > 0 else None,  # undefined for dW = 0
         "retention_deviation_mean": float(deviation.mean()),
         "retention_deviation_max": float(deviation.max()),
         "retention_deviation_rel": float(deviation.sum() / S.sum()),
@@ -76,8 +87,14 @@ def profile(w0: torch.Tensor, w1: torch.Tensor, rotation: bool = False,
     return scalars, {k: v.cpu() for k, v in profiles.items()}
 
 
-def run(finetune: Finetune, out: str | Path, modules: list[str] | None = None, device: str | None = None,
-        window: int = WINDOW, plots: bool = True) -> dict:
+def run(
+    finetune: Finetune,
+    out: str | Path,
+    modules: list[str] | None = None,
+    device: str | None = None,
+    window: int = WINDOW,
+    plots: bool = True,
+) -> dict:
     """Spectral diagnostics of every adapted matrix (or those `modules` names); writes JSON, NPZ and PNGs."""
     import numpy as np
 
@@ -89,15 +106,29 @@ def run(finetune: Finetune, out: str | Path, modules: list[str] | None = None, d
     for name in tqdm(matrices(plan, base.shapes, modules), desc="spectral", unit="matrix", leave=False):
         w0 = base(name).to(device)
         scalars, profiles = profile(w0, moved(plan, name, w0), isinstance(plan.update.deltas[name], Rotation), window)
-        rows.append({"module": module_of(name), "type": module_type(name), "layer": adapters.layer_of(name),
-                     "shape": list(w0.shape), "alpha": plan.alphas[name], **scalars})
+        rows.append(
+            {
+                "module": module_of(name),
+                "type": module_type(name),
+                "layer": adapters.layer_of(name),
+                "shape": list(w0.shape),
+                "alpha": plan.alphas[name],
+                **scalars,
+            }
+        )
         arrays.update({f"{module_of(name)}::{key}": value.numpy() for key, value in profiles.items()})
         del w0
     report_dir(out)
     np.savez_compressed(out / PROFILES, **arrays)
-    report = {"kind": "spectral", **describe(plan), "window": window, "profiles": PROFILES,
-              "plots": plot(rows, arrays, out, f"{plan.update.method.name} {plan.point.describe()}") if plots else [],
-              "matrices": rows, "summary": by_type(rows, SCALARS)}
+    report = {
+        "kind": "spectral",
+        **describe(plan),
+        "window": window,
+        "profiles": PROFILES,
+        "plots": plot(rows, arrays, out, f"{plan.update.method.name} {plan.point.describe()}") if plots else [],
+        "matrices": rows,
+        "summary": by_type(rows, SCALARS),
+    }
     write_json(out / JSON, report)
     return report
 
@@ -113,8 +144,11 @@ def plot(rows: list[dict], arrays: dict, out: Path, title: str = "") -> list[str
     for kind in types:
         mine = [r for r in rows if r["type"] == kind]
         rotation = mine[0]["alignment_mean"] is not None
-        panels = [("retention_deviation", "|u_i^T W' v_i - sigma_i|", True), ("adaptation", "||dW v_i||", True),
-                  ("retention", "u_i^T W' v_i / sigma_i", False)]
+        panels = [
+            ("retention_deviation", "|u_i^T W' v_i - sigma_i|", True),
+            ("adaptation", "||dW v_i||", True),
+            ("retention", "u_i^T W' v_i / sigma_i", False),
+        ]
         if rotation:
             panels.append(("alignment", "|cos(v_i, v'_i)|", False))
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110, squeeze=False)
@@ -124,8 +158,7 @@ def plot(rows: list[dict], arrays: dict, out: Path, title: str = "") -> list[str
                 y = arrays[f"{r['module']}::{key}"]
                 if key == "retention":
                     y = y / np.maximum(arrays[f"{r['module']}::sigma"], 1e-30)
-                ax.plot(y, lw=0.8, color=shade,
-                        label=f"layer {r['layer']}" if r["layer"] is not None else r["module"])
+                ax.plot(y, lw=0.8, color=shade, label=f"layer {r['layer']}" if r["layer"] is not None else r["module"])
             ax.set_xlabel("singular index i (descending sigma_i)")
             ax.set_title(label, fontsize=9)
             if log:

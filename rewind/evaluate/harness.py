@@ -50,7 +50,7 @@ PRIMARY_METRICS = {"minerva_math500": "math_verify,none"}
 DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
 PASS_SUFFIX, PASS_FILTER = ":pass@k", "pass_at_k"
 # Primary metrics that are not already a 0-1 "higher is better" value, mapped to 0-100.
-SCORE_MAPS = {"bits_per_byte": lambda bpb: 100.0 * 2.0 ** -bpb}
+SCORE_MAPS = {"bits_per_byte": lambda bpb: 100.0 * 2.0**-bpb}
 
 
 # Seeds the shuffle before a single-split task is halved; fixed, so every run halves a task the same way.
@@ -69,6 +69,7 @@ class Suite:
 class Items:
     """What one phase scores of one task: positions [start, stop) among the `size` items of lm-eval's split
     `split`, in their own order, or (`seed` set: a single-split task's half) in their shuffle by `seed`."""
+
     split: str
     size: int
     start: int
@@ -80,7 +81,7 @@ class Items:
         order = list(range(self.size))
         if self.seed is not None:
             random.Random(self.seed).shuffle(order)
-        return sorted(order[self.start:self.stop])
+        return sorted(order[self.start : self.stop])
 
     def record(self) -> dict:
         return {"split": self.split, "items": [self.start, self.stop], "of": self.size, "seed": self.seed}
@@ -120,8 +121,11 @@ def use_bundled_nltk_data() -> None:
 class _DropExpectedNotices(logging.Filter):
     # lm-eval warns on every load of a `custom_dataset` task (all bundled tasks) about a CLI option, and on every
     # HFLM built around a live model (what rewind always does) that it was not given a name.
-    EXPECTED = ("Custom kwargs can be passed to `--metadata`", "`pretrained` model kwarg is not of type `str`",
-                "Passed an already-initialized model through `pretrained`")
+    EXPECTED = (
+        "Custom kwargs can be passed to `--metadata`",
+        "`pretrained` model kwarg is not of type `str`",
+        "Passed an already-initialized model through `pretrained`",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.EXPECTED)
@@ -177,13 +181,21 @@ def load(suite: Suite, task: str) -> dict:
         return _manager(suite, task).load([task])
     except FileNotFoundError as exc:
         if suite.include_path is not None:  # a bundled data file is gone: the install is damaged
-            raise RewindError(f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
-                              f"python -m rewind.evaluate.suites.build") from exc
+            raise RewindError(
+                f"task {task}: data file {exc.filename} is missing; reinstall rewind or run "
+                f"python -m rewind.evaluate.suites.build"
+            ) from exc
         raise _unloadable(task, exc) from exc
     except ConnectionError as exc:  # lm-eval's own tasks fetch their data from the hub (datasets raises this)
-        raise RewindError(f"task {task}: its data is not in the local HF cache; " + (
-            models.ONLINE_HINT if models.offline() else f"the hub is unreachable ({exc}); check the network "
-            "or use a bundled suite (math-offline, general-offline, ...)")) from exc
+        raise RewindError(
+            f"task {task}: its data is not in the local HF cache; "
+            + (
+                models.ONLINE_HINT
+                if models.offline()
+                else f"the hub is unreachable ({exc}); check the network "
+                "or use a bundled suite (math-offline, general-offline, ...)"
+            )
+        ) from exc
     except Exception as exc:  # lm-eval fails in many ways on a bad YAML or absent data
         raise _unloadable(task, exc) from exc
 
@@ -218,8 +230,10 @@ def _resolve(name: str, dirs: tuple[str, ...]) -> Suite:
             tagged = entry.kind.name == "TAG"  # a suite of the tasks it names, as the bundled suites are
             return Suite(name, tuple(sorted(entry.tags)) if tagged else (name,), None, dirs)
     known = ", ".join([*BUNDLED, *PAPER_SUITES])
-    raise RewindError(f"unknown suite {name!r}: use one of {known}, a bundled task, an lm-eval task name, a task "
-                      f"YAML file, or a task in a dir given with --include-path")
+    raise RewindError(
+        f"unknown suite {name!r}: use one of {known}, a bundled task, an lm-eval task name, a task "
+        f"YAML file, or a task in a dir given with --include-path"
+    )
 
 
 def _yaml_suite(name: str, dirs: tuple[str, ...]) -> Suite:
@@ -228,11 +242,16 @@ def _yaml_suite(name: str, dirs: tuple[str, ...]) -> Suite:
     if not path.is_file():
         raise RewindError(f"task file {name}: no such file")
     dirs = tuple(dict.fromkeys([*dirs, str(path.parent)]))
-    found = [key for key, entry in _user_manager(dirs).task_index.items()
-             if entry.yaml_path is not None and Path(entry.yaml_path).resolve() == path]
+    found = [
+        key
+        for key, entry in _user_manager(dirs).task_index.items()
+        if entry.yaml_path is not None and Path(entry.yaml_path).resolve() == path
+    ]
     if not found:
-        raise RewindError(f"task file {name}: lm-eval does not read it as a task or group (or a YAML of the same "
-                          f"task name in its dir or an include dir takes precedence)")
+        raise RewindError(
+            f"task file {name}: lm-eval does not read it as a task or group (or a YAML of the same "
+            f"task name in its dir or an include dir takes precedence)"
+        )
     return Suite(name, (found[0],), None, dirs)
 
 
@@ -246,8 +265,10 @@ def use_chat_template(mode: str, tokenizer) -> bool:
         raise RewindError(f"--chat-template {mode}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
     has = bool(getattr(tokenizer, "chat_template", None))
     if mode == "on" and not has:
-        raise RewindError("--chat-template on: the base's tokenizer has no chat template; pass --chat-template off "
-                          "(plain prompts) or use a base that has one")
+        raise RewindError(
+            "--chat-template on: the base's tokenizer has no chat template; pass --chat-template off "
+            "(plain prompts) or use a base that has one"
+        )
     return has if mode == "auto" else mode == "on"
 
 
@@ -268,8 +289,7 @@ def to_score(metric: str, value: float) -> float:
 def split_items(leaf, phase: str, limit: int | None = None) -> Items:
     """The split policy (module docstring): the items of lm-eval task `leaf` that `phase` scores."""
     name = leaf.get_config("task")
-    declared = list(dict.fromkeys(s for s in (leaf.get_config("validation_split"), leaf.get_config("test_split"))
-                                  if s))
+    declared = list(dict.fromkeys(s for s in (leaf.get_config("validation_split"), leaf.get_config("test_split")) if s))
     if not declared:
         raise RewindError(f"task {name}: it names no validation_split or test_split to score")
     split = declared[1 if phase == "test" and len(declared) == 2 else 0]
@@ -277,8 +297,10 @@ def split_items(leaf, phase: str, limit: int | None = None) -> Items:
     if len(declared) == 2:
         start, stop, seed = 0, size, None
     elif size < 2:
-        raise RewindError(f"task {name}: its one split {split!r} has {size} item(s); validation and test each "
-                          f"take a disjoint half of it, so it needs at least 2")
+        raise RewindError(
+            f"task {name}: its one split {split!r} has {size} item(s); validation and test each "
+            f"take a disjoint half of it, so it needs at least 2"
+        )
     else:
         start, stop, seed = (0, size // 2, SPLIT_SEED) if phase == "validation" else (size // 2, size, SPLIT_SEED)
     if stop == start:
@@ -311,6 +333,7 @@ def phase_docs(leaf, phase: str, limit: int | None = None) -> list:
 @dataclass
 class _Entry:
     """One evaluate() call: a requested task or group, loaded once."""
+
     suite: str
     name: str
     loaded: dict  # TaskManager.load() output
@@ -342,10 +365,20 @@ class Evaluator:
     `chat_template` (auto, on, off): see `use_chat_template`; it applies to the tasks that ask for the template.
     """
 
-    def __init__(self, model, tokenizer, suites: list[Suite], split: str = "validation", limit: int | None = None,
-                 batch_size: int | str | None = None, gen_kwargs: dict[str, Any] | None = None,
-                 pass_k: Sequence[int] = (), sampling: dict[str, Any] | None = None, chat_template: str = "auto",
-                 metrics: dict[str, str] | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        suites: list[Suite],
+        split: str = "validation",
+        limit: int | None = None,
+        batch_size: int | str | None = None,
+        gen_kwargs: dict[str, Any] | None = None,
+        pass_k: Sequence[int] = (),
+        sampling: dict[str, Any] | None = None,
+        chat_template: str = "auto",
+        metrics: dict[str, str] | None = None,
+    ):
         if split not in SPLITS:
             raise RewindError(f"split {split!r}: use one of {', '.join(SPLITS)}")
         if limit is not None and limit < 1:
@@ -369,8 +402,12 @@ class Evaluator:
             ks = sorted({int(k) for k in pass_k})
             if ks[0] < 1:
                 raise RewindError(f"--pass-k {','.join(map(str, pass_k))}: k must be at least 1")
-            self.entries += [self._sampled(suite, task, split, ks, {**DEFAULT_SAMPLING, **(sampling or {})}, limit)
-                             for suite in suites for task in suite.tasks if _generates(self.entries, suite, task)]
+            self.entries += [
+                self._sampled(suite, task, split, ks, {**DEFAULT_SAMPLING, **(sampling or {})}, limit)
+                for suite in suites
+                for task in suite.tasks
+                if _generates(self.entries, suite, task)
+            ]
 
     @staticmethod
     def _load(suite: Suite, task: str, split: str, gen_kwargs: dict[str, Any] | None, limit: int | None) -> _Entry:
@@ -390,8 +427,9 @@ class Evaluator:
         return _Entry(suite.name, task, loaded, chat, split, items)
 
     @classmethod
-    def _sampled(cls, suite: Suite, task: str, split: str, ks: list[int], sampling: dict[str, Any],
-                 limit: int | None) -> _Entry:
+    def _sampled(
+        cls, suite: Suite, task: str, split: str, ks: list[int], sampling: dict[str, Any], limit: int | None
+    ) -> _Entry:
         """`task` answered max(ks) times per item with sampling; each response scored by an untouched copy."""
         from lm_eval.api.metrics import mean
         from lm_eval.filters import build_filter_ensemble
@@ -413,8 +451,9 @@ class Evaluator:
             leaf._metric_fn_list = dict.fromkeys(names)
             leaf._aggregation_list = dict.fromkeys(names, mean)
             leaf._higher_is_better = dict.fromkeys(names, True)
-        return _Entry(suite.name + PASS_SUFFIX, task, entry.loaded, entry.chat, split, entry.items,
-                      f"pass@{n},{PASS_FILTER}")
+        return _Entry(
+            suite.name + PASS_SUFFIX, task, entry.loaded, entry.chat, split, entry.items, f"pass@{n},{PASS_FILTER}"
+        )
 
     @property
     def task_names(self) -> list[str]:
@@ -445,8 +484,15 @@ class Evaluator:
         samples = entry.samples()
         start = time.perf_counter()
         chat = entry.chat and self.chat
-        out = evaluate(lm=self.lm, task_dict=entry.loaded, limit=None if samples else self.limit, samples=samples,
-                       log_samples=False, apply_chat_template=chat, confirm_run_unsafe_code=sandboxed)
+        out = evaluate(
+            lm=self.lm,
+            task_dict=entry.loaded,
+            limit=None if samples else self.limit,
+            samples=samples,
+            log_samples=False,
+            apply_chat_template=chat,
+            confirm_run_unsafe_code=sandboxed,
+        )
         seconds = time.perf_counter() - start
         return _result(entry, out, seconds, chat, self.metrics)
 
@@ -457,8 +503,9 @@ def _check_metrics(metrics: dict[str, str], suites: list[Suite], entries: list[_
     names = {s.name for s in suites} | {e.name for e in entries}
     for key, metric in metrics.items():
         if key not in names:
-            raise RewindError(f"--metric {key}={metric}: {key} is no task or suite of this run "
-                              f"({', '.join(sorted(names))})")
+            raise RewindError(
+                f"--metric {key}={metric}: {key} is no task or suite of this run ({', '.join(sorted(names))})"
+            )
     for entry in entries:
         chosen = metrics.get(entry.name) or metrics.get(entry.suite)
         leaf = entry.loaded["tasks"].get(entry.name)
@@ -467,33 +514,48 @@ def _check_metrics(metrics: dict[str, str], suites: list[Suite], entries: list[_
         higher = leaf.higher_is_better()
         name = chosen.split(",")[0]
         if name not in higher:
-            raise RewindError(f"--metric {entry.name}={chosen}: task {entry.name} has metrics "
-                              f"{', '.join(higher)}")
+            raise RewindError(f"--metric {entry.name}={chosen}: task {entry.name} has metrics {', '.join(higher)}")
         _check_direction(entry.name, chosen, name, higher[name])
 
 
 def _check_direction(task: str, chosen: str, name: str, higher: bool | None) -> None:
     if higher is False and name not in SCORE_MAPS:
-        raise RewindError(f"--metric {task}={chosen}: lower is better for {name}, and scores are higher-is-better "
-                          f"(0-100); choose a higher-is-better metric")
+        raise RewindError(
+            f"--metric {task}={chosen}: lower is better for {name}, and scores are higher-is-better "
+            f"(0-100); choose a higher-is-better metric"
+        )
 
 
 def _result(entry: _Entry, out: dict, seconds: float, chat: bool, chosen: dict[str, str]) -> TaskResult:
     values = out["results"][entry.name]
     # Only numbers: results.jsonl stays strict JSON (a NaN secondary metric is left out, not written as NaN).
-    metrics = {k: float(v) for k, v in values.items()
-               if "," in k and "_stderr," not in k and isinstance(v, (int, float)) and math.isfinite(v)}
+    metrics = {
+        k: float(v)
+        for k, v in values.items()
+        if "," in k and "_stderr," not in k and isinstance(v, (int, float)) and math.isfinite(v)
+    }
     metric = _primary_metric(entry, out, chosen)
     value = values.get(metric)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RewindError(f"task {entry.name}, {entry.where()}: lm-eval gave {metric} = {value!r}, not a number, "
-                          f"so it has no score")
+        raise RewindError(
+            f"task {entry.name}, {entry.where()}: lm-eval gave {metric} = {value!r}, not a number, so it has no score"
+        )
     stderr = values.get(metric.replace(",", "_stderr,", 1))
     n = sum(out["n-samples"][leaf]["effective"] for leaf in entry.loaded["tasks"])
-    return TaskResult(entry.suite, entry.name, entry.phase, metric, float(value),
-                      float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
-                      to_score(metric, value), seconds, n, metrics, chat,
-                      {name: items.record() for name, items in entry.items.items()})
+    return TaskResult(
+        entry.suite,
+        entry.name,
+        entry.phase,
+        metric,
+        float(value),
+        float(stderr) if isinstance(stderr, (int, float)) and math.isfinite(stderr) else None,
+        to_score(metric, value),
+        seconds,
+        n,
+        metrics,
+        chat,
+        {name: items.record() for name, items in entry.items.items()},
+    )
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
@@ -539,5 +601,7 @@ def _primary_metric(entry: _Entry, out: dict, chosen: dict[str, str]) -> str:
         metric = key.split(",")[0]
         if higher.get(metric) or metric in SCORE_MAPS:
             return key
-    raise RewindError(f"task {entry.name}: no higher-is-better metric among {list(out['results'][entry.name])}; "
-                      f"choose one with --metric {entry.name}=METRIC")
+    raise RewindError(
+        f"task {entry.name}: no higher-is-better metric among {list(out['results'][entry.name])}; "
+        f"choose one with --metric {entry.name}=METRIC"
+    )

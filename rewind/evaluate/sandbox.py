@@ -57,8 +57,14 @@ os.write(1, {done!r})
 """
 
 # The environment, whole: nothing is inherited. One thread per numeric library, since no new threads can start.
-_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-        "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 @dataclass(frozen=True)
@@ -74,18 +80,31 @@ class Result:
 
 def run(program: str, timeout: float = TIMEOUT, memory: int = MEMORY) -> Result:
     """Run `program` (Python source) in a fresh, limited process; passed = it ran to its end without an error."""
-    limits = [("RLIMIT_CPU", math.ceil(timeout) + 1),  # backstop: the wall clock below normally kills first
-              ("RLIMIT_AS", memory), ("RLIMIT_FSIZE", FILE_SIZE), ("RLIMIT_CORE", 0),
-              ("RLIMIT_NPROC", 1)]  # no fork or thread; not enforced for root
+    limits = [
+        ("RLIMIT_CPU", math.ceil(timeout) + 1),  # backstop: the wall clock below normally kills first
+        ("RLIMIT_AS", memory),
+        ("RLIMIT_FSIZE", FILE_SIZE),
+        ("RLIMIT_CORE", 0),
+        ("RLIMIT_NPROC", 1),
+    ]  # no fork or thread; not enforced for root
     runner = _RUNNER.format(limits=limits, done=_DONE)
-    with tempfile.TemporaryDirectory(prefix="rewind-sandbox-", ignore_cleanup_errors=True) as cwd, \
-            tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:  # outside cwd: it cannot find them
+    with (
+        tempfile.TemporaryDirectory(prefix="rewind-sandbox-", ignore_cleanup_errors=True) as cwd,
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+    ):  # outside cwd: it cannot find them
         with open(os.path.join(cwd, "program.py"), "w", encoding="utf-8") as f:
             f.write(program)
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", runner], cwd=cwd,
-                                env={**_ENV, "HOME": cwd, "TMPDIR": cwd}, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-B", "-c", runner],
+            cwd=cwd,
+            env={**_ENV, "HOME": cwd, "TMPDIR": cwd},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=timeout)
             timed_out = False

@@ -46,8 +46,10 @@ class Path(ABC):
     def __init__(self, items: Sequence[Bound], **options):
         for item in items:
             if not self.accepts(item.delta):
-                raise RewindError(f"path {self.name!r} does not apply to {item.name} "
-                                  f"({type(item.delta).__name__} update); try --path auto")
+                raise RewindError(
+                    f"path {self.name!r} does not apply to {item.name} "
+                    f"({type(item.delta).__name__} update); try --path auto"
+                )
         self.items = list(items)
 
     @classmethod

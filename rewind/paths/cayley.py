@@ -32,8 +32,9 @@ class Cayley(Path):
         groups: dict[tuple, list] = {}  # (block size, neumann terms) -> items sharing one batched solve
         for item in self.items:
             groups.setdefault((item.delta.block_size, item.delta.neumann_terms), []).append(item)
-        self._Q = {key: torch.cat([i.delta.Q.to(i.w0.device, torch.float32) for i in group])
-                   for key, group in groups.items()}
+        self._Q = {
+            key: torch.cat([i.delta.Q.to(i.w0.device, torch.float32) for i in group]) for key, group in groups.items()
+        }
         self._spans = {}  # key -> (item, its first block in the group's Q, its number of blocks)
         for key, group in groups.items():
             starts = itertools.accumulate((len(i.delta.Q) for i in group), initial=0)
@@ -61,7 +62,7 @@ class Cayley(Path):
                     batch = (item.w0.shape, item.w0.dtype, item.w0.device, n == 1)
                     batches.setdefault(batch, []).append((item.w0, item.out, start))
                 else:
-                    d = D[start:start + n]
+                    d = D[start : start + n]
                     computed(item, lambda w0, out, d=d: rotate_add(w0, d, out))
             for (*_, shared), jobs in batches.items():
                 fused.rotate_add_many(jobs, D, shared)
@@ -86,8 +87,9 @@ def rotate_add(w0: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = Non
         return torch.add(w0, rotate(w0, d), out=out)  # views need dense rows; out must not overwrite w0 early
     blocks = fan_in // b
     d = d.expand(blocks, b, b).contiguous()  # block_share: one block repeated (a copy of b x b blocks, no stride 0)
-    torch.bmm(w0.view(rows, blocks, b).transpose(0, 1), d.transpose(1, 2),
-              out=out.view(rows, blocks, b).transpose(0, 1))
+    torch.bmm(
+        w0.view(rows, blocks, b).transpose(0, 1), d.transpose(1, 2), out=out.view(rows, blocks, b).transpose(0, 1)
+    )
     return out.add_(w0)
 
 

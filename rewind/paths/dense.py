@@ -26,4 +26,4 @@ class Dense(Path):
     def _write(self, moving):
         for item, alpha in moving:
             w1 = self._w1[id(item)]
-            computed(item, lambda w0, out: torch.lerp(w0, w1, alpha, out=out))
+            computed(item, lambda w0, out, w1=w1, a=alpha: torch.lerp(w0, w1, a, out=out))

@@ -30,8 +30,12 @@ class Dora(Path):
     def _prepare(item):
         # fp32 throughout: every row is divided by its norm, so a bf16 norm's rounding would rescale whole rows
         d, device = item.delta, item.w0.device
-        return (d.B.to(device, torch.float32), d.A.to(device, torch.float32), base_norms(item.w0),
-                d.magnitude.to(device, torch.float32))
+        return (
+            d.B.to(device, torch.float32),
+            d.A.to(device, torch.float32),
+            base_norms(item.w0),
+            d.magnitude.to(device, torch.float32),
+        )
 
     def _write(self, moving):
         for item, alpha in moving:

@@ -38,8 +38,16 @@ def available() -> bool:
 
 def enabled(w0: torch.Tensor, out: torch.Tensor | None) -> bool:
     """Whether a path's write of W0 -> out runs here: both dense and aligned on one CUDA device, Triton available."""
-    return (out is not None and w0.is_cuda and out.device == w0.device and out.dtype == w0.dtype
-            and w0.dtype in _DTYPES and _dense(w0) and _dense(out) and available())
+    return (
+        out is not None
+        and w0.is_cuda
+        and out.device == w0.device
+        and out.dtype == w0.dtype
+        and w0.dtype in _DTYPES
+        and _dense(w0)
+        and _dense(out)
+        and available()
+    )
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -75,8 +83,9 @@ def _table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int64).to(device)
 
 
-def lowrank_add(w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor,
-                tile: dict = LOWRANK_TILE) -> torch.Tensor:
+def lowrank_add(
+    w0: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float, out: torch.Tensor, tile: dict = LOWRANK_TILE
+) -> torch.Tensor:
     """out <- w0 + scale * B @ A, for w0/out [m, n], B [m, r], A [r, n], the fp32 sum rounded once (what
     torch.addmm(w0, B, A, alpha=scale) computes). `tile` (BLOCK_M, BLOCK_N, num_warps) is for benchmarks."""
     lowrank_add_many([(w0, B, A, out, scale)], tile)
@@ -92,14 +101,25 @@ def lowrank_add_many(jobs: Sequence[tuple], tile: dict = LOWRANK_TILE) -> None:
     # in W's dtype (the kernel reads every address as one); temporaries may go when this returns: the caching
     # allocator hands their memory out again only to work queued after the launch
     factors = [(_aligned(B.to(w0.dtype)), _aligned(A.to(w0.dtype))) for _, B, A, _, _ in jobs]
-    table = _table([[j[0].data_ptr(), B.data_ptr(), A.data_ptr(), j[3].data_ptr()]
-                    for j, (B, A) in zip(jobs, factors)], w0.device)
+    table = _table(
+        [[j[0].data_ptr(), B.data_ptr(), A.data_ptr(), j[3].data_ptr()] for j, (B, A) in zip(jobs, factors)], w0.device
+    )
     scales = torch.tensor([float(j[4]) for j in jobs], dtype=torch.float32).to(w0.device)
     grid = (triton.cdiv(n, tile["BLOCK_N"]), triton.cdiv(m, tile["BLOCK_M"]), len(jobs))
     rank_step = max(16, min(64, triton.next_power_of_2(rank)))  # tl.dot's K is 16 at least; ranks > 64 loop
     kernels.lowrank_add[grid](
-        table, scales, m, n, R=rank, BLOCK_M=tile["BLOCK_M"], BLOCK_N=tile["BLOCK_N"], BLOCK_R=rank_step,
-        DTYPE=_DTYPES[w0.dtype](tl), PRECISION=_precision(w0.dtype), num_warps=tile["num_warps"])
+        table,
+        scales,
+        m,
+        n,
+        R=rank,
+        BLOCK_M=tile["BLOCK_M"],
+        BLOCK_N=tile["BLOCK_N"],
+        BLOCK_R=rank_step,
+        DTYPE=_DTYPES[w0.dtype](tl),
+        PRECISION=_precision(w0.dtype),
+        num_warps=tile["num_warps"],
+    )
 
 
 def rotate_add_supported(block: int) -> bool:
@@ -125,9 +145,21 @@ def rotate_add_many(jobs: Sequence[tuple], d: torch.Tensor, shared: bool, rows: 
     table = _table([[j[0].data_ptr(), j[1].data_ptr(), j[2] * b * b] for j in jobs], w0.device)
     grid = (n // b, triton.cdiv(m, rows), len(jobs))
     kernels.rotate_add[grid](
-        table, d, m, n, 0 if shared else b * b, BLOCK_M=rows, BLOCK=b, DTYPE=_DTYPES[w0.dtype](tl),
-        PRECISION=_precision(w0.dtype), num_warps=4)
+        table,
+        d,
+        m,
+        n,
+        0 if shared else b * b,
+        BLOCK_M=rows,
+        BLOCK=b,
+        DTYPE=_DTYPES[w0.dtype](tl),
+        PRECISION=_precision(w0.dtype),
+        num_warps=4,
+    )
 
 
-_DTYPES = {torch.bfloat16: lambda tl: tl.bfloat16, torch.float16: lambda tl: tl.float16,
-           torch.float32: lambda tl: tl.float32}
+_DTYPES = {
+    torch.bfloat16: lambda tl: tl.bfloat16,
+    torch.float16: lambda tl: tl.float16,
+    torch.float32: lambda tl: tl.float32,
+}

@@ -26,9 +26,12 @@ KINDS = ("uniform", "list", "ramp", "balanced")
 def _numbers(values, spec) -> tuple[float, ...]:
     """`values` as alphas: numbers only (JSON true/false are ints to Python, and would pass as 1 and 0)."""
     if not isinstance(values, (list, tuple)) or not all(
-            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
-        raise RewindError(f"layer schedule {spec!r}: give uniform, ramp, balanced, a comma list of alphas "
-                          f"or a JSON file with a list of numbers")
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values
+    ):
+        raise RewindError(
+            f"layer schedule {spec!r}: give uniform, ramp, balanced, a comma list of alphas "
+            f"or a JSON file with a list of numbers"
+        )
     return tuple(float(v) for v in values)
 
 
@@ -66,8 +69,10 @@ class Schedule:
             if not strengths:
                 raise RewindError("balanced schedule: the update touches no transformer layer")
             median = statistics.median(strengths.values())
-            return [alpha * min(1.0, median / strengths[layer]) if strengths.get(layer) else alpha
-                    for layer in range(num_layers)]
+            return [
+                alpha * min(1.0, median / strengths[layer]) if strengths.get(layer) else alpha
+                for layer in range(num_layers)
+            ]
         raise RewindError(f"unknown layer schedule {self.kind!r}; choose one of {', '.join(KINDS)}")
 
     def describe(self) -> str:

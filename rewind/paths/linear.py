@@ -46,11 +46,12 @@ class Linear(Path):
                     key = (item.w0.shape, item.w0.dtype, item.w0.device, B.shape[1])
                     batches.setdefault(key, []).append((item.w0, B, A, item.out, alpha * d.scale))
                 else:
-                    computed(item, lambda w0, out: torch.addmm(w0, B, A, alpha=alpha * d.scale, out=out))
+                    scale = alpha * d.scale
+                    computed(item, lambda w0, out, B=B, A=A, s=scale: torch.addmm(w0, B, A, alpha=s, out=out))
             elif isinstance(d, Scale):
                 factor = ia3_factor(state, alpha).reshape(d._shape(item.w0))
-                computed(item, lambda w0, out: torch.mul(w0, factor.to(w0.dtype), out=out))
+                computed(item, lambda w0, out, f=factor: torch.mul(w0, f.to(w0.dtype), out=out))
             else:
-                computed(item, lambda w0, out: torch.lerp(w0, state, alpha, out=out))
+                computed(item, lambda w0, out, w1=state, a=alpha: torch.lerp(w0, w1, a, out=out))
         for jobs in batches.values():
             fused.lowrank_add_many(jobs)

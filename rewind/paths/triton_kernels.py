@@ -11,8 +11,18 @@ def address(table, index, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def lowrank_add(table, scales, M, N, R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_R: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+def lowrank_add(
+    table,
+    scales,
+    M,
+    N,
+    R: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     t = tl.program_id(2)
     w0, b = address(table, 4 * t, DTYPE), address(table, 4 * t + 1, DTYPE)
     a, out = address(table, 4 * t + 2, DTYPE), address(table, 4 * t + 3, DTYPE)
@@ -22,10 +32,8 @@ def lowrank_add(table, scales, M, N, R: tl.constexpr, BLOCK_M: tl.constexpr, BLO
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in tl.static_range(0, R, BLOCK_R):  # the rank is a compile-time constant: few distinct values
         ks = k0 + tl.arange(0, BLOCK_R)
-        b_tile = tl.load(b + rows[:, None] * R + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < R),
-                         other=0.0)
-        a_tile = tl.load(a + ks[:, None] * N + cols[None, :], mask=(ks[:, None] < R) & (cols[None, :] < N),
-                         other=0.0)
+        b_tile = tl.load(b + rows[:, None] * R + ks[None, :], mask=(rows[:, None] < M) & (ks[None, :] < R), other=0.0)
+        a_tile = tl.load(a + ks[:, None] * N + cols[None, :], mask=(ks[:, None] < R) & (cols[None, :] < N), other=0.0)
         acc = tl.dot(b_tile.to(tl.float32), a_tile.to(tl.float32), acc, input_precision=PRECISION)
     inside = (rows[:, None] < M) & (cols[None, :] < N)
     offsets = rows[:, None].to(tl.int64) * N + cols[None, :]
@@ -34,8 +42,17 @@ def lowrank_add(table, scales, M, N, R: tl.constexpr, BLOCK_M: tl.constexpr, BLO
 
 
 @triton.jit
-def rotate_add(table, d, M, N, d_block_stride,
-               BLOCK_M: tl.constexpr, BLOCK: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+def rotate_add(
+    table,
+    d,
+    M,
+    N,
+    d_block_stride,
+    BLOCK_M: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     t = tl.program_id(2)
     w0, out = address(table, 3 * t, DTYPE), address(table, 3 * t + 1, DTYPE)
     first = tl.load(table + 3 * t + 2)

@@ -28,5 +28,15 @@ def checkpoint_dirs(out_dir):
     return _checkpoint_dirs(out_dir)
 
 
-__all__ = ["BudgetRow", "Recipe", "available", "budget_table", "checkpoint_dirs", "format_table", "load_recipe",
-           "recipe_path", "recipe_variants", "train"]
+__all__ = [
+    "BudgetRow",
+    "Recipe",
+    "available",
+    "budget_table",
+    "checkpoint_dirs",
+    "format_table",
+    "load_recipe",
+    "recipe_path",
+    "recipe_variants",
+    "train",
+]

@@ -56,8 +56,11 @@ def save(model, directory: Path, method: methods.Method, side: dict, out_dir: Pa
         # training RNG (other dropout masks from here on) and its load leaves the model in eval mode.
         was_training = model.training
         with torch.random.fork_rng():
-            model.save_pretrained(directory, selected_adapters=[inits.ADAPTER],
-                                  path_initial_model_for_weight_conversion=str(out_dir / INIT_DIR))
+            model.save_pretrained(
+                directory,
+                selected_adapters=[inits.ADAPTER],
+                path_initial_model_for_weight_conversion=str(out_dir / INIT_DIR),
+            )
         model.train(was_training)
     else:
         model.save_pretrained(directory, selected_adapters=[inits.ADAPTER])

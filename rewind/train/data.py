@@ -47,9 +47,11 @@ def generator_settings(spec: DataSpec) -> dict[str, dict]:
         raise RewindError(f"data.generators: name reasoning-gym generators (e.g. [basic_arithmetic]) or {SUITE}")
     last = spec.seed + spec.size - 1
     if spec.size < 1 or spec.seed < 1 or last >= TRAIN_SEED_LIMIT:
-        raise RewindError(f"data.seed={spec.seed}, data.size={spec.size}: items use seeds {spec.seed}..{last}, but "
-                          f"training seeds must lie in [1, {TRAIN_SEED_LIMIT - 1}] (the eval suites' items come "
-                          f"from above)")
+        raise RewindError(
+            f"data.seed={spec.seed}, data.size={spec.size}: items use seeds {spec.seed}..{last}, but "
+            f"training seeds must lie in [1, {TRAIN_SEED_LIMIT - 1}] (the eval suites' items come "
+            f"from above)"
+        )
     settings: dict[str, dict] = {}
     for name in spec.generators:
         if name == SUITE:
@@ -86,9 +88,14 @@ def _reasoning_gym_rows(spec: DataSpec) -> list[dict]:
     for name, dataset in reasoning_gym_datasets(spec).items():
         for i, item in enumerate(dataset):
             answer = spec.answer_format.format(answer=item["answer"])
-            rows.append({"prompt": _messages(spec, item["question"]),
-                         "completion": [{"role": "assistant", "content": answer}],
-                         "rg_source": name, "rg_index": i})
+            rows.append(
+                {
+                    "prompt": _messages(spec, item["question"]),
+                    "completion": [{"role": "assistant", "content": answer}],
+                    "rg_source": name,
+                    "rg_index": i,
+                }
+            )
     return rows
 
 
@@ -100,10 +107,14 @@ def _table_rows(spec: DataSpec) -> list[dict]:
         if not all((str(field_value(row, f)) == v) == equal for f, equal, v in conditions):
             continue
         truth = str(field_value(row, spec.ground_truth))
-        rows.append({"prompt": _messages(spec, str(field_value(row, spec.question))),
-                     "completion": [{"role": "assistant", "content": str(field_value(row, spec.answer))}],
-                     # math-verify reads a bare gold answer only inside math delimiters
-                     "solution": truth if "$" in truth or "boxed" in truth else f"${truth}$"})
+        rows.append(
+            {
+                "prompt": _messages(spec, str(field_value(row, spec.question))),
+                "completion": [{"role": "assistant", "content": str(field_value(row, spec.answer))}],
+                # math-verify reads a bare gold answer only inside math delimiters
+                "solution": truth if "$" in truth or "boxed" in truth else f"${truth}$",
+            }
+        )
         if spec.limit and len(rows) >= spec.limit:
             break
     return rows
@@ -123,9 +134,11 @@ def load_table(spec: DataSpec):
     except RewindError:
         raise
     except Exception as exc:  # broad: hub, network and format errors come in many types
-        raise RewindError(f"data.path {spec.path}: cannot load ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); without the hub, download it once and "
-                          f"set data.path to the local file") from exc
+        raise RewindError(
+            f"data.path {spec.path}: cannot load ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); without the hub, download it once and "
+            f"set data.path to the local file"
+        ) from exc
 
 
 def field_value(row: dict, path: str):

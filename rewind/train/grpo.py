@@ -64,5 +64,11 @@ def reward_functions(reward: RewardSpec, spec: DataSpec) -> tuple[list, list[flo
 def make_trainer(model, tokenizer, rows, args: dict, reward: RewardSpec, spec: DataSpec, callbacks):
     funcs, weights = reward_functions(reward, spec)
     cls = checkpoints.trainer_class(GRPOTrainer)
-    return cls(model=model, reward_funcs=funcs, args=GRPOConfig(**args, reward_weights=weights),
-               train_dataset=rows.remove_columns(["completion"]), processing_class=tokenizer, callbacks=callbacks)
+    return cls(
+        model=model,
+        reward_funcs=funcs,
+        args=GRPOConfig(**args, reward_weights=weights),
+        train_dataset=rows.remove_columns(["completion"]),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

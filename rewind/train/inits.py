@@ -68,8 +68,11 @@ def lora_layers(model):
     """(name, layer) for every peft LoRA layer carrying the default adapter."""
     from peft.tuners.lora import LoraLayer
 
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, LoraLayer) and ADAPTER in getattr(m, "lora_A", {})]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, LoraLayer) and ADAPTER in getattr(m, "lora_A", {})
+    ]
 
 
 def initialize(model, method: str, opts, tokenizer=None, rows=None, seed: int = 0) -> None:
@@ -171,9 +174,10 @@ def mean_gradients(model, tokenizer, rows, examples: int, max_length: int, seed:
 def completion_tokens(tokenizer, prompt: list[dict], completion: list[dict], max_length: int):
     """(input_ids, labels) of a chat example with the prompt masked out, as TRL's completion-only SFT loss."""
     full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
-    head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                         return_dict=True)["input_ids"]
-    labels = [-100] * len(head) + list(full[len(head):])
+    head = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)[
+        "input_ids"
+    ]
+    labels = [-100] * len(head) + list(full[len(head) :])
     return list(full)[:max_length], labels[:max_length]
 
 

@@ -37,10 +37,17 @@ DOMAINS = ("math", "medical")
 DATA_SOURCES = ("reasoning_gym", "hub", "unavailable")
 REWARDS = ("reasoning_gym", "math")
 # Trainer arguments rewind sets itself, and the recipe key that controls each.
-RESERVED_TRAINER_KEYS = {"output_dir": "the out_dir argument", "seed": "seed", "data_seed": "seed",
-                         "save_steps": "save_steps", "save_strategy": "save_steps", "resume_from_checkpoint": "resume",
-                         "use_cpu": "device", "report_to": "(rewind writes train_log.jsonl)",
-                         "reward_weights": "reward.format_weight"}
+RESERVED_TRAINER_KEYS = {
+    "output_dir": "the out_dir argument",
+    "seed": "seed",
+    "data_seed": "seed",
+    "save_steps": "save_steps",
+    "save_strategy": "save_steps",
+    "resume_from_checkpoint": "resume",
+    "use_cpu": "device",
+    "report_to": "(rewind writes train_log.jsonl)",
+    "reward_weights": "reward.format_weight",
+}
 
 
 def recipe_path(name: str | Path) -> Path | Traversable:
@@ -139,7 +146,7 @@ def read_yaml(path: Path | Traversable) -> dict:
 
 def _stem(entry: Traversable) -> str:
     """A YAML file's name without .yaml; "" for anything else."""
-    return entry.name[:-len(".yaml")] if entry.is_file() and entry.name.endswith(".yaml") else ""
+    return entry.name[: -len(".yaml")] if entry.is_file() and entry.name.endswith(".yaml") else ""
 
 
 def _alias_preset(base: str) -> str:
@@ -170,8 +177,10 @@ def _validate(r: Recipe) -> None:
     if r.save_steps < 1:
         raise RewindError(f"save_steps: must be >= 1, got {r.save_steps}")
     if r.data.source not in DATA_SOURCES:
-        raise RewindError(f"data.source: {r.data.source!r} is not one of {', '.join(DATA_SOURCES)} "
-                          f"(no preset set it: pick one with preset=NAME or set data.*)")
+        raise RewindError(
+            f"data.source: {r.data.source!r} is not one of {', '.join(DATA_SOURCES)} "
+            f"(no preset set it: pick one with preset=NAME or set data.*)"
+        )
     if r.kind == "grpo" and r.reward.type not in REWARDS:
         raise RewindError(f"reward.type: {r.reward.type!r} is not one of {', '.join(REWARDS)}")
     if r.kind == "grpo" and r.reward.type == "reasoning_gym" and r.data.source != "reasoning_gym":
@@ -186,8 +195,11 @@ def _validate(r: Recipe) -> None:
 
         r.peft = check_fields(r.peft, getattr(peft, method.config_class), "peft")
     inits.options(method.name, r.init)
-    r.trainer = check_fields(r.trainer, sft.CONFIG if r.kind == "sft" else grpo.CONFIG, "trainer",
-                             RESERVED_TRAINER_KEYS)
+    r.trainer = check_fields(
+        r.trainer, sft.CONFIG if r.kind == "sft" else grpo.CONFIG, "trainer", RESERVED_TRAINER_KEYS
+    )
     if r.kind == "grpo" and method.peft_type == "ADALORA" and r.trainer.get("beta", 0.0):
-        raise RewindError("trainer.beta: GRPO with adalora needs beta=0 (TRL keeps the KL reference as a second "
-                          "adapter, and peft's AdaLoRA allows only one)")
+        raise RewindError(
+            "trainer.beta: GRPO with adalora needs beta=0 (TRL keeps the KL reference as a second "
+            "adapter, and peft's AdaLoRA allows only one)"
+        )

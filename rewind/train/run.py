@@ -17,8 +17,12 @@ from .schema import Recipe
 _RESUMABLE_CHANGES = {"resume", "trainer.max_steps", "trainer.num_train_epochs"}
 
 
-def train(recipe: str | Path | dict, overrides: list[str] | tuple[str, ...] = (), out_dir: str | Path = "",
-          callbacks: list | tuple = ()) -> Path:
+def train(
+    recipe: str | Path | dict,
+    overrides: list[str] | tuple[str, ...] = (),
+    out_dir: str | Path = "",
+    callbacks: list | tuple = (),
+) -> Path:
     """Train `recipe` (a YAML path, a shipped name like "sft/lora", or a dict) with `key=value` overrides into
     `out_dir`; returns `out_dir`, which then holds the final adapter (or full model) and checkpoint-<step> dirs.
     `callbacks`: extra transformers TrainerCallbacks (live plots in a notebook, early stopping, ...)."""
@@ -57,8 +61,16 @@ def _set_up(recipe, spec: Recipe, out: Path, device: str, callbacks):
     if method.config_class is not None:
         model = _peft_model(model, spec, tokenizer, rows, out, resuming=resume_from is not None)
 
-    args = {**spec.trainer, "output_dir": str(out), "seed": spec.seed, "data_seed": spec.seed,
-            "save_strategy": "steps", "save_steps": spec.save_steps, "report_to": "none", "use_cpu": device == "cpu"}
+    args = {
+        **spec.trainer,
+        "output_dir": str(out),
+        "seed": spec.seed,
+        "data_seed": spec.seed,
+        "save_strategy": "steps",
+        "save_steps": spec.save_steps,
+        "report_to": "none",
+        "use_cpu": device == "cpu",
+    }
     callbacks = [checkpoints.RewindCallback(out, method, side), *callbacks]
     if spec.kind == "sft":
         from . import sft
@@ -84,14 +96,17 @@ def _prepare(out: Path, spec: Recipe) -> Path | None:
         if recipe_file.is_file():
             changed = _changed_keys(yaml.safe_load(recipe_file.read_text()) or {}, spec.to_dict()) - _RESUMABLE_CHANGES
             if changed:
-                raise RewindError(f"resume=true: the recipe differs from {recipe_file} in {', '.join(sorted(changed))}"
-                                  f"; a resumed run must keep its recipe (only max_steps/num_train_epochs may grow)")
+                raise RewindError(
+                    f"resume=true: the recipe differs from {recipe_file} in {', '.join(sorted(changed))}"
+                    f"; a resumed run must keep its recipe (only max_steps/num_train_epochs may grow)"
+                )
     else:
         latest = None
         # A run that died before its first checkpoint left nothing worth keeping: starting over is fine.
         if checkpoints.checkpoint_dirs(out) or (out / methods.SIDECAR).is_file():
-            raise RewindError(f"{out} already holds a training run: pass resume=true to continue it, or use an "
-                              f"empty out_dir")
+            raise RewindError(
+                f"{out} already holds a training run: pass resume=true to continue it, or use an empty out_dir"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(spec.to_yaml())
@@ -145,6 +160,8 @@ def _set_adalora_steps(trainer) -> None:
     steps = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     config = trainer.model.peft_config[inits.ADAPTER]
     if steps <= config.tinit + config.tfinal:
-        raise RewindError(f"adalora: {steps} training steps leave no budgeting phase after tinit={config.tinit} and "
-                          f"tfinal={config.tfinal}: lower them (peft.tinit=..., peft.tfinal=...) or train longer")
+        raise RewindError(
+            f"adalora: {steps} training steps leave no budgeting phase after tinit={config.tinit} and "
+            f"tfinal={config.tfinal}: lower them (peft.tinit=..., peft.tfinal=...) or train longer"
+        )
     trainer.model.base_model.rankallocator.set_total_step(steps)

@@ -11,5 +11,10 @@ CONFIG = SFTConfig
 
 def make_trainer(model, tokenizer, rows, args: dict, callbacks):
     cls = checkpoints.trainer_class(SFTTrainer)
-    return cls(model=model, args=SFTConfig(**args), train_dataset=rows.select_columns(["prompt", "completion"]),
-               processing_class=tokenizer, callbacks=callbacks)
+    return cls(
+        model=model,
+        args=SFTConfig(**args),
+        train_dataset=rows.select_columns(["prompt", "completion"]),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )

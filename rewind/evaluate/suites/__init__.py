@@ -20,8 +20,15 @@ SPLITS = ("validation", "test")
 TRAIN_SEED_LIMIT = 100_000
 EVAL_SEED = 1_000_000
 MATH_GENERATORS = {
-    "basic_arithmetic": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2, operators=("+", "-", "*"),
-                             allow_parentheses=False, allow_negation=False),
+    "basic_arithmetic": dict(
+        min_terms=2,
+        max_terms=3,
+        min_digits=1,
+        max_digits=2,
+        operators=("+", "-", "*"),
+        allow_parentheses=False,
+        allow_negation=False,
+    ),
     "chain_sum": dict(min_terms=2, max_terms=3, min_digits=1, max_digits=2),
     "leg_counting": dict(min_animals=2, max_animals=3, min_instances=1, max_instances=5),
 }

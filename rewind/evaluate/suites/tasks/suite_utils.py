@@ -117,8 +117,15 @@ def perplexity(doc: dict, results: list[float]) -> dict:
 CODE_TIMEOUT = 10.0  # seconds per program, far above what the canonical solutions need (suites/README.md)
 _FENCED = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.S)  # to the closing fence, or to the end if cut off
 # Top-level statements kept from a whole-function answer; calls, prints, asserts and `if` blocks are its demo.
-_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
-                ast.AnnAssign)
+_DEFINITIONS = (
+    ast.Import,
+    ast.ImportFrom,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.Assign,
+    ast.AnnAssign,
+)
 
 
 @functools.cache
