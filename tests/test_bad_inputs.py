@@ -228,6 +228,19 @@ def small_disk(case_dir, monkeypatch):
     return lambda: subprocess.run(["umount", str(disk)], check=True)
 
 
+def readonly_mount(case_dir, monkeypatch):
+    """A real read-only filesystem: {tmp}/ro, a read-only bind mount of an empty dir. Needs root."""
+    src, ro = case_dir / "ro-src", case_dir / "ro"
+    src.mkdir()
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here (needs root)")
+    if subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], capture_output=True).returncode:
+        subprocess.run(["umount", str(ro)], check=True)
+        pytest.skip("cannot remount read-only here")
+    return lambda: subprocess.run(["umount", str(ro)], check=True)
+
+
 def alias_dir(case_dir, monkeypatch):
     (case_dir / "alias").symlink_to(case_dir)  # {tmp}/alias/a is {a}
 
@@ -631,6 +644,20 @@ CASES = [
         ["export", "--base", "{base}", "--adapter", "{a}", "--out", "{locked}/out"],
         ("cannot write in", "choose another --out"),
         adapter="lora",
+    ),
+    Case(
+        "out-on-readonly-fs",
+        [*EXPORT_B, "{tmp}/ro/out"],
+        ("--out", "Read-only file system", "choose another --out"),
+        adapter="lora",
+        base="base",
+        setup=readonly_mount,
+    ),
+    Case(
+        "sweep-out-on-readonly-fs",
+        sweep_argv("--out", "{tmp}/ro/sweep"),
+        ("Read-only file system",),
+        setup=readonly_mount,
     ),
     Case(
         "disk-full",
