@@ -1,0 +1,245 @@
+"""Paired statistics over per-item scores: bootstrap intervals that respect the pairing of points.
+
+Data model. A point's per-item scores are {task: array}, in the sweep's units (0-100: an accuracy item scores 0 or
+100), with the same items in the same order for every point (`align` builds that order from doc ids). An axis
+(target, general) is a weighted mean of task means, S = sum_t w_t * mean_i x_ti with sum_t w_t = 1; `suite_weights`
+gives the sweep's weights (the mean over suites of the mean over each suite's tasks).
+
+Every point is scored on the same items, so differences between points are paired: the bootstrap resamples items
+once (within each task, with replacement) and scores every point on that same resample, so the item-level noise
+shared by two points cancels in their difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import ndtr, ndtri
+
+from .errors import RewindError
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided interval at the bootstrap's confidence; str() writes it as a signed
+    difference, one decimal: +4.4 [+1.9, +6.8]."""
+
+    estimate: float
+    low: float
+    high: float
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.low, self.high]
+
+    def __str__(self) -> str:  # +4.4 [+1.9, +6.8]
+        return f"{_signed(self.estimate)} [{_signed(self.low)}, {_signed(self.high)}]"
+
+
+def _signed(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}"  # + 0.0 turns a rounded -0.0 into +0.0
+
+
+def confidently_above(diff: Interval, threshold: float = 0.0) -> bool:
+    """True when the whole interval lies above `threshold` (for a difference: confidently better by more)."""
+    return diff.low > threshold
+
+
+def suite_weights(suites: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Task weights for an axis scored as the mean over suites of the mean of each suite's tasks (as the sweep)."""
+    weights: dict[str, float] = {}
+    for tasks in suites.values():
+        for task in tasks:
+            weights[task] = weights.get(task, 0.0) + 1.0 / (len(suites) * len(tasks))
+    return weights
+
+
+def _normalize(axes: Mapping[str, Sequence[str] | Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """{axis: {task: weight}} with weights summing to 1; a plain task list weighs its tasks equally."""
+    out = {}
+    for axis, tasks in axes.items():
+        weights = dict(tasks) if isinstance(tasks, Mapping) else {t: 1.0 for t in tasks}
+        total = sum(weights.values())
+        if not weights or total <= 0 or any(w < 0 for w in weights.values()):
+            raise RewindError(f"axis {axis!r}: needs tasks with non-negative weights summing above 0")
+        out[axis] = {t: w / total for t, w in weights.items()}
+    return out
+
+
+def align(points: Mapping[str, Mapping[str, Mapping[object, float]]]) -> dict[str, dict[str, np.ndarray]]:
+    """{point: {task: {doc_id: score}}} -> {point: {task: array}}, items in the first point's doc id order.
+
+    Refuses points whose tasks or doc ids differ: paired statistics need the very same items for every point.
+    """
+    if not points:
+        raise RewindError("no points to align")
+    first_name, first = next(iter(points.items()))
+    order = {task: list(docs) for task, docs in first.items()}
+    out = {}
+    for name, tasks in points.items():
+        if set(tasks) != set(order):
+            raise RewindError(f"{name}: tasks {sorted(tasks)} differ from {first_name}'s {sorted(order)}")
+        for task, docs in tasks.items():
+            if set(docs) != set(order[task]):
+                raise RewindError(
+                    f"{name}: {task} items differ from {first_name}'s ({len(docs)} vs "
+                    f"{len(order[task])} doc ids; {len(set(docs) ^ set(order[task]))} not shared)"
+                )
+        out[name] = {task: np.array([tasks[task][d] for d in ids], float) for task, ids in order.items()}
+    return out
+
+
+def _stack(points: Mapping[str, Mapping[str, np.ndarray]], tasks: Sequence[str]) -> dict[str, np.ndarray]:
+    """{task: (points, items) array}, refusing missing tasks, ragged item counts and non-finite scores."""
+    if not points:
+        raise RewindError("no points to compare")
+    out = {}
+    for task in tasks:
+        rows = []
+        for name, scores in points.items():
+            if task not in scores:
+                raise RewindError(f"{name}: no item scores for task {task}")
+            rows.append(np.asarray(scores[task], float).ravel())
+        if len({len(r) for r in rows}) != 1 or len(rows[0]) == 0:
+            raise RewindError(
+                f"{task}: every point needs the same, non-zero number of items (got {sorted({len(r) for r in rows})})"
+            )
+        stacked = np.stack(rows)
+        if not np.isfinite(stacked).all():
+            raise RewindError(f"{task}: item scores must be finite")
+        out[task] = stacked
+    return out
+
+
+Axis = str | Mapping[str, float]  # an axis name, or a combination of axes such as {"target": 1, "general": 1}
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Paired bootstrap replicates of every point's task means, from one resample of items shared by all points.
+
+    For each task t with n_t items, row b of an (n_boot, n_t) index matrix draws n_t items with replacement;
+    m*_ptb is point p's mean over those items. Any linear score S = sum_t c_t m_pt (an axis, a combination of
+    axes, or the difference of two points on it) has replicates S*_b = sum_t c_t m*_ptb. Intervals are BCa
+    (Efron 1987; cheap here because S is linear): the percentile interval at levels
+    Phi(z0 + (z0 + z) / (1 - a (z0 + z))) for z = Phi^-1((1 -+ confidence) / 2), with bias z0 = Phi^-1(share of
+    S*_b below S) and acceleration a = sum L^3 / (6 (sum L^2)^1.5) over the items' influence L_ti =
+    c_t (x_ti - mean_t) / n_t. With a = z0 = 0 it is the plain percentile interval.
+    """
+
+    names: list[str]
+    axes: dict[str, dict[str, float]]  # axis -> {task: weight}, weights summing to 1
+    items: dict[str, np.ndarray] = field(repr=False)  # task -> (points, items)
+    replicates: dict[str, np.ndarray] = field(repr=False)  # task -> (points, n_boot) resampled task means
+    confidence: float = 0.9
+
+    def interval(self, point: str, axis: Axis) -> Interval:
+        """`point`'s score on `axis` with its interval."""
+        return self._linear(self._coefs(axis), self._row(point), None)
+
+    def estimate(self, point: str, axis: Axis) -> float:
+        """`point`'s score on `axis` (no interval)."""
+        i = self._row(point)
+        return float(sum(c * self.items[task][i].mean() for task, c in self._coefs(axis).items()))
+
+    def diff(self, point: str, other: str, axis: Axis) -> Interval:
+        """The paired difference `point` - `other` on `axis`, with its interval."""
+        return self._linear(self._coefs(axis), self._row(point), self._row(other))
+
+    def joint(self, points: Sequence[str], other: str, axis: Axis) -> dict[str, Interval]:
+        """Simultaneous intervals of `point` - `other` for every point of `points`: all cover at once with
+        probability about `confidence` (max-t bootstrap, so correlated points cost less than Bonferroni).
+
+        With D_p the difference, D*_pb its replicates and se_p their standard deviation, the bounds are
+        D_p - c_lo se_p and D_p + c_hi se_p, c_lo and c_hi the (1 + confidence) / 2 quantiles over b of
+        max_p (D_p - D*_pb) / se_p and of max_p (D*_pb - D_p) / se_p. For one point: the percentile interval.
+        """
+        rows, j = [self._row(p) for p in points], self._row(other)
+        if not rows:
+            return {}
+        est, reps = np.zeros(len(rows)), 0.0
+        for task, c in self._coefs(axis).items():
+            est += c * (self.items[task][rows].mean(axis=1) - self.items[task][j].mean())
+            reps = reps + c * (self.replicates[task][rows] - self.replicates[task][j])
+        se = np.std(reps, axis=1)
+        live = se > 1e-9 * (1.0 + np.abs(est))  # the others have no varying item: their difference is exact
+        dev = (reps[live] - est[live, None]) / se[live, None] if live.any() else np.zeros((1, 1))
+        level = (1 + self.confidence) / 2
+        c_lo, c_hi = np.quantile(np.max(-dev, axis=0), level), np.quantile(np.max(dev, axis=0), level)
+        return {p: Interval(float(e), float(e - c_lo * s), float(e + c_hi * s)) for p, e, s in zip(points, est, se)}
+
+    def _row(self, point: str) -> int:
+        try:
+            return self.names.index(point)
+        except ValueError:
+            raise RewindError(f"no point {point!r} among the bootstrapped points") from None
+
+    def _coefs(self, axis: Axis) -> dict[str, float]:
+        """{task: coefficient} of a linear score: an axis's weights, or a combination's sum of them."""
+        combo = {axis: 1.0} if isinstance(axis, str) else axis
+        coefs: dict[str, float] = {}
+        for name, c in combo.items():
+            if name not in self.axes:
+                raise RewindError(f"no axis {name!r} (axes: {', '.join(self.axes)})")
+            for task, w in self.axes[name].items():
+                coefs[task] = coefs.get(task, 0.0) + c * w
+        return coefs
+
+    def _linear(self, coefs: dict[str, float], i: int, j: int | None) -> Interval:
+        estimate, reps, influence = 0.0, 0.0, []
+        for task, c in coefs.items():
+            x, r = self.items[task][i], self.replicates[task][i]
+            if j is not None:
+                x, r = x - self.items[task][j], r - self.replicates[task][j]
+            estimate += c * x.mean()
+            reps = reps + c * r
+            influence.append(c * (x - x.mean()) / len(x))
+        return _bca(estimate, np.asarray(reps), np.concatenate(influence), self.confidence)
+
+
+def _bca(estimate: float, reps: np.ndarray, influence: np.ndarray, confidence: float) -> Interval:
+    """The BCa interval (see Bootstrap) of `estimate` from its replicates and its items' influence values."""
+    tie = 1e-9 * (1.0 + abs(estimate))  # replicates equal to the estimate up to rounding count half below
+    if reps.max() - reps.min() <= tie:  # no item varies: the data show no uncertainty to resample
+        return Interval(float(estimate), float(estimate), float(estimate))
+    below = np.mean(reps < estimate - tie) + 0.5 * np.mean(np.abs(reps - estimate) <= tie)
+    z0 = ndtri(np.clip(below, 0.5 / len(reps), 1 - 0.5 / len(reps)))
+    s2 = np.sum(influence**2)
+    a = np.sum(influence**3) / (6 * s2**1.5) if s2 > 0 else 0.0
+    z = ndtri(np.array([(1 - confidence) / 2, (1 + confidence) / 2]))
+    low, high = np.quantile(reps, ndtr(z0 + (z0 + z) / (1 - a * (z0 + z))))
+    return Interval(float(estimate), float(low), float(high))
+
+
+def paired_bootstrap(
+    points: Mapping[str, Mapping[str, np.ndarray]],
+    axes: Mapping[str, Sequence[str] | Mapping[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.9,
+) -> Bootstrap:
+    """Resample items once per task (stratified, with replacement) and score every point on the same resample.
+
+    `points`: {name: {task: item scores}}; `axes`: {axis: tasks, or {task: weight}} (e.g. `suite_weights`).
+    Cost: one (points x items) @ (items x n_boot) product per task.
+    """
+    if not 0 < confidence < 1:
+        raise RewindError(f"confidence {confidence}: must be between 0 and 1")
+    if n_boot < 2:
+        raise RewindError(f"n_boot {n_boot}: needs at least 2 resamples")
+    weights = _normalize(axes)
+    tasks = sorted(set().union(*weights.values()))  # a fixed order: the same seed gives the same resample
+    items = _stack(points, tasks)
+    rng = np.random.default_rng(seed)
+    replicates = {task: _resampled_means(items[task], n_boot, rng) for task in tasks}
+    return Bootstrap(list(points), weights, items, replicates, confidence)
+
+
+def _resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(points, n_boot) means over n_boot resamples of x's columns; counts, not gathers, keep it one product."""
+    n = x.shape[1]
+    index = rng.integers(0, n, size=(n_boot, n))
+    counts = np.bincount((index + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
+    return x @ counts.reshape(n_boot, n).T.astype(float) / n
