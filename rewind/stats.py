@@ -1,4 +1,4 @@
-"""Paired statistics over per-item scores: bootstrap intervals that respect the pairing of points.
+"""Paired statistics over per-item scores: bootstrap intervals and selection on them.
 
 Data model. A point's per-item scores are {task: array}, in the sweep's units (0-100: an accuracy item scores 0 or
 100), with the same items in the same order for every point (`align` builds that order from doc ids). An axis
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from . import pareto
 from .errors import RewindError
 
 
@@ -243,3 +244,91 @@ def _resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np
     index = rng.integers(0, n, size=(n_boot, n))
     counts = np.bincount((index + n * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * n)
     return x @ counts.reshape(n_boot, n).T.astype(float) / n
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A rule's choice on intervals: the point, whether it is the final adapter kept, why, and the evidence."""
+
+    chosen: str
+    kept_final: bool
+    reason: str  # e.g. "dense@0.6: general +4.4 [+1.9, +6.8] vs final; target -6.2 [-10.1, -2.3] (...)"
+    evidence: dict  # {"base"|"final": {"target"|"general": {"delta": d, "ci": [low, high]}}}: chosen - reference
+
+
+def objective_axis(rule: str, weight: float = 0.5) -> tuple[str, Axis]:
+    """(label, axis) of the score a scalar rule compares against the final adapter, as in `pareto.objective`."""
+    pareto.objective(rule, pareto.Scored("", 0.0, 0.0), weight=weight)  # refuses knee, unknown rules, bad weights
+    if rule == "max-target-within":
+        return "target", "target"
+    if rule == "max-sum":
+        return "target+general", {"target": 1.0, "general": 1.0}
+    return f"{weight:g}*target+{1 - weight:g}*general", {"target": weight, "general": 1.0 - weight}
+
+
+def select(
+    boot: Bootstrap,
+    rule: str = "max-target-within",
+    base: str = "base@0",
+    final: str = "final@1",
+    tolerance: float = 1.0,
+    weight: float = 0.5,
+) -> Verdict:
+    """One point by `rule` (the names of `pareto.RULES`), deciding on paired intervals; the final is the default.
+
+    - max-target-within: a point is admissible when its general difference vs the base has its lower bound
+      >= -tolerance (the base always is). If the final is admissible, it is left only for an admissible point
+      confidently above it on target; if it is not, the admissible point with the highest target is taken.
+    - max-sum, weighted: the final is left only for a point confidently above it on target + general
+      (weight*target + (1 - weight)*general).
+    Among the points that qualify, the best estimate of the objective wins; ties go to the higher general
+    estimate, then the earlier point. When none qualifies, the final is kept and the reason says so.
+    Both tests use joint intervals (`Bootstrap.joint`) over all the points they compare, so however many points
+    the sweep has, a point is wrongly admitted, or the final wrongly left, with probability about
+    (1 - confidence) / 2 each. The reason shows those; its head and the evidence show the chosen point's own.
+    """
+    label, axis = objective_axis(rule, weight)
+    within = rule == "max-target-within"
+    boot._row(base), boot._row(final)  # both must be among the points
+    rank = {p: (boot.estimate(p, axis), boot.estimate(p, "general"), -i) for i, p in enumerate(boot.names)}
+    pool = [p for p in boot.names if p != final]
+    if within:
+        vs_base = boot.joint([p for p in boot.names if p != base], base, "general")
+        pool = [p for p in pool if p == base or vs_base[p].low >= -tolerance]
+        if final != base and vs_base[final].low < -tolerance:
+            chosen = max(pool, key=rank.__getitem__)
+            why = (
+                f"{rule}: the final's general vs base, {vs_base[final]} {_joint(vs_base)}, is not confidently "
+                f"within -{tolerance:g}; {chosen} has the highest target of the points that are"
+            )
+            return _verdict(boot, chosen, base, final, [("general", "general"), ("target", "target")], why)
+    vs_final = boot.joint(pool, final, axis)
+    better = [p for p in pool if confidently_above(vs_final[p])]
+    if not better:
+        closest = max(pool, key=rank.__getitem__, default=None)
+        near = f"; closest: {closest}: {label} {vs_final[closest]} vs final" if closest else ""
+        why = f"{final} kept: no point{' within tolerance' * within} is confidently above it on {label}, "
+        return _verdict(boot, final, base, final, [], f"{why}{_joint(vs_final)}{near}")
+    chosen = max(better, key=rank.__getitem__)
+    shown = [(label, axis)] * (not within) + [("target", "target"), ("general", "general")]
+    why = f"{rule}: confidently above the final on {label}, {vs_final[chosen]} {_joint(vs_final)}"
+    if within and chosen != base:
+        why += f"; general vs base {vs_base[chosen]} {_joint(vs_base)}, within -{tolerance:g}"
+    return _verdict(boot, chosen, base, final, shown, why)
+
+
+def _joint(intervals: dict) -> str:
+    return f"jointly over {len(intervals)} point{'s' * (len(intervals) != 1)}"
+
+
+def _verdict(boot: Bootstrap, chosen: str, base: str, final: str, shown: list[tuple[str, Axis]], why: str) -> Verdict:
+    """`chosen`'s verdict: its differences vs the final on `shown` head the reason (unless it is the final)."""
+    evidence = {
+        name: {a: {"delta": d.estimate, "ci": d.ci} for a in ("target", "general") for d in [boot.diff(chosen, ref, a)]}
+        for name, ref in (("base", base), ("final", final))
+    }
+    if chosen == final:
+        return Verdict(chosen, True, why, evidence)
+    parts = [f"{label} {boot.diff(chosen, final, axis)}" for label, axis in shown]
+    head = f"{chosen}: {parts[0]} vs final" + "".join(f"; {p}" for p in parts[1:])
+    return Verdict(chosen, False, f"{head} ({why})", evidence)
