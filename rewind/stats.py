@@ -1,4 +1,4 @@
-"""Paired statistics over per-item scores: bootstrap intervals and selection on them.
+"""Paired statistics over per-item scores: bootstrap intervals, selection on intervals, racing, the noise floor.
 
 Data model. A point's per-item scores are {task: array}, in the sweep's units (0-100: an accuracy item scores 0 or
 100), with the same items in the same order for every point (`align` builds that order from doc ids). An axis
@@ -12,7 +12,7 @@ shared by two points cancels in their difference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +20,8 @@ from scipy.special import ndtr, ndtri
 
 from . import pareto
 from .errors import RewindError
+
+ITEM_RANGE = 100.0  # item scores lie in [0, 100]: the widest possible gap between two points on one item
 
 
 @dataclass(frozen=True)
@@ -332,3 +334,145 @@ def _verdict(boot: Bootstrap, chosen: str, base: str, final: str, shown: list[tu
     parts = [f"{label} {boot.diff(chosen, final, axis)}" for label, axis in shown]
     head = f"{chosen}: {parts[0]} vs final" + "".join(f"; {p}" for p in parts[1:])
     return Verdict(chosen, False, f"{head} ({why})", evidence)
+
+
+@dataclass
+class Race:
+    """A race's outcome: every item score it evaluated, its log, the survivors and the item evaluations spent."""
+
+    scores: dict[str, dict[str, np.ndarray]]  # point -> task -> scores of the items it was given, in order
+    log: list[dict]  # {"round", "task", "items": [start, stop], "points"} and {"round", "dropped", "by"}
+    survivors: list[str]
+    spent: int = 0
+
+
+ChunkFn = Callable[[list[str], str, slice], Mapping[str, Sequence[float]]]
+
+
+def race(
+    evaluate_chunk: ChunkFn,
+    points: Sequence[str],
+    axes: Mapping[str, Sequence[str] | Mapping[str, float]],
+    chunks: Sequence[int],
+    budget: int | None = None,
+    sizes: Mapping[str, int] | None = None,
+    keep: Sequence[str] = (),
+    confidence: float = 0.9,
+) -> Race:
+    """Race `points`: each round gives every survivor the next `chunks[r]` items of every task, then drops the
+    points another survivor confidently dominates, until the chunks, the items or the budget run out or at most
+    one point that may be dropped is left.
+
+    `evaluate_chunk(points, task, items)` returns {point: scores of items[start:stop]}. `budget` caps the item
+    evaluations (points x items; the last round shrinks to fit); `sizes` caps each task's items (None: as many as
+    asked, e.g. generated tasks); `keep` are never dropped (references such as the base and the final).
+
+    p dominates q when, on every axis, the paired lower bound of p - q is >= 0, and > 0 on one; the lower bound is
+    est - z se with se^2 = sum_t w_t^2 s_t^2 / n_t (the variance the bootstrap estimates, in normal form because
+    the tail below is too far out for a thousand resamples) and s_t^2 the variance of the item differences as if
+    the task had one more pair of items differing by +-100 (a floor: agreement on a few items is no proof of
+    equality). z = Phi^-1(1 - (1 - confidence) / (R (S - 1))) over R = len(chunks) rounds and S survivors, so a
+    point that no other truly dominates survives the race with probability >= confidence (union bound). As se > 0,
+    a lower bound >= 0 needs est > 0: in effect p must be confidently better on every axis (an exact tie on an
+    axis, such as a task no point solves, proves no >=).
+    """
+    weights, tasks = _race_inputs(points, axes, chunks, keep, confidence)
+    scores = {p: {t: np.empty(0) for t in tasks} for p in points}
+    survivors, log, spent, taken = list(points), [], 0, dict.fromkeys(tasks, 0)
+    for round_, chunk in enumerate(chunks):
+        if sum(p not in keep for p in survivors) <= 1:
+            break
+        left = None if budget is None else (budget - spent) // len(survivors)
+        plan = _plan(chunk, taken, sizes or {}, left)
+        if not plan:
+            break
+        for task, items in plan.items():
+            got = evaluate_chunk(list(survivors), task, items)
+            for p in survivors:
+                scores[p][task] = np.concatenate([scores[p][task], _chunk_scores(got, p, task, items)])
+            log.append({"round": round_, "task": task, "items": [items.start, items.stop], "points": survivors})
+            taken[task] = items.stop
+            spent += len(survivors) * (items.stop - items.start)
+        z = ndtri(1 - (1 - confidence) / (len(chunks) * (len(survivors) - 1)))
+        dropped = _dominated(scores, survivors, weights, set(keep), z)
+        log += [{"round": round_, "dropped": q, "by": p} for q, p in dropped.items()]
+        survivors = [p for p in survivors if p not in dropped]
+    return Race(scores, log, survivors, spent)
+
+
+def _race_inputs(points, axes, chunks, keep, confidence) -> tuple[dict[str, dict[str, float]], list[str]]:
+    if len(set(points)) != len(points) or len(points) < 1:
+        raise RewindError("race: needs at least one point, each named once")
+    if not set(keep) <= set(points):
+        raise RewindError(f"race: kept points {sorted(set(keep) - set(points))} are not among the points")
+    if not chunks or any(int(c) != c or c < 1 for c in chunks):
+        raise RewindError(f"race: chunks {list(chunks)} must be positive item counts")
+    if not 0 < confidence < 1:
+        raise RewindError(f"confidence {confidence}: must be between 0 and 1")
+    weights = _normalize(axes)
+    return weights, sorted(set().union(*weights.values()))
+
+
+def _plan(chunk: int, taken: dict[str, int], sizes: Mapping[str, int], left: int | None) -> dict[str, slice]:
+    """The next items of each task that has any left: `chunk` each, fewer where the per-point budget `left`
+    (spread evenly over those tasks) or a task's size says so."""
+    open_ = {t: sizes.get(t, np.inf) - n for t, n in taken.items() if sizes.get(t, np.inf) > n}
+    if not open_:
+        return {}
+    if left is not None:
+        chunk = min(chunk, left // len(open_))
+    return {t: slice(taken[t], taken[t] + int(min(chunk, n))) for t, n in open_.items() if chunk > 0}
+
+
+def _chunk_scores(got: Mapping[str, Sequence[float]], point: str, task: str, items: slice) -> np.ndarray:
+    scores = np.asarray(got.get(point, ()), float).ravel()
+    if len(scores) != items.stop - items.start or not np.isfinite(scores).all():
+        raise RewindError(
+            f"race: evaluate_chunk gave {point} {len(scores)} scores on {task} items "
+            f"{items.start}:{items.stop}; needs {items.stop - items.start} finite ones"
+        )
+    return scores
+
+
+def _dominated(
+    scores, survivors: list[str], weights: dict[str, dict[str, float]], keep: set[str], z: float
+) -> dict[str, str]:
+    """{q: p} for each survivor q (not kept) that survivor p confidently dominates (see `race`)."""
+    lows = [_lower_bounds(scores, survivors, w, z) for w in weights.values()]  # each (S, S): row - column
+    dominates = np.all([low >= 0 for low in lows], axis=0) & np.any([low > 0 for low in lows], axis=0)
+    return {
+        q: survivors[int(np.argmax(dominates[:, j]))]
+        for j, q in enumerate(survivors)
+        if q not in keep and dominates[:, j].any()
+    }
+
+
+def _lower_bounds(scores, survivors: list[str], weights: dict[str, float], z: float) -> np.ndarray:
+    """(S, S) lower bounds est - z se of the paired differences row - column on one axis (see `race`)."""
+    est, var = 0.0, 0.0
+    for task, w in weights.items():
+        x = np.stack([scores[p][task] for p in survivors])
+        n = x.shape[1]
+        mean = x.mean(axis=1)
+        d = mean[:, None] - mean[None, :]
+        cov = np.cov(x) if n > 1 else np.zeros((len(x), len(x)))
+        var_d = np.diag(cov)[:, None] + np.diag(cov)[None, :] - 2 * cov  # variance of the item differences
+        # add the pair (+100, -100): N = n + 2 items, mean n d / N, sum of squares (n - 1) var_d + n d^2 + 2 * 100^2
+        big_n = n + 2
+        squares = (n - 1) * var_d + n * d**2 + 2 * ITEM_RANGE**2 - (n * d) ** 2 / big_n
+        est, var = est + w * d, var + w**2 * squares / (big_n - 1) / big_n
+    return est - z * np.sqrt(var)
+
+
+def flips(first: Mapping[str, Sequence[float]], second: Mapping[str, Sequence[float]]) -> dict[str, int]:
+    """Per task, the items scored differently by two evaluations of the same point: 0 everywhere when the
+    evaluation is deterministic, else the noise floor below which a difference between points means nothing."""
+    if set(first) != set(second):
+        raise RewindError(f"flips: tasks differ ({sorted(set(first) ^ set(second))})")
+    out = {}
+    for task in first:
+        a, b = np.asarray(first[task], float), np.asarray(second[task], float)
+        if a.shape != b.shape:
+            raise RewindError(f"flips: {task} has {a.size} items in one result and {b.size} in the other")
+        out[task] = int(np.sum(~np.isclose(a, b, rtol=0.0, atol=1e-9)))
+    return out

@@ -1,4 +1,4 @@
-"""Paired statistics on synthetic item scores: coverage, pairing, selection on intervals."""
+"""Paired statistics on synthetic item scores: coverage, pairing, selection on intervals, racing, noise floor."""
 
 import re
 
@@ -209,3 +209,101 @@ def test_selection_refuses_knee_and_unknown_points():
         stats.select(boot, "weighted", weight=1.5)
     with pytest.raises(RewindError, match="no point 'final@2'"):
         stats.select(boot, final="final@2")
+
+
+# -- racing ---------------------------------------------------------------------------------------------------
+
+
+def race_model(seed: int, accuracies: dict, n_items: int = 2000, rho: float = 0.3):
+    """evaluate_chunk for synthetic points {name: (target accuracy, general accuracy)} with correlated items."""
+    acc = {p: {"t1": t, "t2": t, "g1": g, "g2": g} for p, (t, g) in accuracies.items()}
+    scores = correlated(np.random.default_rng(seed), acc, n_items, rho)
+    return lambda points, task, items: {p: scores[p][task][items] for p in points}
+
+
+def test_race_keeps_a_non_dominated_point_with_the_stated_probability():
+    """B has the best target; ten rivals sit a hair below it on target and far above on general, each a chance to
+    be wrongly judged >= B on target (without the Bonferroni split B survives about 60% of races); five points
+    are far behind on both axes and should go."""
+    accuracies = {"B": (0.30, 0.50)} | {f"r{k}": (0.30 - 0.002 * (k + 1), 0.60) for k in range(10)}
+    accuracies |= {f"d{k}": (0.15, 0.35) for k in range(5)}
+    sims, kept, cleared = 200, 0, 0
+    for sim in range(sims):
+        result = stats.race(race_model(sim, accuracies), list(accuracies), AXES, chunks=[16, 32, 64, 128, 256])
+        kept += "B" in result.survivors
+        cleared += not any(p.startswith("d") for p in result.survivors)
+    assert kept / sims >= 0.9
+    assert cleared / sims >= 0.95
+
+
+def test_race_log_budget_and_sizes():
+    accuracies = {"base@0": (0.1, 0.6), "good": (0.4, 0.6), "bad": (0.05, 0.2), "final@1": (0.4, 0.4)}
+    calls = []
+
+    def evaluate(points, task, items):
+        calls.append((tuple(points), task, items.start, items.stop))
+        return race_model(0, accuracies)(points, task, items)
+
+    result = stats.race(
+        evaluate,
+        list(accuracies),
+        AXES,
+        chunks=[40, 80, 400],
+        budget=2000,
+        sizes={"g1": 60},
+        keep=["base@0"],
+    )
+    assert result.spent == sum(len(p) * (b - a) for p, _, a, b in calls)
+    # round 3 shrinks to fit: (2000 - 640 - 780) // 3 survivors // 3 tasks with items left = 64 items each
+    assert [b - a for _, t, a, b in calls if t == "t1"] == [40, 80, 64] and result.spent == 1996
+    drops = [e for e in result.log if "dropped" in e]
+    assert [e["dropped"] for e in drops] == ["bad"] and drops[0]["by"] != "bad"
+    assert "bad" not in result.survivors and {"base@0", "final@1"} <= set(result.survivors)
+    for task in TASKS:  # each task's chunks follow on, and every survivor holds every item it was given
+        spans = [(a, b) for _, t, a, b in calls if t == task]
+        assert spans[0][0] == 0 and all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+        assert all(len(result.scores[p][task]) == spans[-1][1] for p in result.survivors)
+    assert max(b for _, t, _, b in calls if t == "g1") <= 60
+    assert len(result.scores["bad"]["t1"]) == 40  # dropped after the first round
+
+
+def test_race_stops_when_one_point_is_left_and_refuses_bad_chunks():
+    accuracies = {"good": (0.6, 0.6), "bad": (0.1, 0.1)}
+    result = stats.race(race_model(0, accuracies), list(accuracies), AXES, chunks=[200, 200, 200])
+    assert result.survivors == ["good"]
+    assert {e["round"] for e in result.log} == {0}
+    accuracies["worse"] = (0.05, 0.05)
+    kept = stats.race(race_model(0, accuracies), list(accuracies), AXES, chunks=[200, 200], keep=["worse"])
+    assert kept.survivors == ["good", "worse"]  # a kept point stays, however far behind
+    with pytest.raises(RewindError, match="chunks"):
+        stats.race(race_model(0, accuracies), list(accuracies), AXES, chunks=[0])
+    with pytest.raises(RewindError, match="gave bad 3 scores"):
+        stats.race(lambda p, t, i: {"good": [0.0] * 4, "bad": [0.0] * 3}, list(accuracies), AXES, chunks=[4])
+
+
+def test_race_does_not_take_agreement_on_a_few_items_for_equality():
+    """On 8 items of a hard target task both points score 0 everywhere; the one with the better general must not
+    drop the other for it: eight agreements do not show the other's target is no higher. A target lead seen on
+    400 items does."""
+
+    def evaluate(lead):
+        def chunk(points, task, items):
+            n = items.stop - items.start
+            target = {"a": 100.0 * (np.arange(n) % 5 == 0) * lead, "b": np.zeros(n)}
+            return {p: target[p] if task[0] == "t" else np.full(n, 100.0 if p == "a" else 0.0) for p in points}
+
+        return chunk
+
+    assert stats.race(evaluate(lead=False), ["a", "b"], AXES, chunks=[8]).survivors == ["a", "b"]
+    assert stats.race(evaluate(lead=True), ["a", "b"], AXES, chunks=[400]).survivors == ["a"]
+
+
+# -- noise floor ----------------------------------------------------------------------------------------------
+
+
+def test_flips_count_items_that_changed():
+    first = {"t1": [0.0, 100.0, 100.0], "g1": [50.0, 50.0]}
+    assert stats.flips(first, first) == {"t1": 0, "g1": 0}
+    assert stats.flips(first, {"t1": [100.0, 100.0, 0.0], "g1": [50.0, 50.0]}) == {"t1": 2, "g1": 0}
+    with pytest.raises(RewindError, match="t1 has 3 items in one result and 2"):
+        stats.flips(first, {"t1": [0.0, 1.0], "g1": [50.0, 50.0]})
