@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import adapters, engine, files, models, pareto, paths
 from .errors import RewindError
-from .evaluate.harness import CHAT_TEMPLATE_MODES
+from .evaluate.harness import CHAT_TEMPLATE_MODES, suite_means
 
 VALIDATION, TEST = "validation", "test"
 SWEEP_FILE, RESULTS_FILE, SUMMARY_FILE, PLOT_FILE = "sweep.json", "results.jsonl", "summary.json", "pareto.png"
@@ -53,7 +53,7 @@ class SweepSpec:
     weight: float = 0.5
     dtype: str = "auto"  # bf16 on an accelerator, fp32 on a CPU
     device: str | None = None
-    batch_size: int | str | None = None
+    batch_size: int | str | None = None  # None: lm-eval's default for the device (harness.Evaluator)
     allow_extrapolation: bool = False
     pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
     chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
@@ -247,18 +247,17 @@ def point_scores(records: list[dict], target: list[str], general: list[str]) -> 
     """(target, general): each the mean over its suites of the suite's mean task score. A suite without a score
     is an error: a mean over what is left would compare points on different tasks."""
 
+    means = suite_means((r["suite"], r["score"]) for r in records)
+
     def role_score(suites):
-        per_suite = []
         for suite in suites:
-            scores = [r["score"] for r in records if r["suite"] == suite]
-            if not scores:
+            if suite not in means:
                 point, split = records[0]["point"], records[0]["split"]
                 raise RewindError(
                     f"point {point}, {split}: suite {suite} has no score in results.jsonl; rerun "
                     f"the sweep to evaluate it"
                 )
-            per_suite.append(sum(scores) / len(scores))
-        return sum(per_suite) / len(per_suite)
+        return sum(means[s] for s in suites) / len(suites)
 
     return role_score(target), role_score(general)
 
@@ -318,7 +317,6 @@ class Sweep:
         self.chat = self._chat_template()
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
-        batch = self.spec.batch_size or ("auto" if self.model.device.type == "cuda" else 8)
         self.evaluators = {
             split: harness.Evaluator(
                 self.model,
@@ -326,7 +324,7 @@ class Sweep:
                 self.suites,
                 split=split,
                 limit=self.spec.limit,
-                batch_size=batch,
+                batch_size=self.spec.batch_size,
                 pass_k=self.spec.pass_k,
                 chat_template="on" if self.chat else "off",
                 metrics=self.spec.metric,

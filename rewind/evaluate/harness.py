@@ -29,7 +29,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,10 +274,15 @@ def use_chat_template(mode: str, tokenizer) -> bool:
 
 def suite_scores(results: list[TaskResult]) -> dict[str, float]:
     """Each suite's score: the mean of its tasks' 0-100 scores."""
+    return suite_means((result.suite, result.score) for result in results)
+
+
+def suite_means(scores: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """{suite: the mean of its tasks' scores} from (suite, task score) pairs (TaskResults, or results.jsonl lines)."""
     by_suite: dict[str, list[float]] = {}
-    for result in results:
-        by_suite.setdefault(result.suite, []).append(result.score)
-    return {suite: sum(scores) / len(scores) for suite, scores in by_suite.items()}
+    for suite, score in scores:
+        by_suite.setdefault(suite, []).append(score)
+    return {suite: sum(values) / len(values) for suite, values in by_suite.items()}
 
 
 def to_score(metric: str, value: float) -> float:
