@@ -24,8 +24,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rewind import export, sweep
+from rewind import export, results, sweep
 from rewind.evaluate.suites import TASKS_DIR
+from rewind.session import Session
 
 
 def old_way(
@@ -87,16 +88,16 @@ def remeasure(
     The first point of a process also pays one-time start-up (CUDA kernels, lm-eval's first generation), which a
     sweep pays once for all its points: so the first key is evaluated once on the other split first, untimed here;
     its seconds come back separately."""
-    again = sweep.Sweep(sweep.SweepSpec(**{**spec, "device": device}), out)
+    again = Session(sweep.SweepSpec(**{**spec, "device": device}), out)
     again.open()
-    points = {key: _point(key) for key in keys} | {r["point"]: sweep.PointSpec.of(r) for r in lines}
-    warm_up = again.evaluate(points[keys[0]], "validation" if split == "test" else "test")
-    return [line for key in keys for line in again.evaluate(points[key], split)], warm_up[0]["point_seconds"]
+    points = {key: _point(key) for key in keys} | {r["point"]: results.Point.of(r) for r in lines}
+    warm_up = again.evaluate([points[keys[0]]], "validation" if split == "test" else "test")
+    return [line for key in keys for line in again.evaluate([points[key]], split)], warm_up[0]["point_seconds"]
 
 
-def _point(key: str) -> sweep.PointSpec:
+def _point(key: str) -> results.Point:
     path, alpha = key.split("@")  # uniform points only: a searched schedule needs its sweep's record
-    return sweep.PointSpec(path, float(alpha))
+    return results.Point.of({"path": path, "alpha": float(alpha)})
 
 
 def main() -> None:
@@ -130,7 +131,7 @@ def main() -> None:
         spec = record["spec"]
         lines = [
             r
-            for r in sweep.ResultsLog(Path(args.sweep) / sweep.RESULTS_FILE).records(record["run"])
+            for r in results.ResultsLog(Path(args.sweep) / results.RESULTS_FILE).records(record["run"])
             if r["split"] == args.split
         ]
     first_point_s = None

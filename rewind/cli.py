@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
-from .sweep import DEFAULT_ALPHAS
+from .session import DEFAULT_ALPHAS
 from .sweep import DEFAULT_OUT as DEFAULT_SWEEP
 
 _PATH_CHOICES = ["auto", "linear", "cayley", "dora", "dense", "layerwise"]
@@ -238,6 +238,7 @@ def export(
 def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
     """Fill export's arguments from a sweep dir; explicit flags win (`cayley_scale` None: not given)."""
     from . import sweep
+    from .results import Point
 
     record, summary = sweep.load(sweep_dir)
     spec = record["spec"]
@@ -247,17 +248,17 @@ def _from_sweep(sweep_dir, base, path, layers, cayley_scale, alpha):
     if alpha is None:
         if summary is None:
             raise RewindError(f"the sweep in {sweep_dir} has no selection yet (no summary.json): pass --alpha")
-        chosen = summary["selected"]
-        if chosen["path"] == "train":
+        chosen = Point.of(summary["selected"])
+        if chosen.kind == "train":
             raise RewindError(
                 "the sweep selected a training checkpoint: export it with --adapter "
-                f"<checkpoint-{chosen['alpha']:g}> --alpha 1"
+                f"<checkpoint-{chosen.step}> --alpha 1"
             )
-        alpha = {"base": 0.0, "final": 1.0}.get(chosen["path"], chosen["alpha"])
-        if chosen["path"] not in ("base", "final"):
-            path = chosen["path"]
-        if chosen.get("layers"):  # a schedule found by `rewind search`
-            layers = ",".join(f"{v:g}" for v in chosen["layers"])
+        alpha = chosen.alpha
+        if chosen.kind in ("path", "searched"):
+            path = chosen.path
+        if chosen.layers:  # a schedule found by `rewind search`
+            layers = ",".join(f"{v:g}" for v in chosen.layers)
     if path == "auto":
         path = record["paths"][0]
     return base, adapter, init_adapter, path, layers, cayley_scale or spec["cayley_scale"], alpha
@@ -480,6 +481,7 @@ def sweep(
 ):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
+    from .report import table
 
     spec = _sweep_spec(
         base,
@@ -507,7 +509,7 @@ def sweep(
     )
     summary = sweeper.Sweep(spec, out).run()
     if summary:
-        click.echo(sweeper.table(summary))
+        click.echo(table(summary))
         click.echo(f"wrote {out}/results.jsonl, summary.json, pareto.png")
 
 
@@ -581,6 +583,8 @@ def search(
     """
     from . import search as searcher
     from . import sweep as sweeper
+    from .report import table
+    from .session import Session
 
     if adapter is not None:
         spec = _sweep_spec(
@@ -614,11 +618,11 @@ def search(
         spec.batch_size = batch_size or spec.batch_size
     search_path = next((p for p in path if p not in ("auto", "layerwise")), None)
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
-    report = searcher.Search(sweeper.Sweep(spec, out), plan).run()
-    if report:
-        click.echo(sweeper.table(sweeper.load(out)[1]))
+    summary, found = searcher.Search(Session(spec, out), plan).run()
+    if summary:
+        click.echo(table(summary))
         click.echo()
-        click.echo(searcher.report_table(report))
+        click.echo(searcher.report_table(found))
         click.echo(f"wrote {out}/search.json; results.jsonl, summary.json and pareto.png include the search")
 
 

@@ -7,18 +7,11 @@ point's test scores (as model soups and LiNeS do).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from .errors import RewindError
+from .results import Scored
 
 RULES = ("max-target-within", "knee", "max-sum", "weighted")
-
-
-@dataclass(frozen=True)
-class Scored:
-    key: str  # identifies the point (path, alpha, schedule)
-    target: float
-    general: float
 
 
 def frontier(points: Sequence[Scored]) -> list[Scored]:
@@ -34,8 +27,9 @@ def frontier(points: Sequence[Scored]) -> list[Scored]:
 SCALAR_RULES = ("max-target-within", "max-sum", "weighted")  # rules that rank single points (knee needs a frontier)
 
 
-def objective(rule: str, base: Scored, tolerance: float = 1.0, weight: float = 0.5):
+def objective(rule: str, base: Scored | None, tolerance: float = 1.0, weight: float = 0.5):
     """A sort key for one point under a scalar rule (larger is better); what `select` maximises and search climbs.
+    (`base` None: only check the rule and its settings.)
 
     - max-target-within: points whose general >= base general - tolerance rank by target, above every point that
       falls short; those rank by how far they fall short (so a search can climb back). The base always qualifies.

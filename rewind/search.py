@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from . import files, pareto
+from . import files
+from . import sweep as sweeper
 from .errors import RewindError
-from .sweep import TEST, VALIDATION, PointSpec, Sweep, plan_points
+from .report import Report, Rule
+from .results import VALIDATION, Point, Scored
+from .session import Session
 
 SEARCH_FILE = "search.json"
 
@@ -88,15 +91,16 @@ def compass(
 
 
 class Search:
-    """Runs (or resumes) the sweep, then searches per-layer-group alphas on its resident model."""
+    """Runs (or resumes) the sweep of a session, then searches per-layer-group alphas on its resident model."""
 
-    def __init__(self, sweep: Sweep, spec: SearchSpec):
-        if sweep.spec.layers is not None:
+    def __init__(self, session: Session, spec: SearchSpec):
+        swept = session.spec
+        if swept.layers is not None:
             raise RewindError(
                 "search starts from a uniform sweep; this sweep applies --layers "
-                f"{sweep.spec.layers} on every path (sweep again without --layers)"
+                f"{swept.layers} on every path (sweep again without --layers)"
             )
-        pareto.objective(sweep.spec.select, pareto.Scored("", 0, 0))  # refuses knee before any loading
+        Rule(swept.select, swept.tolerance, swept.weight).objective(None)  # refuses knee before any loading
         if spec.budget < 1:
             raise RewindError(f"--budget {spec.budget}: give at least 1 evaluation")
         if not 0 < spec.min_step <= spec.step <= 1:
@@ -104,100 +108,80 @@ class Search:
         if str(spec.groups) != "layer" and not (str(spec.groups).isdigit() and int(spec.groups) >= 1):
             # the model's layer count bounds it from above once loaded (layer_groups)
             raise RewindError(f"--groups {spec.groups}: give a number of layer groups (at least 1) or 'layer'")
-        self.sweep, self.spec = sweep, spec
+        self.session, self.spec = session, spec
 
-    def run(self, progress: bool = True) -> dict:
-        sweep = self.sweep
-        sweep.run(progress)
-        if sweep.rank != 0:
-            return {}
-        path = self.spec.path or sweep.path_names[0]
-        if path not in sweep.path_names:
-            raise RewindError(f"--path {path}: the sweep has paths {', '.join(sweep.path_names)}")
-        num_layers = int(sweep.model.config.num_hidden_layers)
-        groups = layer_groups(num_layers, self.spec.groups)
-        planned = sweep.known_points(_planned(sweep))
-        rows = {r["key"]: r for r in sweep.scored(planned, VALIDATION)}
-        base = _scored(rows["base@0"])
-        value = pareto.objective(sweep.spec.select, base, sweep.spec.tolerance, sweep.spec.weight)
-
-        uniform = [_scored(r) for r in rows.values() if not r["layers"] and r["path"] in (path, "base", "final")]
-        start_row = rows[pareto.select(uniform, base, sweep.spec.select, sweep.spec.tolerance, sweep.spec.weight).key]
-        start_alpha = {"base@0": 0.0, "final@1": 1.0}.get(start_row["key"], start_row["alpha"])
-
-        spent, history = 0, []
-        bar = tqdm(total=self.spec.budget, desc="search", unit="eval", disable=not progress)
-
-        def point_of(group_alphas: tuple[float, ...]) -> PointSpec:
-            return _point(
-                path, start_alpha, tuple(group_alphas[g] for g, members in enumerate(groups) for _ in members)
-            )
-
-        def evaluate(group_alphas: tuple[float, ...]) -> tuple:
-            nonlocal spent
-            point = point_of(group_alphas)
-            if point.key not in rows:
-                sweep.evaluate(point, VALIDATION)
-                spent += 1
-                bar.update(1)
-                rows[point.key] = sweep.scored([point], VALIDATION)[0]
-            row = rows[point.key]
-            history.append(
-                {"key": point.key, "groups": list(group_alphas), "target": row["target"], "general": row["general"]}
-            )
-            return value(_scored(row))
-
-        best = compass(
-            evaluate,
-            (start_alpha,) * len(groups),
-            self.spec.step,
-            self.spec.min_step,
-            budget=lambda: spent < self.spec.budget,
-        )
-        bar.close()
-
-        points = sweep.known_points(_planned(sweep))
-        chosen_key = point_of(best).key
-        selection = sweep.select(points)  # over every evaluated point, uniform or searched
-        sweep.evaluate_test(points, ["base@0", "final@1", start_row["key"], chosen_key, selection["selected"]["key"]])
-        summary = sweep.summarize(points, selection["selected"]["key"])
-        tests = {r["key"]: r for r in sweep.scored(points, TEST)}
-        report = {
-            "run": sweep.run_id,
+    def run(self, progress: bool = True) -> tuple[dict, dict]:
+        """(summary.json's object, search.json's) on rank 0; ({}, {}) on the other ranks."""
+        session = self.session
+        report = sweeper.evaluate(session, progress)
+        if report is None:
+            return {}, {}
+        sweeper.conclude(session, report)  # the sweep's own summary first, as `rewind sweep` writes it
+        path = self.spec.path or session.path_names[0]
+        if path not in session.path_names:
+            raise RewindError(f"--path {path}: the sweep has paths {', '.join(session.path_names)}")
+        groups = layer_groups(session.num_layers, self.spec.groups)
+        start = best_uniform(report, path)
+        climb = Climb(session, report, path, start.point.alpha, groups)
+        with tqdm(total=self.spec.budget, desc="search", unit="eval", disable=not progress) as bar:
+            chosen = climb.run(self.spec, bar)
+        summary = sweeper.conclude(session, report, [start.point, chosen])
+        found = {
+            "run": session.run_id,
             "path": path,
-            "rule": sweep.spec.select,
+            "rule": report.rule.name,
             "groups": groups,
             "search": asdict(self.spec),
-            "evaluations": spent,
-            "start": start_row["key"],
-            "best_uniform": {**start_row, "test": tests.get(start_row["key"])},
-            "searched": {**rows[chosen_key], "test": tests.get(chosen_key)},
-            "final": {**rows["final@1"], "test": tests.get("final@1")},
-            "base": {**rows["base@0"], "test": tests.get("base@0")},
+            "evaluations": climb.spent,
+            "start": start.key,
+            "best_uniform": report.entry(start),
+            "searched": report.entry(report.row(chosen)),
+            "final": report.entry(report.selection.final),
+            "base": report.entry(report.selection.base),
             "selected": summary["selected"]["key"],
-            "history": history,
+            "history": climb.history,
         }
-        files.write_json(sweep.out / SEARCH_FILE, report)
-        return report
+        files.write_json(session.out / SEARCH_FILE, found)
+        return summary, found
 
 
-def _planned(sweep: Sweep) -> list[PointSpec]:
-    return plan_points(sweep.spec, sweep.path_names)
+def best_uniform(report: Report, path: str) -> Scored:
+    """Where the search starts: the rule's choice among the uniform points of `path`, the base and the final."""
+    rows = report.rows()
+    uniform = [
+        r for r in rows if r.point.kind in ("base", "final") or (r.point.kind == "path" and r.point.path == path)
+    ]
+    return report.rule.select(uniform, report.selection.base)
 
 
-def _point(path: str, alpha: float, layers: tuple[float, ...]) -> PointSpec:
-    if any(a != alpha for a in layers):
-        return PointSpec(path, alpha, layers)
-    # Every layer at the start alpha: that uniform point, under the key the sweep gave it.
-    if alpha == 0.0:
-        return PointSpec("base", 0.0)
-    if alpha == 1.0:
-        return PointSpec("final", 1.0)
-    return PointSpec(path, alpha)
+class Climb:
+    """The compass search over one path's layer groups, each candidate a point scored through the session."""
 
+    def __init__(self, session: Session, report: Report, path: str, alpha: float, groups: list[list[int]]):
+        self.session, self.report, self.path, self.alpha, self.groups = session, report, path, alpha, groups
+        self.value = report.rule.objective(report.selection.base)
+        self.spent, self.history = 0, []
 
-def _scored(row: dict) -> pareto.Scored:
-    return pareto.Scored(row["key"], row["target"], row["general"])
+    def point(self, group_alphas: tuple[float, ...]) -> Point:
+        layers = [group_alphas[g] for g, members in enumerate(self.groups) for _ in members]
+        return Point.at(self.path, self.alpha, layers)
+
+    def run(self, spec: SearchSpec, bar) -> Point:
+        def evaluate(group_alphas: tuple[float, ...]) -> tuple:
+            point = self.point(group_alphas)
+            if self.report.row(point) is None:  # points already scored (the sweep's, an earlier search's) are free
+                self.report.extend(self.session.evaluate([point], VALIDATION))
+                self.spent += 1
+                bar.update(1)
+            row = self.report.row(point)
+            self.history.append(
+                {"key": point.key, "groups": list(group_alphas), "target": row.target, "general": row.general}
+            )
+            return self.value(row)
+
+        start = (self.alpha,) * len(self.groups)
+        best = compass(evaluate, start, spec.step, spec.min_step, budget=lambda: self.spent < spec.budget)
+        return self.point(best)
 
 
 def report_table(report: dict) -> str:

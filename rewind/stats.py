@@ -260,7 +260,7 @@ class Verdict:
 
 def objective_axis(rule: str, weight: float = 0.5) -> tuple[str, Axis]:
     """(label, axis) of the score a scalar rule compares against the final adapter, as in `pareto.objective`."""
-    pareto.objective(rule, pareto.Scored("", 0.0, 0.0), weight=weight)  # refuses knee, unknown rules, bad weights
+    pareto.objective(rule, None, weight=weight)  # refuses knee, unknown rules, bad weights
     if rule == "max-target-within":
         return "target", "target"
     if rule == "max-sum":

@@ -1,8 +1,9 @@
 """What rewind reports for each of the study's saved sweeps (docs/study/sweeps/*), without a model.
 
 `python tests/study_selections.py` rewrites tests/data/study_selections.json; test_study_selections.py checks that
-the code of the day reports the same. The file was first written by main at 4d016d3, before the sweep was split
-into session, results and report: it is the record of what the old code reported.
+the code of the day reports the same. The file was written by main at 4d016d3, before the sweep was split into
+session, results and report (by this script as it was then: `git log -p tests/study_selections.py`): it is the
+record of what the old code reported. Rewriting it is for a change that means to change what a sweep reports.
 
 Per sweep: the selected point under every rule (with the sweep's tolerance and weight) and its validation and test
 scores, the summary a sweep writes at the end (selection, frontier, every point's scores), the printed table, and
@@ -12,6 +13,7 @@ logged scores) and the selection over all points.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -24,89 +26,65 @@ SWEEPS = ROOT / "docs" / "study" / "sweeps"
 DATA = Path(__file__).resolve().parent / "data" / "study_selections.json"
 
 
-def _sweep(directory: Path, out: Path):
-    """A Sweep over the saved results, as `Sweep.run` holds it after its barrier (no model loaded)."""
-    from rewind import sweep
-
-    record, _ = sweep.load(directory)
-    spec = sweep.SweepSpec(**record["spec"])
-    log = sweep.ResultsLog(directory / sweep.RESULTS_FILE)
-    steps = sorted({int(r["alpha"]) for r in log.records(record["run"]) if r["path"] == "train"})
-    # The training run's checkpoint dirs are not shipped with the study: the ones its train points came from.
-    spec.checkpoint_dirs = lambda: [Path(f"checkpoint-{s}") for s in steps]
-    s = sweep.Sweep.__new__(sweep.Sweep)
-    s.spec, s.out, s.log, s.run_id, s.path_names = spec, out, log, record["run"], record["paths"]
-    s.update = SimpleNamespace(method=SimpleNamespace(name=record["method"]))
-    return s
+def _scores(row) -> list[float] | None:
+    return None if row is None else [row.target, row.general]
 
 
-def _scores(row: dict | None) -> list[float] | None:
-    return None if row is None else [row["target"], row["general"]]
+def _rules(report) -> dict:
+    from rewind import pareto
+    from rewind.results import TEST
 
-
-def _rules(s, points) -> dict:
-    from rewind import pareto, sweep
-
-    tests = {r["key"]: r for r in s.scored(points, sweep.TEST)}
-    chosen, rule = {}, s.spec.select
+    chosen = {}
     for name in pareto.RULES:
-        s.spec.select = name
-        row = s.select(points)["selected"]
-        chosen[name] = {"key": row["key"], "validation": _scores(row), "test": _scores(tests.get(row["key"]))}
-    s.spec.select = rule
+        row = dataclasses.replace(report.rule, name=name).select(report.rows(), report.selection.base)
+        chosen[name] = {"key": row.key, "validation": _scores(row), "test": _scores(report.row(row.point, TEST))}
     return chosen
 
 
-def _search(s, points, report: dict) -> dict:
-    """The search's choices recomputed from the logged scores: start, compass replayed, selection."""
-    from rewind import pareto, search, sweep
+class _Replay:
+    """A session whose evaluations are the logged ones: the search runs again over what it found then."""
 
-    rows = {r["key"]: r for r in s.scored(points, sweep.VALIDATION)}
-    base = search._scored(rows["base@0"])
-    value = pareto.objective(s.spec.select, base, s.spec.tolerance, s.spec.weight)
-    path = report["path"]
-    uniform = [search._scored(r) for r in rows.values() if not r["layers"] and r["path"] in (path, "base", "final")]
-    start = rows[pareto.select(uniform, base, s.spec.select, s.spec.tolerance, s.spec.weight).key]
-    start_alpha = {"base@0": 0.0, "final@1": 1.0}.get(start["key"], start["alpha"])
-    groups, known, seen = report["groups"], {k for k, r in rows.items() if not r["layers"]}, []
+    def __init__(self, records: list[dict]):
+        self.records = records
 
-    def point_of(group_alphas):
-        return search._point(path, start_alpha, tuple(group_alphas[g] for g, m in enumerate(groups) for _ in m))
+    def evaluate(self, points, split) -> list[dict]:
+        keys = {p.key for p in points}
+        return [r for r in self.records if r["point"] in keys and r["split"] == split]
 
-    def evaluate(group_alphas):
-        key = point_of(group_alphas).key
-        seen.append(key)
-        return value(search._scored(rows[key]))
 
-    def new() -> int:  # evaluations the search paid for: points first met in it
-        return len({k for k in seen if k not in known})
+def _search(directory: Path, report, records: list[dict]) -> dict:
+    """The search's choices recomputed from the logged scores: its start, its climb replayed, the selection."""
+    from rewind import search
+    from rewind.report import Report
 
-    spec = report["search"]
-    best = search.compass(
-        evaluate, (start_alpha,) * len(groups), spec["step"], spec["min_step"], budget=lambda: new() < spec["budget"]
-    )
+    found = json.loads((directory / search.SEARCH_FILE).read_text())
+    before = Report(report.record, [r for r in records if not r.get("layers")])  # the sweep the search began on
+    start = search.best_uniform(before, found["path"])
+    climb = search.Climb(_Replay(records), before, found["path"], start.point.alpha, found["groups"])
+    chosen = climb.run(search.SearchSpec(**found["search"]), bar=SimpleNamespace(update=lambda n: None))
     return {
-        "start": start["key"],
-        "searched": point_of(best).key,
-        "history": seen,
-        "evaluations": new(),
-        "selected": s.select(points)["selected"]["key"],
+        "start": start.key,
+        "searched": chosen.key,
+        "history": [h["key"] for h in climb.history],
+        "evaluations": climb.spent,
+        "selected": report.selection.selected.key,
     }
 
 
 def record(directory: Path) -> dict:
     """What the code reports for the sweep in `directory` (copied first: reading a log may repair it)."""
-    from rewind import sweep
+    from rewind.report import Report, table
+    from rewind.results import RESULTS_FILE, ResultsLog
 
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "sweep"
         shutil.copytree(directory, copy)
-        s = _sweep(copy, Path(tmp))
-        points = s.known_points(sweep.plan_points(s.spec, s.path_names))
-        summary = s.summarize(points, s.select(points)["selected"]["key"])
-        out = {"rules": _rules(s, points), "summary": summary, "table": sweep.table(summary).splitlines()}
+        report = Report.read(copy)
+        summary = report.summary()
+        out = {"rules": _rules(report), "summary": summary, "table": table(summary).splitlines()}
         if (copy / "search.json").is_file():
-            out["search"] = _search(s, points, json.loads((copy / "search.json").read_text()))
+            records = ResultsLog(copy / RESULTS_FILE).records(report.record["run"])
+            out["search"] = _search(copy, report, records)
     return out
 
 

@@ -21,7 +21,7 @@ import tinysweep
 from tiny import logits, make_adapter, tiny_base
 from transformers import AutoModelForCausalLM
 
-from rewind import export, outdir, sweep
+from rewind import export, outdir, results, sweep
 
 ENV = {
     **os.environ,
@@ -175,7 +175,7 @@ def test_results_log_reads_whole_points_only(tmp_path):
     path = tmp_path / "results.jsonl"
     whole = old + line("a", 0, 2) + line("a", 1, 2)
     path.write_text(whole + line("b", 0, 2) + line("c", 0, 1) + line("d", 0, 3) + line("d", 1, 3) + '{"ru')
-    log = sweep.ResultsLog(path)  # opening repairs the tail: from d's first line on
+    log = results.ResultsLog(path)  # opening repairs the tail: from d's first line on
     assert path.read_text() == whole + line("b", 0, 2) + line("c", 0, 1)
     assert [r["point"] for r in log.records()] == ["old", "a", "a", "c"]  # b is cut inside the file: skipped
     log.append(

@@ -16,7 +16,7 @@ from scipy.linalg import orthogonal_procrustes
 from tiny import make_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewind import sweep
+from rewind import results, sweep
 from rewind.cli import main
 from rewind.diagnostics import Finetune, Probe, activations, arena, csd, geometry, spectral
 from rewind.diagnostics.data import texts
@@ -287,9 +287,9 @@ def sweeps(workdir, lora, base):
             make_adapter(kind, base, workdir / kind)
         d = workdir / f"sweep-{kind}"
         shutil.copytree(dirs["lora"], d)
-        record = json.loads((d / sweep.SWEEP_FILE).read_text())
+        record = json.loads((d / results.SWEEP_FILE).read_text())
         record["spec"]["adapter"] = str(workdir / kind)
-        (d / sweep.SWEEP_FILE).write_text(json.dumps(record))
+        (d / results.SWEEP_FILE).write_text(json.dumps(record))
         summary = json.loads((d / sweep.SUMMARY_FILE).read_text())
         summary["final_point"]["test"]["general"] = summary["base_point"]["test"]["general"] - drop
         (d / sweep.SUMMARY_FILE).write_text(json.dumps(summary))

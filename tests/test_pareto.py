@@ -2,17 +2,25 @@
 
 import pytest
 
+from rewind import results
 from rewind.errors import RewindError
-from rewind.pareto import Scored, frontier, select
+from rewind.pareto import frontier, select
+from rewind.results import Scored
 
-BASE = Scored("base@0", 10.0, 50.0)
+
+def scored(key: str, target: float, general: float) -> Scored:
+    path, alpha = key.split("@")
+    return Scored(results.Point.of({"path": path, "alpha": float(alpha)}), target, general)
+
+
+BASE = scored("base@0", 10.0, 50.0)
 POINTS = [
     BASE,
-    Scored("p@0.3", 20.0, 49.5),
-    Scored("p@0.6", 30.0, 48.0),
-    Scored("p@0.8", 34.0, 45.0),
-    Scored("final@1", 35.0, 40.0),
-    Scored("q@0.5", 25.0, 47.0),
+    scored("p@0.3", 20.0, 49.5),
+    scored("p@0.6", 30.0, 48.0),
+    scored("p@0.8", 34.0, 45.0),
+    scored("final@1", 35.0, 40.0),
+    scored("q@0.5", 25.0, 47.0),
 ]
 
 
@@ -35,8 +43,8 @@ def test_other_rules():
 
 
 def test_ties_prefer_general_then_earlier():
-    pts = [BASE, Scored("a", 20.0, 49.0), Scored("b", 20.0, 49.5), Scored("c", 20.0, 49.5)]
-    assert select(pts, BASE, "max-target-within", tolerance=1.0).key == "b"
+    pts = [BASE, scored("a@0.2", 20.0, 49.0), scored("b@0.2", 20.0, 49.5), scored("c@0.2", 20.0, 49.5)]
+    assert select(pts, BASE, "max-target-within", tolerance=1.0).key == "b@0.2"
 
 
 def test_bad_rule():

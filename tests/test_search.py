@@ -13,6 +13,8 @@ from rewind import engine, pareto, paths, search, sweep
 from rewind.cli import main
 from rewind.errors import RewindError
 from rewind.evaluate import harness
+from rewind.results import BASE, Point, Scored
+from rewind.session import Session
 
 
 def test_layer_groups_are_contiguous_and_balanced():
@@ -55,10 +57,11 @@ def test_compass_stops_at_the_budget_and_keeps_the_best_seen():
 
 
 def test_objective_agrees_with_select():
-    base = pareto.Scored("base@0", 10, 50)
-    pts = [base, pareto.Scored("a", 30, 48.5), pareto.Scored("b", 40, 47), pareto.Scored("c", 20, 49.5)]
+    base = Scored(BASE, 10, 50)
+    a, b, c = (Point.at("linear", alpha) for alpha in (0.4, 0.6, 0.2))
+    pts = [base, Scored(a, 30, 48.5), Scored(b, 40, 47), Scored(c, 20, 49.5)]
     key = pareto.objective("max-target-within", base, tolerance=2.0)
-    assert max(pts, key=key).key == pareto.select(pts, base, "max-target-within", 2.0).key == "a"
+    assert max(pts, key=key).key == pareto.select(pts, base, "max-target-within", 2.0).key == a.key
     assert key(pts[2]) < key(base)  # falling short of the tolerance ranks below every qualifying point
     with pytest.raises(RewindError, match="knee"):
         pareto.objective("knee", base)
@@ -139,7 +142,7 @@ def test_search_refuses_bad_settings(searched, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(RewindError, match="uniform sweep"):
         search.Search(
-            sweep.Sweep(
+            Session(
                 sweep.SweepSpec(
                     adapter=str(adapter),
                     base=str(base),

@@ -12,8 +12,9 @@ from peft import LoraConfig, get_peft_model
 from tiny import randomize
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewind import export, sweep
+from rewind import export, results, sweep
 from rewind.cli import main
+from rewind.report import table
 
 TARGET, GENERAL = ["math_offline_basic_arithmetic"], ["general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
 LIMIT = 3
@@ -65,7 +66,7 @@ def test_sweep_writes_results_summary_plot(swept):
     assert (out / "pareto.png").stat().st_size > 10_000
     assert summary["base_point"]["test"] is not None
     assert summary["selected"]["key"] in summary["frontier"]  # max-target-within never picks a dominated point
-    text = sweep.table(summary)
+    text = table(summary)
     assert "linear" in text and "selected (max-target-within, validation)" in text
 
 
@@ -190,13 +191,13 @@ def test_sweep_reports_pass_at_k_beside_greedy(swept, workdir, tmp_path, monkeyp
     assert all(first[key] == value for key, value in greedy.items() if key in first)  # pass@k leaves greedy alone
     for row in summary["points"]:
         assert 0 <= row["pass@1"] <= row["pass@3"] <= 100
-    assert "pass@3" in sweep.table(summary)
+    assert "pass@3" in table(summary)
 
 
 def test_ranks_own_their_points_whenever_they_read_the_log():
-    points = [sweep.PointSpec("linear", a / 10) for a in range(7)]
+    points = [results.Point.at("linear", a / 10) for a in range(1, 8)]
     finished_by_rank_1 = {(points[1].key, "validation")}  # rank 1 was quicker: rank 0 reads the log after it
-    mine = {0: sweep.shard(points, finished_by_rank_1, 0, 2), 1: sweep.shard(points, set(), 1, 2)}
+    mine = {0: results.shard(points, finished_by_rank_1, 0, 2), 1: results.shard(points, set(), 1, 2)}
     evaluated = [p.key for rank in (0, 1) for p in mine[rank]]
     assert sorted(evaluated) == sorted(p.key for p in points)  # each point exactly once, none skipped
 

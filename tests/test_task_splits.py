@@ -17,7 +17,7 @@ import tinysweep
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rewind import RewindError, sweep
+from rewind import RewindError, report
 from rewind.cli import main
 from rewind.evaluate import harness
 
@@ -281,7 +281,7 @@ def test_summary_is_strict_json_and_selection_is_on_validation_scores(swept):
         assert 0 <= row["target"] <= 100 and 0 < row["general"] <= 100
     for row in (summary["base_point"], summary["final_point"], summary["selected"]):
         assert row["test"] is not None and 0 < row["test"]["general"] <= 100
-    assert "my_valtest acc_norm,none" in sweep.table(summary).splitlines()[0]
+    assert "my_valtest acc_norm,none" in report.table(summary).splitlines()[0]
 
 
 def test_rerun_adds_no_line(swept, tasks, model_dirs, capsys):
@@ -373,7 +373,7 @@ def test_a_missing_score_is_an_error_never_nan(tmp_path, model_dirs):
     assert "task nan_task" in message and "validation" in message and "'validation'" in message
     assert "not a number" in message and "\n" not in message
     with pytest.raises(RewindError, match="suite g has no score"):
-        sweep.point_scores([{"point": "p@1", "split": "validation", "suite": "t", "score": 1.0}], ["t"], ["g"])
+        report.scores([{"point": "p@1", "split": "validation", "suite": "t", "score": 1.0}], ["t"], ["g"])
 
 
 # -- the paper's suites over local stand-ins ---------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .. import adapters, models, sweep
+from .. import adapters, models, results, sweep
 from ..errors import RewindError
 from . import activations, csd, spectral
 from .common import Finetune, pyplot, safe_name, write_json
@@ -62,7 +62,7 @@ def find_sweep(adapter: str | Path, root: str | Path = ".") -> Path:
     candidates += sorted(p for p in adapter.iterdir() if p.is_dir()) if adapter.is_dir() else []
     found = []
     for directory in dict.fromkeys(c.resolve() for c in candidates):
-        if (directory / sweep.SWEEP_FILE).is_file():
+        if (directory / results.SWEEP_FILE).is_file():
             record, _ = sweep.load(directory)
             if Path(record["spec"]["adapter"]).resolve() == adapter:
                 found.append(directory)

@@ -1,0 +1,255 @@
+"""What a sweep reports: each point's scores, the frontier, the selection, summary.json, the table and pareto.png.
+
+A `Report` is built from what a sweep wrote: its record (sweep.json) and its run's lines of results.jsonl. It needs
+no model, so `Report.read(out)` reports any sweep dir, and the sweep and `rewind search` report through the same
+code. A report computes each split's rows, and the selection, once; `extend` adds lines and drops only what they
+change.
+
+Scores: a point's target (general) score is the mean over the target (general) suites of each suite's mean task
+score, 0-100, higher is better; a row (results.Scored) is one point's scores on one split. Selection: a `Rule` is
+a rule's name and settings (--select or --objective, --tolerance, --weight); it decides on validation rows only,
+and the test split reports the points it chose. The rules themselves are pure functions in pareto.py over rows; a
+rule that weighs more per point (intervals, paired differences) goes there too, `Rule` handing it what it reads
+and `Selection` carrying what it decided on.
+
+summary.json (one object; scores 0-100; "row" below means {key, path, alpha, layers, target, general, seconds,
+and "pass@K" for each K of --pass-k}, a point's validation scores named as in results.jsonl, see results.py):
+- run: the run id; base: the base's hub id (or dir); adapter; method; paths: the paths swept, natural first;
+- rule, tolerance: the selection rule and its tolerance; layers: the --layers schedule of every path, or null;
+  cayley_scale;
+- selected, base_point, final_point: a row plus "test": the same row on the test split (null if not scored);
+- frontier: the keys of the Pareto-optimal points (validation); points: a row per evaluated point, in sweep order
+  (base, final, each path's alphas, training checkpoints, then searched points in the order they were found);
+- metrics: {"target" | "general": {task: the lm-eval metric its score is}}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import files, models, pareto
+from .errors import RewindError
+from .evaluate.harness import suite_means
+from .plots import pareto_plot
+from .results import (
+    BASE,
+    FINAL,
+    RESULTS_FILE,
+    TEST,
+    VALIDATION,
+    Point,
+    ResultsLog,
+    Scored,
+    compact,
+    known,
+    plan,
+    read_record,
+)
+
+SUMMARY_FILE, PLOT_FILE = "summary.json", "pareto.png"
+
+
+def scores(records: list[dict], target: list[str], general: list[str]) -> tuple[float, float]:
+    """(target, general) of one point's lines on one split. A suite without a score is an error: a mean over what
+    is left would compare points on different tasks."""
+    means = suite_means((r["suite"], r["score"]) for r in records)
+
+    def role_score(suites: list[str]) -> float:
+        for suite in suites:
+            if suite not in means:
+                point, split = records[0]["point"], records[0]["split"]
+                raise RewindError(
+                    f"point {point}, {split}: suite {suite} has no score in results.jsonl; rerun "
+                    f"the sweep to evaluate it"
+                )
+        return sum(means[s] for s in suites) / len(suites)
+
+    return role_score(target), role_score(general)
+
+
+def pass_scores(records: list[dict], ks: list[int]) -> dict[str, float]:
+    """{"pass@k": mean over the point's sampled generation tasks, 0-100} for each k asked for."""
+    sampled = [r for r in records if r["role"] == "pass@k"]
+    if not ks or not sampled:
+        return {}
+    return {
+        f"pass@{k}": 100 * sum(r["metrics"][f"pass@{k},pass_at_k"] for r in sampled) / len(sampled) for k in sorted(ks)
+    }
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one point is chosen: a rule of pareto.RULES and its settings."""
+
+    name: str = "max-target-within"
+    tolerance: float = 1.0
+    weight: float = 0.5
+
+    def select(self, rows: list[Scored], base: Scored) -> Scored:
+        return pareto.select(rows, base, self.name, self.tolerance, self.weight)
+
+    def objective(self, base: Scored | None):
+        """What `select` maximises, for one row (scalar rules only; `base` None: only check that it is one)."""
+        return pareto.objective(self.name, base, self.tolerance, self.weight)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The selection over the validation rows: the chosen row, and the frontier and end points it was chosen on."""
+
+    rule: Rule
+    selected: Scored
+    frontier: list[Scored]
+    base: Scored
+    final: Scored
+
+
+class Report:
+    def __init__(self, record: dict, records: list[dict]):
+        """`record`: sweep.json's object; `records`: the lines of its run in results.jsonl."""
+        self.record, self.spec = record, record["spec"]
+        self.rule = Rule(self.spec["select"], self.spec["tolerance"], self.spec["weight"])
+        self._records = list(records)
+        self._rows: dict[str, list[Scored]] = {}
+        self._selection: Selection | None = None
+
+    @classmethod
+    def read(cls, out: str | Path) -> Report:
+        """The report of the sweep in dir `out`, from its sweep.json and results.jsonl."""
+        record = read_record(Path(out))
+        return cls(record, ResultsLog(Path(out) / RESULTS_FILE).records(record["run"]))
+
+    def extend(self, records: list[dict]) -> None:
+        """Add lines of the run (new points or splits); what they change is computed again when next asked."""
+        self._records += records
+        for split in {r["split"] for r in records}:
+            self._rows.pop(split, None)
+            if split == VALIDATION:
+                self._selection = None
+
+    def points(self) -> list[Point]:
+        """Every point of the sweep in its order: the planned ones, then the ones found (search)."""
+        steps = sorted({Point.of(r).step for r in self._records if r["path"] == "train"})
+        return known(plan(self.spec["alphas"], self.record["paths"], steps), self._records)
+
+    def rows(self, split: str = VALIDATION) -> list[Scored]:
+        """A row for each point scored on `split`, in sweep order."""
+        if split not in self._rows:
+            mine: dict[str, list[dict]] = {}
+            for r in self._records:
+                if r["split"] == split:
+                    mine.setdefault(r["point"], []).append(r)
+            self._rows[split] = [self._scored(p, mine[p.key]) for p in self.points() if p.key in mine]
+        return self._rows[split]
+
+    def _scored(self, point: Point, records: list[dict]) -> Scored:
+        target, general = scores(records, self.spec["target"], self.spec["general"])
+        passes = pass_scores(records, self.spec.get("pass_k") or [])
+        return Scored(point, target, general, records[0]["point_seconds"], passes)
+
+    def row(self, point: Point, split: str = VALIDATION) -> Scored | None:
+        return next((r for r in self.rows(split) if r.key == point.key), None)
+
+    def _end(self, point: Point) -> Scored:
+        row = self.row(point)
+        if row is None:
+            raise RewindError(f"point {point.key} has no validation score in results.jsonl; rerun the sweep")
+        return row
+
+    @property
+    def selection(self) -> Selection:
+        if self._selection is None:
+            rows, base = self.rows(VALIDATION), self._end(BASE)
+            frontier = pareto.frontier(rows)
+            self._selection = Selection(self.rule, self.rule.select(rows, base), frontier, base, self._end(FINAL))
+        return self._selection
+
+    def entry(self, row: Scored) -> dict:
+        """A validation row with its test row (or None) as "test"."""
+        test = self.row(row.point, TEST)
+        return {**row.row(), "test": test.row() if test else None}
+
+    def metrics(self) -> dict[str, dict[str, str]]:
+        """{"target" | "general": {task: the lm-eval metric its score is}}, as the base point was scored."""
+        out: dict[str, dict[str, str]] = {}
+        for r in self._records:
+            if r["point"] == BASE.key and r["split"] == VALIDATION and r["role"] in ("target", "general"):
+                out.setdefault(r["role"], {})[r["task"]] = r["metric"]
+        return out
+
+    def summary(self) -> dict:
+        """summary.json's object (its schema: the module docstring)."""
+        chosen, spec = self.selection, self.spec
+        return {
+            "run": self.record["run"],
+            "base": models.hub_id(spec["base"]),
+            "adapter": str(spec["adapter"]),
+            "method": self.record["method"],
+            "paths": self.record["paths"],
+            "rule": self.rule.name,
+            "tolerance": self.rule.tolerance,
+            "layers": spec["layers"],
+            "cayley_scale": spec["cayley_scale"],
+            "selected": self.entry(chosen.selected),
+            "base_point": self.entry(chosen.base),
+            "final_point": self.entry(chosen.final),
+            "frontier": [r.key for r in chosen.frontier],
+            "points": [r.row() for r in self.rows(VALIDATION)],
+            "metrics": self.metrics(),
+        }
+
+    def write(self, out: str | Path) -> dict:
+        """summary.json and pareto.png into dir `out`; returns the summary."""
+        summary = self.summary()
+        files.write_json(Path(out) / SUMMARY_FILE, summary)
+        pareto_plot(
+            summary["points"],
+            set(summary["frontier"]),
+            summary["selected"]["key"],
+            Path(out) / PLOT_FILE,
+            title=f"{summary['method']} on {summary['base']} ({', '.join(summary['paths'])})",
+        )
+        return summary
+
+
+def table(summary: dict) -> str:
+    """The printed table: one row per point, deltas against the base, frontier and selection marked."""
+    base = summary["base_point"]
+    passes = [key for key in base if key.startswith("pass@")]
+    # Which metric each score is (older summaries did not record it).
+    lines = [
+        f"{role:<8} {', '.join(f'{task} {metric}' for task, metric in tasks.items())}"
+        for role, tasks in summary.get("metrics", {}).items()
+    ]
+    lines += [
+        f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
+        + "".join(f" {key:>8}" for key in passes)
+        + "  front",
+        "-" * (62 + 9 * len(passes)),
+    ]
+    lines += [_table_row(r, base, passes, summary) for r in summary["points"]]
+    sel = summary["selected"]
+    lines.append("")
+    layers = f" layers={compact(sel['layers'])}" if sel.get("layers") else ""
+    lines.append(f"selected ({summary['rule']}, validation): {sel['path']} alpha={sel['alpha']:g}{layers}")
+    for name, row in [("base", base), ("final", summary["final_point"]), ("selected", sel)]:
+        test = row.get("test")
+        if test:
+            lines.append(f"  test  {name:<9} target {test['target']:6.2f}  general {test['general']:6.2f}")
+    return "\n".join(lines)
+
+
+def _table_row(r: dict, base: dict, passes: list[str], summary: dict) -> str:
+    mark = ("*" if r["key"] in summary["frontier"] else "") + (
+        " <- selected" if r["key"] == summary["selected"]["key"] else ""
+    )
+    if r.get("layers"):
+        mark += f" layers {compact(r['layers'])}"
+    name = r["path"] + ("+L" if r.get("layers") else "")
+    return (
+        f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
+        f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
+        + "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in passes)
+        + f"  {mark}"
+    )

@@ -1,0 +1,310 @@
+"""What a sweep is given (`SweepSpec`), and the session that evaluates it: the base loaded once, the adapter read
+against it, a rewinder per path, an evaluator per split. `Session.evaluate(points, split)` moves the model to each
+point in place, scores it, and appends its lines to results.jsonl as it finishes (results.py), so a killed sweep
+rerun with the same command skips what is done. Which points, in which order, is the caller's policy (the sweep's
+grid, `rewind search`'s climb).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import adapters, engine, files, models, paths, results
+from .errors import RewindError
+from .evaluate.harness import CHAT_TEMPLATE_MODES
+from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepSpec:
+    adapter: str
+    base: str | None = None
+    paths: list[str] = field(default_factory=lambda: ["auto"])
+    alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))
+    target: list[str] = field(default_factory=lambda: ["math-offline"])
+    general: list[str] = field(default_factory=lambda: ["general-offline"])
+    limit: int | None = None
+    layers: str | None = None  # a layer schedule applied on every path
+    cayley_scale: str = "linear"
+    init_adapter: str | None = None
+    checkpoints: str | None = None  # glob of a training run's checkpoint dirs: one more path, "train"
+    select: str = "max-target-within"
+    tolerance: float = 1.0
+    weight: float = 0.5
+    dtype: str = "auto"  # bf16 on an accelerator, fp32 on a CPU
+    device: str | None = None
+    batch_size: int | str | None = None  # None: lm-eval's default for the device (harness.Evaluator)
+    allow_extrapolation: bool = False
+    pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
+    chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
+    include_path: list[str] = field(default_factory=list)  # dirs of task YAMLs, as lm-eval's --include_path
+    metric: dict[str, str] = field(default_factory=dict)  # {task or suite: lm-eval metric} scoring it
+
+    def checkpoint_dirs(self) -> list[Path]:
+        if not self.checkpoints:
+            return []
+        found = sorted((Path(p) for p in glob.glob(self.checkpoints) if Path(p).is_dir()), key=_step)
+        if not found:
+            raise RewindError(f"--checkpoints {self.checkpoints}: no checkpoint dirs match")
+        return found
+
+    def checkpoint_steps(self) -> dict[int, Path]:
+        """{training step: checkpoint dir} in step order (the first dir of a step, should two end in one number)."""
+        steps: dict[int, Path] = {}
+        for directory in self.checkpoint_dirs():
+            steps.setdefault(_step(directory), directory)
+        return steps
+
+    def run_id(self, adapter_sha: str, chat: bool = True, splits: dict | None = None) -> str:
+        """Everything that changes a score; not alphas or the rule (adding points or reselecting reuses results).
+        `chat`: whether the chat template is applied (where tasks ask for it); `splits`: what each phase scores of
+        each task not bundled (the bundled tasks' splits are fixed)."""
+        facts = {
+            "base": models.hub_id(self.base),
+            "adapter": adapter_sha,
+            "init": self.init_adapter,
+            "target": self.target,
+            "general": self.general,
+            "limit": self.limit,
+            "layers": self.layers,
+            "cayley_scale": self.cayley_scale,
+            "dtype": self.dtype,
+            "pass_k": sorted(self.pass_k),
+            "checkpoints": [str(p) for p in self.checkpoint_dirs()],
+        }
+        if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
+            facts["chat_template"] = False
+        # Likewise only where given: a sweep of bundled suites keeps its run id (and its results) from before.
+        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits}
+        facts |= {key: value for key, value in more.items() if value}
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+    def check(self) -> None:
+        """What the spec alone shows to be wrong, before anything loads (the CLI's types check most of it too)."""
+        models.pick_device(self.device)
+        if (
+            not self.alphas
+            or not all(math.isfinite(a) for a in self.alphas)
+            or (any(not 0 <= a <= 1 for a in self.alphas) and not self.allow_extrapolation)
+        ):
+            raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
+        if self.limit is not None and self.limit < 1:
+            raise RewindError(f"--limit {self.limit}: give at least 1 item per task")
+        if any(k < 1 for k in self.pass_k):
+            raise RewindError(f"--pass-k {','.join(map(str, self.pass_k))}: k must be at least 1")
+        if self.chat_template not in CHAT_TEMPLATE_MODES:
+            raise RewindError(f"--chat-template {self.chat_template}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
+
+
+def _step(path: Path) -> int:
+    m = re.search(r"(\d+)$", path.name)
+    return int(m.group(1)) if m else 0
+
+
+class Session:
+    def __init__(self, spec: SweepSpec, out: str | Path):
+        """Checks what the spec alone shows to be wrong and resolves the suites; loads nothing (see `open`)."""
+        from .evaluate import harness
+
+        self.spec, self.out = spec, Path(out)
+        spec.check()
+        spec.dtype = models.resolve_dtype(spec.dtype, spec.device)  # the run id records what actually ran
+        # Unknown names fail before any loading.
+        self.suites = harness.resolve_suites(spec.target + spec.general, spec.include_path)
+        self.schedule = paths.Schedule.parse(spec.layers)
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Everything before the first point: check results.jsonl, load the model, bind the paths."""
+        self.log = results.ResultsLog(self.out / RESULTS_FILE)  # a damaged log fails before the model loads
+        self._load()
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RewindError(f"--out {self.out}: cannot create ({exc.strerror}); choose another --out") from exc
+        files.write_json(self.out / SWEEP_FILE, self.record)
+
+    def _load(self) -> None:
+        device = self.spec.device
+        if self.world > 1 and (device or models.pick_device()).startswith("cuda"):
+            device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
+        self.model, self.tokenizer = models.load_base(self.spec.base, device, self.spec.dtype)
+        self.update = self._read_update()
+        self.path_names = self._path_names()
+        self._check_alphas()
+        self.chat = self._chat_template()
+        self.rewinders: dict[str, engine.Rewinder] = {}
+        self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
+        self._evaluators()
+
+    def _read_update(self) -> adapters.Update:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        shapes = {n: p.shape for n, p in params.items()}
+        return adapters.read(
+            self.spec.adapter,
+            shapes,
+            self.spec.init_adapter,
+            base_tensor=lambda n: params[n].detach(),
+            base_config=self.model.config.to_dict(),
+        )
+
+    def _path_names(self) -> list[str]:
+        path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
+        for path_cls in path_classes:  # refuse now, not after the base point was evaluated
+            if not all(path_cls.accepts(d) for d in self.update.deltas.values()):
+                raise RewindError(
+                    f"path {path_cls.name!r} does not apply to {self.update.method.name}; try --path auto"
+                )
+        return [c.name for c in path_classes]
+
+    def _check_alphas(self) -> None:
+        names = list(self.update.deltas)
+        for alpha in self.spec.alphas:
+            if self.schedule.kind != "balanced":  # balanced needs W0 norms; its alphas never exceed the global one
+                engine.tensor_alphas(
+                    names, engine.Point("", alpha, self.schedule), self.num_layers, None, self.spec.allow_extrapolation
+                )
+
+    def _chat_template(self) -> bool:
+        from .evaluate import harness
+
+        chat = harness.use_chat_template(self.spec.chat_template, self.tokenizer)
+        if not chat and self.spec.chat_template == "auto":
+            log.warning(
+                "--base %s has no chat template: tasks that ask for one get plain prompts (--chat-template off)",
+                models.hub_id(self.spec.base),
+            )
+        return chat
+
+    def _evaluators(self) -> None:
+        from .evaluate import harness
+
+        self.evaluators = {
+            split: harness.Evaluator(
+                self.model,
+                self.tokenizer,
+                self.suites,
+                split=split,
+                limit=self.spec.limit,
+                batch_size=self.spec.batch_size,
+                pass_k=self.spec.pass_k,
+                chat_template="on" if self.chat else "off",
+                metrics=self.spec.metric,
+            )
+            for split in (VALIDATION, TEST)
+        }
+        plans = {split: evaluator.split_plan() for split, evaluator in self.evaluators.items()}
+        self.splits = {task: {split: plans[split][task] for split in plans} for task in plans[VALIDATION]}
+        unbundled = {task: plan for task, plan in self.splits.items() if not harness.is_bundled(task)}
+        self.run_id = self.spec.run_id(self.update.sha256, self.chat, unbundled)
+        role = {s: "target" for s in self.spec.target} | {s: "general" for s in self.spec.general}
+        self.roles = role | {s + harness.PASS_SUFFIX: "pass@k" for s in role}
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def record(self) -> dict:
+        """sweep.json's object: what the sweep is (its report is computed from this and results.jsonl)."""
+        return {
+            "run": self.run_id,
+            "spec": asdict(self.spec),
+            "paths": self.path_names,
+            "method": self.update.method.name,
+            "natural_path": self.update.natural_path,
+            "chat_template": self.chat,  # what --chat-template resolved to
+            "splits": self.splits,
+        }
+
+    # -- points ---------------------------------------------------------------------------------------------
+    def planned(self) -> list[Point]:
+        return results.plan(self.spec.alphas, self.path_names, self.spec.checkpoint_steps())
+
+    def records(self) -> list[dict]:
+        """This run's lines of results.jsonl."""
+        return self.log.records(self.run_id)
+
+    def finished(self) -> set[tuple[str, str]]:
+        """(point key, split) of every point this run has scored on every task."""
+        return results.finished(self.records(), len(self.evaluators[VALIDATION].entries))
+
+    def evaluate(self, points: list[Point], split: str) -> list[dict]:
+        """Score on `split` each of `points` that this run has not scored there yet; returns the new lines."""
+        done, out = self.finished(), []
+        for point in dict.fromkeys(points):
+            if (point.key, split) not in done:
+                out += self._evaluate(point, split)
+        return out
+
+    def _evaluate(self, point: Point, split: str) -> list[dict]:
+        """Move the model to `point`, score it on `split`, append its lines to results.jsonl."""
+        start = time.perf_counter()
+        self._move(point)
+        switch = time.perf_counter() - start
+        scored = self.evaluators[split].run()
+        elapsed = time.perf_counter() - start
+        records = [
+            {
+                "run": self.run_id,
+                "point": point.key,
+                **point.fields(),
+                "split": split,
+                "role": self.roles[r.suite],
+                **asdict(r),
+                "device": str(self.model.device),
+                "switch_seconds": round(switch, 4),
+                "point_seconds": round(elapsed, 3),
+            }
+            for r in scored
+        ]
+        self.log.append(records)
+        return records
+
+    # -- moving the model -----------------------------------------------------------------------------------
+    def _rewinder(self, path: str) -> engine.Rewinder:
+        if path not in self.rewinders:
+            shared = next(iter(self.rewinders.values()), None)
+            self.rewinders[path] = engine.Rewinder(
+                self.model, self.update, path, self.spec.cayley_scale, self.tokenizer, w0=shared.w0 if shared else None
+            )
+        return self.rewinders[path]
+
+    def _move(self, point: Point) -> None:
+        """Put the model at `point`."""
+        if self._checkpoint is not None:
+            self._checkpoint.set(0.0)
+            self._checkpoint = None
+        allow = self.spec.allow_extrapolation
+        if point.kind in ("base", "final"):
+            self._rewinder(self.path_names[0]).set(point.alpha)
+        elif point.kind == "train":
+            self._load_checkpoint(point.step)
+        elif point.kind == "searched":
+            self._rewinder(point.path).set(point.alpha, paths.Schedule("list", point.layers), allow)
+        else:
+            self._rewinder(point.path).set(point.alpha, self.schedule, allow)
+
+    def _load_checkpoint(self, step: int) -> None:
+        directory = self.spec.checkpoint_steps()[step]
+        natural = self._rewinder(self.path_names[0])
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        update = adapters.read(
+            directory, {n: p.shape for n, p in params.items()}, None, base_tensor=natural.w0.__getitem__
+        )
+        natural.set(0.0)
+        self._checkpoint = engine.Rewinder(self.model, update, "auto", self.spec.cayley_scale, w0=natural.w0)
+        self._checkpoint.set(1.0)
