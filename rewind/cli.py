@@ -15,6 +15,7 @@ from click.core import ParameterSource
 from . import __version__
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
+from .pareto import RULES, SCALAR_RULES
 from .session import DEFAULT_ALPHAS
 from .sweep import DEFAULT_OUT as DEFAULT_SWEEP
 
@@ -273,123 +274,110 @@ INCLUDE_PATH = click.option(
 )
 
 
+def _batch_size(ctx, param, text):
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise click.BadParameter(f"{text!r}: give a positive number or auto", ctx, param)
+    return int(text)
+
+
+# What defines a sweep's points and scores; shared by `sweep` and `search` (which sweeps first).
+_SWEEP_OPTIONS = [
+    click.option(
+        "--alphas",
+        default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
+        show_default=True,
+        help="Comma list of alphas per path (0 and 1 are always evaluated).",
+    ),
+    click.option(
+        "--target",
+        multiple=True,
+        default=["math-offline"],
+        show_default=True,
+        help="Target suite(s): math-offline, med-offline, code-offline, math, med, any lm-eval task "
+        "name, or a task YAML file.",
+    ),
+    click.option(
+        "--general",
+        multiple=True,
+        default=["general-offline"],
+        show_default=True,
+        help="General suite(s): general-offline, general, any lm-eval task name, or a task YAML file.",
+    ),
+    INCLUDE_PATH,
+    click.option(
+        "--metric",
+        "metrics",
+        multiple=True,
+        metavar="TASK=METRIC",
+        help="Score TASK (or every task of a suite) by lm-eval METRIC (e.g. acc_norm, or "
+        "exact_match,flexible-extract). Default: the task's metadata primary_metric, else its "
+        "first higher-is-better metric. Repeatable.",
+    ),
+    click.option(
+        "--limit",
+        type=click.IntRange(min=1),
+        default=None,
+        help="At most N items per task and split (quick runs).",
+    ),
+    click.option(
+        "--checkpoints", default=None, help="Glob of a training run's checkpoint dirs: one more path, 'train'."
+    ),
+    click.option(
+        "--pass-k",
+        default=None,
+        help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks.",
+    ),
+    click.option(
+        "--tolerance",
+        type=_Finite(),
+        default=1.0,
+        show_default=True,
+        help="max-target-within: general may drop this many points below the base.",
+    ),
+    click.option(
+        "--weight",
+        type=_Finite(0, 1),
+        default=0.5,
+        show_default=True,
+        help="weighted: weight of the target score.",
+    ),
+    click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
+    click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
+    click.option(
+        "--dtype",
+        type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bf16 on a GPU, fp32 on a CPU.",
+    ),
+    click.option(
+        "--batch-size",
+        callback=_batch_size,
+        default=None,
+        help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU).",
+    ),
+    click.option(
+        "--chat-template",
+        type=click.Choice(CHAT_TEMPLATE_MODES),
+        default="auto",
+        show_default=True,
+        help="Chat-format the prompts of tasks that ask for it. auto: when the base's tokenizer has a "
+        "chat template (a plain pretrained base has none: plain prompts, with a note).",
+    ),
+]
+
+
 def sweep_options(f):
-    """What defines a sweep's points and scores; shared by `sweep` and `search` (which sweeps first)."""
-    for option in reversed(
-        [
-            click.option(
-                "--alphas",
-                default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS),
-                show_default=True,
-                help="Comma list of alphas per path (0 and 1 are always evaluated).",
-            ),
-            click.option(
-                "--target",
-                multiple=True,
-                default=["math-offline"],
-                show_default=True,
-                help="Target suite(s): math-offline, med-offline, code-offline, math, med, any lm-eval task "
-                "name, or a task YAML file.",
-            ),
-            click.option(
-                "--general",
-                multiple=True,
-                default=["general-offline"],
-                show_default=True,
-                help="General suite(s): general-offline, general, any lm-eval task name, or a task YAML file.",
-            ),
-            INCLUDE_PATH,
-            click.option(
-                "--metric",
-                "metrics",
-                multiple=True,
-                metavar="TASK=METRIC",
-                help="Score TASK (or every task of a suite) by lm-eval METRIC (e.g. acc_norm, or "
-                "exact_match,flexible-extract). Default: the task's metadata primary_metric, else its "
-                "first higher-is-better metric. Repeatable.",
-            ),
-            click.option(
-                "--limit",
-                type=click.IntRange(min=1),
-                default=None,
-                help="At most N items per task and split (quick runs).",
-            ),
-            click.option(
-                "--checkpoints", default=None, help="Glob of a training run's checkpoint dirs: one more path, 'train'."
-            ),
-            click.option(
-                "--pass-k",
-                default=None,
-                help="e.g. 1,8: sampled pass@k (temperature 0.7) beside greedy accuracy on generation tasks.",
-            ),
-            click.option(
-                "--tolerance",
-                type=_Finite(),
-                default=1.0,
-                show_default=True,
-                help="max-target-within: general may drop this many points below the base.",
-            ),
-            click.option(
-                "--weight",
-                type=_Finite(0, 1),
-                default=0.5,
-                show_default=True,
-                help="weighted: weight of the target score.",
-            ),
-            click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
-            click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
-            click.option(
-                "--dtype",
-                type=click.Choice(["auto", "bf16", "fp32", "fp16"]),
-                default="auto",
-                show_default=True,
-                help="auto: bf16 on a GPU, fp32 on a CPU.",
-            ),
-            click.option(
-                "--batch-size",
-                callback=_batch_size,
-                default=None,
-                help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU).",
-            ),
-            click.option(
-                "--chat-template",
-                type=click.Choice(CHAT_TEMPLATE_MODES),
-                default="auto",
-                show_default=True,
-                help="Chat-format the prompts of tasks that ask for it. auto: when the base's tokenizer has a "
-                "chat template (a plain pretrained base has none: plain prompts, with a note).",
-            ),
-        ]
-    ):
+    for option in reversed(_SWEEP_OPTIONS):
         f = option(f)
     return f
 
 
-def _sweep_spec(
-    base,
-    adapter,
-    init_adapter,
-    path,
-    layers,
-    cayley_scale,
-    allow_extrapolation,
-    alphas,
-    target,
-    general,
-    include_path,
-    metrics,
-    limit,
-    checkpoints,
-    pass_k,
-    rule,
-    tolerance,
-    weight,
-    device,
-    dtype,
-    batch_size,
-    chat_template,
-):
-    from . import sweep as sweeper
+def _sweep_spec(adapter, path, layers, alphas, target, general, include_path, metrics, pass_k, rule, **fields):
+    """The SweepSpec that `sweep` and `search` options give; `fields`: the options named as SweepSpec's fields."""
+    from .session import SweepSpec
 
     if adapter is None:
         raise RewindError("--adapter is required")
@@ -398,30 +386,31 @@ def _sweep_spec(
         if layers is None:
             raise RewindError("--path layerwise needs --layers ramp|balanced|a,b,...")
         paths = ["auto" if p == "layerwise" else p for p in paths]
-    return sweeper.SweepSpec(
+    return SweepSpec(
         adapter=adapter,
-        base=base,
         paths=paths,
+        layers=layers,
         alphas=_floats(alphas, "--alphas"),
         target=list(target),
         general=list(general),
-        limit=limit,
-        layers=layers,
-        cayley_scale=cayley_scale,
-        init_adapter=init_adapter,
-        checkpoints=checkpoints,
-        select=rule,
-        tolerance=tolerance,
-        weight=weight,
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-        allow_extrapolation=allow_extrapolation,
-        pass_k=_counts(pass_k or "", "--pass-k"),
-        chat_template=chat_template,
         include_path=list(include_path),
         metric=_metrics(metrics),
+        pass_k=_counts(pass_k or "", "--pass-k"),
+        select=rule,
+        **fields,
     )
+
+
+def _continued_spec(out, rule, tolerance, weight, device, batch_size):
+    """The SweepSpec of the sweep in `out`, with the rule and where to run it as given now."""
+    from .session import SweepSpec
+    from .sweep import load
+
+    record, _ = load(out)
+    spec = SweepSpec(**record["spec"])
+    spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
+    spec.batch_size = batch_size or spec.batch_size
+    return spec
 
 
 def _metrics(values) -> dict[str, str]:
@@ -434,14 +423,6 @@ def _metrics(values) -> dict[str, str]:
     return out
 
 
-def _batch_size(ctx, param, text):
-    if text is None or text == "auto":
-        return text
-    if not text.isdigit() or int(text) < 1:
-        raise click.BadParameter(f"{text!r}: give a positive number or auto", ctx, param)
-    return int(text)
-
-
 @cli.command()
 @base_options
 @path_options(multiple=True)
@@ -449,64 +430,17 @@ def _batch_size(ctx, param, text):
 @click.option(
     "--select",
     "rule",
-    type=click.Choice(["max-target-within", "knee", "max-sum", "weighted"]),
+    type=click.Choice(RULES),
     default="max-target-within",
     show_default=True,
     help="How to pick the point (on validation scores).",
 )
-def sweep(
-    base,
-    adapter,
-    init_adapter,
-    path,
-    layers,
-    cayley_scale,
-    allow_extrapolation,
-    alphas,
-    target,
-    general,
-    include_path,
-    metrics,
-    limit,
-    checkpoints,
-    pass_k,
-    rule,
-    tolerance,
-    weight,
-    out,
-    device,
-    dtype,
-    batch_size,
-    chat_template,
-):
+def sweep(out, **options):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
     from .report import table
 
-    spec = _sweep_spec(
-        base,
-        adapter,
-        init_adapter,
-        path,
-        layers,
-        cayley_scale,
-        allow_extrapolation,
-        alphas,
-        target,
-        general,
-        include_path,
-        metrics,
-        limit,
-        checkpoints,
-        pass_k,
-        rule,
-        tolerance,
-        weight,
-        device,
-        dtype,
-        batch_size,
-        chat_template,
-    )
+    spec = _sweep_spec(**options)
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(table(summary))
@@ -520,7 +454,7 @@ def sweep(
 @click.option(
     "--objective",
     "rule",
-    type=click.Choice(["max-target-within", "max-sum", "weighted"]),
+    type=click.Choice(SCALAR_RULES),
     default="max-target-within",
     show_default=True,
     help="What the search maximises on validation (the sweep's selection rule; also picks the export).",
@@ -544,35 +478,7 @@ def sweep(
     show_default=True,
     help="Smallest move; alphas lie on its grid.",
 )
-def search(
-    base,
-    adapter,
-    init_adapter,
-    path,
-    layers,
-    cayley_scale,
-    allow_extrapolation,
-    alphas,
-    target,
-    general,
-    include_path,
-    metrics,
-    limit,
-    checkpoints,
-    pass_k,
-    rule,
-    tolerance,
-    weight,
-    out,
-    device,
-    dtype,
-    batch_size,
-    chat_template,
-    groups,
-    budget,
-    step,
-    min_step,
-):
+def search(out, groups, budget, step, min_step, **options):
     """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
 
     \b
@@ -582,41 +488,15 @@ def search(
     table and pareto.png; `rewind export --from OUT` then writes the selected point.
     """
     from . import search as searcher
-    from . import sweep as sweeper
     from .report import table
     from .session import Session
 
-    if adapter is not None:
-        spec = _sweep_spec(
-            base,
-            adapter,
-            init_adapter,
-            path,
-            layers,
-            cayley_scale,
-            allow_extrapolation,
-            alphas,
-            target,
-            general,
-            include_path,
-            metrics,
-            limit,
-            checkpoints,
-            pass_k,
-            rule,
-            tolerance,
-            weight,
-            device,
-            dtype,
-            batch_size,
-            chat_template,
-        )
+    if options["adapter"] is not None:
+        spec = _sweep_spec(**options)
     else:
-        record, _ = sweeper.load(out)
-        spec = sweeper.SweepSpec(**record["spec"])
-        spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
-        spec.batch_size = batch_size or spec.batch_size
-    search_path = next((p for p in path if p not in ("auto", "layerwise")), None)
+        keep = ("rule", "tolerance", "weight", "device", "batch_size")
+        spec = _continued_spec(out, **{key: options[key] for key in keep})
+    search_path = next((p for p in options["path"] if p not in ("auto", "layerwise")), None)
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
     summary, found = searcher.Search(Session(spec, out), plan).run()
     if summary:
