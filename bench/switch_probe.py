@@ -62,7 +62,8 @@ from rewind.paths import fused
 from rewind.paths.base import Bound, computed
 from rewind.paths.cayley import Cayley, _rotation_minus_identity
 from rewind.paths.linear import Linear
-from rewind.updates import LowRank, Rotation, rotate
+from rewind.updates.lora import LowRank
+from rewind.updates.oft import Rotation, rotate
 
 LAYERS = 28
 SHAPES = {"q,o": (3584, 3584, 2), "k,v": (512, 3584, 2), "gate,up": (18944, 3584, 2), "down": (3584, 18944, 1)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,10 +18,12 @@ import torch
 
 from . import methods
 from .errors import RewindError
-from .updates import Delta, DoRA, LowRank, MissBat, MissTiled, Replace, Rotation, Scale
+from .updates.base import Delta, check_config
+from .updates.full import Replace
+from .updates.lora import DoRA, LowRank
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-_PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -175,7 +176,7 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
     config = load_json(path / ADAPTER_CONFIG)
     sidecar = load_json(path / methods.SIDECAR) if (path / methods.SIDECAR).is_file() else None
     method = methods.identify(config, sidecar)
-    _check_config(config, path / ADAPTER_CONFIG)
+    check_config(config, method.kind.fields, path / ADAPTER_CONFIG)
     residual = methods.residual_init(config, path / ADAPTER_CONFIG)
     check_architecture(config, base_config, path)
     weights_file = path / ADAPTER_WEIGHTS
@@ -183,28 +184,17 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
     for key, t in tensors.items():
         if not t.is_floating_point():
             raise RewindError(f"{weights_file}: tensor {key} is {t.dtype}; adapter weights are floating point")
-    by_module: dict[str, dict[str, torch.Tensor]] = {}
-    shared: dict[str, torch.Tensor] = {}
-    deltas: dict[str, Delta] = {}
-    for key, t in tensors.items():
-        if not key.startswith(_PEFT_PREFIX):
-            shared[key] = t  # VeRA's projections live at base_model.vera_A / vera_B
-            continue
-        name = key[len(_PEFT_PREFIX) :]
-        if name in shapes:  # modules_to_save: peft stores the whole trained tensor under its base name
-            deltas[name] = Replace(t)
-            continue
-        module, leaf = _split_key(name)
-        by_module.setdefault(module, {})[leaf] = t
-    reader = _READERS[config["peft_type"].upper()]
-    for module, parts in by_module.items():
+    whole, by_module, shared = split_keys(tensors, shapes, method)
+    deltas: dict[str, Delta] = {whole[key]: Replace(tensors[key]) for key in whole}
+    for module, leaves in by_module.items():
         if f"{module}.weight" not in shapes:
             raise RewindError(
                 f"adapter module {module} is not in the base model; was the adapter trained on "
                 f"{config.get('base_model_name_or_path') or 'another model'}?"
             )
+        parts = {leaf: tensors[key] for leaf, key in leaves.items()}
         try:
-            deltas.update(reader(module, parts, config, shapes, shared))
+            deltas.update(method.kind.read(module, parts, config, shapes, shared))
         except RewindError:
             raise
         except (
@@ -230,170 +220,37 @@ def _read_peft(path: Path, shapes: Mapping[str, torch.Size], init_adapter, base_
     return Update(method, path, config, deltas, sha256(weights_file))
 
 
-# adapter_config.json fields the readers use: (peft types, key, check, what it must be, required). Missing optional
-# keys take peft's defaults in the readers; peft always writes `r` and `lora_alpha`. (AdaLoRA's rank_pattern holds
-# masks, not ranks: it is not read.)
-def _positive_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _pattern_map(v):
-    return v is None or (isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items()))
-
-
-_CONFIG_FIELDS = [
-    (("LORA",), "r", _positive_int, "a positive integer", True),
-    (("ADALORA",), "init_r", lambda v: v is None or _positive_int(v), "a positive integer", False),
-    (("LORA", "ADALORA"), "lora_alpha", _number, "a number", True),
-    (("LORA",), "rank_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
-    (("LORA",), "alpha_pattern", _pattern_map, "a mapping of module patterns to numbers", False),
-    (
-        ("OFT",),
-        "num_cayley_neumann_terms",
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "a non-negative integer",
-        False,
-    ),
-    (("OFT",), "eps", _number, "a number", False),
-    (("OFT",), "use_cayley_neumann", lambda v: isinstance(v, bool), "true or false", False),
-]
-
-
-def _check_config(config: dict, where: Path) -> None:
-    peft_type = str(config.get("peft_type", "")).upper()
-    for types_, key, ok, what, required in _CONFIG_FIELDS:
-        if peft_type not in types_:
+def split_keys(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size], method: methods.Method):
+    """A peft adapter's tensor keys by what they are: ({key: base tensor name} of tensors stored whole (peft's
+    modules_to_save), {module: {leaf: key}} of the method's adapter modules, {key: tensor} of the rest (VeRA's
+    projections live at base_model.vera_A / vera_B))."""
+    whole: dict[str, str] = {}
+    by_module: dict[str, dict[str, str]] = {}
+    shared: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if not key.startswith(PEFT_PREFIX):
+            shared[key] = t
             continue
-        if key not in config:
-            if required:
-                raise RewindError(f"{where}: `{key}` is missing; a {peft_type} adapter config has it")
+        name = key[len(PEFT_PREFIX) :]
+        if name in shapes:  # modules_to_save: peft stores the whole trained tensor under its base name
+            whole[key] = name
             continue
-        if not ok(config[key]):
-            raise RewindError(f"{where}: `{key}` is {config[key]!r}; it must be {what}")
-    for key in ("rank_pattern", "alpha_pattern") if peft_type == "LORA" else ():
-        for pattern in config.get(key) or {}:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise RewindError(f"{where}: {key} pattern {pattern!r} is not a valid regex ({exc})") from None
-            r = config[key][pattern]
-            if key == "rank_pattern" and not _positive_int(r):
-                raise RewindError(f"{where}: rank_pattern[{pattern!r}] is {r!r}; it must be a positive integer")
+        module, leaf = _split_key(name, method)
+        by_module.setdefault(module, {})[leaf] = key
+    return whole, by_module, shared
 
 
-def _split_key(key: str) -> tuple[str, str]:
+def _split_key(key: str, method: methods.Method) -> tuple[str, str]:
     """'model.layers.0.self_attn.q_proj.lora_A.weight' -> ('model.layers.0.self_attn.q_proj', 'lora_A.weight')."""
     parts = key.split(".")
+    prefixes = method.kind.prefixes
     for i, part in enumerate(parts):
-        if part.startswith(("lora_", "oft_", "ia3_", "vera_", "miss_")):
+        if part.startswith(prefixes):
             return ".".join(parts[:i]), ".".join(parts[i:])
     raise RewindError(
-        f"adapter tensor {key} is neither an adapter parameter rewind knows (LoRA, AdaLoRA, VeRA, "
-        f"OFT, IA3, MiSS) nor a base-model tensor"
+        f"adapter tensor {key} is neither a {method.name} adapter parameter ({', '.join(prefixes)}"
+        f"...) nor a base-model tensor"
     )
-
-
-def _pattern(config: dict, key: str, module: str, default):
-    """peft's rank_pattern/alpha_pattern lookup: a pattern matches a suffix of the module name."""
-    for pattern, value in (config.get(key) or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
-def _only(parts: dict, names: set[str], module: str) -> None:
-    unknown = set(parts) - names
-    if unknown:
-        raise RewindError(
-            f"adapter module {module}: unsupported tensors {sorted(unknown)} (embedding or conv "
-            f"adapters, trained biases and multi-adapter files are not read)"
-        )
-
-
-def _lora(module, parts, config, shapes, shared):
-    _only(parts, {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}, module)
-    if config.get("bias", "none") != "none" or config.get("lora_bias"):
-        raise RewindError("LoRA adapters with trained biases are not supported")
-    r = _pattern(config, "rank_pattern", module, config["r"])
-    alpha = _pattern(config, "alpha_pattern", module, config["lora_alpha"])
-    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-    B, A = parts["lora_B.weight"], parts["lora_A.weight"]
-    if config.get("fan_in_fan_out"):
-        raise RewindError("fan_in_fan_out (GPT-2 Conv1D) adapters are not supported")
-    if "lora_magnitude_vector" in parts:
-        return {f"{module}.weight": DoRA(B, A, scale, parts["lora_magnitude_vector"])}
-    return {f"{module}.weight": LowRank(B, A, scale)}
-
-
-def _adalora(module, parts, config, shapes, shared):
-    _only(parts, {"lora_A", "lora_B", "lora_E"}, module)
-    A = parts["lora_A"]
-    # peft divides by ranknum, which stays init_r when rank allocation prunes rows (rank_pattern) away.
-    ranknum = float(config.get("init_r") or A.shape[0])
-    scale = (config["lora_alpha"] if config["lora_alpha"] > 0 else float(A.shape[0])) / (ranknum + 1e-5)
-    return {f"{module}.weight": LowRank(parts["lora_B"], A * parts["lora_E"], scale)}
-
-
-def _vera(module, parts, config, shapes, shared):
-    _only(parts, {"vera_lambda_b", "vera_lambda_d"}, module)
-    if "base_model.vera_A" not in shared:
-        raise RewindError("VeRA adapter saved without its projections (save_projection=False): rewind needs them")
-    out, fan_in = shapes[f"{module}.weight"]
-    B = shared["base_model.vera_B"][:out] * parts["vera_lambda_b"].unsqueeze(-1)
-    A = shared["base_model.vera_A"][:, :fan_in] * parts["vera_lambda_d"].unsqueeze(-1)
-    return {f"{module}.weight": LowRank(B, A, 1.0)}
-
-
-def _ia3(module, parts, config, shapes, shared):
-    _only(parts, {"ia3_l"}, module)
-    vector = parts["ia3_l"]
-    deltas = {f"{module}.weight": Scale(vector)}
-    feedforward = vector.shape[0] == 1  # peft stores [1, in] for feed-forward modules, [out, 1] otherwise
-    if not feedforward and f"{module}.bias" in shapes:
-        deltas[f"{module}.bias"] = Scale(vector)  # peft's merge scales the bias with the output rows
-    return deltas
-
-
-def _miss(module, parts, config, shapes, shared):
-    _only(parts, {"miss_block"}, module)
-    block = parts["miss_block"]
-    mode = config.get("init_weights")
-    if mode == "bat":
-        return {f"{module}.weight": MissBat(block)}
-    if mode == "mini":
-        out = shapes[f"{module}.weight"][0]
-        block = block.repeat(1, out // block.shape[1])
-    return {f"{module}.weight": MissTiled(block)}
-
-
-def _oft(module, parts, config, shapes, shared):
-    _only(parts, {"oft_R.weight"}, module)
-    vec = parts["oft_R.weight"].float()  # [blocks, b(b-1)/2]: the strict upper triangle of each skew block
-    b = int((1 + math.isqrt(1 + 8 * vec.shape[1])) // 2)
-    rows, cols = torch.triu_indices(b, b, 1)
-    Q = torch.zeros(vec.shape[0], b, b)
-    Q[:, rows, cols] = vec
-    Q = Q - Q.transpose(-2, -1)
-    radius = None
-    if config.get("coft"):
-        # peft projects the generator onto a ball of radius eps/sqrt(blocks) before use; so do we, once.
-        radius = config.get("eps", 6e-5) / math.sqrt(Q.shape[0])
-        norms = torch.linalg.matrix_norm(Q).clamp_min(1e-30).view(-1, 1, 1)
-        Q = torch.where(norms <= radius, Q, Q * (radius / norms))
-    fan_in = shapes[f"{module}.weight"][1]
-    if fan_in % b:
-        raise RewindError(f"OFT module {module}: block size {b} does not divide in_features {fan_in}")
-    if Q.shape[0] not in (1, fan_in // b):
-        raise RewindError(f"OFT module {module}: {Q.shape[0]} blocks of {b} do not fit in_features {fan_in}")
-    terms = config.get("num_cayley_neumann_terms", 5) if config.get("use_cayley_neumann", True) else None
-    return {f"{module}.weight": Rotation(Q, terms, radius)}
-
-
-_READERS = {"LORA": _lora, "ADALORA": _adalora, "VERA": _vera, "IA3": _ia3, "MISS": _miss, "OFT": _oft}
 
 
 def _rebase_residual(deltas: dict[str, Delta], init: str, config: dict, init_adapter, path: Path) -> None:
@@ -413,8 +270,8 @@ def _rebase_residual(deltas: dict[str, Delta], init: str, config: dict, init_ada
             continue
         module = name[: -len(".weight")]
         try:
-            B0 = init_weights[f"{_PEFT_PREFIX}{module}.lora_B.weight"]
-            A0 = init_weights[f"{_PEFT_PREFIX}{module}.lora_A.weight"]
+            B0 = init_weights[f"{PEFT_PREFIX}{module}.lora_B.weight"]
+            A0 = init_weights[f"{PEFT_PREFIX}{module}.lora_A.weight"]
         except KeyError:
             raise RewindError(f"--init-adapter {init_adapter}: no {module} (not this adapter's step 0)") from None
         if init_config.get("r") != config.get("r") or B0.shape != delta.B.shape:
@@ -426,25 +283,10 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
     if name not in shapes:
         raise RewindError(f"adapter tensor {name} is not in the base model")
     want = tuple(shapes[name])
-    if isinstance(delta, (LowRank, DoRA)) and (
-        delta.B.dim() != 2 or delta.A.dim() != 2 or delta.B.shape[1] != delta.A.shape[0]
-    ):
-        raise RewindError(
-            f"adapter factors of {name} do not fit each other: B is {tuple(delta.B.shape)}, A is "
-            f"{tuple(delta.A.shape)} (expected [out, r] and [r, in]); the adapter is broken"
-        )
-    if isinstance(delta, (LowRank, DoRA)):
-        got = (delta.B.shape[0], delta.A.shape[1])
-    elif isinstance(delta, Scale):
-        got = want if delta.vector.numel() in want else tuple(delta.vector.shape)
-    elif isinstance(delta, MissTiled):
-        got = (delta.block.shape[1], want[1])
-    elif isinstance(delta, MissBat):
-        got = (delta.block.shape[0] * delta.block.shape[1], want[1])
-    elif isinstance(delta, Replace):
-        got = tuple(delta.w1.shape)
-    else:  # Rotation: checked by its reader against in_features
-        got = want
+    try:
+        got = tuple(delta.shape(want))
+    except ValueError as exc:
+        raise RewindError(f"adapter tensors of {name} do not fit each other: {exc}; the adapter is broken") from None
     if got != want:
         base = config.get("base_model_name_or_path") or config.get("_name_or_path") or "another model"
         raise RewindError(

@@ -16,7 +16,6 @@ import torch
 from . import adapters, models, paths
 from .errors import RewindError
 from .paths import Bound, Schedule
-from .updates import Rotation
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,8 @@ def check_alphas(alphas: Sequence[float], allow_extrapolation: bool) -> None:
 
 
 def layer_strengths(update: adapters.Update, base_tensor) -> dict[int, float]:
-    """Per-layer update size for the balanced schedule: ||Q_l||_F for OFT, else ||dW_l||_F / ||W0_l||_F."""
+    """Per-layer update size for the balanced schedule: ||dW_l||_F / ||W0_l||_F, or a generator's own norm for kinds
+    whose strength is not relative to W0 (OFT: ||Q_l||_F)."""
     sums: dict[int, list[float]] = {}
     for name, delta in update.deltas.items():
         layer = adapters.layer_of(name)
@@ -55,7 +55,7 @@ def layer_strengths(update: adapters.Update, base_tensor) -> dict[int, float]:
         w0 = base_tensor(name)
         acc = sums.setdefault(layer, [0.0, 0.0])
         acc[0] += delta.strength(w0) ** 2
-        acc[1] += 0.0 if isinstance(delta, Rotation) else float(torch.linalg.vector_norm(w0.float())) ** 2
+        acc[1] += float(torch.linalg.vector_norm(w0.float())) ** 2 if delta.relative else 0.0
     return {layer: math.sqrt(d) / math.sqrt(w) if w else math.sqrt(d) for layer, (d, w) in sums.items()}
 
 

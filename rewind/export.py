@@ -27,21 +27,10 @@ from . import __version__, adapters, methods, models, outdir, paths
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
-from .updates import Rotation
+from .updates.full import Replace
 
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
-# Adapter tensors whose scaling moves the adapter along its natural path, exactly (how, per leaf name).
-_SCALED_LEAVES = {
-    "lora_B.weight": "scale",
-    "lora_B": "scale",
-    "vera_lambda_b": "scale",
-    "miss_block": "scale",
-    "ia3_l": "ia3",
-    "oft_R.weight": "generator",
-    "lora_magnitude_vector": "magnitude",
-}
-_NO_ADAPTER_FORMAT = {"full": "a full finetune has no adapter"}
 
 
 @dataclass
@@ -212,9 +201,9 @@ def plan(
 
 def _check_adapter_format(p: ExportPlan) -> None:
     method = p.update.method
-    if method.name in _NO_ADAPTER_FORMAT:
+    if method.kind.scale is None:
         raise RewindError(
-            f"--format adapter is not exact for {method.name} ({_NO_ADAPTER_FORMAT[method.name]}): use --format merged"
+            f"--format adapter is not exact for {method.name} ({method.kind.no_adapter}): use --format merged"
         )
     if p.point.path != method.natural_path:
         raise RewindError(
@@ -226,25 +215,10 @@ def _check_adapter_format(p: ExportPlan) -> None:
             "--format adapter: this adapter needs a residual base; convert it first (peft's "
             "path_initial_model_for_weight_conversion) or use --format merged"
         )
-    _check_coft_ball(p)
-
-
-def _check_coft_ball(p: ExportPlan) -> None:
-    """coft: peft projects each stored generator back onto its ball before every use, so a scaled generator outside
-    the ball (possible where |s(alpha)| > 1, i.e. |alpha| > 1) would load as another rotation than this point's."""
-    from .paths.cayley import SCALES
-
-    for name, delta in p.update.deltas.items():
-        if not isinstance(delta, Rotation) or delta.coft_radius is None:
-            continue
-        s = SCALES[p.point.cayley_scale](p.alphas[name])
-        norm = abs(s) * float(torch.linalg.matrix_norm(delta.Q.float()).max())
-        if norm > delta.coft_radius * (1 + 1e-6):  # rounding: a block on the ball at alpha 1 stays there
-            raise RewindError(
-                f"--format adapter: at alpha {p.alphas[name]:g} the coft generator of {name} leaves "
-                f"peft's ball (norm {norm:.3g} > eps/sqrt(blocks) = {delta.coft_radius:.3g}) and peft "
-                f"would project it back, loading another point: use --format merged"
-            )
+    if method.kind.check_scale is not None:
+        for name, delta in p.update.deltas.items():
+            if not isinstance(delta, Replace):  # modules_to_save: interpolated, always exact
+                method.kind.check_scale(name, delta, p.alphas[name], cayley_scale=p.point.cayley_scale)
 
 
 def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
@@ -493,48 +467,35 @@ def _keys(shard: Path) -> list[str]:
 
 
 def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
-    """The adapter itself with its trained parameter scaled, so peft's own loading gives W(alpha)."""
+    """The adapter itself with its trained parameters scaled by its kind, so peft's own loading gives W(alpha)."""
     from safetensors.torch import save_file
 
-    from .paths.cayley import SCALES
-    from .paths.dora import magnitude
-    from .updates import Replace, ia3_factor
-
-    prefix = "base_model.model."
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)
-    tensors_out = {}
+    if p.dtype is not None:  # scaled in fp32, rounded once to --dtype below
+        tensors = {key: t.float() if t.is_floating_point() else t for key, t in tensors.items()}
     base = BaseTensors(p.shards)
-    for key, t in tensors.items():
-        name = key[len(prefix) :] if key.startswith(prefix) else key
-        if p.dtype is not None and t.is_floating_point():
-            t = t.float()  # scaled in fp32, rounded once to --dtype below
-        if name in p.alphas and isinstance(p.update.deltas[name], Replace):  # modules_to_save: interpolate
-            tensors_out[key] = torch.lerp(base(name).float(), t.float(), p.alphas[name]).to(t.dtype)
-            continue
-        leaf = next((leaf for leaf in _SCALED_LEAVES if name.endswith("." + leaf)), None)
-        if leaf is None:
-            tensors_out[key] = t
-            continue
-        weight = name[: -len(leaf)] + "weight"
-        alpha = p.alphas[weight]
-        rule = _SCALED_LEAVES[leaf]
-        if rule == "scale":
-            t = t * alpha
-        elif rule == "ia3":
-            t = ia3_factor(t, alpha)
-        elif rule == "magnitude":  # DoRA: m(alpha) = (1 - alpha)*||W0||_row + alpha*m, next to B scaled by alpha
-            t = magnitude(p.update.deltas[weight], base(weight), alpha).to(t.dtype)
-        else:  # OFT: scale the generator peft will use (already projected when coft is on)
-            rotation: Rotation = p.update.deltas[weight]
-            rows, cols = torch.triu_indices(rotation.block_size, rotation.block_size, 1)
-            t = (rotation.Q[:, rows, cols] * SCALES[p.point.cayley_scale](alpha)).to(t.dtype)
-        tensors_out[key] = t.contiguous()
+    whole, by_module, _ = adapters.split_keys(tensors, base.shapes, p.update.method)
+    tensors_out = dict(tensors)  # what the path does not move stays as stored
+    for key, name in whole.items():  # modules_to_save: interpolate
+        t = tensors[key]
+        tensors_out[key] = torch.lerp(base(name).float(), t.float(), p.alphas[name]).to(t.dtype)
+    for module, leaves in by_module.items():
+        weight = f"{module}.weight"
+        parts = {leaf: tensors[key] for leaf, key in leaves.items()}
+        scaled = p.update.method.kind.scale(
+            parts,
+            p.update.deltas[weight],
+            p.alphas[weight],
+            lambda weight=weight: base(weight),
+            cayley_scale=p.point.cayley_scale,
+        )
+        tensors_out.update({leaves[leaf]: t.to(parts[leaf].dtype) for leaf, t in scaled.items()})
     for key, t in tensors_out.items():
         rounded = t.to(p.dtype) if p.dtype is not None and t.is_floating_point() else t
         tensors_out[key] = _finite(p, key, rounded).contiguous()
     save_file(tensors_out, tmp / adapters.ADAPTER_WEIGHTS, metadata={"format": "pt"})
     checksums = {adapters.ADAPTER_WEIGHTS: adapters.sha256(tmp / adapters.ADAPTER_WEIGHTS)}
-    for extra in (adapters.ADAPTER_CONFIG, "rewind_adapter.json"):
+    for extra in (adapters.ADAPTER_CONFIG, methods.SIDECAR):
         if (p.adapter / extra).is_file():
             shutil.copy2(p.adapter / extra, tmp / extra)
             checksums[extra] = adapters.sha256(tmp / extra)

@@ -1,6 +1,6 @@
-"""The one method table: method -> peft config, natural path, how it is recognised.
+"""The one method table: method -> its update kind (rewind/updates/), peft config, natural path, how it is recognised.
 
-Adding a method touches this table and, if its update has a new shape, one reader in `adapters.py`.
+Adding a method is one row here and, unless an existing kind reads it, one module in `rewind/updates/`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RewindError
+from .updates import adalora, full, ia3, lora, miss, oft, vera
+from .updates.base import Kind
 
 LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
 
@@ -16,7 +18,7 @@ LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
 @dataclass(frozen=True)
 class Method:
     name: str
-    peft_type: str | None  # None: a full finetune (a whole checkpoint, not an adapter)
+    kind: Kind  # its update kind: reader, shape check, W1, scaled-adapter export
     natural_path: str
     summary: str
     config_class: str | None = None  # name of the peft config class
@@ -24,6 +26,11 @@ class Method:
     # Training replaces the base by a residual W0 - s*B0@A0; `rewind train` saves such adapters converted (rank 2r,
     # relative to W0), so readers never see the residual.
     residual_init: bool = False
+
+    @property
+    def peft_type(self) -> str | None:
+        """None: a full finetune (a whole checkpoint, not an adapter)."""
+        return self.kind.peft_type
 
     def peft_config(self, **overrides: Any):
         """The peft config for training this method; `overrides` replace the defaults."""
@@ -40,15 +47,15 @@ _LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": _ALL_L
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("full", None, LINEAR, "full finetune: every weight trains"),
-        Method("lora", "LORA", LINEAR, "low-rank update s*B@A", "LoraConfig", _LORA),
-        Method("rslora", "LORA", LINEAR, "LoRA with s = alpha/sqrt(r)", "LoraConfig", {**_LORA, "use_rslora": True}),
+        Method("full", full.KIND, LINEAR, "full finetune: every weight trains"),
+        Method("lora", lora.KIND, LINEAR, "low-rank update s*B@A", "LoraConfig", _LORA),
+        Method("rslora", lora.KIND, LINEAR, "LoRA with s = alpha/sqrt(r)", "LoraConfig", {**_LORA, "use_rslora": True}),
         Method(
-            "dora", "LORA", DORA, "LoRA with a learned per-row magnitude", "LoraConfig", {**_LORA, "use_dora": True}
+            "dora", lora.KIND, DORA, "LoRA with a learned per-row magnitude", "LoraConfig", {**_LORA, "use_dora": True}
         ),
         Method(
             "pissa",
-            "LORA",
+            lora.KIND,
             LINEAR,
             "LoRA initialised on the principal singular components (residual base)",
             "LoraConfig",
@@ -57,17 +64,17 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "milora",
-            "LORA",
+            lora.KIND,
             LINEAR,
             "LoRA initialised on the minor singular components (residual base)",
             "LoraConfig",
             _LORA,
             residual_init=True,
         ),
-        Method("keeplora", "LORA", LINEAR, "LoRA kept away from the base's principal subspace", "LoraConfig", _LORA),
+        Method("keeplora", lora.KIND, LINEAR, "LoRA kept away from the base's principal subspace", "LoraConfig", _LORA),
         Method(
             "adalora",
-            "ADALORA",
+            adalora.KIND,
             LINEAR,
             "SVD-form LoRA with adaptive rank",
             "AdaLoraConfig",
@@ -75,7 +82,7 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "vera",
-            "VERA",
+            vera.KIND,
             LINEAR,
             "shared random projections, trained scaling vectors",
             "VeraConfig",
@@ -83,7 +90,7 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "miss",
-            "MISS",
+            miss.KIND,
             LINEAR,
             "shared block update tiled over the weight",
             "MissConfig",
@@ -91,7 +98,7 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "ia3",
-            "IA3",
+            ia3.KIND,
             LINEAR,
             "learned rescaling of activations",
             "IA3Config",
@@ -99,7 +106,7 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "oft",
-            "OFT",
+            oft.KIND,
             CAYLEY,
             "block-diagonal orthogonal rotation, Cayley of a skew generator",
             "OFTConfig",

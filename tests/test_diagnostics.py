@@ -21,7 +21,7 @@ from rewind.cli import main
 from rewind.diagnostics import Finetune, Probe, activations, arena, csd, geometry, spectral
 from rewind.diagnostics.data import texts
 from rewind.errors import RewindError
-from rewind.updates import cayley, rotate
+from rewind.updates.oft import cayley, rotate
 
 GEN = torch.Generator().manual_seed(0)
 

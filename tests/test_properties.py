@@ -16,7 +16,9 @@ from rewind.paths.cayley import Cayley, rotate_add
 from rewind.paths.dense import Dense
 from rewind.paths.dora import Dora
 from rewind.paths.linear import Linear
-from rewind.updates import DoRA, LowRank, Rotation, Scale, cayley, neumann_series, rotate
+from rewind.updates.ia3 import Scale
+from rewind.updates.lora import DoRA, LowRank
+from rewind.updates.oft import Rotation, cayley, neumann_series, rotate
 
 FAST = settings(max_examples=40, deadline=None, database=None)
 alphas = st.floats(0, 1, allow_nan=False)

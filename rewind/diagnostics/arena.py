@@ -120,7 +120,7 @@ def trainable_params(update: adapters.Update) -> int:
     if update.method.name == "full":
         return sum(d.w1.numel() for d in update.deltas.values())
     with safe_open(update.source / adapters.ADAPTER_WEIGHTS, "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(adapters._PEFT_PREFIX))
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(adapters.PEFT_PREFIX))
 
 
 def scalars(report: dict) -> dict[str, float | None]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import adapters, models
 from ..export import BaseTensors
-from ..updates import Rotation
+from ..updates.oft import Rotation
 from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir, write_json
 
 WINDOW = 5

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import RewindError
-from ..updates import Delta
+from ..updates.base import Delta
 
 
 @dataclass

@@ -8,16 +8,13 @@ with one block size are solved in one batched call.
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 
 from ..errors import RewindError
-from ..updates import Rotation, neumann_series, rotate
+from ..updates.oft import SCALES, Rotation, neumann_series, rotate
 from . import fused
 from .base import Path, computed
-
-SCALES = {"linear": lambda a: a, "sqrt": lambda a: math.copysign(math.sqrt(abs(a)), a)}
 
 
 class Cayley(Path):

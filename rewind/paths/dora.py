@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..updates import DoRA
+from ..updates.lora import DoRA, base_norms
 from .base import Path
 
 
@@ -43,14 +43,3 @@ class Dora(Path):
             v = torch.addmm(item.w0.float(), B, A, alpha=alpha * item.delta.scale)
             factor = torch.lerp(n0, m, alpha) / torch.linalg.vector_norm(v, dim=1)  # exactly m at alpha = 1
             item.out.copy_(v.mul_(factor.unsqueeze(1)))
-
-
-def base_norms(w0: torch.Tensor) -> torch.Tensor:
-    """||W0||_row in fp32: the magnitude a DoRA adapter starts from (peft initialises m to ||W0 + s*B0@A0||_row
-    with B0 = 0)."""
-    return torch.linalg.vector_norm(w0.float(), dim=1)
-
-
-def magnitude(delta: DoRA, w0: torch.Tensor, alpha: float) -> torch.Tensor:
-    """m(alpha) = (1 - alpha)*||W0||_row + alpha*m, fp32 (torch.lerp: exactly m at alpha = 1)."""
-    return torch.lerp(base_norms(w0), delta.magnitude.to(w0.device, torch.float32), alpha)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..updates import LowRank, Scale, ia3_factor
+from ..updates.ia3 import Scale, ia3_factor
+from ..updates.lora import LowRank
 from . import fused
 from .base import Bound, Path, compute_dtype, computed
 
