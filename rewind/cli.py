@@ -12,14 +12,17 @@ import warnings
 import click
 from click.core import ParameterSource
 
-from . import __version__
+from . import __version__, methods, paths
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .pareto import RULES, SCALAR_RULES
 from .session import DEFAULT_ALPHAS
 from .sweep import DEFAULT_OUT as DEFAULT_SWEEP
 
-_PATH_CHOICES = ["auto", "linear", "cayley", "dora", "dense", "layerwise"]
+_PATH_CHOICES = ["auto", *paths.kinds(), "layerwise"]
+_NATURAL_PATHS = ", ".join(
+    f"{m.name}: {m.natural_path}" for m in methods.METHODS.values() if m.natural_path != methods.LINEAR
+)
 
 
 def _offline_defaults(online: bool) -> None:
@@ -117,7 +120,7 @@ def path_options(multiple: bool = False):
             multiple=multiple,
             default=("auto",) if multiple else "auto",
             show_default=True,
-            help=f"auto = the method's natural path (OFT: cayley, DoRA: dora, others: linear).{more}",
+            help=f"auto = the method's natural path ({_NATURAL_PATHS}, others: linear).{more}",
         )(f)
         return f
 
