@@ -315,7 +315,7 @@ def test_budget_counts_match_peft():
         num_key_value_heads=2,
     )
     rows = budget_table(fields)
-    assert [row.label for row in rows] == available() and len(rows) == 22
+    assert [row.label for row in rows] == available() and len(rows) == 2 * len(METHODS)
     for row in rows:
         options = load_recipe(row.label).peft
         method = methods.get(row.method)
@@ -396,7 +396,7 @@ def test_presets_follow_the_base_alias():
 @pytest.mark.parametrize("preset", ["smollm2", "qwen", "llama"])
 def test_every_shipped_recipe_resolves(preset):
     names = available()
-    assert len(names) == 22 and {n.split("/")[1] for n in names} == set(METHODS)
+    assert len(names) == 2 * len(METHODS) and {n.split("/")[1] for n in names} == set(METHODS)
     for name in names:
         recipe = load_recipe(name, [f"preset={preset}"])
         assert recipe.kind == name.split("/")[0] and recipe.method == name.split("/")[1]
