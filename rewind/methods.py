@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RewindError
-from .updates import adalora, full, ia3, lora, miss, oft, vera
+from .updates import adalora, full, ia3, loha, lora, miss, oft, vera
 from .updates.base import Kind
 
 LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
@@ -111,6 +111,14 @@ METHODS: dict[str, Method] = {
             "block-diagonal orthogonal rotation, Cayley of a skew generator",
             "OFTConfig",
             {"r": 0, "oft_block_size": 32, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "loha",
+            loha.KIND,
+            LINEAR,
+            "Hadamard product of two low-rank updates (LyCORIS)",
+            "LoHaConfig",
+            {"r": 4, "alpha": 8, "target_modules": _ALL_LINEAR},
         ),
     ]
 }

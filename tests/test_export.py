@@ -87,6 +87,7 @@ def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
         ("oft-coft", "linear"),
         ("lora-save-head", "linear"),
         ("dora", "linear"),
+        ("loha", "linear"),
     ],
 )
 def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):

@@ -101,6 +101,32 @@ def test_linear_path_is_linear_in_alpha(base, tmp_path):
     torch.testing.assert_close(rw.model.get_parameter(name), w0 + 0.4 * (w1 - w0), rtol=1e-5, atol=1e-6)
 
 
+# --- LyCORIS kinds on the linear path -------------------------------------------------------------------------
+
+# the one factor whose scaling by alpha gives alpha * dW: peft's merge of that adapter is the path's point
+SCALED_FACTOR = {"loha": "hada_w1_a"}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALED_FACTOR))
+def test_linear_path_is_peft_merge_of_the_adapter_with_a_factor_scaled(kind, base, tmp_path):
+    config, std = ADAPTERS[kind]
+    peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
+    randomize(peft_model, std)
+    peft_model.save_pretrained(tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    assert rw.path_name == "linear"
+    for alpha in [0.3, 0.7, -0.4]:
+        scaled = copy.deepcopy(peft_model)
+        with torch.no_grad():
+            for name, p in scaled.named_parameters():
+                if f".{SCALED_FACTOR[kind]}." in name:
+                    p.mul_(alpha)
+        reference = dict(scaled.merge_and_unload().named_parameters())
+        rw.set(alpha, allow_extrapolation=True)
+        for name in rw.update.deltas:
+            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (name, alpha)
+
+
 # --- OFT's Cayley path --------------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import copy
 from pathlib import Path
 
 import torch
-from peft import AdaLoraConfig, IA3Config, LoraConfig, MissConfig, OFTConfig, VeraConfig, get_peft_model
+from peft import AdaLoraConfig, IA3Config, LoHaConfig, LoraConfig, MissConfig, OFTConfig, VeraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
@@ -53,6 +53,10 @@ ADAPTERS = {
     "oft-coft": (OFTConfig(r=0, oft_block_size=16, coft=True, eps=2e-2, target_modules=TARGETS), 0.05),
     "oft-share": (OFTConfig(r=0, oft_block_size=16, block_share=True, target_modules=TARGETS), 0.05),
     "lora-save-head": (LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, modules_to_save=["lm_head"]), 0.1),
+    "loha": (
+        LoHaConfig(r=4, alpha=8, target_modules=TARGETS, rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}),
+        0.2,
+    ),
 }
 
 
