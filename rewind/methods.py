@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RewindError
-from .updates import adalora, full, ia3, loha, lora, miss, oft, vera
+from .updates import adalora, full, ia3, loha, lokr, lora, miss, oft, vera
 from .updates.base import Kind
 
 LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
@@ -119,6 +119,14 @@ METHODS: dict[str, Method] = {
             "Hadamard product of two low-rank updates (LyCORIS)",
             "LoHaConfig",
             {"r": 4, "alpha": 8, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "lokr",
+            lokr.KIND,
+            LINEAR,
+            "Kronecker product of two factors, each whole or low-rank (LyCORIS)",
+            "LoKrConfig",
+            {"r": 64, "alpha": 128, "decompose_factor": 8, "target_modules": _ALL_LINEAR},
         ),
     ]
 }

@@ -88,6 +88,8 @@ def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
         ("lora-save-head", "linear"),
         ("dora", "linear"),
         ("loha", "linear"),
+        ("lokr", "linear"),
+        ("lokr-both", "linear"),
     ],
 )
 def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):

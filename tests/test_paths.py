@@ -104,7 +104,7 @@ def test_linear_path_is_linear_in_alpha(base, tmp_path):
 # --- LyCORIS kinds on the linear path -------------------------------------------------------------------------
 
 # the one factor whose scaling by alpha gives alpha * dW: peft's merge of that adapter is the path's point
-SCALED_FACTOR = {"loha": "hada_w1_a"}
+SCALED_FACTOR = {"loha": "hada_w1_a", "lokr": "lokr_w1", "lokr-both": "lokr_w1_a"}
 
 
 @pytest.mark.parametrize("kind", sorted(SCALED_FACTOR))

@@ -25,7 +25,21 @@ from rewind.errors import RewindError
 from rewind.train import available, budget_table, data, inits, load_recipe, recipe_path, train
 from rewind.train import checkpoints as ckpt
 
-METHODS = ["full", "lora", "adalora", "dora", "miss", "vera", "pissa", "milora", "keeplora", "oft", "ia3", "loha"]
+METHODS = [
+    "full",
+    "lora",
+    "adalora",
+    "dora",
+    "miss",
+    "vera",
+    "pissa",
+    "milora",
+    "keeplora",
+    "oft",
+    "ia3",
+    "loha",
+    "lokr",
+]
 # Learning rates that move each method visibly in 4 steps of a random tiny model.
 LR = {"full": 1e-3, "ia3": 1e-1, "vera": 5e-2, "miss": 3e-3}
 PROBE = torch.arange(40).view(2, 20) % 300  # token ids for logits comparisons

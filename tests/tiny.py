@@ -6,7 +6,17 @@ import copy
 from pathlib import Path
 
 import torch
-from peft import AdaLoraConfig, IA3Config, LoHaConfig, LoraConfig, MissConfig, OFTConfig, VeraConfig, get_peft_model
+from peft import (
+    AdaLoraConfig,
+    IA3Config,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    MissConfig,
+    OFTConfig,
+    VeraConfig,
+    get_peft_model,
+)
 from transformers import LlamaConfig, LlamaForCausalLM
 
 TARGETS = ["q_proj", "v_proj", "up_proj", "down_proj"]
@@ -57,6 +67,12 @@ ADAPTERS = {
         LoHaConfig(r=4, alpha=8, target_modules=TARGETS, rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}),
         0.2,
     ),
+    # w1 whole; w2 whole where r >= half its larger side (q_proj), low-rank elsewhere
+    "lokr": (
+        LoKrConfig(r=4, alpha=8, target_modules=TARGETS, rank_pattern={"v_proj": 2}, alpha_pattern={"down_proj": 3}),
+        0.1,
+    ),
+    "lokr-both": (LoKrConfig(r=2, alpha=3, decompose_both=True, target_modules=TARGETS), 0.2),  # both low-rank
 }
 
 
