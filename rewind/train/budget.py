@@ -88,6 +88,9 @@ def _row(empty, label: str, name: str, options: dict) -> BudgetRow:
         kwargs["init_lora_weights"] = True  # same shapes; SVD/gradient inits cannot run on empty weights
     if method.peft_type == "ADALORA":
         kwargs.setdefault("total_step", 1000)  # required by peft, irrelevant to the count
+    if method.kind.count is not None:
+        trainable = method.kind.count(model, method.peft_config(**kwargs))
+        return BudgetRow(label, name, _summary({**method.defaults, **options}), trainable, total + trainable)
     model = get_peft_model(model, method.peft_config(**kwargs))
     for param_name, param in model.named_parameters():
         if ".ranknum." in param_name:
