@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import RewindError
-from .updates import adalora, full, ia3, loha, lokr, lora, miss, oft, vera
+from .updates import adalora, boft, full, ia3, loha, lokr, lora, miss, oft, vera
 from .updates.base import Kind
 
 LINEAR, CAYLEY, DORA = "linear", "cayley", "dora"
@@ -127,6 +127,14 @@ METHODS: dict[str, Method] = {
             "Kronecker product of two factors, each whole or low-rank (LyCORIS)",
             "LoKrConfig",
             {"r": 64, "alpha": 128, "decompose_factor": 8, "target_modules": _ALL_LINEAR},
+        ),
+        Method(
+            "boft",
+            boft.KIND,
+            boft.Boft.name,
+            "butterfly-factored orthogonal rotation (Cayley) and an output scale",
+            "BOFTConfig",
+            {"boft_block_size": 16, "boft_n_butterfly_factor": 1, "target_modules": _ALL_LINEAR},
         ),
     ]
 }

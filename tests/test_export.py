@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import LoraConfig, OFTConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from tiny import logits, make_adapter, make_full, randomize, rel_err, tiny_base
+from tiny import ADAPTERS, butterflies, logits, make_adapter, make_full, randomize, rel_err, tiny_base
 from transformers import AutoModelForCausalLM
 
 from rewind import export, outdir
@@ -51,6 +51,7 @@ def _resident(base, adapter, alpha, **kw):
         ("oft", "auto"),
         ("oft-exact", "dense"),
         ("lora-save-head", "auto"),
+        ("boft-butterfly", "auto"),
     ],
 )
 def test_merged_export_reloads_to_in_memory_logits(kind, path, base, base_dir, tmp_path):
@@ -90,12 +91,15 @@ def test_full_finetune_export_with_schedule(base, base_dir, tmp_path):
         ("loha", "linear"),
         ("lokr", "linear"),
         ("lokr-both", "linear"),
+        ("boft", "linear"),
+        ("boft-butterfly", "linear"),
     ],
 )
 def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")
     out = export.export(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.35, fmt="adapter", cayley_scale=scale)
-    served = PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload()
+    with butterflies(ADAPTERS[kind][0]):  # peft serves more than one BOFT factor only with them
+        served = PeftModel.from_pretrained(copy.deepcopy(base), out).merge_and_unload()
     rw = _resident(base, tmp_path / "a", 0.35, cayley_scale=scale)
     reference = dict(served.named_parameters())
     for name in rw.update.deltas:
@@ -103,7 +107,12 @@ def test_adapter_export_is_exact(kind, scale, base, base_dir, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kind,path,message", [("dora", "dense", "use --format merged"), ("oft", "dense", "use --format merged")]
+    "kind,path,message",
+    [
+        ("dora", "dense", "use --format merged"),
+        ("oft", "dense", "use --format merged"),
+        ("boft", "dense", "use --format merged"),
+    ],
 )
 def test_adapter_export_refused_where_inexact(kind, path, message, base, base_dir, tmp_path):
     make_adapter(kind, base, tmp_path / "a")

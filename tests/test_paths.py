@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from peft import get_peft_model
-from tiny import ADAPTERS, logits, make_adapter, make_full, randomize, rel_err, tiny_base
+from tiny import ADAPTERS, butterflies, logits, make_adapter, make_full, randomize, rel_err, tiny_base
 
 from rewind.engine import attach
 from rewind.errors import RewindError
@@ -23,6 +23,8 @@ def base():
 def _paths(kind: str) -> list[str]:
     if kind == "dora":
         return ["dora", "linear", "dense"]  # linear is DoRA's dense line too (sweeps recorded it before `dora`)
+    if kind.startswith("boft"):
+        return ["boft", "dense"]
     return ["cayley", "dense"] if kind.startswith("oft") else ["linear", "dense"]
 
 
@@ -211,6 +213,86 @@ def test_cayley_differs_from_dense_in_between(tmp_path):
             attach(copy.deepcopy(base), tmp_path / "a", path=path_name)
 
 
+# --- BOFT's own path (and what it shares with DoRA's) ------------------------------------------------------
+
+
+def _own_path_is(reference_at, path, alphas, base, adapter):
+    """The adapter's natural path is `path`, and at each alpha it gives reference_at(alpha) (peft's merge of the
+    scaled adapter) where the dense line does not (else the check could not tell the two apart)."""
+    rw = attach(copy.deepcopy(base), adapter)
+    assert rw.path_name == path
+    dense = attach(copy.deepcopy(base), adapter, path="dense")
+    for alpha in alphas:
+        reference = reference_at(alpha)
+        rw.set(alpha, allow_extrapolation=True)
+        dense.set(alpha, allow_extrapolation=True)
+        for name in rw.update.deltas:
+            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (name, alpha)
+            assert rel_err(dense.model.get_parameter(name), reference[name]) > 1e-4, (name, alpha)
+
+
+BOFT = [kind for kind in ADAPTERS if kind.startswith("boft")]
+
+
+def _boft_peft(kind, base, out):
+    config, std = ADAPTERS[kind]
+    with butterflies(config):
+        peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
+    randomize(peft_model, std)
+    peft_model.save_pretrained(out)
+    return peft_model
+
+
+def _boft_at(peft_model, alpha):
+    """peft's merge of the BOFT adapter with alpha * boft_R and 1 + alpha * (boft_s - 1)."""
+    scaled = copy.deepcopy(peft_model)
+    with torch.no_grad():
+        for name, p in scaled.named_parameters():
+            if ".boft_R." in name:
+                p.mul_(alpha)
+            elif ".boft_s." in name:
+                p.copy_(1 + alpha * (p - 1))
+    with butterflies(next(iter(scaled.peft_config.values()))):
+        return dict(scaled.merge_and_unload().named_parameters())
+
+
+@pytest.mark.parametrize("kind", BOFT)
+def test_boft_path_is_peft_merge_of_the_scaled_adapter(kind, base, tmp_path):
+    peft_model = _boft_peft(kind, base, tmp_path / "a")
+    _own_path_is(lambda alpha: _boft_at(peft_model, alpha), "boft", [0.3, 0.7, -0.5, 1.5], base, tmp_path / "a")
+    for path_name in ["linear", "cayley", "dora"]:
+        with pytest.raises(RewindError, match="does not apply"):
+            attach(copy.deepcopy(base), tmp_path / "a", path=path_name)
+
+
+@pytest.mark.parametrize("kind", ["boft", "boft-butterfly"])
+def test_boft_path_rotates_orthogonally_at_every_alpha(kind, tmp_path):
+    """On an identity q_proj, W(alpha) = diag(s(alpha)) M(alpha)^T: rescaled by 1/s(alpha), a rotation."""
+    base = _identity_q_base()
+    peft_model = _boft_peft(kind, base, tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a")
+    for alpha in [0.2, 0.6, 1.0, 1.8]:
+        rw.set(alpha, allow_extrapolation=True)
+        for i, layer in enumerate(rw.model.model.layers):
+            s = peft_model.base_model.model.model.layers[i].self_attn.q_proj.boft_s["default"].detach().double()
+            M = layer.self_attn.q_proj.weight.detach().double() / (1 + alpha * (s - 1))
+            torch.testing.assert_close(M @ M.T, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "n,blocks,half,factors",
+    [(64, 16, 2, 2), (64, 8, 2, 2), (64, 4, 2, 2), (128, 8, 4, 1), (64, 4, 8, 1), (96, 12, 2, 1), (64, 8, 4, 0)],
+)
+def test_butterfly_permutation_is_peft_permutation(n, blocks, half, factors):
+    from peft.tuners.boft.layer import BOFTLayer
+
+    from rewind.updates.boft import butterfly_perm
+
+    assert torch.equal(
+        butterfly_perm(n, blocks, half, factors), BOFTLayer.block_butterfly_perm(None, n, blocks, half, factors)
+    )
+
+
 # --- DoRA's own path ------------------------------------------------------------------------------------------
 
 
@@ -235,17 +317,7 @@ def test_dora_path_is_peft_merge_of_the_scaled_adapter(base, tmp_path):
     peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
     randomize(peft_model, std)
     peft_model.save_pretrained(tmp_path / "a")
-    rw = attach(copy.deepcopy(base), tmp_path / "a")
-    assert rw.path_name == "dora"
-    dense = attach(copy.deepcopy(base), tmp_path / "a", path="dense")
-    for alpha in [0.3, 0.7, 1.4]:
-        reference = _dora_at(peft_model, alpha)
-        rw.set(alpha, allow_extrapolation=True)
-        dense.set(alpha, allow_extrapolation=True)
-        for name in rw.update.deltas:
-            assert rel_err(rw.model.get_parameter(name), reference[name]) <= 1e-5, (name, alpha)
-            # the two DoRA paths part between the ends (else the check above could not tell them apart)
-            assert rel_err(dense.model.get_parameter(name), reference[name]) > 1e-4, (name, alpha)
+    _own_path_is(lambda alpha: _dora_at(peft_model, alpha), "dora", [0.3, 0.7, 1.4], base, tmp_path / "a")
 
 
 # --- layer-wise schedules -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ METHODS = [
     "ia3",
     "loha",
     "lokr",
+    "boft",
 ]
 # Learning rates that move each method visibly in 4 steps of a random tiny model.
 LR = {"full": 1e-3, "ia3": 1e-1, "vera": 5e-2, "miss": 3e-3}
@@ -315,25 +316,27 @@ def test_keeplora_factors_avoid_the_principal_subspace(b_init):
         torch.testing.assert_close(b @ a, u[:, :4] @ torch.diag(sv[:4]) @ v[:4], rtol=0, atol=1e-4)
 
 
+# the budget tests' model: a config, never a download
+BUDGET_LLAMA = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
 def test_budget_counts_match_peft():
     import peft
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    fields = dict(
-        model_type="llama",
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    rows = budget_table(fields)
+    rows = budget_table({"model_type": "llama", **BUDGET_LLAMA})
     assert [row.label for row in rows] == available() and len(rows) == 2 * len(METHODS)
     for row in rows:
         options = load_recipe(row.label).peft
         method = methods.get(row.method)
-        model = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in fields.items() if k != "model_type"}))
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**BUDGET_LLAMA))
         if method.config_class is None:
             assert row.trainable == row.total == sum(p.numel() for p in model.parameters())
             continue
@@ -341,6 +344,28 @@ def test_budget_counts_match_peft():
         peft_model = peft.get_peft_model(model, method.peft_config(**options, **extra))
         inits.freeze(peft_model, row.method)
         assert (row.trainable, row.total) == peft_model.get_nb_trainable_parameters(), row
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"boft_block_size": 8, "target_modules": ["q_proj", "down_proj"]},
+        {"boft_block_size": 0, "boft_block_num": 4, "boft_n_butterfly_factor": 2},
+        {"boft_block_size": 4, "boft_n_butterfly_factor": 3, "exclude_modules": ["v_proj"]},
+        {"boft_block_size": 16, "target_modules": ["q_proj", "up_proj"], "layers_to_transform": 1},
+    ],
+)
+def test_boft_budget_counts_what_peft_builds(options):
+    """BOFT counts itself (peft's layers would build dense permutations): the count is what peft trains."""
+    import peft
+    from tiny import butterflies
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    (row,) = budget_table({"model_type": "llama", **BUDGET_LLAMA}, [("boft", "boft", options)])
+    config = methods.get("boft").peft_config(**options)
+    with butterflies(config):
+        model = peft.get_peft_model(AutoModelForCausalLM.from_config(LlamaConfig(**BUDGET_LLAMA)), config)
+    assert (row.trainable, row.total) == model.get_nb_trainable_parameters()
 
 
 def test_budget_of_the_paper_models_needs_no_download():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
 import torch
 from peft import (
     AdaLoraConfig,
+    BOFTConfig,
     IA3Config,
     LoHaConfig,
     LoKrConfig,
@@ -73,6 +75,12 @@ ADAPTERS = {
         0.1,
     ),
     "lokr-both": (LoKrConfig(r=2, alpha=3, decompose_both=True, target_modules=TARGETS), 0.2),  # both low-rank
+    "boft": (BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1, target_modules=TARGETS), 0.1),
+    "boft-butterfly": (BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=3, target_modules=TARGETS), 0.1),
+    "boft-blocknum": (
+        BOFTConfig(boft_block_size=0, boft_block_num=4, boft_n_butterfly_factor=2, target_modules=TARGETS),
+        0.1,
+    ),
 }
 
 
@@ -84,7 +92,7 @@ def randomize(peft_model, std: float, seed: int = 1) -> None:
             if not p.requires_grad:
                 continue
             noise = torch.randn(p.shape, generator=gen) * std
-            if "ia3_l" in name or "magnitude" in name or "vera_lambda" in name:
+            if "ia3_l" in name or "magnitude" in name or "vera_lambda" in name or "boft_s" in name:
                 p.mul_(1 + noise)
                 if "vera_lambda_b" in name:
                     p.add_(noise)  # lambda_b starts at 0
@@ -97,10 +105,32 @@ def randomize(peft_model, std: float, seed: int = 1) -> None:
 def make_adapter(kind: str, base, out: Path, seed: int = 1):
     """Save a randomized adapter of `kind` for `base` into `out`; return peft's merged model (the reference)."""
     config, std = ADAPTERS[kind]
-    peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
-    randomize(peft_model, std, seed)
-    peft_model.save_pretrained(out)
-    return peft_model.merge_and_unload().eval()
+    with butterflies(config):
+        peft_model = get_peft_model(copy.deepcopy(base), copy.deepcopy(config))
+        randomize(peft_model, std, seed)
+        peft_model.save_pretrained(out)
+        return peft_model.merge_and_unload().eval()
+
+
+@contextlib.contextmanager
+def butterflies(config=None):
+    """peft builds, runs and merges more than one BOFT butterfly factor only where its CUDA extension (fbd) loads;
+    in here torch.block_diag stands in for it (what peft's CPU branch does for one factor), so peft itself does the
+    rest. Does nothing for a `config` with one factor or of another kind."""
+    import peft.tuners.boft.layer as boft_layer
+
+    class BlockDiag:
+        @staticmethod
+        def forward(blocks):  # [factors, D, b, b] -> [[factors, D*b, D*b]]
+            return [torch.stack([torch.block_diag(*factor) for factor in blocks])]
+
+    saved = boft_layer.get_fbd_cuda
+    if config is None or getattr(config, "boft_n_butterfly_factor", 1) > 1:
+        boft_layer.get_fbd_cuda = lambda: BlockDiag
+    try:
+        yield
+    finally:
+        boft_layer.get_fbd_cuda = saved
 
 
 def make_full(base, out: Path, seed: int = 1):
