@@ -104,12 +104,18 @@ class Rewinder:
         self._strengths: dict[int, float] | None = None
         self.point: Point | None = None
 
-    def set(self, alpha: float = 1.0, schedule: Schedule | None = None, allow_extrapolation: bool = False) -> Point:
-        """Move the model to alpha (per-layer with a schedule). Validated before anything is written."""
+    def alphas(
+        self, alpha: float = 1.0, schedule: Schedule | None = None, allow_extrapolation: bool = False
+    ) -> tuple[Point, list[float]]:
+        """The point at alpha and one alpha per bound tensor (in `w0`'s order), validated; nothing is written."""
         point = Point(self.path_name, float(alpha), schedule or Schedule(), self.cayley_scale)
         if point.schedule.kind == "balanced" and self._strengths is None:
             self._strengths = layer_strengths(self.update, self.w0.__getitem__)
-        alphas = tensor_alphas(list(self.w0), point, self.num_layers, self._strengths, allow_extrapolation)
+        return point, tensor_alphas(list(self.w0), point, self.num_layers, self._strengths, allow_extrapolation)
+
+    def set(self, alpha: float = 1.0, schedule: Schedule | None = None, allow_extrapolation: bool = False) -> Point:
+        """Move the model to alpha (per-layer with a schedule). Validated before anything is written."""
+        point, alphas = self.alphas(alpha, schedule, allow_extrapolation)
         self._path.write(alphas)
         self.point = point
         return point
