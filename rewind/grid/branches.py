@@ -1,0 +1,280 @@
+"""Per-row points in a module's forward: one branch kind per way an update enters a layer.
+
+A branch hooks one module of the resident base and, while points are set, changes its forward for each batch row
+by that row's point. Every kind computes W(alpha) x the way rewind's path writes W(alpha), so a row equals the
+in-place model at its point up to rounding:
+- LowRank:  y += alpha s B(A x)                                (LoRA, rsLoRA, PiSSA/MiLoRA residual, AdaLoRA, VeRA)
+- Scale:    x or y times 1 + alpha (l - 1)                     (IA3)
+- Rotation: x_j += x_j D_j(alpha), D = Cayley(s(alpha) Q) - I  (OFT, cayley path)
+- Dense:    y += alpha (x dW^T), dW = W1 - W0                  (dense OFT, DoRA's dense line, full FT, MiSS)
+- Dora:     y = f(alpha) (W0 x + alpha s B(A x))               (DoRA, dora path: f is the path's row factor)
+- PerPoint: the module run once per point with its tensor at that point (norms: small tensors only)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..errors import RewindError
+from ..paths.base import Path
+from ..paths.cayley import _rotation_minus_identity
+from ..updates.base import Delta
+from ..updates.ia3 import ia3_factor
+from ..updates.lora import base_norms
+
+
+class Rows:
+    """The point of every batch row ([rows] indices into the points), moved to each device once."""
+
+    def __init__(self, index: torch.Tensor, points: int):
+        self.index, self.points = index, points
+        self._on: dict[torch.device, tuple] = {}
+
+    def _cached(self, device):
+        if device not in self._on:
+            index = self.index.to(device)
+            groups = [(p, (index == p).nonzero().flatten()) for p in range(self.points)]
+            self._on[device] = index, [(p, rows) for p, rows in groups if len(rows)]
+        return self._on[device]
+
+    def gather(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Per-point values ([points] or [points, n]) as per-row values on `like`'s device and dtype."""
+        return values.to(like.device, like.dtype)[self._cached(like.device)[0]]
+
+    def groups(self, device) -> list[tuple[int, torch.Tensor]]:
+        """(point, its row indices) for every point that has rows."""
+        return self._cached(device)[1]
+
+    def __len__(self):
+        return len(self.index)
+
+
+def by_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[rows] or [rows, n] values viewed to broadcast against `like` ([rows, ..., n])."""
+    middle = [1] * (like.dim() - values.dim())
+    return values.view(values.shape[0], *middle, *values.shape[1:])
+
+
+def add(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    # in place when nothing records a graph: the output is the module's own fresh tensor
+    return y.add_(d) if not torch.is_grad_enabled() else y + d
+
+
+class Branch:
+    """One module's change at a row's point. `input_side` kinds rewrite the input, the others the output."""
+
+    input_side = False
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.rows: Rows | None = None  # set while points are set; None: the module runs as the base
+
+    def hooks(self) -> list:
+        if self.input_side:
+            return [self.module.register_forward_pre_hook(self._pre)]
+        return [self.module.register_forward_hook(self._post)]
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.rows):
+            raise RewindError(f"grid: the batch has {x.shape[0]} rows, the points were set for {len(self.rows)}")
+        return x
+
+    def _pre(self, module, args):
+        if self.rows is not None:
+            return (self.apply(self._check(args[0])), *args[1:])
+
+    def _post(self, module, args, output):
+        if self.rows is not None:
+            return self.post(self._check(args[0]), output)
+
+    def prepare(self, alphas: torch.Tensor, rows: Rows) -> None:
+        """Take the points: `alphas` [points, tensors] for this branch's tensors, fp64 on the CPU."""
+        self.rows = rows
+
+    def clear(self) -> None:
+        self.rows = None
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LowRank(Branch):
+    def __init__(self, module, delta):
+        super().__init__(module)
+        w = module.weight
+        self.B, self.A, self.scale = delta.B.to(w.device, w.dtype), delta.A.to(w.device, w.dtype), delta.scale
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        self._s = rows.gather(alphas[:, 0] * self.scale, self.A)
+
+    def post(self, x, y):
+        h = F.linear(x, self.A)
+        return add(y, F.linear(h.mul_(by_row(self._s, h)), self.B))
+
+
+class Scale(Branch):
+    """IA3 scales the input of feed-forward modules (vector [1, in]) and the output of the others ([out, 1]): the
+    output includes the bias, which peft's merge scales with the rows (adapters._ia3 reads it as a Scale too)."""
+
+    def __init__(self, module, delta):
+        super().__init__(module)
+        self.input_side = delta.vector.shape[0] == 1  # as adapters._ia3 tells feed-forward modules apart
+        self.vector = delta.vector.to(module.weight.device, torch.float32).flatten()
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        factors = ia3_factor(self.vector, alphas[:, :1].to(self.vector))  # [points, n], as the path's fp32 factor
+        self._f = rows.gather(factors, self.module.weight)
+
+    def apply(self, x):
+        return x * by_row(self._f, x)
+
+    def post(self, x, y):
+        return y.mul_(by_row(self._f, y)) if not torch.is_grad_enabled() else y * by_row(self._f, y)
+
+
+class Rotation(Branch):
+    """The cayley path writes W0 + W0 blockdiag(D)^T, so W(alpha) x = W0 (x + blockdiag(D)^T x): each input block
+    x_j (a row vector) becomes x_j + x_j D_j, D computed by the path's own R - I from s(alpha) Q."""
+
+    input_side = True
+
+    def __init__(self, module, delta, s: Callable[[float], float]):
+        super().__init__(module)
+        self.Q = delta.Q.to(module.weight.device, torch.float32)
+        self.terms, self.s = delta.neumann_terms, s
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        scales = torch.tensor([self.s(a) for a in alphas[:, 0].tolist()], dtype=torch.float32)
+        sQ = self.Q.unsqueeze(0) * scales.to(self.Q.device).view(-1, 1, 1, 1)  # [points, blocks, b, b]
+        self._D = _rotation_minus_identity(sQ, self.terms).to(self.module.weight.dtype)
+
+    def apply(self, x):
+        b = self.Q.shape[-1]
+        blocks = x.reshape(*x.shape[:-1], x.shape[-1] // b, b)
+        out = x.clone()
+        for p, idx in self.rows.groups(x.device):
+            d = self._D[p].expand(blocks.shape[-2], b, b)  # block_share: one block for all
+            turned = torch.einsum("...jk,jkc->...jc", blocks[idx], d)
+            out.index_add_(0, idx, turned.reshape(len(idx), *x.shape[1:]))
+        return out
+
+
+class Dense(Branch):
+    """y += alpha (dW x) with dW = W1 - W0 kept whole: one more weight read per forward. `product(x, dW)` is the
+    module's own map: F.linear for a Linear weight, a lookup for an Embedding, a plain add for a bias."""
+
+    def __init__(self, module, delta: Delta, w0: torch.Tensor, product: Callable):
+        super().__init__(module)
+        self.dW, self.product = (delta.merged(w0) - w0.float()).to(w0.dtype), product
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        self._a = rows.gather(alphas[:, 0], self.dW)
+
+    def post(self, x, y):
+        d = self.product(x, self.dW)
+        return add(y, d.mul_(by_row(self._a, d)))
+
+
+def linear_product(x, dW):
+    return F.linear(x, dW)
+
+
+def bias_product(x, db):
+    return db.expand(*x.shape[:-1], db.shape[0]).clone()
+
+
+def embedding_product(module):
+    if module.max_norm is not None:
+        raise RewindError("grid: an Embedding with max_norm renormalises its weight in place; it cannot grid")
+    return lambda ids, dW: F.embedding(ids, dW, module.padding_idx)
+
+
+class Dora(Branch):
+    """The dora path writes f * V(alpha), V(alpha) = W0 + alpha s B A and f = lerp(||W0||_row, m, alpha) /
+    ||V(alpha)||_row: y = f (W0 x + alpha s B(A x)) (+ bias). f is computed per point as the path computes it, one
+    [out, in] product per point when the points are set, not per forward."""
+
+    def __init__(self, module, delta, w0):
+        super().__init__(module)
+        w = module.weight
+        self.delta, self.w0, self.n0 = delta, w0, base_norms(w0)
+        self.B, self.A = delta.B.to(w.device, w.dtype), delta.A.to(w.device, w.dtype)
+
+    @torch.no_grad()
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        d, device = self.delta, self.w0.device
+        B, A, m = (t.to(device, torch.float32) for t in (d.B, d.A, d.magnitude))
+        factors = []
+        for a in alphas[:, 0].tolist():
+            v = torch.addmm(self.w0.float(), B, A, alpha=a * d.scale)
+            factors.append(torch.lerp(self.n0, m, a) / torch.linalg.vector_norm(v, dim=1))
+        self._f = rows.gather(torch.stack(factors), self.B)
+        self._s = rows.gather(alphas[:, 0] * d.scale, self.B)
+
+    def post(self, x, y):
+        bias = self.module.bias
+        z = y if bias is None else y - bias
+        h = F.linear(x, self.A)
+        z = add(z, F.linear(h.mul_(by_row(self._s, h)), self.B))
+        z = z * by_row(self._f, z)
+        return z if bias is None else z + bias
+
+
+class PerPoint(Branch):
+    """Any other module (RMSNorm, LayerNorm): each updated tensor written at every point by rewind's own path into
+    a copy, and the module run once per point on that point's rows. Exact, but one copy of the tensor per point and
+    one call per point: meant for small tensors (norm weights), not for weight matrices."""
+
+    def __init__(self, module, leaves: dict[str, tuple[Path, torch.Tensor]]):
+        super().__init__(module)
+        self.leaves = leaves  # leaf -> (a path bound to one scratch tensor, that tensor)
+        self._inside = False
+
+    def hooks(self):
+        return [self.module.register_forward_hook(self._run, with_kwargs=True)]
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        self._values = []  # per point: {leaf: its tensor at that point}
+        for point in alphas.tolist():
+            values = {}
+            for (leaf, (path, scratch)), alpha in zip(self.leaves.items(), point):
+                path.write([alpha])
+                values[leaf] = scratch.clone()
+            self._values.append(values)
+
+    def _run(self, module, args, kwargs, output):
+        if self.rows is None or self._inside:  # inside: functional_call below runs this module's hooks again
+            return None
+        if not isinstance(output, torch.Tensor):
+            raise RewindError(f"grid: {type(module).__name__} returns {type(output).__name__}; it cannot grid")
+        self._check(output)
+        out = output.clone()
+        self._inside = True
+        try:
+            for p, idx in self.rows.groups(output.device):
+                sub_args, sub_kwargs = (
+                    _rows_of(args, idx, len(out)),
+                    dict(zip(kwargs, _rows_of(kwargs.values(), idx, len(out)))),
+                )
+                out[idx] = functional_call(module, self._values[p], tuple(sub_args), sub_kwargs)
+        finally:
+            self._inside = False
+        return out
+
+
+def _rows_of(values: Sequence, idx: torch.Tensor, rows: int) -> list:
+    """The rows `idx` of every batch-first tensor argument; anything else as it is."""
+    return [v[idx] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows else v for v in values]

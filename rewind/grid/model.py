@@ -1,0 +1,164 @@
+"""Install per-row branches on a Rewinder's resident base, set the points of a batch's rows, remove them again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from .. import paths
+from ..engine import Point, Rewinder
+from ..errors import RewindError
+from ..paths import Bound
+from ..updates.ia3 import Scale
+from ..updates.lora import LowRank
+from ..updates.oft import SCALES
+from . import branches as kinds
+
+
+class Grid:
+    """Branches on every module the update touches; the weights stay at the base (alpha 0) all along.
+
+    grid = install(rw)                                   # rw moves to its base first
+    with grid.at([0.0, 0.5, 1.0], rows=4):               # 12 rows: 4 at each point, in that order
+        logits = rw.model(ids.repeat_interleave(...)).logits
+    grid.remove()                                        # hooks gone; the model is its base, bit for bit
+
+    Outside `at` the branches are idle and the model computes its base. Do not move the Rewinder while installed.
+    """
+
+    def __init__(self, rewinder: Rewinder):
+        self.rewinder = rewinder
+        self._branches = plan(rewinder)
+        rewinder.set(0.0)
+        self._handles = [h for branch, _ in self._branches for h in branch.hooks()]
+        self.points: tuple[Point, ...] | None = None
+
+    @contextmanager
+    def at(
+        self, points: Sequence[float | Point], rows: int | Sequence[int] | torch.Tensor = 1, allow_extrapolation=False
+    ) -> Iterator[tuple[Point, ...]]:
+        """Batch row i sits at points[index[i]]: `rows` is that index, or k for k rows per point in order.
+
+        A float is a point of the installed path (uniform); a Point carries its own schedule. All points are
+        validated before any branch changes.
+        """
+        if self._handles is None:
+            raise RewindError("grid: removed; install it again")
+        if self.points is not None:
+            raise RewindError("grid: points are already set; leave the current `at` first")
+        resolved, table = self._alphas(points, allow_extrapolation)
+        index = row_index(rows, len(resolved))
+        try:
+            with torch.no_grad():
+                for branch, cols in self._branches:
+                    branch.prepare(table[:, cols], kinds.Rows(index, len(resolved)))
+            self.points = resolved
+            yield resolved
+        finally:
+            for branch, _ in self._branches:
+                branch.clear()
+            self.points = None
+
+    def _alphas(self, points, allow_extrapolation) -> tuple[tuple[Point, ...], torch.Tensor]:
+        rw, resolved, rows = self.rewinder, [], []
+        if not points:
+            raise RewindError("grid: no points")
+        for p in points:
+            if isinstance(p, Point) and (p.path, p.cayley_scale) != (rw.path_name, rw.cayley_scale):
+                raise RewindError(f"grid: {p.describe()} is not on the installed path {rw.path_name}")
+            alpha, schedule = (p.alpha, p.schedule) if isinstance(p, Point) else (p, None)
+            point, alphas = rw.alphas(alpha, schedule, allow_extrapolation)
+            resolved.append(point)
+            rows.append(alphas)
+        return tuple(resolved), torch.tensor(rows, dtype=torch.float64)
+
+    def remove(self) -> None:
+        """Take every branch off; the weights were never touched, so the model is its base exactly."""
+        for handle in self._handles or ():
+            handle.remove()
+        self._handles = None
+
+
+def install(rewinder: Rewinder) -> Grid:
+    """Per-row branches for the rewinder's update and path on its model (moved to alpha 0 first)."""
+    return Grid(rewinder)
+
+
+def row_index(rows, points: int) -> torch.Tensor:
+    if isinstance(rows, int) and not isinstance(rows, bool):
+        if rows < 1:
+            raise RewindError(f"grid: rows per point must be at least 1, got {rows}")
+        return torch.arange(points).repeat_interleave(rows)
+    index = torch.as_tensor(rows)
+    if index.dim() != 1 or not len(index) or index.is_floating_point() or index.dtype == torch.bool:
+        raise RewindError("grid: rows must be a count per point or one point index per batch row")
+    if int(index.min()) < 0 or int(index.max()) >= points:
+        raise RewindError(f"grid: a row index is outside the {points} points")
+    return index.long().cpu()
+
+
+def plan(rw: Rewinder) -> list[tuple[kinds.Branch, list[int]]]:
+    """One branch per updated module tensor, with the columns (tensors in rw.w0's order) whose alphas it reads.
+
+    A tensor shared by several modules (tied embeddings) gets a branch in each of them.
+    """
+    params = dict(rw.model.named_parameters(remove_duplicate=False))
+    holders: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for module in rw.model.modules():
+        for leaf, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append((module, leaf))
+    by_module: dict[int, tuple[torch.nn.Module, dict[str, tuple[str, int]]]] = {}
+    for col, name in enumerate(rw.w0):
+        for module, leaf in holders[id(params[name])]:
+            by_module.setdefault(id(module), (module, {}))[1][leaf] = (name, col)
+    out = []
+    for module, leaves in by_module.values():
+        out += module_branches(rw, module, leaves)
+    return out
+
+
+def module_branches(rw: Rewinder, module, leaves: dict[str, tuple[str, int]]) -> list:
+    deltas = rw.update.deltas
+    if isinstance(module, torch.nn.Embedding) and set(leaves) == {"weight"}:
+        name, col = leaves["weight"]
+        return [(kinds.Dense(module, deltas[name], rw.w0[name], kinds.embedding_product(module)), [col])]
+    if not isinstance(module, torch.nn.Linear):
+        path_cls = paths.kinds()[rw.path_name]
+        bound = {}
+        for leaf, (name, _) in leaves.items():
+            scratch = torch.empty_like(rw.w0[name])
+            bound[leaf] = (
+                path_cls([Bound(name, deltas[name], rw.w0[name], scratch)], cayley_scale=rw.cayley_scale),
+                scratch,
+            )
+        return [(kinds.PerPoint(module, bound), [col for _, col in leaves.values()])]
+    out = []
+    if "weight" in leaves:
+        name, col = leaves["weight"]
+        out.append((linear_branch(rw, module, name), [col]))
+    if "bias" in leaves:
+        name, col = leaves["bias"]
+        weight = out[0][0] if out else None
+        if isinstance(weight, kinds.Scale) and not weight.input_side and isinstance(deltas[name], Scale):
+            return out  # IA3 scales the whole output, bias included, with the weight's vector and alpha
+        out.append((kinds.Dense(module, deltas[name], rw.w0[name], kinds.bias_product), [col]))
+    return out
+
+
+def linear_branch(rw: Rewinder, module, name: str) -> kinds.Branch:
+    """The branch that computes rw's path for this Linear weight. The cayley and dora paths bind only their own
+    update kinds; on linear and dense, factored updates stay factored (dense's line W0 + alpha(W1 - W0) is the
+    linear one for them), and every other update is a dense delta."""
+    delta, w0 = rw.update.deltas[name], rw.w0[name]
+    if rw.path_name == "cayley":
+        return kinds.Rotation(module, delta, SCALES[rw.cayley_scale])
+    if rw.path_name == "dora":
+        return kinds.Dora(module, delta, w0)
+    if isinstance(delta, LowRank):
+        return kinds.LowRank(module, delta)
+    if isinstance(delta, Scale):
+        return kinds.Scale(module, delta)
+    return kinds.Dense(module, delta, w0, kinds.linear_product)
