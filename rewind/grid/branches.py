@@ -37,20 +37,27 @@ class Rows:
     def _cached(self, device):
         if device not in self._on:
             index = self.index.to(device)
-            groups = [(p, (index == p).nonzero().flatten()) for p in range(self.points)]
-            self._on[device] = index, [(p, rows) for p, rows in groups if len(rows)]
+            groups = [(p, _contiguous((index == p).nonzero().flatten())) for p in range(self.points)]
+            self._on[device] = index, [(p, rows) for p, rows in groups if rows is not None]
         return self._on[device]
 
     def gather(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Per-point values ([points] or [points, n]) as per-row values on `like`'s device and dtype."""
         return values.to(like.device, like.dtype)[self._cached(like.device)[0]]
 
-    def groups(self, device) -> list[tuple[int, torch.Tensor]]:
-        """(point, its row indices) for every point that has rows."""
+    def groups(self, device) -> list[tuple[int, torch.Tensor | slice]]:
+        """(point, its rows) for every point that has rows: a slice (a view, no copy) where they are adjacent."""
         return self._cached(device)[1]
 
     def __len__(self):
         return len(self.index)
+
+
+def _contiguous(rows: torch.Tensor) -> torch.Tensor | slice | None:
+    if not len(rows):
+        return None
+    first, last = int(rows[0]), int(rows[-1])
+    return slice(first, last + 1) if last - first + 1 == len(rows) else rows
 
 
 def by_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -161,11 +168,11 @@ class Rotation(Branch):
     def apply(self, x):
         b = self.Q.shape[-1]
         blocks = x.reshape(*x.shape[:-1], x.shape[-1] // b, b)
-        out = x.clone()
+        out = torch.empty_like(x)  # every row is in one group
         for p, idx in self.rows.groups(x.device):
             d = self._D[p].expand(blocks.shape[-2], b, b)  # block_share: one block for all
-            turned = torch.einsum("...jk,jkc->...jc", blocks[idx], d)
-            out.index_add_(0, idx, turned.reshape(len(idx), *x.shape[1:]))
+            turned = torch.einsum("...jk,jkc->...jc", blocks[idx], d).reshape(x[idx].shape)
+            out[idx] = turned.add_(x[idx])
         return out
 
 
