@@ -27,8 +27,25 @@ LOCAL_SHAPES = {
         "head_dim": 64,
         "tie_word_embeddings": True,
     },
+    # Small enough for a 2-core CPU to run many passes (grid_forward.py's default); not a real model's shape.
+    "llama-small": {
+        "model_type": "llama",
+        "vocab_size": 8192,
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    },
 }
-SHAPE_NAMES = {"smollm2": "SmolLM2-135M", "llama1b": "Llama-3.2-1B", "llama": "Llama-3.2-3B", "qwen": "Qwen2.5-7B"}
+SHAPE_NAMES = {
+    "llama-small": "Llama 256x4 (bench-local)",
+    "smollm2": "SmolLM2-135M",
+    "llama1b": "Llama-3.2-1B",
+    "llama": "Llama-3.2-3B",
+    "qwen": "Qwen2.5-7B",
+}
 # Adapter methods by name: (peft config class, its options). Targets are chosen per run (--targets).
 METHODS = {
     "lora": ("LoraConfig", {"r": 8}),

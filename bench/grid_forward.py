@@ -1,0 +1,136 @@
+"""Seconds for N points of one path: one grid pass (each row at its point) against N merged passes (switch + pass).
+
+    python bench/grid_forward.py [--shape llama-small] [--methods lora,oft] [--points 11] [--batch 4] \
+        [--tokens 64] [--new-tokens 16] [--device cpu] [--dtype fp32] [--reps 3] [--out FILE]
+
+Random model of a shape (bench/_shapes.py) and random adapters (LoRA r8 on the linear path, OFT b32 on its cayley
+path and on dense), all linear layers. Two kinds of pass: `forward`, one forward of batch x tokens (what
+loglikelihood requests cost), and `generate`, greedy decoding of --new-tokens after a --tokens prompt with the KV
+cache (what generation requests cost). "merged" = for each point, Rewinder.set(alpha) and a pass of --batch rows;
+"grid" = one `grid.at(points)` (its preparation included) and one pass of points x batch rows. "one point" compares
+a single point both ways at --batch rows: the cost of the unmerged branches themselves. One JSON line per
+(method, path, kind) on stdout, appended to --out: medians of --reps, wall and process-CPU seconds, and the
+1-minute load average at the end (other jobs on a shared CPU stretch the wall clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import _shapes  # bench-local: the script's own directory is first on sys.path
+import torch
+from alpha_switch import random_adapter, sync
+
+from rewind import engine, models
+from rewind.grid import install
+
+RUNS = {"lora": ["linear"], "oft": ["cayley", "dense"]}
+
+
+def timed(fn, device: str, reps: int) -> tuple[float, float]:
+    """Median wall and process-CPU seconds. On a shared CPU the process time is the steadier of the two: other
+    jobs stretch the wall clock, not the work this process does."""
+    fn()  # warm-up
+    wall, cpu = [], []
+    for _ in range(reps):
+        sync(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def make_pass(model, kind: str, new_tokens: int):
+    if kind == "forward":
+        return lambda ids: model(input_ids=ids).logits
+    options = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+    return lambda ids: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+
+
+@torch.no_grad()
+def measure(rw: engine.Rewinder, kind: str, args) -> dict:
+    run = make_pass(rw.model, kind, args.new_tokens)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, rw.model.config.vocab_size, (args.batch, args.tokens), generator=gen).to(args.device)
+    alphas = [i / max(args.points - 1, 1) for i in range(args.points)]
+
+    def merged(points):
+        for a in points:
+            rw.set(a)
+            run(ids)
+
+    times = {"merged": timed(lambda: merged(alphas), args.device, args.reps)}
+    times["one_point_merged"] = timed(lambda: merged([1.0]), args.device, args.reps)
+    grid = install(rw)
+
+    def gridded(points):
+        with grid.at(points, rows=args.batch):
+            run(ids.repeat(len(points), 1))
+
+    times["grid"] = timed(lambda: gridded(alphas), args.device, args.reps)
+    times["one_point_grid"] = timed(lambda: gridded([1.0]), args.device, args.reps)
+    grid.remove()
+    record = {}
+    for clock, i in (("wall", 0), ("cpu", 1)):
+        record.update({f"{name}_{clock}_s": round(t[i], 4) for name, t in times.items()})
+        record[f"speedup_{clock}"] = round(times["merged"][i] / times["grid"][i], 3)
+        record[f"one_point_overhead_{clock}"] = round(times["one_point_grid"][i] / times["one_point_merged"][i], 3)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="llama-small")
+    parser.add_argument("--methods", default="lora,oft")
+    parser.add_argument("--kinds", default="forward,generate")
+    parser.add_argument("--points", type=int, default=11)
+    parser.add_argument("--batch", type=int, default=4, help="rows per point")
+    parser.add_argument("--tokens", type=int, default=64, help="prompt tokens per row")
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = _shapes.build(args.shape, args.device, models.torch_dtype(args.dtype))
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods.split(","):
+            adapter = random_adapter(model, method, Path(tmp) / method)
+            for path in RUNS[method]:
+                rw = engine.attach(model, adapter, path=path)
+                for kind in args.kinds.split(","):
+                    record = {
+                        "shape": args.shape,
+                        "method": method,
+                        "path": path,
+                        "kind": kind,
+                        **{k: getattr(args, k) for k in ("points", "batch", "tokens", "dtype", "device")},
+                        "new_tokens": args.new_tokens if kind == "generate" else 0,
+                        **measure(rw, kind, args),
+                        "threads": torch.get_num_threads(),
+                        "load": round(os.getloadavg()[0], 2),
+                        "torch": torch.__version__,
+                        "host": platform.node(),
+                        "date": time.strftime("%Y-%m-%d"),
+                    }
+                    print(json.dumps(record), flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                rw.set(0.0)  # the next adapter binds to the base
+
+
+if __name__ == "__main__":
+    main()
