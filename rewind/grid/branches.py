@@ -33,6 +33,9 @@ class Rows:
     def __init__(self, index: torch.Tensor, points: int):
         self.index, self.points = index, points
         self._on: dict[torch.device, tuple] = {}
+        # k rows per point, point by point in order: branches may then batch over the points in one call
+        k = len(index) // points
+        self.blocked = len(index) == k * points and torch.equal(index, torch.arange(points).repeat_interleave(k))
 
     def _cached(self, device):
         if device not in self._on:
@@ -168,6 +171,10 @@ class Rotation(Branch):
     def apply(self, x):
         b = self.Q.shape[-1]
         blocks = x.reshape(*x.shape[:-1], x.shape[-1] // b, b)
+        if self.rows.blocked:  # one batched product for all points: [points, rows of each x tokens, blocks, b]
+            d = self._D.expand(-1, blocks.shape[-2], b, b)  # block_share: one block for all
+            grouped = blocks.reshape(self._D.shape[0], -1, *blocks.shape[-2:])
+            return torch.einsum("pnjk,pjkc->pnjc", grouped, d).reshape(x.shape).add_(x)
         out = torch.empty_like(x)  # every row is in one group
         for p, idx in self.rows.groups(x.device):
             d = self._D[p].expand(blocks.shape[-2], b, b)  # block_share: one block for all
