@@ -220,3 +220,16 @@ def test_bad_input_changes_nothing(base, tmp_path):
     grid.remove()
     with pytest.raises(RewindError, match="removed"), grid.at([0.5], 1):
         pass
+
+
+def test_path_without_branch_is_refused(base, tmp_path):
+    """A path grid mode does not know (one added later) is refused before anything changes."""
+    rw = _rewinder("lora", "linear", base, tmp_path)
+    rw.set(0.5)
+    before = {n: p.clone() for n, p in rw.model.named_parameters()}
+    rw.path_name = "geodesic"
+    with pytest.raises(RewindError, match="the geodesic path has no per-row branch"):
+        install(rw)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rw.model.modules())
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, before[name]), name

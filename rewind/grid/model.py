@@ -151,12 +151,15 @@ def module_branches(rw: Rewinder, module, leaves: dict[str, tuple[str, int]]) ->
 def linear_branch(rw: Rewinder, module, name: str) -> kinds.Branch:
     """The branch that computes rw's path for this Linear weight. The cayley and dora paths bind only their own
     update kinds; on linear and dense, factored updates stay factored (dense's line W0 + alpha(W1 - W0) is the
-    linear one for them), and every other update is a dense delta."""
+    linear one for them), and every other update is a dense delta. A path this does not know is refused: its
+    points are not a linear function of a branch's alpha."""
     delta, w0 = rw.update.deltas[name], rw.w0[name]
     if rw.path_name == "cayley":
         return kinds.Rotation(module, delta, SCALES[rw.cayley_scale])
     if rw.path_name == "dora":
         return kinds.Dora(module, delta, w0)
+    if rw.path_name not in ("linear", "dense"):
+        raise RewindError(f"grid: the {rw.path_name} path has no per-row branch; evaluate its points one by one")
     if isinstance(delta, LowRank):
         return kinds.LowRank(module, delta)
     if isinstance(delta, Scale):
