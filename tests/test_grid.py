@@ -14,6 +14,7 @@ from rewind.engine import Point, attach
 from rewind.errors import RewindError
 from rewind.grid import install
 from rewind.paths import Schedule
+from rewind.updates.base import Delta
 
 ALPHAS = [0.0, 0.35, 1.0, 0.7]  # a batch mixing four points, the base among them
 TOL = 1e-5
@@ -57,6 +58,16 @@ def _pissa(base, out):
                 p.add_(torch.randn_like(p) * 0.05)
     peft_model.save_pretrained(out / "trained")
     return out / "trained", out / "init"
+
+
+def _refused(rw, match):
+    """install refuses with one RewindError, leaving the model where it was and without hooks."""
+    before = {n: p.clone() for n, p in rw.model.named_parameters()}
+    with pytest.raises(RewindError, match=match):
+        install(rw)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rw.model.modules())
+    for name, p in rw.model.named_parameters():
+        assert torch.equal(p, before[name]), name
 
 
 def _rewinder(kind, path, base, tmp_path, cayley_scale="linear"):
@@ -123,6 +134,12 @@ CASES = [
     ("dora", "dense"),
     ("full", "linear"),
     ("full", "dense"),
+    ("loha", "linear"),
+    ("loha", "dense"),
+    ("lokr", "linear"),
+    ("lokr-both", "linear"),
+    ("boft", "dense"),
+    ("boft-butterfly", "dense"),
 ]
 
 
@@ -226,10 +243,28 @@ def test_path_without_branch_is_refused(base, tmp_path):
     """A path grid mode does not know (one added later) is refused before anything changes."""
     rw = _rewinder("lora", "linear", base, tmp_path)
     rw.set(0.5)
-    before = {n: p.clone() for n, p in rw.model.named_parameters()}
     rw.path_name = "geodesic"
-    with pytest.raises(RewindError, match="the geodesic path has no per-row branch"):
-        install(rw)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rw.model.modules())
-    for name, p in rw.model.named_parameters():
-        assert torch.equal(p, before[name]), name
+    _refused(rw, "the geodesic path has no per-row branch")
+
+
+@pytest.mark.parametrize("kind", ["boft", "boft-butterfly"])
+def test_boft_path_is_refused(kind, base, tmp_path):
+    """BOFT's own path rotates by butterfly factors at every alpha: no branch computes it (its dense line grids)."""
+    rw = _rewinder(kind, "auto", base, tmp_path)
+    assert rw.path_name == "boft"
+    rw.set(0.5)
+    _refused(rw, "the boft path has no per-row branch")
+
+
+def test_update_kind_without_branch_is_refused(base, tmp_path):
+    """An update kind the grid does not know on the linear path (one added later) is refused, not taken as a line."""
+
+    class Geodesic(Delta):
+        def merged(self, w0):
+            return w0.float() * 2
+
+    rw = _rewinder("lora", "linear", base, tmp_path)
+    rw.set(0.5)
+    name = next(iter(rw.update.deltas))
+    rw.update.deltas[name] = Geodesic()
+    _refused(rw, rf"Geodesic updates \({name}\) have no per-row branch on the linear path")

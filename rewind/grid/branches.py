@@ -6,7 +6,7 @@ in-place model at its point up to rounding:
 - LowRank:  y += alpha s B(A x)                                (LoRA, rsLoRA, PiSSA/MiLoRA residual, AdaLoRA, VeRA)
 - Scale:    x or y times 1 + alpha (l - 1)                     (IA3)
 - Rotation: x_j += x_j D_j(alpha), D = Cayley(s(alpha) Q) - I  (OFT, cayley path)
-- Dense:    y += alpha (x dW^T), dW = W1 - W0                  (dense OFT, DoRA's dense line, full FT, MiSS)
+- Dense:    y += alpha (x dW^T), dW = W1 - W0                  (dense path; linear: DoRA, full FT, MiSS, LoHa, LoKr)
 - Dora:     y = f(alpha) (W0 x + alpha s B(A x))               (DoRA, dora path: f is the path's row factor)
 - PerPoint: the module run once per point with its tensor at that point (norms: small tensors only)
 """

@@ -11,10 +11,22 @@ from .. import paths
 from ..engine import Point, Rewinder
 from ..errors import RewindError
 from ..paths import Bound
+from ..updates.base import Delta
+from ..updates.full import Replace
 from ..updates.ia3 import Scale
-from ..updates.lora import LowRank
+from ..updates.loha import Hadamard
+from ..updates.lokr import Kronecker
+from ..updates.lora import DoRA, LowRank
+from ..updates.miss import MissBat, MissTiled
 from ..updates.oft import SCALES
 from . import branches as kinds
+
+# Paths a branch computes; any other (BOFT's boft, a path added later) is refused: its points are not a function
+# of one alpha that a branch knows.
+BRANCHED = ("linear", "dense", "cayley", "dora")
+# Updates the linear path writes as lerp(W0, W1, alpha), the Dense branch's line. A kind added later may be written
+# otherwise (as LowRank and Scale are), so it is refused until it is listed here or gets a branch.
+LERPED = (DoRA, Replace, MissTiled, MissBat, Hadamard, Kronecker)
 
 
 class Grid:
@@ -102,8 +114,11 @@ def row_index(rows, points: int) -> torch.Tensor:
 def plan(rw: Rewinder) -> list[tuple[kinds.Branch, list[int]]]:
     """One branch per updated module tensor, with the columns (tensors in rw.w0's order) whose alphas it reads.
 
-    A tensor shared by several modules (tied embeddings) gets a branch in each of them.
+    A tensor shared by several modules (tied embeddings) gets a branch in each of them. A path without a branch is
+    refused here, before the Grid moves or hooks anything.
     """
+    if rw.path_name not in BRANCHED:
+        raise RewindError(f"grid: the {rw.path_name} path has no per-row branch; evaluate its points one by one")
     params = dict(rw.model.named_parameters(remove_duplicate=False))
     holders: dict[int, list[tuple[torch.nn.Module, str]]] = {}
     for module in rw.model.modules():
@@ -124,7 +139,8 @@ def module_branches(rw: Rewinder, module, leaves: dict[str, tuple[str, int]]) ->
     deltas = rw.update.deltas
     if isinstance(module, torch.nn.Embedding) and set(leaves) == {"weight"}:
         name, col = leaves["weight"]
-        return [(kinds.Dense(module, deltas[name], rw.w0[name], kinds.embedding_product(module)), [col])]
+        delta = on_line(rw, name)
+        return [(kinds.Dense(module, delta, rw.w0[name], kinds.embedding_product(module)), [col])]
     if not isinstance(module, torch.nn.Linear):
         path_cls = paths.kinds()[rw.path_name]
         bound = {}
@@ -144,24 +160,33 @@ def module_branches(rw: Rewinder, module, leaves: dict[str, tuple[str, int]]) ->
         weight = out[0][0] if out else None
         if isinstance(weight, kinds.Scale) and not weight.input_side and isinstance(deltas[name], Scale):
             return out  # IA3 scales the whole output, bias included, with the weight's vector and alpha
-        out.append((kinds.Dense(module, deltas[name], rw.w0[name], kinds.bias_product), [col]))
+        out.append((kinds.Dense(module, on_line(rw, name), rw.w0[name], kinds.bias_product), [col]))
     return out
 
 
 def linear_branch(rw: Rewinder, module, name: str) -> kinds.Branch:
     """The branch that computes rw's path for this Linear weight. The cayley and dora paths bind only their own
     update kinds; on linear and dense, factored updates stay factored (dense's line W0 + alpha(W1 - W0) is the
-    linear one for them), and every other update is a dense delta. A path this does not know is refused: its
-    points are not a linear function of a branch's alpha."""
-    delta, w0 = rw.update.deltas[name], rw.w0[name]
+    linear one for them), and every other update is a dense delta."""
+    w0 = rw.w0[name]
     if rw.path_name == "cayley":
-        return kinds.Rotation(module, delta, SCALES[rw.cayley_scale])
+        return kinds.Rotation(module, rw.update.deltas[name], SCALES[rw.cayley_scale])
     if rw.path_name == "dora":
-        return kinds.Dora(module, delta, w0)
-    if rw.path_name not in ("linear", "dense"):
-        raise RewindError(f"grid: the {rw.path_name} path has no per-row branch; evaluate its points one by one")
+        return kinds.Dora(module, rw.update.deltas[name], w0)
+    delta = on_line(rw, name)
     if isinstance(delta, LowRank):
         return kinds.LowRank(module, delta)
     if isinstance(delta, Scale):
         return kinds.Scale(module, delta)
     return kinds.Dense(module, delta, w0, kinds.linear_product)
+
+
+def on_line(rw: Rewinder, name: str) -> Delta:
+    """The delta of `name`, refused unless rw's path writes it as a LowRank, Scale or Dense branch computes it."""
+    delta = rw.update.deltas[name]
+    if rw.path_name == "dense" or (rw.path_name == "linear" and isinstance(delta, (LowRank, Scale, *LERPED))):
+        return delta
+    raise RewindError(
+        f"grid: {type(delta).__name__} updates ({name}) have no per-row branch on the {rw.path_name} path; "
+        "evaluate its points one by one"
+    )
