@@ -9,6 +9,7 @@ for torch and the other dependencies; rewind itself comes from the wheel.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -73,3 +74,14 @@ def test_print_recipe_from_the_package(installed):
     out = _run([bin_dir / "rewind", "train", "sft/lora", "peft.r=4", "--print-recipe"], work, env)
     assert "kind: sft" in out and "method: lora" in out and "preset: smollm2" in out and "r: 4" in out
     assert list(work.iterdir()) == []  # printing writes nothing
+
+
+def test_the_demo_adapter_comes_with_the_package(installed):
+    bin_dir, work, env = installed
+    code = ("import hashlib, pathlib, rewind; d = pathlib.Path(rewind.__file__).parent / 'demo' / 'oft-math'; "
+            "print(hashlib.sha256((d / 'adapter_model.safetensors').read_bytes()).hexdigest()); "
+            "print(sorted(p.name for p in d.iterdir()))")
+    digest, names = _run([bin_dir / "python", "-c", code], work, env).splitlines()
+    shipped = CHECKOUT / "rewind" / "demo" / "oft-math"
+    assert digest == hashlib.sha256((shipped / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert names == str(sorted(p.name for p in shipped.iterdir()))
