@@ -447,7 +447,7 @@ def sweep(out, **options):
     summary = sweeper.Sweep(spec, out).run()
     if summary:
         click.echo(table(summary))
-        click.echo(f"wrote {out}/results.jsonl, summary.json, pareto.png")
+        click.echo(f"wrote {out}/results.jsonl, summary.json, pareto.png, report.html")
 
 
 @cli.command()
@@ -506,7 +506,23 @@ def search(out, groups, budget, step, min_step, **options):
         click.echo(table(summary))
         click.echo()
         click.echo(searcher.report_table(found))
-        click.echo(f"wrote {out}/search.json; results.jsonl, summary.json and pareto.png include the search")
+        click.echo(
+            f"wrote {out}/search.json; results.jsonl, summary.json, pareto.png and report.html include the search"
+        )
+
+
+@cli.command()
+@click.argument("sweep_dir", metavar="[SWEEPDIR]", required=False, default=DEFAULT_SWEEP, type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="HTML file to write (default: SWEEPDIR/report.html).")
+@click.option("--attach", multiple=True, type=click.Path(),
+              help="A diagnostics or arena dir whose plots join the page (those in SWEEPDIR or a dir just under it "
+                   "join by themselves). Repeatable.")
+def report(sweep_dir, out, attach):
+    """One self-contained HTML page of a finished sweep (or search): frontier, scores against alpha, per-task
+    table, the selection and its export command. Opens offline; `rewind sweep` and `search` write it too."""
+    from . import report as reporter
+
+    click.echo(f"wrote {reporter.write(sweep_dir, out, list(attach))}")
 
 
 def _floats(text: str, flag: str) -> list[float]:
