@@ -161,7 +161,8 @@ thead th{background:#f0f2f4}
 table.facts th{text-align:left;color:#555;font-weight:500}table.facts td{text-align:left;white-space:normal}
 .verdict{background:#fff;border:1px solid #d5dbe1;border-left:5px solid #2f6fde;padding:12px 16px;border-radius:4px}
 .verdict p{margin:6px 0}.pos{color:#17803d}.neg{color:#c0322b}.muted{color:#777}
-pre{background:#1f2328;color:#e6edf3;padding:10px 14px;border-radius:4px;overflow-x:auto;font-size:13px}
+pre{background:#1f2328;color:#e6edf3;padding:10px 14px;border-radius:4px;white-space:pre-wrap;overflow-wrap:anywhere;
+font-size:13px}
 figure.plot{margin:0;background:#fff;border:1px solid #e3e3e3;border-radius:4px;padding:8px}
 figure.plot svg,figure.plot img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{color:#555;font-size:13px;margin:4px 6px}
