@@ -27,16 +27,19 @@ _kept: list[Path] = []
 @pytest.fixture
 def keep_artifact():
     """keep_artifact(name, data) -> the path it wrote under ARTIFACTS (REWIND_TEST_ARTIFACTS overrides)."""
+
     def keep(name: str, data: bytes) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / name
         path.write_bytes(data)
         _kept.append(path)
         return path
+
     return keep
 
 
 def pytest_terminal_summary(terminalreporter):
     if _kept:
-        terminalreporter.write_line(f"test artifacts ({len(_kept)}) in {ARTIFACTS}: "
-                                    + ", ".join(p.name for p in _kept))
+        terminalreporter.write_line(
+            f"test artifacts ({len(_kept)}) in {ARTIFACTS}: " + ", ".join(p.name for p in _kept)
+        )

@@ -78,9 +78,11 @@ def test_print_recipe_from_the_package(installed):
 
 def test_the_demo_adapter_comes_with_the_package(installed):
     bin_dir, work, env = installed
-    code = ("import hashlib, pathlib, rewind; d = pathlib.Path(rewind.__file__).parent / 'demo' / 'oft-math'; "
-            "print(hashlib.sha256((d / 'adapter_model.safetensors').read_bytes()).hexdigest()); "
-            "print(sorted(p.name for p in d.iterdir()))")
+    code = (
+        "import hashlib, pathlib, rewind; d = pathlib.Path(rewind.__file__).parent / 'demo' / 'oft-math'; "
+        "print(hashlib.sha256((d / 'adapter_model.safetensors').read_bytes()).hexdigest()); "
+        "print(sorted(p.name for p in d.iterdir()))"
+    )
     digest, names = _run([bin_dir / "python", "-c", code], work, env).splitlines()
     shipped = CHECKOUT / "rewind" / "demo" / "oft-math"
     assert digest == hashlib.sha256((shipped / "adapter_model.safetensors").read_bytes()).hexdigest()

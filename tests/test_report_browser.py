@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import browser
 import pytest
 
-import browser
 from rewind import report
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -49,8 +49,10 @@ def test_the_report_loads_offline_with_its_plots_and_tables(name, tmp_path, keep
 def test_the_checks_see_a_request_and_a_console_error(tmp_path):
     """The browser checks can fail: a page that fetches and logs an error is caught doing both."""
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
-                    "<script>console.error('boom')</script></body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+        "<script>console.error('boom')</script></body></html>"
+    )
     visit = browser.visit(page)
     assert "http://127.0.0.1:9/x.png" in visit.requests
     assert "console.error: boom" in visit.errors

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import tinysweep
+
 from rewind import report
 from rewind.cli import main
 from rewind.report import html
@@ -124,8 +124,10 @@ def test_intervals_show_as_bars_and_a_column(tmp_path):
     (sweep_dir / "summary.json").write_text(json.dumps(summary))
     page = report.write(sweep_dir).read_text()
     cayley = _rows(page, "points")["cayley α=0.5"]
-    assert cayley[4:6] == [f"{summary['points'][6]['target'] - 2.5:.2f}–{summary['points'][6]['target'] + 3:.2f}",
-                           "±1.25"]
+    assert cayley[4:6] == [
+        f"{summary['points'][6]['target'] - 2.5:.2f}–{summary['points'][6]['target'] + 3:.2f}",
+        "±1.25",
+    ]
     plain = report.write(GPU_DEMO, tmp_path / "plain.html").read_text()
     frontier = lambda text: text.split('id="frontier"', 1)[1].split("</svg>", 1)[0]  # noqa: E731
     assert frontier(page).count("<path") >= frontier(plain).count("<path") + 2 * len(summary["points"])
@@ -139,8 +141,18 @@ def test_a_200_point_sweep_stays_readable(tmp_path):
     paths = [f"p{i}" for i in range(10)]
     summary["paths"] = paths
     summary["points"] = summary["points"][:2] + [
-        {"key": f"{p}@{a / 21:g}", "path": p, "alpha": a / 21, "layers": None, "target": 5 + 12 * a / 21 + i,
-         "general": 30 - 5 * (a / 21) ** 2 - i / 3, "seconds": 1.0} for i, p in enumerate(paths) for a in range(1, 21)]
+        {
+            "key": f"{p}@{a / 21:g}",
+            "path": p,
+            "alpha": a / 21,
+            "layers": None,
+            "target": 5 + 12 * a / 21 + i,
+            "general": 30 - 5 * (a / 21) ** 2 - i / 3,
+            "seconds": 1.0,
+        }
+        for i, p in enumerate(paths)
+        for a in range(1, 21)
+    ]
     summary["points"] = summary["points"][:200]
     (sweep_dir / "summary.json").write_text(json.dumps(summary))
     page = report.write(sweep_dir).read_text()
@@ -154,10 +166,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     shutil.copy(GPU_DEMO / "sweep.json", unfinished)
-    cases = [([str(tmp_path / "absent")], "no sweep in"), ([str(unfinished)], "has no summary.json yet"),
-             ([str(GPU_DEMO), "--out", str(GPU_DEMO / "summary.json")], "is one of the report's inputs"),
-             ([str(GPU_DEMO), "--out", str(tmp_path)], "is a dir"),
-             ([str(GPU_DEMO), "--attach", str(unfinished)], "not a diagnostics or arena dir")]
+    cases = [
+        ([str(tmp_path / "absent")], "no sweep in"),
+        ([str(unfinished)], "has no summary.json yet"),
+        ([str(GPU_DEMO), "--out", str(GPU_DEMO / "summary.json")], "is one of the report's inputs"),
+        ([str(GPU_DEMO), "--out", str(tmp_path)], "is a dir"),
+        ([str(GPU_DEMO), "--attach", str(unfinished)], "not a diagnostics or arena dir"),
+    ]
     before = {p: p.stat().st_mtime_ns for p in GPU_DEMO.iterdir()}
     for args, message in cases:
         assert _cli(["report", *args]) == 2

@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import adapters
+from .. import files
 from ..errors import RewindError
 from ..search import SEARCH_FILE
 from ..sweep import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
@@ -53,19 +53,26 @@ def load(sweep_dir: str | Path, attach: list[str | Path] = ()) -> Report:
     if not (sweep_dir / SWEEP_FILE).is_file():
         raise RewindError(f"no sweep in {sweep_dir} (no {SWEEP_FILE}): give a sweep dir")
     if not (sweep_dir / SUMMARY_FILE).is_file():
-        raise RewindError(f"the sweep in {sweep_dir} has no {SUMMARY_FILE} yet: finish it (rerun the same "
-                          f"`rewind sweep` command) before reporting")
-    summary = adapters.load_json(sweep_dir / SUMMARY_FILE)
-    records = ResultsLog(sweep_dir / RESULTS_FILE).records(summary["run"]) if (sweep_dir / RESULTS_FILE).is_file() \
-        else []
-    search = adapters.load_json(sweep_dir / SEARCH_FILE) if (sweep_dir / SEARCH_FILE).is_file() else None
+        raise RewindError(
+            f"the sweep in {sweep_dir} has no {SUMMARY_FILE} yet: finish it (rerun the same "
+            f"`rewind sweep` command) before reporting"
+        )
+    summary = files.read_json(sweep_dir / SUMMARY_FILE, "sweep summary")
+    records = ResultsLog(sweep_dir / RESULTS_FILE, repair=False).records(summary["run"])
+    search = files.read_json(sweep_dir / SEARCH_FILE, "search record") if (sweep_dir / SEARCH_FILE).is_file() else None
     dirs = []
     for d in map(Path, attach):
         if not d.is_dir() or not any((d / name).is_file() for name in ATTACHED_JSON):
             raise RewindError(f"--attach {d}: not a diagnostics or arena dir (none of {', '.join(ATTACHED_JSON)})")
         dirs.append(d)
-    return Report(sweep_dir, adapters.load_json(sweep_dir / SWEEP_FILE), summary, records, search,
-                  discover(sweep_dir) + dirs)
+    return Report(
+        sweep_dir,
+        files.read_json(sweep_dir / SWEEP_FILE, "sweep record"),
+        summary,
+        records,
+        search,
+        discover(sweep_dir) + dirs,
+    )
 
 
 def discover(sweep_dir: Path) -> list[Path]:
@@ -80,14 +87,11 @@ def write(sweep_dir: str | Path, out: str | Path | None = None, attach: list[str
     out = Path(out) if out is not None else Path(sweep_dir) / REPORT_FILE
     _check_out(out, report)
     page = render(report)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise RewindError(f"--out {out}: cannot write ({exc.strerror})") from exc
+        raise RewindError(f"--out {out}: cannot create its dir ({exc.strerror})") from exc
+    files.write_atomic(out, page)
     return out
 
 
@@ -110,22 +114,34 @@ def render(report: Report) -> str:
         f"<h1>{_e(title)}</h1>",
         _facts(report),
         _verdict(report),
-        _figure("Frontier: target vs general (validation)", plots.frontier(report), "frontier",
-                "Each path runs from the base (α = 0) to the final adapter (α = 1). Larger target and general "
-                "are both better; squares mark the Pareto frontier, the red ring the selected point."),
-        _figure("Target and general against α", plots.against_alpha(report), "alpha",
-                "One line per path; the dotted line is the lowest general score the rule accepts."
-                if s["rule"] == "max-target-within" else "One line per path."),
+        _figure(
+            "Frontier: target vs general (validation)",
+            plots.frontier(report),
+            "frontier",
+            "Each path runs from the base (α = 0) to the final adapter (α = 1). Larger target and general "
+            "are both better; squares mark the Pareto frontier, the red ring the selected point.",
+        ),
+        _figure(
+            "Target and general against α",
+            plots.against_alpha(report),
+            "alpha",
+            "One line per path; the dotted line is the lowest general score the rule accepts."
+            if s["rule"] == "max-target-within"
+            else "One line per path.",
+        ),
     ]
     trajectory = plots.trajectory(report)
     if trajectory:
-        sections.append(_figure("Training trajectory", trajectory, "trajectory",
-                                "Checkpoints of the training run, by step."))
+        sections.append(
+            _figure("Training trajectory", trajectory, "trajectory", "Checkpoints of the training run, by step.")
+        )
     sections += [_task_table(report), _search(report), _points_table(report), _attachments(report)]
     body = "\n".join(part for part in sections if part)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{_e(title)}</title>\n"
-            f"<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{_e(title)}</title>\n'
+        f"<style>{STYLE}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
 
 
 def _e(text) -> str:
@@ -135,18 +151,27 @@ def _e(text) -> str:
 def _facts(report: Report) -> str:
     s, spec = report.summary, report.record.get("spec", {})
     suites = lambda names: ", ".join(names or [])  # noqa: E731
-    rows = [("adapter", s["adapter"]), ("method", f"{s['method']} (natural path: {report.record.get('natural_path')})"),
-            ("paths", ", ".join(s["paths"])), ("target suites", suites(spec.get("target"))),
-            ("general suites", suites(spec.get("general"))),
-            ("items per task", spec.get("limit") or "all"), ("points", len(report.points)),
-            ("dtype", spec.get("dtype", "")), ("run", s["run"]), ("sweep dir", report.dir)]
+    rows = [
+        ("adapter", s["adapter"]),
+        ("method", f"{s['method']} (natural path: {report.record.get('natural_path')})"),
+        ("paths", ", ".join(s["paths"])),
+        ("target suites", suites(spec.get("target"))),
+        ("general suites", suites(spec.get("general"))),
+        ("items per task", spec.get("limit") or "all"),
+        ("points", len(report.points)),
+        ("dtype", spec.get("dtype", "")),
+        ("run", s["run"]),
+        ("sweep dir", report.dir),
+    ]
     cells = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     return f'<table class="facts">{cells}</table>'
 
 
 def _figure(title: str, svg: str, ident: str, caption: str) -> str:
-    return (f'<section id="{ident}"><h2>{_e(title)}</h2><figure class="plot">{svg}'
-            f"<figcaption>{_e(caption)}</figcaption></figure></section>")
+    return (
+        f'<section id="{ident}"><h2>{_e(title)}</h2><figure class="plot">{svg}'
+        f"<figcaption>{_e(caption)}</figcaption></figure></section>"
+    )
 
 
 STYLE = """
@@ -187,14 +212,17 @@ def rule_text(summary: dict) -> str:
     rule, base = summary["rule"], summary["base_point"]
     if rule == "max-target-within":
         tol = float(summary.get("tolerance", 1.0))
-        return (f"max-target-within: the highest target score among the points whose general score stays within "
-                f"{tol:g} of the base's ({base['general']:.2f} − {tol:g} = {base['general'] - tol:.2f}), "
-                f"on the validation split")
-    return {"knee": "knee: the frontier point where trading general for target stops paying (farthest from the "
-                    "chord joining the frontier's ends), on the validation split",
-            "max-sum": "max-sum: the highest target + general, on the validation split",
-            "weighted": "weighted: the highest weighted sum of target and general, on the validation split",
-            }.get(rule, rule)
+        return (
+            f"max-target-within: the highest target score among the points whose general score stays within "
+            f"{tol:g} of the base's ({base['general']:.2f} − {tol:g} = {base['general'] - tol:.2f}), "
+            f"on the validation split"
+        )
+    return {
+        "knee": "knee: the frontier point where trading general for target stops paying (farthest from the "
+        "chord joining the frontier's ends), on the validation split",
+        "max-sum": "max-sum: the highest target + general, on the validation split",
+        "weighted": "weighted: the highest weighted sum of target and general, on the validation split",
+    }.get(rule, rule)
 
 
 def _signed(value: float, digits: int = 2) -> str:
@@ -206,20 +234,30 @@ def _verdict(report: Report) -> str:
     s = report.summary
     base, final, sel = s["base_point"], s["final_point"], s["selected"]
     gain, loss = final["target"] - base["target"], final["general"] - base["general"]
-    lines = [f"<p><b>Final adapter</b>: target {final['target']:.2f} ({_signed(gain)}), general "
-             f"{final['general']:.2f} ({_signed(loss)}) against the base's {base['target']:.2f} / "
-             f"{base['general']:.2f}.{_overshoot(s)}</p>",
-             f"<p><b>Selected: {_e(point_name(sel))}</b>: target {sel['target']:.2f} "
-             f"({_signed(sel['target'] - base['target'])}), general {sel['general']:.2f} "
-             f"({_signed(sel['general'] - base['general'])}){_kept(sel, base, gain)}.</p>",
-             f"<p class=\"muted\">Rule: {_e(rule_text(s))}.</p>"]
+    lines = [
+        f"<p><b>Final adapter</b>: target {final['target']:.2f} ({_signed(gain)}), general "
+        f"{final['general']:.2f} ({_signed(loss)}) against the base's {base['target']:.2f} / "
+        f"{base['general']:.2f}.{_overshoot(s)}</p>",
+        f"<p><b>Selected: {_e(point_name(sel))}</b>: target {sel['target']:.2f} "
+        f"({_signed(sel['target'] - base['target'])}), general {sel['general']:.2f} "
+        f"({_signed(sel['general'] - base['general'])}){_kept(sel, base, gain)}.</p>",
+        f'<p class="muted">Rule: {_e(rule_text(s))}.</p>',
+    ]
     tests = [(name, row.get("test")) for name, row in (("base", base), ("final", final), ("selected", sel))]
     if all(t for _, t in tests):
-        lines.append("<p>On the test split: " + "; ".join(
-            f"{name} {t['target']:.2f} / {t['general']:.2f}" for name, t in tests) + " (target / general).</p>")
+        lines.append(
+            "<p>On the test split: "
+            + "; ".join(f"{name} {t['target']:.2f} / {t['general']:.2f}" for name, t in tests)
+            + " (target / general).</p>"
+        )
     commands = export_commands(report)
-    return ('<section id="verdict"><h2>Verdict</h2><div class="verdict">' + "".join(lines)
-            + "<p>Export the selected point:</p><pre>" + _e("\n".join(commands)) + "</pre></div></section>")
+    return (
+        '<section id="verdict"><h2>Verdict</h2><div class="verdict">'
+        + "".join(lines)
+        + "<p>Export the selected point:</p><pre>"
+        + _e("\n".join(commands))
+        + "</pre></div></section>"
+    )
 
 
 def _overshoot(summary: dict) -> str:
@@ -242,12 +280,15 @@ def export_commands(report: Report, out: str = "rewind-export") -> list[str]:
     q = shlex.quote
     base = f" --base {q(str(spec['base']))}" if spec.get("base") else ""
     if sel["path"] == "train":
-        return [f"rewind export{base} --adapter <checkpoint-{sel['alpha']:g} of {q(str(spec.get('checkpoints')))}> "
-                f"--alpha 1 --out {out}"]
+        return [
+            f"rewind export{base} --adapter <checkpoint-{sel['alpha']:g} of {q(str(spec.get('checkpoints')))}> "
+            f"--alpha 1 --out {out}"
+        ]
     alpha = {"base": 0.0, "final": 1.0}.get(sel["path"], sel["alpha"])
     path = sel["path"] if sel["path"] not in ("base", "final") else s["paths"][0]
-    explicit = f"rewind export{base} --adapter {q(str(spec.get('adapter', s['adapter'])))} --path {path} " \
-               f"--alpha {alpha:g}"
+    explicit = (
+        f"rewind export{base} --adapter {q(str(spec.get('adapter', s['adapter'])))} --path {path} --alpha {alpha:g}"
+    )
     layers = sel.get("layers") or (None if sel["path"] in ("base", "final") else spec.get("layers"))
     if layers:
         explicit += f" --layers {q(layers if isinstance(layers, str) else ','.join(f'{v:g}' for v in layers))}"
@@ -255,8 +296,11 @@ def export_commands(report: Report, out: str = "rewind-export") -> list[str]:
         explicit += f" --cayley-scale {spec['cayley_scale']}"
     if spec.get("init_adapter"):
         explicit += f" --init-adapter {q(str(spec['init_adapter']))}"
-    return [f"rewind export --from {q(str(report.dir))} --out {out}", "# the same point, spelled out:",
-            f"{explicit} --out {out}"]
+    return [
+        f"rewind export --from {q(str(report.dir))} --out {out}",
+        "# the same point, spelled out:",
+        f"{explicit} --out {out}",
+    ]
 
 
 # -- tables -----------------------------------------------------------------------------------------------------
@@ -276,9 +320,12 @@ def _task_table(report: Report) -> str:
     tasks = sorted(set(splits[VALIDATION]) | set(splits[TEST]), key=lambda rt: (rt[0] != "target", rt[1]))
     if not tasks:
         return ""
-    head = ("<thead><tr><th rowspan=2>task</th><th rowspan=2>n</th><th colspan=5>validation</th>"
-            "<th colspan=5>test</th></tr><tr>" + "<th>base</th><th>final</th><th>Δ</th><th>selected</th><th>Δ</th>"
-            * 2 + "</tr></thead>")
+    head = (
+        "<thead><tr><th rowspan=2>task</th><th rowspan=2>n</th><th colspan=5>validation</th>"
+        "<th colspan=5>test</th></tr><tr>"
+        + "<th>base</th><th>final</th><th>Δ</th><th>selected</th><th>Δ</th>" * 2
+        + "</tr></thead>"
+    )
     rows, role = [], None
     for task in tasks:
         if task[0] != role:
@@ -287,11 +334,13 @@ def _task_table(report: Report) -> str:
         cells = "".join(_task_cells(splits[split].get(task, {}), keys) for split in (VALIDATION, TEST))
         n = next((r["n"] for split in (VALIDATION, TEST) for r in splits[split].get(task, {}).values()), "")
         rows.append(f"<tr><td>{_e(task[1])}</td><td>{_e(n)}</td>{cells}</tr>")
-    return ('<section id="tasks"><h2>Per task: base, final and selected</h2>'
-            f"<p>Scores 0–100, higher is better (perplexity tasks are scored so that higher is better too); Δ against "
-            f"the base. Selected: {_e(point_name(s['selected']))}. The role rows are the sweep's scores (the mean "
-            f"over suites of each suite's mean task score).</p><table>{head}<tbody>{''.join(rows)}</tbody></table>"
-            "</section>")
+    return (
+        '<section id="tasks"><h2>Per task: base, final and selected</h2>'
+        f"<p>Scores 0–100, higher is better (perplexity tasks are scored so that higher is better too); Δ against "
+        f"the base. Selected: {_e(point_name(s['selected']))}. The role rows are the sweep's scores (the mean "
+        f"over suites of each suite's mean task score).</p><table>{head}<tbody>{''.join(rows)}</tbody></table>"
+        "</section>"
+    )
 
 
 def _task_cells(by_point: dict[str, dict], keys: list[tuple[str, str]]) -> str:
@@ -312,11 +361,13 @@ def _score_cells(score: dict[str, float | None], name: str) -> str:
 def _role_row(summary: dict, role: str) -> str:
     cells = ""
     for split in (VALIDATION, TEST):
-        rows = {name: summary[field] if split == VALIDATION else summary[field].get("test")
-                for name, field in (("base", "base_point"), ("final", "final_point"), ("selected", "selected"))}
+        rows = {
+            name: summary[field] if split == VALIDATION else summary[field].get("test")
+            for name, field in (("base", "base_point"), ("final", "final_point"), ("selected", "selected"))
+        }
         score = {name: row[role] if row else None for name, row in rows.items()}
         cells += "".join(_score_cells(score, name) for name in ("base", "final", "selected"))
-    return f"<tr class=\"group\"><td>{role} (sweep score)</td><td></td>{cells}</tr>"
+    return f'<tr class="group"><td>{role} (sweep score)</td><td></td>{cells}</tr>'
 
 
 def _points_table(report: Report) -> str:
@@ -328,15 +379,21 @@ def _points_table(report: Report) -> str:
         mark = ("frontier" if p["key"] in frontier else "") + (" · selected" if p["key"] == selected else "")
         ci = "".join(f"<td>{_e(_ci_text(p.get(f'{axis}_ci')))}</td>" for axis in ("target", "general"))
         deltas = f"<td>{_signed(p['target'] - base['target'])}</td><td>{_signed(p['general'] - base['general'])}</td>"
-        rows.append(f"<tr{' class=sel' if p['key'] == selected else ''}><td>{_e(point_name(p))}</td>"
-                    f"<td>{p['target']:.2f}</td><td>{p['general']:.2f}</td>{deltas}"
-                    f"{ci if _has_ci(report) else ''}<td>{_e(mark)}</td><td>{p.get('seconds', 0):.1f}</td></tr>")
+        rows.append(
+            f"<tr{' class=sel' if p['key'] == selected else ''}><td>{_e(point_name(p))}</td>"
+            f"<td>{p['target']:.2f}</td><td>{p['general']:.2f}</td>{deltas}"
+            f"{ci if _has_ci(report) else ''}<td>{_e(mark)}</td><td>{p.get('seconds', 0):.1f}</td></tr>"
+        )
     ci_head = "<th>target CI</th><th>general CI</th>" if _has_ci(report) else ""
-    table = (f"<table><thead><tr><th>point</th><th>target</th><th>general</th><th>Δ target</th><th>Δ general</th>"
-             f"{ci_head}<th></th><th>seconds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    table = (
+        f"<table><thead><tr><th>point</th><th>target</th><th>general</th><th>Δ target</th><th>Δ general</th>"
+        f"{ci_head}<th></th><th>seconds</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
     is_open = " open" if len(rows) <= OPEN_ROWS else ""
-    return (f'<section id="points"><h2>All points (validation)</h2><details{is_open}><summary>{len(rows)} points '
-            f"in sweep order</summary>{table}</details></section>")
+    return (
+        f'<section id="points"><h2>All points (validation)</h2><details{is_open}><summary>{len(rows)} points '
+        f"in sweep order</summary>{table}</details></section>"
+    )
 
 
 def _has_ci(report: Report) -> bool:
@@ -369,15 +426,21 @@ def _search(report: Report) -> str:
     for name in ("base", "final", "best_uniform", "searched"):
         row = found[name]
         test = row.get("test") or {}
-        rows.append(f"<tr><td>{_e(name.replace('_', ' '))}</td><td class=l>{_e(point_name(row))}</td>"
-                    f"<td>{row['target']:.2f}</td><td>{row['general']:.2f}</td>"
-                    + "".join(f"<td>{test[k]:.2f}</td>" if k in test else '<td class="muted">—</td>'
-                              for k in ("target", "general")) + "</tr>")
-    return (f'<section id="search"><h2>Per-layer search</h2><p>{found["evaluations"]} validation evaluations on '
-            f"{_e(found['path'])}, {len(found['groups'])} layer groups, starting from {_e(found['start'])} "
-            f"(objective {_e(found['rule'])}). The searched points are the crosses in the frontier.</p>"
-            "<table><thead><tr><th></th><th class=l>point</th><th>val target</th><th>val general</th>"
-            f"<th>test target</th><th>test general</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
+        rows.append(
+            f"<tr><td>{_e(name.replace('_', ' '))}</td><td class=l>{_e(point_name(row))}</td>"
+            f"<td>{row['target']:.2f}</td><td>{row['general']:.2f}</td>"
+            + "".join(
+                f"<td>{test[k]:.2f}</td>" if k in test else '<td class="muted">—</td>' for k in ("target", "general")
+            )
+            + "</tr>"
+        )
+    return (
+        f'<section id="search"><h2>Per-layer search</h2><p>{found["evaluations"]} validation evaluations on '
+        f"{_e(found['path'])}, {len(found['groups'])} layer groups, starting from {_e(found['start'])} "
+        f"(objective {_e(found['rule'])}). The searched points are the crosses in the frontier.</p>"
+        "<table><thead><tr><th></th><th class=l>point</th><th>val target</th><th>val general</th>"
+        f"<th>test target</th><th>test general</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
 
 
 # -- attachments --------------------------------------------------------------------------------------------------
@@ -391,9 +454,15 @@ def _attachments(report: Report) -> str:
         # Summaries in view; the per-module-type spectral plots (one per q, k, v, ...) folded below them.
         shown = [p for p in images if not re.fullmatch(r"spectral_(?!summary).*\.png", p.name)]
         folded = [p for p in images if p not in shown]
-        more = (f"<details><summary>{len(folded)} more: {_e(', '.join(p.stem for p in folded))}</summary>"
-                f'{"".join(map(_image, folded))}</details>') if folded else ""
-        parts.append(f'<h3>{_e(kinds)}: {_e(d)}</h3>{"".join(map(_image, shown))}{more}')
+        more = (
+            (
+                f"<details><summary>{len(folded)} more: {_e(', '.join(p.stem for p in folded))}</summary>"
+                f"{''.join(map(_image, folded))}</details>"
+            )
+            if folded
+            else ""
+        )
+        parts.append(f"<h3>{_e(kinds)}: {_e(d)}</h3>{''.join(map(_image, shown))}{more}")
     if not parts:
         return ""
     return '<section id="attached"><h2>Diagnostics and arena</h2>' + "".join(parts) + "</section>"
@@ -401,8 +470,10 @@ def _attachments(report: Report) -> str:
 
 def _image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure class="plot"><img alt="{_e(path.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(path.name)}</figcaption></figure>")
+    return (
+        f'<figure class="plot"><img alt="{_e(path.name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_e(path.name)}</figcaption></figure>"
+    )
 
 
 def svg_of(fig) -> str:
@@ -410,5 +481,5 @@ def svg_of(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
+    svg = svg[svg.index("<svg") :]
     return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", svg, count=1)

@@ -17,8 +17,7 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 10, "axes.spines.top": False,
-                         "axes.spines.right": False})
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 10, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 
@@ -43,9 +42,17 @@ def _errorbars(ax, points: list[dict], colour: str) -> None:
     for p in points:
         x, y = ci_bounds(p.get("target_ci"), p["target"]), ci_bounds(p.get("general_ci"), p["general"])
         if x or y:
-            ax.errorbar(p["target"], p["general"], xerr=[[p["target"] - x[0]], [x[1] - p["target"]]] if x else None,
-                        yerr=[[p["general"] - y[0]], [y[1] - p["general"]]] if y else None, fmt="none",
-                        ecolor=colour, alpha=0.45, lw=1, capsize=2)
+            ax.errorbar(
+                p["target"],
+                p["general"],
+                xerr=[[p["target"] - x[0]], [x[1] - p["target"]]] if x else None,
+                yerr=[[p["general"] - y[0]], [y[1] - p["general"]]] if y else None,
+                fmt="none",
+                ecolor=colour,
+                alpha=0.45,
+                lw=1,
+                capsize=2,
+            )
 
 
 def frontier(report: Report) -> str:
@@ -54,19 +61,41 @@ def frontier(report: Report) -> str:
     fig, ax = plt.subplots(figsize=(8.2, 5.6))
     for path in s["paths"]:
         line = _uniform(report, path)
-        ax.plot([p["target"] for p in line], [p["general"] for p in line], "o-", ms=4, lw=1.5, color=colour[path],
-                label=f"{path} path", zorder=3)
+        ax.plot(
+            [p["target"] for p in line],
+            [p["general"] for p in line],
+            "o-",
+            ms=4,
+            lw=1.5,
+            color=colour[path],
+            label=f"{path} path",
+            zorder=3,
+        )
         _errorbars(ax, line, colour[path])
         inner = [p for p in line if p["path"] == path]
         if len(inner) <= LABEL_LIMIT:
             for p in inner:
-                ax.annotate(f"{p['alpha']:g}", (p["target"], p["general"]), fontsize=8, color=colour[path],
-                            xytext=(4, 3), textcoords="offset points")
+                ax.annotate(
+                    f"{p['alpha']:g}",
+                    (p["target"], p["general"]),
+                    fontsize=8,
+                    color=colour[path],
+                    xytext=(4, 3),
+                    textcoords="offset points",
+                )
     _trajectory_line(ax, report, colour["train"])
     searched = [p for p in report.points if p.get("layers")]
     if searched:
-        ax.plot([p["target"] for p in searched], [p["general"] for p in searched], "x", ms=6, mew=1.3,
-                color=colour["search"], label=f"per-layer search ({len(searched)})", zorder=3)
+        ax.plot(
+            [p["target"] for p in searched],
+            [p["general"] for p in searched],
+            "x",
+            ms=6,
+            mew=1.3,
+            color=colour["search"],
+            label=f"per-layer search ({len(searched)})",
+            zorder=3,
+        )
         _errorbars(ax, searched, colour["search"])
     _marks(ax, report)
     ax.set_xlabel("target score (validation) →")
@@ -85,24 +114,56 @@ def _trajectory_line(ax, report: Report, colour: str) -> None:
         return
     ends = {p["path"]: p for p in report.points if p["path"] in ENDS}
     line = [ends["base"], *train] if "base" in ends else train
-    ax.plot([p["target"] for p in line], [p["general"] for p in line], "^--", ms=5, lw=1.1, color=colour,
-            label="training checkpoints", zorder=2)
+    ax.plot(
+        [p["target"] for p in line],
+        [p["general"] for p in line],
+        "^--",
+        ms=5,
+        lw=1.1,
+        color=colour,
+        label="training checkpoints",
+        zorder=2,
+    )
     for p in train[:LABEL_LIMIT]:
-        ax.annotate(f"step {p['alpha']:g}", (p["target"], p["general"]), fontsize=7, color=colour,
-                    xytext=(4, -9), textcoords="offset points")
+        ax.annotate(
+            f"step {p['alpha']:g}",
+            (p["target"], p["general"]),
+            fontsize=7,
+            color=colour,
+            xytext=(4, -9),
+            textcoords="offset points",
+        )
 
 
 def _marks(ax, report: Report) -> None:
     """Frontier squares, base star, final diamond, the selected ring and the rule's general floor."""
     s = report.summary
     front = sorted((p for p in report.points if p["key"] in set(s["frontier"])), key=lambda p: p["target"])
-    ax.plot([p["target"] for p in front], [p["general"] for p in front], "s", ms=10, mfc="none", mec="#444",
-            mew=1, label="Pareto frontier", zorder=4)
+    ax.plot(
+        [p["target"] for p in front],
+        [p["general"] for p in front],
+        "s",
+        ms=10,
+        mfc="none",
+        mec="#444",
+        mew=1,
+        label="Pareto frontier",
+        zorder=4,
+    )
     base, final, sel = s["base_point"], s["final_point"], s["selected"]
     ax.plot(base["target"], base["general"], "*", ms=15, color="k", label="base (α = 0)", zorder=5)
     ax.plot(final["target"], final["general"], "D", ms=9, color="k", label="final (α = 1)", zorder=5)
-    ax.plot(sel["target"], sel["general"], "o", ms=17, mfc="none", mec="#d62728", mew=2.2,
-            label=f"selected: {sel['key']}", zorder=6)
+    ax.plot(
+        sel["target"],
+        sel["general"],
+        "o",
+        ms=17,
+        mfc="none",
+        mec="#d62728",
+        mew=2.2,
+        label=f"selected: {sel['key']}",
+        zorder=6,
+    )
     if s["rule"] == "max-target-within":
         floor = base["general"] - float(s.get("tolerance", 1.0))
         ax.axhline(floor, color="#d62728", lw=0.8, ls=":", label=f"general floor ({floor:.2f})", zorder=1)
@@ -115,14 +176,14 @@ def against_alpha(report: Report) -> str:
     for ax, role in zip(axes, ("target", "general")):
         for path in s["paths"]:
             line = _uniform(report, path)
-            ax.plot([_alpha(p) for p in line], [p[role] for p in line], "o-", ms=4, lw=1.5, color=colour[path],
-                    label=path)
+            ax.plot(
+                [_alpha(p) for p in line], [p[role] for p in line], "o-", ms=4, lw=1.5, color=colour[path], label=path
+            )
         sel = s["selected"]
         if not sel.get("layers") and sel["path"] != "train":
             ax.plot(_alpha(sel), sel[role], "o", ms=14, mfc="none", mec="#d62728", mew=2, label="selected")
         if role == "general" and s["rule"] == "max-target-within":
-            ax.axhline(s["base_point"]["general"] - float(s.get("tolerance", 1.0)), color="#d62728", lw=0.8,
-                       ls=":")
+            ax.axhline(s["base_point"]["general"] - float(s.get("tolerance", 1.0)), color="#d62728", lw=0.8, ls=":")
         ax.set_title(f"{role} (validation)", fontsize=10)
         ax.set_xlabel("α (0 = base, 1 = final)")
         ax.grid(alpha=0.25)
