@@ -520,7 +520,7 @@ def search(out, groups, budget, step, min_step, **options):
 def report(sweep_dir, out, attach):
     """One self-contained HTML page of a finished sweep (or search): frontier, scores against alpha, per-task
     table, the selection and its export command. Opens offline; `rewind sweep` and `search` write it too."""
-    from . import report as reporter
+    from . import report_html as reporter
 
     click.echo(f"wrote {reporter.write(sweep_dir, out, list(attach))}")
 

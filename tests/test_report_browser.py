@@ -9,7 +9,7 @@ from pathlib import Path
 import browser
 import pytest
 
-from rewind import report
+from rewind import report_html as report
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STUDY = DOCS / "study"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import tinysweep
 
-from rewind import report
+from rewind import report_html as report
 from rewind.cli import main
-from rewind.report import html
+from rewind import report_html as html
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STUDY, GPU_DEMO = DOCS / "study" / "sweeps", DOCS / "demo-oft-gpu"

@@ -16,10 +16,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import files
-from ..errors import RewindError
-from ..search import SEARCH_FILE
-from ..sweep import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
+from . import files
+from .errors import RewindError
+from .search import SEARCH_FILE
+from .sweep import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
 
 REPORT_FILE = "report.html"
 ATTACHED_JSON = ("arena.json", "spectral.json", "csd.json", "activations.json")  # what marks a diagnostics dir
@@ -106,7 +106,7 @@ def _check_out(out: Path, report: Report) -> None:
 
 # -- the page ---------------------------------------------------------------------------------------------------
 def render(report: Report) -> str:
-    from . import plots
+    from . import report_plots as plots
 
     s = report.summary
     title = f"rewind: {s['method']} on {s['base']}"

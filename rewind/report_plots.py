@@ -6,7 +6,7 @@ one legend reads for all three.
 
 from __future__ import annotations
 
-from .html import LABEL_LIMIT, Report, ci_bounds, svg_of
+from .report_html import LABEL_LIMIT, Report, ci_bounds, svg_of
 
 ENDS = ("base", "final")
 
