@@ -514,9 +514,13 @@ def search(out, groups, budget, step, min_step, **options):
 @cli.command()
 @click.argument("sweep_dir", metavar="[SWEEPDIR]", required=False, default=DEFAULT_SWEEP, type=click.Path())
 @click.option("--out", type=click.Path(), default=None, help="HTML file to write (default: SWEEPDIR/report.html).")
-@click.option("--attach", multiple=True, type=click.Path(),
-              help="A diagnostics or arena dir whose plots join the page (those in SWEEPDIR or a dir just under it "
-                   "join by themselves). Repeatable.")
+@click.option(
+    "--attach",
+    multiple=True,
+    type=click.Path(),
+    help="A diagnostics or arena dir whose plots join the page (those in SWEEPDIR or a dir just under it "
+    "join by themselves). Repeatable.",
+)
 def report(sweep_dir, out, attach):
     """One self-contained HTML page of a finished sweep (or search): frontier, scores against alpha, per-task
     table, the selection and its export command. Opens offline; `rewind sweep` and `search` write it too."""

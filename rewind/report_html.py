@@ -18,8 +18,9 @@ from pathlib import Path
 
 from . import files
 from .errors import RewindError
+from .report import SUMMARY_FILE
+from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
 from .search import SEARCH_FILE
-from .sweep import RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
 
 REPORT_FILE = "report.html"
 ATTACHED_JSON = ("arena.json", "spectral.json", "csd.json", "activations.json")  # what marks a diagnostics dir
@@ -28,7 +29,7 @@ OPEN_ROWS = 30  # the all-points table starts unfolded up to this many rows
 
 
 @dataclass
-class Report:
+class Page:
     """What a sweep dir holds, read once."""
 
     dir: Path
@@ -47,7 +48,7 @@ class Report:
         return float(self.summary.get("tolerance", 1.0))
 
 
-def load(sweep_dir: str | Path, attach: list[str | Path] = ()) -> Report:
+def load(sweep_dir: str | Path, attach: list[str | Path] = ()) -> Page:
     """Read a finished sweep dir (its summary.json must exist) and the dirs to attach."""
     sweep_dir = Path(sweep_dir)
     if not (sweep_dir / SWEEP_FILE).is_file():
@@ -65,7 +66,7 @@ def load(sweep_dir: str | Path, attach: list[str | Path] = ()) -> Report:
         if not d.is_dir() or not any((d / name).is_file() for name in ATTACHED_JSON):
             raise RewindError(f"--attach {d}: not a diagnostics or arena dir (none of {', '.join(ATTACHED_JSON)})")
         dirs.append(d)
-    return Report(
+    return Page(
         sweep_dir,
         files.read_json(sweep_dir / SWEEP_FILE, "sweep record"),
         summary,
@@ -95,7 +96,7 @@ def write(sweep_dir: str | Path, out: str | Path | None = None, attach: list[str
     return out
 
 
-def _check_out(out: Path, report: Report) -> None:
+def _check_out(out: Path, report: Page) -> None:
     if out.is_dir():
         raise RewindError(f"--out {out} is a dir: give the HTML file to write, e.g. {out / REPORT_FILE}")
     read = [report.dir / name for name in (SWEEP_FILE, SUMMARY_FILE, RESULTS_FILE, SEARCH_FILE)]
@@ -105,7 +106,7 @@ def _check_out(out: Path, report: Report) -> None:
 
 
 # -- the page ---------------------------------------------------------------------------------------------------
-def render(report: Report) -> str:
+def render(report: Page) -> str:
     from . import report_plots as plots
 
     s = report.summary
@@ -148,7 +149,7 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _facts(report: Report) -> str:
+def _facts(report: Page) -> str:
     s, spec = report.summary, report.record.get("spec", {})
     suites = lambda names: ", ".join(names or [])  # noqa: E731
     rows = [
@@ -230,7 +231,7 @@ def _signed(value: float, digits: int = 2) -> str:
     return f'<span class="{css}">{value:+.{digits}f}</span>'
 
 
-def _verdict(report: Report) -> str:
+def _verdict(report: Page) -> str:
     s = report.summary
     base, final, sel = s["base_point"], s["final_point"], s["selected"]
     gain, loss = final["target"] - base["target"], final["general"] - base["general"]
@@ -274,7 +275,7 @@ def _kept(sel: dict, base: dict, gain: float) -> str:
     return f", keeping {100 * (sel['target'] - base['target']) / gain:.0f} % of the final's target gain"
 
 
-def export_commands(report: Report, out: str = "rewind-export") -> list[str]:
+def export_commands(report: Page, out: str = "rewind-export") -> list[str]:
     """The `rewind export` command that writes the selected point: from the sweep dir, and spelled out."""
     s, spec, sel = report.summary, report.record.get("spec", {}), report.summary["selected"]
     q = shlex.quote
@@ -313,7 +314,7 @@ def task_scores(records: list[dict], split: str) -> dict[tuple[str, str], dict[s
     return out
 
 
-def _task_table(report: Report) -> str:
+def _task_table(report: Page) -> str:
     s = report.summary
     keys = [("base", s["base_point"]["key"]), ("final", s["final_point"]["key"]), ("selected", s["selected"]["key"])]
     splits = {split: task_scores(report.records, split) for split in (VALIDATION, TEST)}
@@ -370,7 +371,7 @@ def _role_row(summary: dict, role: str) -> str:
     return f'<tr class="group"><td>{role} (sweep score)</td><td></td>{cells}</tr>'
 
 
-def _points_table(report: Report) -> str:
+def _points_table(report: Page) -> str:
     s = report.summary
     base = s["base_point"]
     frontier, selected = set(s["frontier"]), s["selected"]["key"]
@@ -396,7 +397,7 @@ def _points_table(report: Report) -> str:
     )
 
 
-def _has_ci(report: Report) -> bool:
+def _has_ci(report: Page) -> bool:
     return any(p.get("target_ci") is not None or p.get("general_ci") is not None for p in report.points)
 
 
@@ -418,7 +419,7 @@ def _ci_text(value) -> str:
     return f"{value[0]:.2f}–{value[1]:.2f}"
 
 
-def _search(report: Report) -> str:
+def _search(report: Page) -> str:
     found = report.search
     if not found:
         return ""
@@ -444,7 +445,7 @@ def _search(report: Report) -> str:
 
 
 # -- attachments --------------------------------------------------------------------------------------------------
-def _attachments(report: Report) -> str:
+def _attachments(report: Page) -> str:
     parts = []
     for d in report.attached:
         images = sorted((p for p in d.glob("*.png") if p.name != "pareto.png"), key=lambda p: p.name)

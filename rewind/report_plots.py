@@ -6,7 +6,7 @@ one legend reads for all three.
 
 from __future__ import annotations
 
-from .report_html import LABEL_LIMIT, Report, ci_bounds, svg_of
+from .report_html import LABEL_LIMIT, Page, ci_bounds, svg_of
 
 ENDS = ("base", "final")
 
@@ -21,12 +21,12 @@ def _pyplot():
     return plt
 
 
-def colours(report: Report) -> dict[str, str]:
+def colours(report: Page) -> dict[str, str]:
     names = list(report.summary["paths"]) + ["train", "search"]
     return {name: f"C{i}" for i, name in enumerate(dict.fromkeys(names))}
 
 
-def _uniform(report: Report, path: str) -> list[dict]:
+def _uniform(report: Page, path: str) -> list[dict]:
     """A path's line: base, its interior alphas, final (by alpha)."""
     points = report.points
     ends = {p["path"]: p for p in points if p["path"] in ENDS}
@@ -55,7 +55,7 @@ def _errorbars(ax, points: list[dict], colour: str) -> None:
             )
 
 
-def frontier(report: Report) -> str:
+def frontier(report: Page) -> str:
     plt = _pyplot()
     s, colour = report.summary, colours(report)
     fig, ax = plt.subplots(figsize=(8.2, 5.6))
@@ -108,7 +108,7 @@ def frontier(report: Report) -> str:
     return svg
 
 
-def _trajectory_line(ax, report: Report, colour: str) -> None:
+def _trajectory_line(ax, report: Page, colour: str) -> None:
     train = sorted((p for p in report.points if p["path"] == "train"), key=lambda p: p["alpha"])
     if not train:
         return
@@ -135,7 +135,7 @@ def _trajectory_line(ax, report: Report, colour: str) -> None:
         )
 
 
-def _marks(ax, report: Report) -> None:
+def _marks(ax, report: Page) -> None:
     """Frontier squares, base star, final diamond, the selected ring and the rule's general floor."""
     s = report.summary
     front = sorted((p for p in report.points if p["key"] in set(s["frontier"])), key=lambda p: p["target"])
@@ -169,7 +169,7 @@ def _marks(ax, report: Report) -> None:
         ax.axhline(floor, color="#d62728", lw=0.8, ls=":", label=f"general floor ({floor:.2f})", zorder=1)
 
 
-def against_alpha(report: Report) -> str:
+def against_alpha(report: Page) -> str:
     plt = _pyplot()
     s, colour = report.summary, colours(report)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9), sharex=True)
@@ -194,7 +194,7 @@ def against_alpha(report: Report) -> str:
     return svg
 
 
-def trajectory(report: Report) -> str | None:
+def trajectory(report: Page) -> str | None:
     """Target and general by training step (the sweep's --checkpoints), or None without checkpoints."""
     train = sorted((p for p in report.points if p["path"] == "train"), key=lambda p: p["alpha"])
     if not train:

@@ -162,9 +162,10 @@ class ResultsLog:
     """Append-only JSONL. A point's lines go out in one locked, fsynced write, each line marked `"part": [i, n]`
     (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, repair: bool = True):
         self.path = path
-        self._repair()
+        if repair:  # readers that only report (rewind report) leave the file as it is
+            self._repair()
 
     def _repair(self) -> None:
         # A kill during a write can leave a torn last line or the first lines of a point: cut back to the last

@@ -112,6 +112,8 @@ class Search:
 
     def run(self, progress: bool = True) -> tuple[dict, dict]:
         """(summary.json's object, search.json's) on rank 0; ({}, {}) on the other ranks."""
+        from . import report_html
+
         session = self.session
         report = sweeper.evaluate(session, progress)
         if report is None:
@@ -142,6 +144,7 @@ class Search:
             "history": climb.history,
         }
         files.write_json(session.out / SEARCH_FILE, found)
+        report_html.write(session.out)  # again, now with the search's table
         return summary, found
 
 

@@ -45,11 +45,15 @@ def evaluate(session: Session, progress: bool = True) -> Report | None:
 
 
 def conclude(session: Session, report: Report, more: list[Point] = ()) -> dict:
-    """Score the test split of the base, the final adapter, `more` and the selected point; write summary.json and
-    pareto.png; return the summary."""
+    """Score the test split of the base, the final adapter, `more` and the selected point; write summary.json,
+    pareto.png and report.html; return the summary."""
+    from . import report_html
+
     chosen = report.selection.selected.point
     report.extend(session.evaluate([BASE, FINAL, *more, chosen], TEST))
-    return report.write(session.out)
+    summary = report.write(session.out)
+    report_html.write(session.out)
+    return summary
 
 
 def _barrier(world: int) -> None:

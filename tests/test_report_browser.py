@@ -9,7 +9,7 @@ from pathlib import Path
 import browser
 import pytest
 
-from rewind import report_html as report
+from rewind import report_html
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STUDY = DOCS / "study"
@@ -26,14 +26,14 @@ pytestmark = pytest.mark.skipif(browser.chromium() is None, reason="no Chromium 
 @pytest.mark.parametrize("name", CASES)
 def test_the_report_loads_offline_with_its_plots_and_tables(name, tmp_path, keep_artifact):
     sweep_dir, attached = CASES[name]
-    page = report.write(sweep_dir, tmp_path / "report.html", attached)
+    page = report_html.write(sweep_dir, tmp_path / "report.html", attached)
     visit = browser.visit(page)
     shot = keep_artifact(f"report-{name}.png", visit.screenshot)
     assert visit.errors == [], shot
     assert visit.requests[0] == page.resolve().as_uri()
     assert [url[:40] for url in visit.requests[1:] if not url.startswith("data:image/png;base64,")] == []
     facts = visit.facts
-    loaded = report.load(sweep_dir, attached)
+    loaded = report_html.load(sweep_dir, attached)
     trajectory = any(p["path"] == "train" for p in loaded.points)
     assert facts["svgs"] == (3 if trajectory else 2)
     assert min(facts["svg_marks"]) > 20  # drawn plots, not empty frames

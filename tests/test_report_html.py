@@ -1,5 +1,5 @@
-"""`rewind report`: the HTML page of a sweep dir, on the recorded study and GPU sweeps and on a tiny search that
-writes its own page; the export command it prints; intervals; a 200-point sweep; bad input."""
+"""`rewind report` (rewind.report_html): the HTML page of a sweep dir, on the recorded study and GPU sweeps and on
+a tiny search that writes its own page; the export command it prints; intervals; a 200-point sweep; bad input."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import tinysweep
 
-from rewind import report_html as report
-from rewind.cli import main
 from rewind import report_html as html
+from rewind.cli import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 STUDY, GPU_DEMO = DOCS / "study" / "sweeps", DOCS / "demo-oft-gpu"
@@ -40,7 +39,7 @@ def _rows(page: str, section: str) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("sweep_dir", RECORDED, ids=lambda p: p.name)
 def test_every_recorded_sweep_renders_a_self_contained_page(sweep_dir, tmp_path):
-    page = report.write(sweep_dir, tmp_path / "r.html").read_text()
+    page = html.write(sweep_dir, tmp_path / "r.html").read_text()
     for ident in ("verdict", "frontier", "alpha", "tasks", "points"):
         assert f'id="{ident}"' in page
     assert page.count("<svg") == 2 + page.count('id="trajectory"')
@@ -52,7 +51,7 @@ def test_every_recorded_sweep_renders_a_self_contained_page(sweep_dir, tmp_path)
 
 
 def test_the_gpu_demo_page_shows_the_overshoot_and_the_selected_point(tmp_path):
-    page = report.write(GPU_DEMO, tmp_path / "r.html").read_text()
+    page = html.write(GPU_DEMO, tmp_path / "r.html").read_text()
     summary = json.loads((GPU_DEMO / "summary.json").read_text())
     base, final, sel = summary["base_point"], summary["final_point"], summary["selected"]
     verdict = re.sub(r"<[^>]+>", "", page.split('id="verdict"', 1)[1].split("</section>", 1)[0])
@@ -66,7 +65,7 @@ def test_the_gpu_demo_page_shows_the_overshoot_and_the_selected_point(tmp_path):
 
 
 def test_the_task_table_holds_each_tasks_scores_from_results_jsonl(tmp_path):
-    page = report.write(GPU_DEMO, tmp_path / "r.html").read_text()
+    page = html.write(GPU_DEMO, tmp_path / "r.html").read_text()
     summary = json.loads((GPU_DEMO / "summary.json").read_text())
     records = [json.loads(line) for line in (GPU_DEMO / "results.jsonl").read_text().splitlines()]
     rows = _rows(page, "tasks")
@@ -99,7 +98,7 @@ def test_a_search_writes_its_page_with_the_searched_points(searched):
 
 
 def test_the_printed_export_commands_plan_the_selected_point(searched, tmp_path, capsys):
-    loaded = report.load(searched)
+    loaded = html.load(searched)
     commands = [c for c in html.export_commands(loaded, str(tmp_path / "x")) if not c.startswith("#")]
     assert len(commands) == 2
     plans = []
@@ -122,13 +121,13 @@ def test_intervals_show_as_bars_and_a_column(tmp_path):
         p["target_ci"] = [p["target"] - 2.5, p["target"] + 3.0]
         p["general_ci"] = 1.25
     (sweep_dir / "summary.json").write_text(json.dumps(summary))
-    page = report.write(sweep_dir).read_text()
+    page = html.write(sweep_dir).read_text()
     cayley = _rows(page, "points")["cayley α=0.5"]
     assert cayley[4:6] == [
         f"{summary['points'][6]['target'] - 2.5:.2f}–{summary['points'][6]['target'] + 3:.2f}",
         "±1.25",
     ]
-    plain = report.write(GPU_DEMO, tmp_path / "plain.html").read_text()
+    plain = html.write(GPU_DEMO, tmp_path / "plain.html").read_text()
     frontier = lambda text: text.split('id="frontier"', 1)[1].split("</svg>", 1)[0]  # noqa: E731
     assert frontier(page).count("<path") >= frontier(plain).count("<path") + 2 * len(summary["points"])
 
@@ -155,7 +154,7 @@ def test_a_200_point_sweep_stays_readable(tmp_path):
     ]
     summary["points"] = summary["points"][:200]
     (sweep_dir / "summary.json").write_text(json.dumps(summary))
-    page = report.write(sweep_dir).read_text()
+    page = html.write(sweep_dir).read_text()
     assert len(_rows(page, "points")) == 200
     assert "<details open>" not in page.split('id="points"', 1)[1]
     frontier = page.split('id="frontier"', 1)[1].split("</svg>", 1)[0]
