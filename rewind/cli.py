@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ import warnings
 import click
 from click.core import ParameterSource
 
-from . import __version__, methods, paths
+from . import __version__, methods, paths, progress
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .pareto import RULES, SCALAR_RULES
@@ -52,7 +53,7 @@ class _Notes(logging.Handler):
     """The library's notes (logger "rewind", INFO and up) as one `rewind: note: ...` line each on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"rewind: note: {record.getMessage()}", err=True)
+        progress.note(f"rewind: note: {record.getMessage()}")  # on the terminal, also while quiet() hides stderr
 
 
 def _show_notes() -> None:
@@ -72,14 +73,33 @@ def _show_notes() -> None:
     help="Allow hub downloads (models, hub tasks). Default: offline, local files and HF cache only.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    envvar="REWIND_VERBOSE",
+    help="Also show lm-eval's and transformers' own progress bars and warnings (hidden by default: one rewind "
+    "bar per job).",
+)
 @click.pass_context
-def cli(ctx, online, debug):
+def cli(ctx, online, debug, verbose):
     """Rewind PEFT finetunes along parameterization-aware paths, evaluate, and export the best point."""
     _offline_defaults(online)
     _show_notes()
     if not debug:  # libraries' deprecation chatter is not the user's problem
         warnings.simplefilter("ignore", FutureWarning)
-    ctx.obj = {"debug": debug}
+    ctx.obj = {"debug": debug, "verbose": verbose}
+
+
+def quietly(command):
+    """Run `command` with the libraries' bars and warnings hidden (progress.quiet), unless `rewind -v`."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        with progress.quiet(click.get_current_context().find_root().obj["verbose"]):
+            return command(*args, **kwargs)
+
+    return run
 
 
 def base_options(f):
@@ -438,6 +458,7 @@ def _metrics(values) -> dict[str, str]:
     show_default=True,
     help="How to pick the point (on validation scores).",
 )
+@quietly
 def sweep(out, **options):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
@@ -481,6 +502,7 @@ def sweep(out, **options):
     show_default=True,
     help="Smallest move; alphas lie on its grid.",
 )
+@quietly
 def search(out, groups, budget, step, min_step, **options):
     """Search per-layer-group alphas on validation, starting from the sweep's best uniform alpha.
 
@@ -696,6 +718,7 @@ def _wrote(out, report, json_name):
 @base_options
 @path_options()
 @_diagnose_options
+@quietly
 def diagnose_spectral(
     base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out, device
 ):
@@ -718,6 +741,7 @@ def diagnose_spectral(
 @path_options()
 @_diagnose_options
 @_probe_options
+@quietly
 def diagnose_csd(
     base,
     adapter,
@@ -772,6 +796,7 @@ def diagnose_csd(
     show_default=True,
     help="Tokens kept per module and data set.",
 )
+@quietly
 def diagnose_activations(
     base,
     adapter,
@@ -854,6 +879,7 @@ def diagnose_activations(
     help="Report dir: arena.md, arena.csv, correlations.csv, arena.json, arena.png, per-adapter diagnostics.",
 )
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
+@quietly
 def arena(
     adapter_dirs,
     base,

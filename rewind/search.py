@@ -16,8 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from tqdm.auto import tqdm
-
 from . import files
 from . import sweep as sweeper
 from .errors import RewindError
@@ -112,6 +110,12 @@ class Search:
 
     def run(self, progress: bool = True) -> tuple[dict, dict]:
         """(summary.json's object, search.json's) on rank 0; ({}, {}) on the other ranks."""
+        try:
+            return self._run(progress)
+        finally:
+            sweeper.finish(self.session)
+
+    def _run(self, progress: bool) -> tuple[dict, dict]:
         from . import report_html
 
         session = self.session
@@ -125,8 +129,9 @@ class Search:
         groups = layer_groups(session.num_layers, self.spec.groups)
         start = best_uniform(report, path)
         climb = Climb(session, report, path, start.point.alpha, groups)
-        with tqdm(total=self.spec.budget, desc="search", unit="eval", disable=not progress) as bar:
-            chosen = climb.run(self.spec, bar)
+        session.bar.set_description("search")
+        session.bar.cover(self.spec.budget * session.tasks)  # at most; the bar closes at what was spent
+        chosen = climb.run(self.spec)
         summary = sweeper.conclude(session, report, [start.point, chosen])
         found = {
             "run": session.run_id,
@@ -169,13 +174,12 @@ class Climb:
         layers = [group_alphas[g] for g, members in enumerate(self.groups) for _ in members]
         return Point.at(self.path, self.alpha, layers)
 
-    def run(self, spec: SearchSpec, bar) -> Point:
+    def run(self, spec: SearchSpec) -> Point:
         def evaluate(group_alphas: tuple[float, ...]) -> tuple:
             point = self.point(group_alphas)
             if self.report.row(point) is None:  # points already scored (the sweep's, an earlier search's) are free
                 self.report.extend(self.session.evaluate([point], VALIDATION))
                 self.spent += 1
-                bar.update(1)
             row = self.report.row(point)
             self.history.append(
                 {"key": point.key, "groups": list(group_alphas), "target": row.target, "general": row.general}

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import adapters, engine, files, models, paths, results
+from . import adapters, engine, files, models, paths, progress, results
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
@@ -125,6 +125,7 @@ class Session:
         self.suites = harness.resolve_suites(spec.target + spec.general, spec.include_path)
         self.schedule = paths.Schedule.parse(spec.layers)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.bar: progress.Work | None = None  # the job's bar (sweep or search), ticked once per task scored
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -238,16 +239,23 @@ class Session:
         """This run's lines of results.jsonl."""
         return self.log.records(self.run_id)
 
+    @property
+    def tasks(self) -> int:
+        """Tasks scored per point and split (what the progress bar counts)."""
+        return len(self.evaluators[VALIDATION].entries)
+
     def finished(self) -> set[tuple[str, str]]:
         """(point key, split) of every point this run has scored on every task."""
-        return results.finished(self.records(), len(self.evaluators[VALIDATION].entries))
+        return results.finished(self.records(), self.tasks)
 
     def evaluate(self, points: list[Point], split: str) -> list[dict]:
         """Score on `split` each of `points` that this run has not scored there yet; returns the new lines."""
         done, out = self.finished(), []
-        for point in dict.fromkeys(points):
-            if (point.key, split) not in done:
-                out += self._evaluate(point, split)
+        todo = [point for point in dict.fromkeys(points) if (point.key, split) not in done]
+        if self.bar is not None:
+            self.bar.cover(len(todo) * self.tasks)
+        for point in todo:
+            out += self._evaluate(point, split)
         return out
 
     def _evaluate(self, point: Point, split: str) -> list[dict]:
@@ -255,7 +263,11 @@ class Session:
         start = time.perf_counter()
         self._move(point)
         switch = time.perf_counter() - start
-        scored = self.evaluators[split].run()
+        tick = None
+        if self.bar is not None:
+            self.bar.at(f"{point.key} {split}")
+            tick = lambda _task: self.bar.update(1)  # noqa: E731
+        scored = self.evaluators[split].run(tick)
         elapsed = time.perf_counter() - start
         records = [
             {

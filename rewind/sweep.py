@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from . import files
+from .progress import Work
 from .report import SUMMARY_FILE, Report
 from .results import BASE, FINAL, TEST, VALIDATION, Point, read_record, shard
 from .session import Session, SweepSpec
@@ -29,19 +28,31 @@ class Sweep:
 
     def run(self, progress: bool = True) -> dict:
         """summary.json's object, on rank 0 ({} on the other ranks)."""
-        report = evaluate(self.session, progress)
-        return conclude(self.session, report) if report else {}
+        try:
+            report = evaluate(self.session, progress)
+            return conclude(self.session, report) if report else {}
+        finally:
+            finish(self.session)
 
 
 def evaluate(session: Session, progress: bool = True) -> Report | None:
     """Open the session and score this rank's share of the planned points on validation (what is not done yet);
-    after every rank has, rank 0 gets the report of them all (the other ranks None)."""
+    after every rank has, rank 0 gets the report of them all (the other ranks None). One bar shows the job:
+    points x tasks, the test split's three points included."""
     session.open()
     todo = shard(session.planned(), session.finished(), session.rank, session.world)
-    for point in tqdm(todo, desc="sweep", unit="point", disable=not progress or session.rank != 0):
+    session.bar = Work("sweep", (len(todo) + 3) * session.tasks, disable=not progress or session.rank != 0)
+    for point in todo:
         session.evaluate([point], VALIDATION)
     _barrier(session.world)
     return Report(session.record, session.records()) if session.rank == 0 else None
+
+
+def finish(session: Session) -> None:
+    """Close the job's bar at what was done (before the table, or before an error's one line)."""
+    if session.bar is not None:
+        session.bar.finish()
+        session.bar = None
 
 
 def conclude(session: Session, report: Report, more: list[Point] = ()) -> dict:

@@ -29,10 +29,9 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .. import adapters, models, results, sweep
 from ..errors import RewindError
+from ..progress import Bar
 from . import activations, csd, spectral
 from .common import Finetune, pyplot, safe_name, write_json
 from .data import Probe
@@ -243,7 +242,7 @@ def run(
     for row, name in zip(rows, _unique([r["name"] for r in old] + [Path(a).resolve().name for a in adapter_dirs])):
         row["name"] = name
     resident = None
-    for row in tqdm(new, desc="arena", unit="adapter", leave=False):
+    for row in Bar(new, desc="arena", unit="adapter", leave=False):
         if DATA_DRIVEN & set(diagnostics):  # the precision the probe ran in: rows of other runs may differ
             row["dtype"] = models.resolve_dtype(dtype, device)
         finetune = Finetune(row["adapter"], base)

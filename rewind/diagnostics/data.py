@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import RewindError
 from ..evaluate import harness
 from ..evaluate.suites import SPLITS
+from ..progress import Bar
 
 DATA = ("general", "target")
 
@@ -114,7 +114,7 @@ def stream(
     device = next(model.parameters()).device
     seen = 0
     try:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
+        for start in Bar(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
             # Right padding: with causal attention the real tokens never see the pads, and keep their positions.
             batch = tokenizer(
                 list(texts[start : start + batch_size]),

@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import adapters, models
 from ..export import BaseTensors
+from ..progress import Bar
 from ..updates.oft import Rotation
 from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir, write_json
 
@@ -103,7 +103,7 @@ def run(
     device = models.pick_device(device)
     base = BaseTensors(plan.shards)
     rows, arrays = [], {}
-    for name in tqdm(matrices(plan, base.shapes, modules), desc="spectral", unit="matrix", leave=False):
+    for name in Bar(matrices(plan, base.shapes, modules), desc="spectral", unit="matrix", leave=False):
         w0 = base(name).to(device)
         scalars, profiles = profile(w0, moved(plan, name, w0), isinstance(plan.update.deltas[name], Rotation), window)
         rows.append(

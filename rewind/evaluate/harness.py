@@ -29,7 +29,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,9 +469,14 @@ class Evaluator:
         """{lm-eval task: Items.record()} of what this phase scores of every task."""
         return {name: items.record() for entry in self.entries for name, items in entry.items.items()}
 
-    def run(self) -> list[TaskResult]:
-        """Evaluate the model's current weights on every task."""
-        return [self._run(entry) for entry in self.entries]
+    def run(self, on_task: Callable[[str], None] | None = None) -> list[TaskResult]:
+        """Evaluate the model's current weights on every task; `on_task(name)` after each (a progress bar)."""
+        out = []
+        for entry in self.entries:
+            out.append(self._run(entry))
+            if on_task is not None:
+                on_task(entry.name)
+        return out
 
     def _run(self, entry: _Entry) -> TaskResult:
         import numpy as np
