@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import files
+from . import report_plots as plots
 from .errors import RewindError
 from .report import SUMMARY_FILE
-from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
-from .search import SEARCH_FILE
+from .results import RESULTS_FILE, SEARCH_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
 
 REPORT_FILE = "report.html"
 ATTACHED_JSON = ("arena.json", "spectral.json", "csd.json", "activations.json")  # what marks a diagnostics dir
-LABEL_LIMIT = 12  # alpha labels on a path's points up to this many points; beyond, the line says enough
 OPEN_ROWS = 30  # the all-points table starts unfolded up to this many rows
 
 
@@ -107,7 +105,6 @@ def _check_out(out: Path, report: Page) -> None:
 
 # -- the page ---------------------------------------------------------------------------------------------------
 def render(report: Page) -> str:
-    from . import report_plots as plots
 
     s = report.summary
     title = f"rewind: {s['method']} on {s['base']}"
@@ -401,16 +398,6 @@ def _has_ci(report: Page) -> bool:
     return any(p.get("target_ci") is not None or p.get("general_ci") is not None for p in report.points)
 
 
-def ci_bounds(value, centre: float) -> tuple[float, float] | None:
-    """A point's `target_ci` / `general_ci`: [low, high], or one half-width; None when absent."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return centre - value, centre + value
-    low, high = value
-    return float(low), float(high)
-
-
 def _ci_text(value) -> str:
     if value is None:
         return ""
@@ -475,12 +462,3 @@ def _image(path: Path) -> str:
         f'<figure class="plot"><img alt="{_e(path.name)}" src="data:image/png;base64,{data}">'
         f"<figcaption>{_e(path.name)}</figcaption></figure>"
     )
-
-
-def svg_of(fig) -> str:
-    """A matplotlib figure as inline SVG: text kept as text, no XML prolog, no fixed pixel size."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg") :]
-    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", svg, count=1)

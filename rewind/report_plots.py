@@ -6,7 +6,10 @@ one legend reads for all three.
 
 from __future__ import annotations
 
-from .report_html import LABEL_LIMIT, Page, ci_bounds, svg_of
+import io
+import re
+
+LABEL_LIMIT = 12  # alpha labels on a path's points up to this many points; beyond, the line says enough
 
 ENDS = ("base", "final")
 
@@ -21,12 +24,12 @@ def _pyplot():
     return plt
 
 
-def colours(report: Page) -> dict[str, str]:
+def colours(report) -> dict[str, str]:
     names = list(report.summary["paths"]) + ["train", "search"]
     return {name: f"C{i}" for i, name in enumerate(dict.fromkeys(names))}
 
 
-def _uniform(report: Page, path: str) -> list[dict]:
+def _uniform(report, path: str) -> list[dict]:
     """A path's line: base, its interior alphas, final (by alpha)."""
     points = report.points
     ends = {p["path"]: p for p in points if p["path"] in ENDS}
@@ -55,7 +58,7 @@ def _errorbars(ax, points: list[dict], colour: str) -> None:
             )
 
 
-def frontier(report: Page) -> str:
+def frontier(report) -> str:
     plt = _pyplot()
     s, colour = report.summary, colours(report)
     fig, ax = plt.subplots(figsize=(8.2, 5.6))
@@ -108,7 +111,7 @@ def frontier(report: Page) -> str:
     return svg
 
 
-def _trajectory_line(ax, report: Page, colour: str) -> None:
+def _trajectory_line(ax, report, colour: str) -> None:
     train = sorted((p for p in report.points if p["path"] == "train"), key=lambda p: p["alpha"])
     if not train:
         return
@@ -135,7 +138,7 @@ def _trajectory_line(ax, report: Page, colour: str) -> None:
         )
 
 
-def _marks(ax, report: Page) -> None:
+def _marks(ax, report) -> None:
     """Frontier squares, base star, final diamond, the selected ring and the rule's general floor."""
     s = report.summary
     front = sorted((p for p in report.points if p["key"] in set(s["frontier"])), key=lambda p: p["target"])
@@ -169,7 +172,7 @@ def _marks(ax, report: Page) -> None:
         ax.axhline(floor, color="#d62728", lw=0.8, ls=":", label=f"general floor ({floor:.2f})", zorder=1)
 
 
-def against_alpha(report: Page) -> str:
+def against_alpha(report) -> str:
     plt = _pyplot()
     s, colour = report.summary, colours(report)
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9), sharex=True)
@@ -194,7 +197,7 @@ def against_alpha(report: Page) -> str:
     return svg
 
 
-def trajectory(report: Page) -> str | None:
+def trajectory(report) -> str | None:
     """Target and general by training step (the sweep's --checkpoints), or None without checkpoints."""
     train = sorted((p for p in report.points if p["path"] == "train"), key=lambda p: p["alpha"])
     if not train:
@@ -212,3 +215,22 @@ def trajectory(report: Page) -> str | None:
     svg = svg_of(fig)
     plt.close(fig)
     return svg
+
+
+def ci_bounds(value, centre: float) -> tuple[float, float] | None:
+    """A point's `target_ci` / `general_ci`: [low, high], or one half-width; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return centre - value, centre + value
+    low, high = value
+    return float(low), float(high)
+
+
+def svg_of(fig) -> str:
+    """A matplotlib figure as inline SVG: text kept as text, no XML prolog, no fixed pixel size."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg") :]
+    return re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r"<svg\1", svg, count=1)

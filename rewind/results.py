@@ -30,7 +30,7 @@ from . import files
 from .errors import RewindError
 
 VALIDATION, TEST = "validation", "test"
-SWEEP_FILE, RESULTS_FILE = "sweep.json", "results.jsonl"
+SWEEP_FILE, RESULTS_FILE, SEARCH_FILE = "sweep.json", "results.jsonl", "search.json"
 KINDS = ("base", "final", "path", "train", "searched")
 RECORD_KEYS = ("run", "point", "path", "alpha", "split", "role", "suite", "task", "score")
 

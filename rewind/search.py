@@ -20,10 +20,8 @@ from . import files
 from . import sweep as sweeper
 from .errors import RewindError
 from .report import Report, Rule
-from .results import VALIDATION, Point, Scored
+from .results import SEARCH_FILE, VALIDATION, Point, Scored
 from .session import Session
-
-SEARCH_FILE = "search.json"
 
 
 @dataclass
