@@ -19,7 +19,6 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "docs" / "study" / "sweeps"
@@ -61,7 +60,7 @@ def _search(directory: Path, report, records: list[dict]) -> dict:
     before = Report(report.record, [r for r in records if not r.get("layers")])  # the sweep the search began on
     start = search.best_uniform(before, found["path"])
     climb = search.Climb(_Replay(records), before, found["path"], start.point.alpha, found["groups"])
-    chosen = climb.run(search.SearchSpec(**found["search"]), bar=SimpleNamespace(update=lambda n: None))
+    chosen = climb.run(search.SearchSpec(**found["search"]))
     return {
         "start": start.key,
         "searched": chosen.key,
