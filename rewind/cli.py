@@ -17,10 +17,11 @@ from . import __version__, methods, paths, progress
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .pareto import RULES, SCALAR_RULES
+from .schedule import LAYERWISE
 from .session import DEFAULT_ALPHAS
 from .sweep import DEFAULT_OUT as DEFAULT_SWEEP
 
-_PATH_CHOICES = ["auto", *paths.kinds(), "layerwise"]
+_PATH_CHOICES = [paths.AUTO, *paths.kinds(), LAYERWISE]
 _NATURAL_PATHS = ", ".join(
     f"{m.name}: {m.natural_path}" for m in methods.METHODS.values() if m.natural_path != methods.LINEAR
 )
@@ -148,12 +149,9 @@ def path_options(multiple: bool = False):
 
 
 def _path_and_schedule(path: str, layers: str | None):
-    from .paths import Schedule
+    from .schedule import Schedule, path_names
 
-    if path == "layerwise":
-        if layers is None:
-            raise RewindError("--path layerwise needs --layers ramp|balanced|a,b,...")
-        path = "auto"
+    [path] = path_names([path], layers)
     return path, Schedule.parse(layers)
 
 
@@ -400,18 +398,14 @@ def sweep_options(f):
 
 def _sweep_spec(adapter, path, layers, alphas, target, general, include_path, metrics, pass_k, rule, **fields):
     """The SweepSpec that `sweep` and `search` options give; `fields`: the options named as SweepSpec's fields."""
+    from .schedule import path_names
     from .session import SweepSpec
 
     if adapter is None:
         raise RewindError("--adapter is required")
-    paths = list(path)
-    if "layerwise" in paths:
-        if layers is None:
-            raise RewindError("--path layerwise needs --layers ramp|balanced|a,b,...")
-        paths = ["auto" if p == "layerwise" else p for p in paths]
     return SweepSpec(
         adapter=adapter,
-        paths=paths,
+        paths=path_names(path, layers),
         layers=layers,
         alphas=_floats(alphas, "--alphas"),
         target=list(target),
@@ -521,7 +515,7 @@ def search(out, groups, budget, step, min_step, **options):
     else:
         keep = ("rule", "tolerance", "weight", "device", "batch_size")
         spec = _continued_spec(out, **{key: options[key] for key in keep})
-    search_path = next((p for p in options["path"] if p not in ("auto", "layerwise")), None)
+    search_path = next((p for p in options["path"] if p not in (paths.AUTO, LAYERWISE)), None)  # a path named
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)
     summary, found = searcher.Search(Session(spec, out), plan).run()
     if summary:

@@ -15,7 +15,8 @@ import torch
 
 from . import adapters, models, paths
 from .errors import RewindError
-from .paths import Bound, Schedule
+from .paths import Bound
+from .schedule import Schedule
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from . import __version__, adapters, methods, models, outdir, paths
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
+from .schedule import Schedule
 from .updates.full import Replace
 
 MERGED, ADAPTER = "merged", "adapter"
@@ -140,7 +141,7 @@ def plan(
     out,
     alpha: float = 1.0,
     path: str = "auto",
-    schedule: paths.Schedule | None = None,
+    schedule: Schedule | None = None,
     fmt: str = MERGED,
     force: bool = False,
     init_adapter=None,
@@ -174,7 +175,7 @@ def plan(
             raise RewindError(
                 f"path {path_cls.name!r} does not apply to {update.method.name} ({name}); try --path auto"
             )
-    point = Point(path_cls.name, float(alpha), schedule or paths.Schedule(), cayley_scale)
+    point = Point(path_cls.name, float(alpha), schedule or Schedule(), cayley_scale)
     num_layers = int(base_config.get("num_hidden_layers") or 0)
     strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
     names = list(update.deltas)

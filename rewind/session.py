@@ -22,6 +22,7 @@ from . import adapters, engine, files, models, paths, progress, results
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
+from .schedule import Schedule
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Session:
         spec.dtype = models.resolve_dtype(spec.dtype, spec.device)  # the run id records what actually ran
         # Unknown names fail before any loading.
         self.suites = harness.resolve_suites(spec.target + spec.general, spec.include_path)
-        self.schedule = paths.Schedule.parse(spec.layers)
+        self.schedule = Schedule.parse(spec.layers)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.bar: progress.Work | None = None  # the job's bar (sweep or search), ticked once per task scored
 
@@ -306,7 +307,7 @@ class Session:
         elif point.kind == "train":
             self._load_checkpoint(point.step)
         elif point.kind == "searched":
-            self._rewinder(point.path).set(point.alpha, paths.Schedule("list", point.layers), allow)
+            self._rewinder(point.path).set(point.alpha, Schedule("list", point.layers), allow)
         else:
             self._rewinder(point.path).set(point.alpha, self.schedule, allow)
 

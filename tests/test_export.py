@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from rewind import export, outdir
 from rewind.engine import attach
 from rewind.errors import RewindError
-from rewind.paths import Schedule
+from rewind.schedule import Schedule
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from rewind import export
 from rewind.errors import RewindError
-from rewind.paths import Schedule
+from rewind.schedule import Schedule
 
 
 @pytest.fixture(scope="module")

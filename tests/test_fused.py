@@ -141,8 +141,8 @@ def test_paths_batch_their_tensors_into_the_kernels(kind, tmp_path, monkeypatch)
     writes do, per layer too. Without a GPU the kernels run interpreted, so the paths are let use them on CPU."""
     from tiny import make_adapter, tiny_base
 
-    from rewind import paths
     from rewind.engine import attach
+    from rewind.schedule import Schedule
 
     base = tiny_base()
     make_adapter(kind, base, tmp_path / "a")
@@ -153,7 +153,7 @@ def test_paths_batch_their_tensors_into_the_kernels(kind, tmp_path, monkeypatch)
             "enabled",
             lambda w0, out: out is not None and fused._dense(w0) and fused._dense(out) and fused.available(),
         )  # REWIND_TRITON=0 still means torch
-    for alpha, schedule in [(0.7, None), (1.0, paths.Schedule("list", (0.2, 1.3, 0.0)))]:
+    for alpha, schedule in [(0.7, None), (1.0, Schedule("list", (0.2, 1.3, 0.0)))]:
         with monkeypatch.context() as m:
             m.setenv("REWIND_TRITON", "0")
             reference.set(alpha, schedule, allow_extrapolation=True)

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rewind.engine import Point, attach
 from rewind.errors import RewindError
 from rewind.grid import install
-from rewind.paths import Schedule
+from rewind.schedule import Schedule
 from rewind.updates.base import Delta
 
 ALPHAS = [0.0, 0.35, 1.0, 0.7]  # a batch mixing four points, the base among them

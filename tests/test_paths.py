@@ -12,7 +12,7 @@ from tiny import ADAPTERS, butterflies, logits, make_adapter, make_full, randomi
 
 from rewind.engine import attach
 from rewind.errors import RewindError
-from rewind.paths import Schedule
+from rewind.schedule import Schedule
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rewind.errors import RewindError
-from rewind.paths import Bound, Schedule
+from rewind.paths import Bound
 from rewind.paths.cayley import Cayley, rotate_add
 from rewind.paths.dense import Dense
 from rewind.paths.dora import Dora
 from rewind.paths.linear import Linear
+from rewind.schedule import Schedule
 from rewind.updates.ia3 import Scale
 from rewind.updates.lora import DoRA, LowRank
 from rewind.updates.oft import Rotation, cayley, neumann_series, rotate

@@ -9,11 +9,12 @@ import tinysweep
 import torch
 from safetensors.torch import load_file
 
-from rewind import engine, pareto, paths, search, sweep
+from rewind import engine, pareto, search, sweep
 from rewind.cli import main
 from rewind.errors import RewindError
 from rewind.evaluate import harness
 from rewind.results import BASE, Point, Scored
+from rewind.schedule import Schedule
 from rewind.session import Session
 
 
@@ -103,7 +104,7 @@ def test_a_searched_point_scores_what_its_schedule_scores(searched):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     point = next(r for r in records if r["layers"] and r["split"] == "validation")
     rw = engine.open(str(base), str(adapter), device="cpu", dtype="fp32")
-    rw.set(point["alpha"], paths.Schedule("list", tuple(point["layers"])))
+    rw.set(point["alpha"], Schedule("list", tuple(point["layers"])))
     suites = harness.resolve_suites([tinysweep.TARGET, tinysweep.GENERAL])
     results = harness.Evaluator(rw.model, rw.tokenizer, suites, "validation", limit=2, batch_size=8).run()
     mine = {r["task"]: r["score"] for r in records if r["point"] == point["point"] and r["split"] == "validation"}
@@ -120,7 +121,7 @@ def test_export_from_writes_a_selected_schedule(searched, tmp_path):
         main(["export", "--from", str(out), "--out", str(tmp_path / "best")])
     assert code.value.code == 0
     rw = engine.open(str(base), str(adapter), device="cpu", dtype="fp32")
-    rw.set(chosen["alpha"], paths.Schedule("list", tuple(chosen["layers"])))
+    rw.set(chosen["alpha"], Schedule("list", tuple(chosen["layers"])))
     written = {}
     for shard in (tmp_path / "best").glob("*.safetensors"):
         written |= load_file(shard)

@@ -20,7 +20,8 @@ from .. import adapters, paths
 from ..errors import RewindError
 from ..export import ExportPlan, check_out
 from ..export import plan as export_plan
-from ..paths import Bound, Schedule
+from ..paths import Bound
+from ..schedule import Schedule
 
 # Module leaf names -> the short types the reports group by; other adapted matrices keep their leaf name.
 MODULE_TYPES = {

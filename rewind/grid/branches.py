@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from ..errors import RewindError
-from ..paths.base import Path
+from ..paths.base import PathKind
 from ..paths.cayley import _rotation_minus_identity
 from ..updates.base import Delta
 from ..updates.ia3 import ia3_factor
@@ -251,7 +251,7 @@ class PerPoint(Branch):
     a copy, and the module run once per point on that point's rows. Exact, but one copy of the tensor per point and
     one call per point: meant for small tensors (norm weights), not for weight matrices."""
 
-    def __init__(self, module, leaves: dict[str, tuple[Path, torch.Tensor]]):
+    def __init__(self, module, leaves: dict[str, tuple[PathKind, torch.Tensor]]):
         super().__init__(module)
         self.leaves = leaves  # leaf -> (a path bound to one scratch tensor, that tensor)
         self._inside = False

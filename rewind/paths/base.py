@@ -39,7 +39,9 @@ def computed(item: Bound, compute) -> None:
         item.out.copy_(compute(item.w0.to(dtype), None))
 
 
-class Path(ABC):
+class PathKind(ABC):
+    """One kind of path (linear, cayley, ...): bound once to its tensors, then `write(alphas)` any point."""
+
     name: ClassVar[str]
     summary: ClassVar[str]
 

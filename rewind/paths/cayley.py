@@ -14,10 +14,10 @@ import torch
 from ..errors import RewindError
 from ..updates.oft import SCALES, Rotation, neumann_series, rotate
 from . import fused
-from .base import Path, computed
+from .base import PathKind, computed
 
 
-class Cayley(Path):
+class Cayley(PathKind):
     name = "cayley"
     summary = "Cayley(s(alpha)*Q): scale OFT's skew generator (OFT only)"
 

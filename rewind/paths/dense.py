@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from .base import Path, compute_dtype, computed
+from .base import PathKind, compute_dtype, computed
 
 
-class Dense(Path):
+class Dense(PathKind):
     name = "dense"
     summary = "W0 + alpha*(W1 - W0) on the merged weight (any method)"
 

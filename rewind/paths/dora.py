@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from ..updates.lora import DoRA, base_norms
-from .base import Path
+from .base import PathKind
 
 
-class Dora(Path):
+class Dora(PathKind):
     name = "dora"
     summary = "DoRA with alpha*B and the magnitude interpolated from ||W0||_row (DoRA only)"
 

@@ -12,10 +12,10 @@ import torch
 from ..updates.ia3 import Scale, ia3_factor
 from ..updates.lora import LowRank
 from . import fused
-from .base import Bound, Path, compute_dtype, computed
+from .base import Bound, PathKind, compute_dtype, computed
 
 
-class Linear(Path):
+class Linear(PathKind):
     name = "linear"
     summary = "W0 + alpha*dW (additive methods, full FT)"
 

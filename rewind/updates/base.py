@@ -65,7 +65,7 @@ class Kind:
     # (base tensor name, Delta, alpha, path options): RewindError where peft would load the scaled adapter as
     # another point than this one
     check_scale: Callable[..., None] | None = None
-    paths: tuple[type, ...] = ()  # path kinds of its own (paths.base.Path subclasses), besides those in paths/
+    paths: tuple[type, ...] = ()  # path kinds of its own (paths.base.PathKind subclasses), besides those in paths/
     # (empty meta-device model, peft config) -> the trainable parameters peft would give it, for a kind whose peft
     # layers allocate real memory as they are built (budget.py counts the others by building them)
     count: Callable[..., int] | None = None

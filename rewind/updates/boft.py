@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import RewindError
-from ..paths.base import Path
+from ..paths.base import PathKind
 from .base import Delta, Kind, only
 from .oft import cayley, rotate
 
@@ -93,7 +93,7 @@ def scale(parts, delta, alpha, w0, **options):
     return {"boft_R": parts["boft_R"] * alpha, "boft_s": 1 + alpha * (parts["boft_s"] - 1)}
 
 
-class Boft(Path):
+class Boft(PathKind):
     name = "boft"
     summary = "Cayley(alpha*S) per butterfly factor, s(alpha) = 1 + alpha(s - 1) (BOFT only)"
 

@@ -1,4 +1,4 @@
-"""Layer-wise rewinding: one alpha per transformer layer, over any path.
+"""Layer-wise rewinding: one alpha per transformer layer, over any path (a schedule, not a path of its own).
 
 Schedules (alpha is the global `--alpha`; L the number of transformer layers; l = 0 .. L-1 from the input side):
 - uniform:  alpha_l = alpha.
@@ -7,6 +7,9 @@ Schedules (alpha is the global `--alpha`; L the number of transformer layers; l 
 - balanced: alpha_l = alpha * min(1, m / u_l), u_l the layer's update strength (||dW_l||_F / ||W0_l||_F, or ||Q_l||_F
             for OFT) and m the median over layers: layers that moved more than the median are capped at its size.
 Tensors outside the numbered layers (embeddings, final norm, lm_head) always take alpha.
+
+`--path layerwise` is a CLI spelling, not a path kind: the natural path under the `--layers` schedule
+(`path_names`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RewindError
+from .errors import RewindError
+from .paths import AUTO
 
 KINDS = ("uniform", "list", "ramp", "balanced")
+LAYERWISE = "layerwise"  # a --path choice: the natural path (auto) with the --layers schedule
+
+
+def path_names(choices: Sequence[str], layers: str | None) -> list[str]:
+    """`--path` choices as path names: `layerwise` is `auto` under `--layers`, which it needs."""
+    if LAYERWISE in choices and layers is None:
+        raise RewindError(f"--path {LAYERWISE} needs --layers ramp|balanced|a,b,...")
+    return [AUTO if choice == LAYERWISE else choice for choice in choices]
 
 
 def _numbers(values, spec) -> tuple[float, ...]:
