@@ -170,11 +170,7 @@ def plan(
     tensors = BaseTensors(shards)
     update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors, base_config=base_config)
     path_cls = paths.resolve(path, update.natural_path)
-    for name, delta in update.deltas.items():
-        if not path_cls.accepts(delta):
-            raise RewindError(
-                f"path {path_cls.name!r} does not apply to {update.method.name} ({name}); try --path auto"
-            )
+    path_cls.check(update.deltas, update.method.name)
     point = Point(path_cls.name, float(alpha), schedule or Schedule(), cayley_scale)
     num_layers = int(base_config.get("num_hidden_layers") or 0)
     strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None

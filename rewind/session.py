@@ -166,10 +166,7 @@ class Session:
     def _path_names(self) -> list[str]:
         path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
         for path_cls in path_classes:  # refuse now, not after the base point was evaluated
-            if not all(path_cls.accepts(d) for d in self.update.deltas.values()):
-                raise RewindError(
-                    f"path {path_cls.name!r} does not apply to {self.update.method.name}; try --path auto"
-                )
+            path_cls.check(self.update.deltas, self.update.method.name)
         return [c.name for c in path_classes]
 
     def _check_alphas(self) -> None:

@@ -7,7 +7,7 @@ alpha rewrites only the adapted tensors, and alpha -> alpha' -> alpha gives the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,17 +46,22 @@ class PathKind(ABC):
     summary: ClassVar[str]
 
     def __init__(self, items: Sequence[Bound], **options):
-        for item in items:
-            if not self.accepts(item.delta):
-                raise RewindError(
-                    f"path {self.name!r} does not apply to {item.name} "
-                    f"({type(item.delta).__name__} update); try --path auto"
-                )
+        self.check({item.name: item.delta for item in items})
         self.items = list(items)
 
     @classmethod
     @abstractmethod
     def accepts(cls, delta: Delta) -> bool: ...
+
+    @classmethod
+    def check(cls, deltas: Mapping[str, Delta], method: str = "this update") -> None:
+        """RewindError unless this path applies to every delta: callers check before anything moves or is written."""
+        for name, delta in deltas.items():
+            if not cls.accepts(delta):
+                raise RewindError(
+                    f"path {cls.name!r} does not apply to {method} ({name}: a {type(delta).__name__} "
+                    f"update); try --path auto"
+                )
 
     @torch.no_grad()
     def write(self, alphas: Sequence[float]) -> None:
