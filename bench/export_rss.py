@@ -256,9 +256,9 @@ def main() -> None:
     try:
         base = work / f"base-{args.shape}-{args.max_shard_size}"
         if (base / "config.json").is_file():
-            from rewind.export import base_shards
+            from rewind import checkpoint
 
-            shards = {s.name: s.stat().st_size for s in base_shards(base)}
+            shards = {s.name: s.stat().st_size for s in checkpoint.shards(base)}
             created = {"shards": shards, "bytes": sum(shards.values()), "create_s": None, "reused": True}
         else:
             created = _shapes.write_checkpoint(args.shape, base, args.max_shard_size, device="cuda" if cuda else "cpu")

@@ -10,9 +10,10 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -23,7 +24,7 @@ from .updates.full import Replace
 from .updates.lora import DoRA, LowRank
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+PEFT_PREFIX = "base_model.model."  # before every base parameter name in a peft adapter's keys
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -50,19 +51,23 @@ def layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def read(
-    adapter: str | Path,
-    base_shapes: Mapping[str, torch.Size],
-    init_adapter: str | Path | None = None,
-    base_tensor: Callable[[str], torch.Tensor] | None = None,
-    base_config: Mapping | None = None,
-) -> Update:
-    """Read an adapter dir (or a full checkpoint dir) against a base given by its parameter shapes.
+class Base(Protocol):
+    """What an adapter is read against: a base checkpoint on disk (checkpoint.BaseTensors) or a loaded model
+    (engine.ModelTensors)."""
 
-    `base_tensor(name)` is needed only for full checkpoints (to skip tensors the finetune left unchanged).
+    shapes: Mapping[str, torch.Size]  # every base parameter's shape, by name
+    config: Mapping | None  # the base's config.json; None: no architecture check
+
+    def __call__(self, name: str) -> torch.Tensor:
+        """The base tensor `name` (W0), read only for a full checkpoint: to skip what the finetune left unchanged."""
+
+
+def read(adapter: str | Path, base: Base, init_adapter: str | Path | None = None) -> Update:
+    """Read an adapter dir (or a full checkpoint dir) against `base`: every tensor is checked against its shapes.
+
     `init_adapter` is the step-0 adapter of a residual-init LoRA (PiSSA/OLoRA/CorDA saved unconverted).
-    `base_config` (the base's config.json as a dict), when given, is checked against the architecture the adapter
-    says it was trained on: same-shaped models of another family (a Qwen2 adapter on a Llama) fail here too.
+    `base.config`, when given, is checked against the architecture the adapter says it was trained on: same-shaped
+    models of another family (a Qwen2 adapter on a Llama) fail here too.
     """
     path = Path(adapter)
     if not path.is_dir():
@@ -70,9 +75,9 @@ def read(
     if init_adapter is not None and not Path(init_adapter).is_dir():
         raise RewindError(f"--init-adapter {init_adapter}: no such directory (give the step-0 adapter dir)")
     if (path / ADAPTER_CONFIG).is_file():
-        return _read_peft(path, base_shapes, init_adapter, base_config)
+        return _read_peft(path, base.shapes, init_adapter, base.config)
     if (path / "config.json").is_file():
-        return _read_full(path, base_shapes, base_tensor, base_config)
+        return _read_full(path, base)
     raise RewindError(f"--adapter {adapter}: neither a peft adapter ({ADAPTER_CONFIG}) nor a model dir (config.json)")
 
 
@@ -295,14 +300,13 @@ def _check_shape(name: str, delta: Delta, shapes: Mapping[str, torch.Size], conf
         )
 
 
-def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_config=None) -> Update:
+def _read_full(path: Path, base: Base) -> Update:
     config = load_json(path / "config.json")
-    check_architecture(config, base_config, path)
+    check_architecture(config, base.config, path)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise RewindError(f"{path}: a full checkpoint needs *.safetensors weights")
-    if base_tensor is None:
-        raise RewindError("reading a full checkpoint needs the base tensors")
+    shapes = base.shapes
     deltas: dict[str, Delta] = {}
     digest = hashlib.sha256()
     for file in files:
@@ -310,7 +314,7 @@ def _read_full(path: Path, shapes: Mapping[str, torch.Size], base_tensor, base_c
         for name, w1 in load_safetensors(file).items():
             if name not in shapes:
                 raise RewindError(f"full checkpoint tensor {name} is not in the base model (another architecture?)")
-            w0 = base_tensor(name)
+            w0 = base(name)
             if tuple(w1.shape) != tuple(shapes[name]):
                 raise RewindError(
                     f"checkpoint does not fit this base: {name} is {tuple(shapes[name])} in the base "

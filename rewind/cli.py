@@ -601,19 +601,12 @@ def recipes(base):
 def inspect(base, adapter, init_adapter):
     """Show what an adapter is: method, natural path, updated tensors, update size per layer."""
     from . import adapters, engine, models
-    from . import export as exporter
+    from .checkpoint import BaseTensors
 
     if adapter is None:
         raise RewindError("--adapter is required")
-    base_dir = models.local_dir(base)
-    tensors = exporter.BaseTensors(exporter.base_shards(base_dir))
-    update = adapters.read(
-        adapter,
-        tensors.shapes,
-        init_adapter,
-        base_tensor=tensors,
-        base_config=adapters.load_json(base_dir / "config.json"),
-    )
+    tensors = BaseTensors(models.local_dir(base))
+    update = adapters.read(adapter, tensors, init_adapter)
     click.echo(
         f"adapter   {update.source}\nmethod    {update.method.name} ({update.method.summary})\n"
         f"path      {update.natural_path} (natural)\ntensors   {len(update.deltas)} updated\n"

@@ -122,19 +122,26 @@ class Rewinder:
         return point
 
 
+class ModelTensors:
+    """A loaded model as the base an adapter is read against (`adapters.read`): its parameters' shapes, its config,
+    and W0 by name: `w0`'s copy where a Rewinder keeps one (the model may stand at another point), else the parameter
+    itself."""
+
+    def __init__(self, model: torch.nn.Module, w0: Mapping[str, torch.Tensor] | None = None):
+        self._params = dict(model.named_parameters(remove_duplicate=False))
+        self._w0 = w0 or {}
+        self.shapes = {name: p.shape for name, p in self._params.items()}
+        self.config = model.config.to_dict() if hasattr(model, "config") else None
+
+    def __call__(self, name: str) -> torch.Tensor:
+        return self._w0[name] if name in self._w0 else self._params[name].detach()
+
+
 def attach(
     model: torch.nn.Module, adapter, path: str = "auto", init_adapter=None, cayley_scale: str = "linear", tokenizer=None
 ) -> Rewinder:
     """Read `adapter` against `model`'s own weights and bind it. The model is left at alpha = 0 (its base)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    shapes = {name: p.shape for name, p in params.items()}
-    update = adapters.read(
-        adapter,
-        shapes,
-        init_adapter,
-        base_tensor=lambda n: params[n].detach(),
-        base_config=model.config.to_dict() if hasattr(model, "config") else None,
-    )
+    update = adapters.read(adapter, ModelTensors(model), init_adapter)
     return Rewinder(model, update, path, cayley_scale, tokenizer)
 
 

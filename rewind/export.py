@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__, adapters, methods, models, outdir, paths
+from .checkpoint import BaseTensors
 from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
 from .paths import Bound
@@ -68,54 +69,6 @@ class ExportPlan:
 
     def layer_alphas(self) -> dict[int, float]:
         return {layer: alpha for name, alpha in self.alphas.items() if (layer := adapters.layer_of(name)) is not None}
-
-
-def base_shards(base_dir: Path) -> list[Path]:
-    index = base_dir / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = adapters.load_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise RewindError(f"{index}: no weight_map; the checkpoint index is broken")
-        shards = []
-        for name in dict.fromkeys(weight_map.values()):
-            # Shards are files of the base dir itself: a name like ../../x or /etc/x is refused, never read.
-            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-                raise RewindError(f"{index}: shard {name!r} is not a file name in {base_dir}; the index is broken")
-            if not (base_dir / name).is_file():
-                raise RewindError(f"{index}: shard {name} is missing from {base_dir}")
-            shards.append(base_dir / name)
-        return shards
-    single = base_dir / "model.safetensors"
-    if single.is_file():
-        return [single]
-    raise RewindError(f"{base_dir}: no safetensors weights (rewind reads no pickle checkpoints)")
-
-
-class BaseTensors:
-    """Lazy access to the base checkpoint's tensors by name, without loading whole shards."""
-
-    def __init__(self, shards: list[Path]):
-        from safetensors import safe_open
-
-        self._where: dict[str, Path] = {}
-        self.shapes: dict[str, torch.Size] = {}
-        for shard in shards:
-            try:
-                with safe_open(shard, "pt") as f:
-                    for name in f.keys():
-                        self._where[name] = shard
-                        self.shapes[name] = torch.Size(f.get_slice(name).get_shape())
-            except Exception as exc:  # broad: SafetensorError, OSError: the shard is what matters
-                raise RewindError(
-                    f"{shard}: not a readable safetensors file ({str(exc).splitlines()[0]}); the base "
-                    f"checkpoint is damaged: re-download or re-save it"
-                ) from exc
-
-    def __call__(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        with safe_open(self._where[name], "pt") as f:
-            return f.get_tensor(name)
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -165,14 +118,12 @@ def plan(
             out, {"--base": base_dir, "--adapter": adapter, "--init-adapter": init_adapter, "--from sweep": sweep_dir}
         )
         check_out(out, force)
-    base_config = adapters.load_json(base_dir / "config.json")
-    shards = base_shards(base_dir)
-    tensors = BaseTensors(shards)
-    update = adapters.read(adapter, tensors.shapes, init_adapter, base_tensor=tensors, base_config=base_config)
+    tensors = BaseTensors(base_dir)
+    update = adapters.read(adapter, tensors, init_adapter)
     path_cls = paths.resolve(path, update.natural_path)
     path_cls.check(update.deltas, update.method.name)
     point = Point(path_cls.name, float(alpha), schedule or Schedule(), cayley_scale)
-    num_layers = int(base_config.get("num_hidden_layers") or 0)
+    num_layers = tensors.num_layers
     strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
     names = list(update.deltas)
     alphas = dict(zip(names, tensor_alphas(names, point, num_layers, strengths, allow_extrapolation)))
@@ -185,7 +136,7 @@ def plan(
         fmt,
         out,
         alphas,
-        shards,
+        tensors.shards,
         num_layers,
         Path(init_adapter) if init_adapter else None,
         allow_extrapolation,
@@ -470,7 +421,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)
     if p.dtype is not None:  # scaled in fp32, rounded once to --dtype below
         tensors = {key: t.float() if t.is_floating_point() else t for key, t in tensors.items()}
-    base = BaseTensors(p.shards)
+    base = BaseTensors(p.base_dir)
     whole, by_module, _ = adapters.split_keys(tensors, base.shapes, p.update.method)
     tensors_out = dict(tensors)  # what the path does not move stays as stored
     for key, name in whole.items():  # modules_to_save: interpolate

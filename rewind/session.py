@@ -144,24 +144,13 @@ class Session:
         if self.world > 1 and (device or models.pick_device()).startswith("cuda"):
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
         self.model, self.tokenizer = models.load_base(self.spec.base, device, self.spec.dtype)
-        self.update = self._read_update()
+        self.update = adapters.read(self.spec.adapter, engine.ModelTensors(self.model), self.spec.init_adapter)
         self.path_names = self._path_names()
         self._check_alphas()
         self.chat = self._chat_template()
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
         self._evaluators()
-
-    def _read_update(self) -> adapters.Update:
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        shapes = {n: p.shape for n, p in params.items()}
-        return adapters.read(
-            self.spec.adapter,
-            shapes,
-            self.spec.init_adapter,
-            base_tensor=lambda n: params[n].detach(),
-            base_config=self.model.config.to_dict(),
-        )
 
     def _path_names(self) -> list[str]:
         path_classes = list(dict.fromkeys(paths.resolve(p, self.update.natural_path) for p in self.spec.paths))
@@ -311,10 +300,7 @@ class Session:
     def _load_checkpoint(self, step: int) -> None:
         directory = self.spec.checkpoint_steps()[step]
         natural = self._rewinder(self.path_names[0])
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        update = adapters.read(
-            directory, {n: p.shape for n, p in params.items()}, None, base_tensor=natural.w0.__getitem__
-        )
+        update = adapters.read(directory, engine.ModelTensors(self.model, natural.w0))
         natural.set(0.0)
         self._checkpoint = engine.Rewinder(self.model, update, "auto", self.spec.cayley_scale, w0=natural.w0)
         self._checkpoint.set(1.0)

@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from tiny import make_adapter, tiny_base
 
-from rewind import adapters, export, models
+from rewind import adapters, checkpoint, export, models
 from rewind.errors import RewindError
 from rewind.train import load_recipe
 
@@ -138,7 +138,7 @@ def test_checkpoint_index_cannot_point_outside_the_base(shard, tiny):
     )
     (tiny / "outside.safetensors").write_bytes((base / "model.safetensors").read_bytes())  # would even load
     with pytest.raises(RewindError, match="is not a file name in"):
-        export.base_shards(base)
+        checkpoint.shards(base)
 
 
 @pytest.mark.parametrize("preset", ["../../../tmp/evil", "/tmp/evil", "presets/../smollm2", ".hidden"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .. import adapters, models
-from ..export import BaseTensors
+from ..checkpoint import BaseTensors
 from ..progress import Bar
 from ..updates.oft import Rotation
 from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir, write_json
@@ -101,7 +101,7 @@ def run(
     out = Path(out)
     plan = finetune.plan(out)
     device = models.pick_device(device)
-    base = BaseTensors(plan.shards)
+    base = BaseTensors(plan.base_dir)
     rows, arrays = [], {}
     for name in Bar(matrices(plan, base.shapes, modules), desc="spectral", unit="matrix", leave=False):
         w0 = base(name).to(device)
