@@ -64,7 +64,8 @@ def main() -> None:
 
     safetensors.torch.save_file = save_file
     with tempfile.TemporaryDirectory() as tmp:
-        plan = export.plan(args.base, args.adapter, Path(tmp) / "out", args.alpha)
+        spec = export.ExportSpec(adapter=args.adapter, base=args.base, out=Path(tmp) / "out", alpha=args.alpha)
+        plan = export.plan(spec)
         deltas = sum(
             t.numel() * t.element_size()
             for d in plan.update.deltas.values()

@@ -1,17 +1,23 @@
-"""The base checkpoint on disk: its shards and its tensors by name, read lazily (export, diagnose and inspect share it).
+"""The base checkpoint on disk, and a point of a finetune planned against it: what export, diagnose and inspect share.
 
-Only safetensors are read, tensor by tensor: a base is never loaded whole, and a shard is never read whole to get
-one tensor of it.
+`BaseTensors` reads a base's safetensors tensor by tensor (a base is never loaded whole, nor a shard read whole for
+one tensor of it). `Plan.of(Finetune(...))` reads the adapter against it and gives every updated tensor its alpha;
+`Plan.moved` computes W(alpha) of one tensor with the path classes that move the resident model, so what export
+writes and what diagnose measures are the weights a sweep evaluated.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import adapters
+from . import adapters, models, paths
+from .engine import Point, layer_strengths, tensor_alphas
 from .errors import RewindError
+from .paths import Bound
+from .schedule import Schedule
 
 INDEX, SINGLE = "model.safetensors.index.json", "model.safetensors"
 
@@ -79,3 +85,82 @@ class BaseTensors:
     def num_layers(self) -> int:
         """Transformer layers in the base's config (0 when it names none)."""
         return int(self.config.get("num_hidden_layers") or 0)
+
+
+@dataclass(frozen=True)
+class Finetune:
+    """A base, an adapter, and one point on the adapter's path: what export writes and diagnose compares with the
+    base (alpha 0)."""
+
+    adapter: str | Path  # a peft adapter dir or a full checkpoint dir
+    base: str | Path | None = None  # alias, hub id or dir; None: the default base
+    alpha: float = 1.0  # 0 = the base, 1 = the finetune
+    path: str = paths.AUTO  # a path kind, or auto: the method's natural path
+    schedule: Schedule = field(default_factory=Schedule)  # per-layer alphas (--layers)
+    cayley_scale: str = "linear"  # cayley path: generator scale s(alpha) = alpha or sqrt(alpha)
+    init_adapter: str | Path | None = None  # step-0 adapter of a residual-init LoRA saved unconverted
+    allow_extrapolation: bool = False  # alphas outside [0, 1] allowed
+
+
+@dataclass
+class Plan:
+    """A finetune's point planned against its base checkpoint: every input checked, every updated tensor's alpha
+    decided. Nothing is loaded but the adapter; base tensors are read when asked for."""
+
+    finetune: Finetune
+    tensors: BaseTensors
+    update: adapters.Update
+    point: Point
+    alphas: dict[str, float]  # updated tensor -> its alpha
+
+    @classmethod
+    def of(cls, finetune: Finetune, tensors: BaseTensors | None = None):
+        """Read the adapter against the base (`tensors`, else the finetune's base), check that the path applies and
+        give each updated tensor its alpha. Touches nothing on disk."""
+        tensors = tensors or BaseTensors(models.local_dir(finetune.base))
+        update = adapters.read(finetune.adapter, tensors, finetune.init_adapter)
+        kind = paths.resolve(finetune.path, update.natural_path)
+        kind.check(update.deltas, update.method.name)
+        point = Point(kind.name, float(finetune.alpha), finetune.schedule or Schedule(), finetune.cayley_scale)
+        strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
+        names = list(update.deltas)
+        alphas = tensor_alphas(names, point, tensors.num_layers, strengths, finetune.allow_extrapolation)
+        return cls(finetune, tensors, update, point, dict(zip(names, alphas)))
+
+    @property
+    def base(self) -> str:
+        """The base as a model card names it (an alias's hub id)."""
+        return models.hub_id(self.finetune.base)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.tensors.dir
+
+    @property
+    def shards(self) -> list[Path]:
+        return self.tensors.shards
+
+    @property
+    def adapter(self) -> Path:
+        return Path(self.finetune.adapter)
+
+    @property
+    def init_adapter(self) -> Path | None:
+        return Path(self.finetune.init_adapter) if self.finetune.init_adapter else None
+
+    @property
+    def allow_extrapolation(self) -> bool:
+        return self.finetune.allow_extrapolation
+
+    def layer_alphas(self) -> dict[int, float]:
+        """Each transformer layer's alpha (of its updated tensors)."""
+        return {layer: a for name, a in self.alphas.items() if (layer := adapters.layer_of(name)) is not None}
+
+    def moved(self, name: str, w0: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """W(alpha) of the updated tensor `name`: the point's path writing from `w0` into a new tensor on w0's device,
+        in `dtype` (default w0's), computed in w0's dtype and rounded once."""
+        out = torch.empty(w0.shape, dtype=dtype or w0.dtype, device=w0.device)
+        kind = paths.resolve(self.point.path, self.update.natural_path)
+        bound = Bound(name, self.update.deltas[name], w0, out)
+        kind([bound], cayley_scale=self.point.cayley_scale).write([self.alphas[name]])
+        return out

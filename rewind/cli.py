@@ -234,19 +234,21 @@ def export(
         )
     path, schedule = _path_and_schedule(path, layers)
     plan = exporter.plan(
-        base,
-        adapter,
-        out,
-        1.0 if alpha is None else alpha,
-        path,
-        schedule,
-        fmt,
-        force,
-        init_adapter,
-        cayley_scale,
-        allow_extrapolation,
-        sweep_dir,
-        dtype,
+        exporter.ExportSpec(
+            adapter=adapter,
+            base=base,
+            alpha=1.0 if alpha is None else alpha,
+            path=path,
+            schedule=schedule,
+            cayley_scale=cayley_scale,
+            init_adapter=init_adapter,
+            allow_extrapolation=allow_extrapolation,
+            out=out,
+            fmt=fmt,
+            force=force,
+            dtype=dtype,
+            sweep_dir=sweep_dir,
+        )
     )
     click.echo(plan.summary())
     if dry_run:
@@ -683,12 +685,21 @@ def _probe_options(f):
 
 
 def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha):
-    from .diagnostics import Finetune
+    from .checkpoint import Finetune
 
     if adapter is None:
         raise RewindError("--adapter is required")
     path, schedule = _path_and_schedule(path, layers)
-    return Finetune(adapter, base, alpha, path, schedule, cayley_scale, init_adapter, allow_extrapolation)
+    return Finetune(
+        adapter=adapter,
+        base=base,
+        alpha=alpha,
+        path=path,
+        schedule=schedule,
+        cayley_scale=cayley_scale,
+        init_adapter=init_adapter,
+        allow_extrapolation=allow_extrapolation,
+    )
 
 
 def _probe(data, target, split, limit, batch_size, max_length, include_path):

@@ -1,9 +1,10 @@
 """Write a point of a path to disk: a merged HF checkpoint (default) or, where that is exact, a peft adapter.
 
-Planning (which files, which tensors change, with what alpha) is separate from writing, so `--dry-run` shows the
-plan. Writing streams tensor by tensor, shard by shard (peak memory: one shard plus the adapter), into a temporary
-dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at `out`
-(outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
+An `ExportSpec` says what to write; `plan` checks it (the base and the point through `checkpoint.Plan`, the output
+dir through outdir.py) and decides every tensor's alpha, so `--dry-run` shows the plan. Writing streams tensor by
+tensor, shard by shard (peak memory: one shard plus the adapter), into a temporary dir next to `out` that is renamed
+into place only when complete: no half checkpoint is ever visible at `out` (outdir.py: `out` never touches an
+input, and a killed export's temporary dir goes at the next export there).
 
 Every tensor rewind computes or converts is checked finite as it is written. `dtype` (--dtype) writes the point in
 another dtype: merged in fp32 and rounded once.
@@ -16,41 +17,63 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, adapters, methods, models, outdir, paths
-from .checkpoint import BaseTensors
-from .engine import Point, layer_strengths, tensor_alphas
+from . import __version__, adapters, methods, models, outdir
+from .checkpoint import BaseTensors, Finetune, Plan
 from .errors import RewindError
-from .paths import Bound
-from .schedule import Schedule
 from .updates.full import Replace
 
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
 
 
+@dataclass(frozen=True)
+class ExportSpec(Finetune):
+    """`rewind export`'s inputs: a finetune's point (the fields of `checkpoint.Finetune`), and where and how it is
+    written."""
+
+    _: KW_ONLY
+    out: str | Path  # the output dir: absent or empty (or `force`); never an input, nor inside or around one
+    fmt: str = MERGED  # merged: an HF checkpoint; adapter: a peft adapter moved along its natural path (where exact)
+    force: bool = False  # replace a non-empty `out`
+    dtype: str | None = None  # bf16, fp16, fp32; None or auto: the base's (merged) or the adapter's own (adapter)
+    sweep_dir: str | Path | None = None  # the sweep the inputs came from (--from), which `out` spares like them
+
+    def __post_init__(self):
+        if self.fmt not in (MERGED, ADAPTER):
+            raise RewindError(f"--format {self.fmt}: choose {MERGED} or {ADAPTER}")
+        if self.dtype not in (None, "auto"):
+            models.torch_dtype(self.dtype)  # an unknown name fails here, before anything is read
+
+
 @dataclass
-class ExportPlan:
-    base: str
-    base_dir: Path
-    adapter: Path
-    update: adapters.Update
-    point: Point
-    fmt: str
-    out: Path | None  # None: a plan that is never written (diagnostics)
-    alphas: dict[str, float]  # updated tensor -> its alpha
-    shards: list[Path] = field(default_factory=list)
-    num_layers: int = 0
-    init_adapter: Path | None = None
-    allow_extrapolation: bool = False
-    dtype: torch.dtype | None = None  # written dtype (--dtype); None: the base's (merged) or the adapter's own
+class ExportPlan(Plan):
+    """A point planned for writing: `finetune` is its ExportSpec."""
+
     verified: float | None = None  # after write(verify=True): max |logit difference| reloaded vs in memory
+
+    @property
+    def spec(self) -> ExportSpec:
+        return self.finetune
+
+    @property
+    def out(self) -> Path:
+        return Path(self.spec.out)
+
+    @property
+    def fmt(self) -> str:
+        return self.spec.fmt
+
+    @cached_property
+    def dtype(self) -> torch.dtype | None:
+        """The dtype written; None: the base's (merged) or the adapter's own (adapter)."""
+        return None if self.spec.dtype in (None, "auto") else models.torch_dtype(self.spec.dtype)
 
     def summary(self) -> str:
         dtype = f" as {str(self.dtype).removeprefix('torch.')}" if self.dtype is not None else ""
@@ -67,82 +90,23 @@ class ExportPlan:
             lines.append("  layers   " + " ".join(f"{a:.3g}" for a in layer_alphas.values()))
         return "\n".join(lines)
 
-    def layer_alphas(self) -> dict[int, float]:
-        return {layer: alpha for name, alpha in self.alphas.items() if (layer := adapters.layer_of(name)) is not None}
 
-
-def check_out(out: Path, force: bool) -> None:
-    """`out` can be written: a name that fits, absent or empty (or --force), under a writable dir. Creates nothing."""
-    outdir.check_name(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise RewindError(f"--out {out} exists and is not empty: pass --force to replace it")
-    parent = out.resolve().parent
-    existing = parent
-    while not existing.exists():  # the dirs write() will create: the nearest existing one must take them
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RewindError(f"--out {out}: {existing} is a file, not a directory; choose another --out")
-    try:
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as exc:
-        raise RewindError(f"--out {out}: cannot write in {existing} ({exc.strerror}); choose another --out") from exc
-
-
-def plan(
-    base,
-    adapter,
-    out,
-    alpha: float = 1.0,
-    path: str = "auto",
-    schedule: Schedule | None = None,
-    fmt: str = MERGED,
-    force: bool = False,
-    init_adapter=None,
-    cayley_scale: str = "linear",
-    allow_extrapolation: bool = False,
-    sweep_dir=None,
-    dtype: str | None = None,
-) -> ExportPlan:
-    """Check every input and decide every tensor's alpha; touches nothing on disk.
-
-    `out` None: a plan that is never written (diagnostics), so no check of an output. `sweep_dir`: the sweep the
-    inputs came from (`--from`), which `out` must spare like the other inputs. `dtype`: bf16, fp16, fp32 or
-    None/auto (the base's dtype for a merged checkpoint, the adapter's own for an adapter)."""
-    if fmt not in (MERGED, ADAPTER):
-        raise RewindError(f"--format {fmt}: choose {MERGED} or {ADAPTER}")
-    torch_dtype = None if dtype in (None, "auto") else models.torch_dtype(dtype)
-    base_dir = models.local_dir(base)
-    if out is not None:
-        out = Path(out)
-        outdir.check_spares_inputs(
-            out, {"--base": base_dir, "--adapter": adapter, "--init-adapter": init_adapter, "--from sweep": sweep_dir}
-        )
-        check_out(out, force)
-    tensors = BaseTensors(base_dir)
-    update = adapters.read(adapter, tensors, init_adapter)
-    path_cls = paths.resolve(path, update.natural_path)
-    path_cls.check(update.deltas, update.method.name)
-    point = Point(path_cls.name, float(alpha), schedule or Schedule(), cayley_scale)
-    num_layers = tensors.num_layers
-    strengths = layer_strengths(update, tensors) if point.schedule.kind == "balanced" else None
-    names = list(update.deltas)
-    alphas = dict(zip(names, tensor_alphas(names, point, num_layers, strengths, allow_extrapolation)))
-    result = ExportPlan(
-        models.hub_id(base),
-        base_dir,
-        Path(adapter),
-        update,
-        point,
-        fmt,
+def plan(spec: ExportSpec) -> ExportPlan:
+    """Check every input, the output dir included, and decide every tensor's alpha; touches nothing on disk."""
+    base_dir = models.local_dir(spec.base)
+    out = Path(spec.out)
+    outdir.check_spares_inputs(
         out,
-        alphas,
-        tensors.shards,
-        num_layers,
-        Path(init_adapter) if init_adapter else None,
-        allow_extrapolation,
-        torch_dtype,
+        {
+            "--base": base_dir,
+            "--adapter": spec.adapter,
+            "--init-adapter": spec.init_adapter,
+            "--from sweep": spec.sweep_dir,
+        },
     )
-    if fmt == ADAPTER:
+    outdir.check_out(out, spec.force)
+    result = ExportPlan.of(spec, BaseTensors(base_dir))
+    if spec.fmt == ADAPTER:
         _check_adapter_format(result)
     return result
 
@@ -295,41 +259,9 @@ def verify_export(p: ExportPlan, written: Path, device: str = "cpu") -> float:
     return diff
 
 
-def export(
-    base,
-    adapter,
-    out,
-    alpha: float = 1.0,
-    path: str = "auto",
-    schedule=None,
-    fmt: str = MERGED,
-    force: bool = False,
-    init_adapter=None,
-    cayley_scale: str = "linear",
-    allow_extrapolation: bool = False,
-    device: str = "cpu",
-    verify: bool = False,
-    dtype: str | None = None,
-) -> Path:
-    """Plan and write in one call (the notebook form of `rewind export`)."""
-    return write(
-        plan(
-            base,
-            adapter,
-            out,
-            alpha,
-            path,
-            schedule,
-            fmt,
-            force,
-            init_adapter,
-            cayley_scale,
-            allow_extrapolation,
-            dtype=dtype,
-        ),
-        device,
-        verify,
-    )
+def export(base, adapter, out, *, device: str = "cpu", verify: bool = False, **options) -> Path:
+    """Plan and write in one call (the notebook form of `rewind export`); `options`: ExportSpec's other fields."""
+    return write(plan(ExportSpec(adapter=adapter, base=base, out=out, **options)), device, verify)
 
 
 def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
@@ -373,12 +305,8 @@ def _moved(p: ExportPlan, shard: Path, name: str, device: str) -> torch.Tensor:
     with safe_open(shard, "pt") as one:
         w0 = one.get_tensor(name).to(device)
     if p.dtype is not None:
-        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `out`
-    out = torch.empty(w0.shape, dtype=p.dtype or w0.dtype, device=device)
-    paths.resolve(p.point.path, p.update.natural_path)(
-        [Bound(name, p.update.deltas[name], w0, out)], cayley_scale=p.point.cayley_scale
-    ).write([p.alphas[name]])
-    return _finite(p, name, out.cpu())
+        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
+    return _finite(p, name, p.moved(name, w0, p.dtype).cpu())
 
 
 def _finite(p: ExportPlan, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -421,7 +349,7 @@ def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)
     if p.dtype is not None:  # scaled in fp32, rounded once to --dtype below
         tensors = {key: t.float() if t.is_floating_point() else t for key, t in tensors.items()}
-    base = BaseTensors(p.base_dir)
+    base = p.tensors
     whole, by_module, _ = adapters.split_keys(tensors, base.shapes, p.update.method)
     tensors_out = dict(tensors)  # what the path does not move stays as stored
     for key, name in whole.items():  # modules_to_save: interpolate

@@ -65,6 +65,23 @@ def check_name(out, flag: str = "--out") -> None:
         raise RewindError(f"{flag}: path too long ({len(os.fsencode(str(path)))} bytes): choose a shorter {flag}")
 
 
+def check_out(out: Path, force: bool) -> None:
+    """`out` can be written: a name that fits, absent or empty (or --force), under a writable dir. Creates nothing."""
+    check_name(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise RewindError(f"--out {out} exists and is not empty: pass --force to replace it")
+    parent = out.resolve().parent
+    existing = parent
+    while not existing.exists():  # the dirs write() will create: the nearest existing one must take them
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RewindError(f"--out {out}: {existing} is a file, not a directory; choose another --out")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise RewindError(f"--out {out}: cannot write in {existing} ({exc.strerror}); choose another --out") from exc
+
+
 def _pathconf(path: Path, name: str, default: int) -> int:
     try:
         return os.pathconf(path, name)

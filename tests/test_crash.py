@@ -280,7 +280,9 @@ def test_export_killed_mid_write_never_shows_a_half_checkpoint(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["point"]  # the killed export's temp dir went
     assert not (out / outdir.LOCK).exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
-    expected = export.plan(tmp_path / "base", tmp_path / "a", tmp_path / "unused", alpha=0.5)
+    expected = export.plan(
+        export.ExportSpec(adapter=tmp_path / "a", base=tmp_path / "base", out=tmp_path / "unused", alpha=0.5)
+    )
     from rewind.engine import attach
 
     rw = attach(AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval(), tmp_path / "a", expected.point.path)

@@ -334,7 +334,7 @@ def test_refuses_non_empty_out_and_bad_alpha(base, base_dir, tmp_path):
 
 def test_failure_mid_write_leaves_no_half_checkpoint(base, base_dir, tmp_path, monkeypatch):
     make_adapter("lora", base, tmp_path / "a")
-    plan = export.plan(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.5)
+    plan = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "out", alpha=0.5))
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -347,7 +347,11 @@ def test_failure_mid_write_leaves_no_half_checkpoint(base, base_dir, tmp_path, m
 
 def test_dry_run_plan_touches_nothing(base, base_dir, tmp_path):
     make_adapter("oft", base, tmp_path / "a")
-    plan = export.plan(base_dir, tmp_path / "a", tmp_path / "out", alpha=0.25, schedule=Schedule.parse("ramp"))
+    plan = export.plan(
+        export.ExportSpec(
+            adapter=tmp_path / "a", base=base_dir, out=tmp_path / "out", alpha=0.25, schedule=Schedule.parse("ramp")
+        )
+    )
     text = plan.summary()
     assert "cayley(alpha=0.25, layers=ramp)" in text and "12 updated" in text
     assert plan.layer_alphas() == {0: 0.25, 1: 0.625, 2: 1.0}

@@ -36,7 +36,14 @@ def bases(tmp_path_factory):
 )
 def test_verify_passes_and_is_recorded(kind, fmt, schedule, bases, tmp_path):
     plan = export.plan(
-        bases / "fp32", bases / kind, tmp_path / "out", alpha=0.6, fmt=fmt, schedule=Schedule.parse(schedule)
+        export.ExportSpec(
+            adapter=bases / kind,
+            base=bases / "fp32",
+            out=tmp_path / "out",
+            alpha=0.6,
+            fmt=fmt,
+            schedule=Schedule.parse(schedule),
+        )
     )
     out = export.write(plan, verify=True)
     assert plan.verified is not None and plan.verified <= export.VERIFY_TOLERANCE[torch.float32]
@@ -46,7 +53,7 @@ def test_verify_passes_and_is_recorded(kind, fmt, schedule, bases, tmp_path):
 
 
 def test_verify_off_by_default(bases, tmp_path):
-    plan = export.plan(bases / "fp32", bases / "lora", tmp_path / "out", alpha=0.6)
+    plan = export.plan(export.ExportSpec(adapter=bases / "lora", base=bases / "fp32", out=tmp_path / "out", alpha=0.6))
     export.write(plan)
     assert plan.verified is None and "| verified |" not in (tmp_path / "out" / "README.md").read_text()
 
@@ -83,7 +90,7 @@ def test_verify_refuses_a_wrong_checkpoint(damage, bases, tmp_path, monkeypatch)
                 open(dst, "w").write(text)
 
         monkeypatch.setattr(export.shutil, "copy2", bad_copy)
-    plan = export.plan(bases / "fp32", bases / "lora", tmp_path / "out", alpha=0.6)
+    plan = export.plan(export.ExportSpec(adapter=bases / "lora", base=bases / "fp32", out=tmp_path / "out", alpha=0.6))
     with pytest.raises(RewindError, match=r"verify: .* differ from the in-memory model at linear\(alpha=0.6\)"):
         export.write(plan, verify=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -116,7 +116,7 @@ def test_pickled_base_is_refused_and_never_unpickled(tiny, monkeypatch):
     with pytest.raises(RewindError, match="safetensors weights only"):
         models.load_base(str(bad), "cpu", "fp32")
     with pytest.raises(RewindError, match="no safetensors weights"):
-        export.plan(bad, tiny / "lora", tiny / "out")
+        export.plan(export.ExportSpec(adapter=tiny / "lora", base=bad, out=tiny / "out"))
     assert not canary.exists()
 
 
@@ -125,7 +125,7 @@ def test_pickled_adapter_is_refused_and_never_unpickled(tiny):
     (tiny / "lora" / "adapter_model.safetensors").unlink()
     (tiny / "lora" / "adapter_model.bin").write_bytes(pickle.dumps(_Payload(canary)))
     with pytest.raises(RewindError, match="rewind reads no pickle files"):
-        export.plan(tiny / "base", tiny / "lora", tiny / "out")
+        export.plan(export.ExportSpec(adapter=tiny / "lora", base=tiny / "base", out=tiny / "out"))
     assert not canary.exists() and not (tiny / "out").exists()
 
 
@@ -167,14 +167,14 @@ def test_adapter_values_are_never_paths(tiny, monkeypatch, tmp_path):
 
     config["base_model_name_or_path"] = "org/model"  # a hub id is looked up in the HF cache only, by id
     (a / "adapter_config.json").write_text(json.dumps(config))
-    export.plan(tiny / "base", a, tiny / "unused")
+    export.plan(export.ExportSpec(adapter=a, base=tiny / "base", out=tiny / "unused"))
     assert looked_up == ["org/model"]
 
     tensors = load_file(a / "adapter_model.safetensors")
     tensors["base_model.model.../../../etc/passwd.lora_A.weight"] = next(iter(tensors.values())).clone()
     save_file(tensors, a / "adapter_model.safetensors")
     with pytest.raises(RewindError, match="is not in the base model"):
-        export.plan(tiny / "base", a, tiny / "out2")
+        export.plan(export.ExportSpec(adapter=a, base=tiny / "base", out=tiny / "out2"))
     assert not (tiny / "out2").exists()
 
 

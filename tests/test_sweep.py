@@ -131,7 +131,9 @@ def test_export_from_the_sweep_dir(swept, workdir, tmp_path, monkeypatch, capsys
         main(["export", "--alpha", "0.5", "--out", str(tmp_path / "half")])
     written = (tmp_path / "half" / "README.md").read_text()
     assert "| alpha | 0.5 |" in written and "| path | linear |" in written
-    plan = export.plan(workdir / "base", workdir / "lora", tmp_path / "x", alpha=0.5)
+    plan = export.plan(
+        export.ExportSpec(adapter=workdir / "lora", base=workdir / "base", out=tmp_path / "x", alpha=0.5)
+    )
     assert plan.update.sha256 in written
 
 

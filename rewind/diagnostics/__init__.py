@@ -10,8 +10,8 @@
 Definitions: docs/diagnostics.md.
 """
 
+from ..checkpoint import Finetune
 from . import activations, arena, csd, geometry, spectral
-from .common import Finetune
 from .data import Probe
 
 __all__ = ["Finetune", "Probe", "activations", "arena", "csd", "geometry", "spectral"]

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from .. import adapters, engine, models
+from ..checkpoint import Finetune
 from ..errors import RewindError
 from . import geometry
-from .common import Finetune, by_type, describe, layer_plot, module_type, report_dir, write_json
+from .common import by_type, describe, layer_plot, module_type, plan_report, report_dir, write_json
 from .data import Probe, stream, texts
 
 JSON, PLOT = "activations.json", "activations.png"
@@ -83,7 +84,7 @@ def run(
     `resident`: a (model, tokenizer) of this base already loaded; it is moved and then returned to its base.
     """
     out = Path(out)
-    plan = finetune.plan(out)
+    plan = plan_report(finetune, out)
     suites = probe.suites()
     if max_tokens < 2 or gram_tokens < 2:
         raise RewindError("--max-tokens must be at least 2")

@@ -30,10 +30,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import adapters, models, results, sweep
+from ..checkpoint import Finetune
 from ..errors import RewindError
 from ..progress import Bar
 from . import activations, csd, spectral
-from .common import Finetune, pyplot, safe_name, write_json
+from .common import plan_report, pyplot, safe_name, write_json
 from .data import Probe
 
 DIAGNOSTICS = ("spectral", "csd", "activations")
@@ -247,7 +248,7 @@ def run(
             row["dtype"] = models.resolve_dtype(dtype, device)
         finetune = Finetune(row["adapter"], base)
         directory = out / safe_name(row["name"])
-        update = finetune.plan(directory).update
+        update = plan_report(finetune, directory).update
         row.update(method=update.method.name, trainable_params=trainable_params(update))
         for kind in diagnostics:
             if kind == "spectral":

@@ -1,8 +1,9 @@
-"""What every diagnostic shares: the finetuned point, per-tensor W(alpha) from the path engine, module names, output.
+"""What every diagnostic shares: the finetuned point, module names, output.
 
-The point is planned by `export.plan`, so a diagnostic checks its inputs and gives each tensor its alpha exactly as
-`rewind export` would, and W(alpha) comes from the same path classes writing into a scratch buffer (one tensor at
-a time, in fp32): the weights a diagnostic measures are the weights that export writes, at higher precision.
+The point is planned by `checkpoint.Plan`, as `rewind export` plans it, so a diagnostic checks its inputs and gives
+each tensor its alpha exactly as export would, and W(alpha) comes from the same path classes (`Plan.moved`, one
+tensor at a time, in fp32): the weights a diagnostic measures are the weights that export writes, at higher
+precision.
 """
 
 from __future__ import annotations
@@ -11,17 +12,11 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .. import adapters, paths
+from .. import adapters, outdir
+from ..checkpoint import Finetune, Plan
 from ..errors import RewindError
-from ..export import ExportPlan, check_out
-from ..export import plan as export_plan
-from ..paths import Bound
-from ..schedule import Schedule
 
 # Module leaf names -> the short types the reports group by; other adapted matrices keep their leaf name.
 MODULE_TYPES = {
@@ -35,50 +30,15 @@ MODULE_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class Finetune:
-    """A base, an adapter and the point on its path that the diagnostics compare with the base (alpha = 0)."""
-
-    adapter: str | Path
-    base: str | Path | None = None
-    alpha: float = 1.0
-    path: str = "auto"
-    schedule: Schedule = field(default_factory=Schedule)
-    cayley_scale: str = "linear"
-    init_adapter: str | Path | None = None
-    allow_extrapolation: bool = False
-
-    def plan(self, out: Path) -> ExportPlan:
-        """Every input checked and every tensor's alpha decided; `out` is made only when results are written."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise RewindError(f"--out {out} is a file, not a dir")
-        # force: a diagnostics dir may already hold other reports. Reports only add files, so unlike an export's
-        # --out, a report dir may lie inside the adapter dir: the plan itself has no output (out=None).
-        check_out(out, force=True)
-        planned = export_plan(
-            self.base,
-            self.adapter,
-            None,
-            self.alpha,
-            self.path,
-            self.schedule,
-            init_adapter=self.init_adapter,
-            cayley_scale=self.cayley_scale,
-            allow_extrapolation=self.allow_extrapolation,
-        )
-        return planned
-
-
-def moved(plan: ExportPlan, name: str, w0: torch.Tensor) -> torch.Tensor:
-    """W(alpha) of one tensor in fp32, on w0's device: the plan's path writing into a scratch buffer, as export does."""
-    w0 = w0.float()
-    out = torch.empty_like(w0)
-    path_cls = paths.resolve(plan.point.path, plan.update.natural_path)
-    path_cls([Bound(name, plan.update.deltas[name], w0, out)], cayley_scale=plan.point.cayley_scale).write(
-        [plan.alphas[name]]
-    )
-    return out
+def plan_report(finetune: Finetune, out: str | Path) -> Plan:
+    """Every input checked and every tensor's alpha decided; `out` is made only when results are written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RewindError(f"--out {out} is a file, not a dir")
+    # force: a diagnostics dir may already hold other reports. Reports only add files, so unlike an export's --out,
+    # a report dir may lie inside the adapter dir (no check that it spares the inputs).
+    outdir.check_out(out, force=True)
+    return Plan.of(finetune)
 
 
 def module_of(name: str) -> str:
@@ -102,7 +62,7 @@ def parse_modules(spec: str | Sequence[str] | None) -> list[str] | None:
     return items
 
 
-def matrices(plan: ExportPlan, shapes: Mapping[str, Sequence[int]], wanted: Sequence[str] | None = None) -> list[str]:
+def matrices(plan: Plan, shapes: Mapping[str, Sequence[int]], wanted: Sequence[str] | None = None) -> list[str]:
     """The adapted 2-D weights of a plan (biases and norms skipped), input side first, filtered by `wanted`."""
     names = [n for n in plan.update.deltas if n.endswith(".weight") and len(shapes[n]) == 2]
     if wanted is not None:
@@ -120,7 +80,7 @@ def _order(name: str) -> tuple:
     return (layer is None, -1 if layer is None else layer, name)
 
 
-def describe(plan: ExportPlan) -> dict:
+def describe(plan: Plan) -> dict:
     """What a report was computed on: enough to tell two reports apart."""
     return {
         "base": plan.base,

@@ -18,19 +18,9 @@ from pathlib import Path
 import torch
 
 from .. import adapters, models
+from ..checkpoint import Finetune
 from ..errors import RewindError
-from .common import (
-    Finetune,
-    by_type,
-    describe,
-    layer_plot,
-    matrices,
-    module_of,
-    module_type,
-    moved,
-    report_dir,
-    write_json,
-)
+from .common import by_type, describe, layer_plot, matrices, module_of, module_type, plan_report, report_dir, write_json
 from .data import Probe, stream, texts
 
 JSON, PLOT = "csd.json", "csd.png"
@@ -47,7 +37,7 @@ class _Drift:
 
     def __call__(self, h: torch.Tensor) -> None:
         w0 = self.weight.detach().float()
-        dw = moved(self.plan, self.name, w0) - w0
+        dw = self.plan.moved(self.name, w0) - w0
         h = h.float()
         self.n += h.shape[0]
         self.dw_h += float((h @ dw.T).square().sum())
@@ -84,7 +74,7 @@ def run(
     `resident`: a (model, tokenizer) of this base already loaded, left unchanged (e.g. shared by `rewind arena`).
     """
     out = Path(out)
-    plan = finetune.plan(out)
+    plan = plan_report(finetune, out)
     suites = probe.suites()
     model, tokenizer = resident or models.load_base(finetune.base, device, dtype)
     named = dict(model.named_modules())

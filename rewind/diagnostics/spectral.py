@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from .. import adapters, models
-from ..checkpoint import BaseTensors
+from ..checkpoint import Finetune
 from ..progress import Bar
 from ..updates.oft import Rotation
-from .common import Finetune, by_type, describe, matrices, module_of, module_type, moved, pyplot, report_dir, write_json
+from .common import by_type, describe, matrices, module_of, module_type, plan_report, pyplot, report_dir, write_json
 
 WINDOW = 5
 JSON, PROFILES = "spectral.json", "spectral_profiles.npz"
@@ -99,13 +99,14 @@ def run(
     import numpy as np
 
     out = Path(out)
-    plan = finetune.plan(out)
+    plan = plan_report(finetune, out)
     device = models.pick_device(device)
-    base = BaseTensors(plan.base_dir)
+    base = plan.tensors
     rows, arrays = [], {}
     for name in Bar(matrices(plan, base.shapes, modules), desc="spectral", unit="matrix", leave=False):
         w0 = base(name).to(device)
-        scalars, profiles = profile(w0, moved(plan, name, w0), isinstance(plan.update.deltas[name], Rotation), window)
+        rotation = isinstance(plan.update.deltas[name], Rotation)
+        scalars, profiles = profile(w0, plan.moved(name, w0.float()), rotation, window)
         rows.append(
             {
                 "module": module_of(name),
