@@ -215,6 +215,44 @@ def run(
     """Scores, diagnostics and correlations for `adapter_dirs` and the rows of the arena reports in `include`;
     writes JSON, CSVs, Markdown and a PNG to `out`."""
     out = Path(out)
+    _check_inputs(adapter_dirs, sweeps, diagnostics, probe, include)
+    old, notes = [], []
+    for path in include:
+        rows, note = included(path, base, diagnostics, probe)
+        old += rows
+        notes += [f"the rows from {path} are as recorded there (scores and diagnostics not recomputed)"]
+        notes += [note] if note else []
+    sweep_dirs = [Path(s) for s in sweeps] if sweeps else [find_sweep(a, sweeps_root) for a in adapter_dirs]
+    new = [{"adapter": str(a), **scores(s, base)} for a, s in zip(adapter_dirs, sweep_dirs)]
+    rows = old + new
+    for row, name in zip(rows, _unique([r["name"] for r in old] + [Path(a).resolve().name for a in adapter_dirs])):
+        row["name"] = name
+    resident = None
+    for row in Bar(new, desc="arena", unit="adapter", leave=False):
+        resident = _diagnose(row, base, out, diagnostics, probe, device, dtype, resident)
+    # Over all rows: a report that did not record its probe may have probed other data (other columns).
+    columns = list(dict.fromkeys(c for r in rows for c in r if "." in c))
+    correlations = {c: correlate([r.get(c) for r in rows], [r["forgetting"] for r in rows]) for c in columns}
+    out.mkdir(parents=True, exist_ok=True)  # before the plot: with only included rows nothing made it yet
+    report = {
+        "kind": "arena",
+        "base": models.hub_id(base),
+        "diagnostics": list(diagnostics),
+        "probe": {**asdict(probe), "data": list(probe.data)},
+        "adapters": rows,
+        "correlations": correlations,
+        "notes": notes + _caveats(rows),
+        "plots": [plot(rows, correlations, out / PLOT)] if plots and columns else [],
+    }
+    write_json(out / JSON, report)
+    _write_csv(out / TABLE, rows)
+    _write_csv(out / CORRELATIONS, [{"diagnostic": c, **v} for c, v in correlations.items()])
+    (out / MARKDOWN).write_text(markdown(report))
+    return report
+
+
+def _check_inputs(adapter_dirs, sweeps, diagnostics, probe: Probe, include) -> None:
+    """Refuse what cannot make an arena before anything is computed."""
     if not adapter_dirs and not include:
         raise RewindError("rewind arena needs at least one adapter or --include")
     if sweeps and len(sweeps) != len(adapter_dirs):
@@ -231,38 +269,33 @@ def run(
     twice = {f for f in files if files.count(f) > 1}
     if twice:  # its rows would count twice in every correlation
         raise RewindError(f"--include {', '.join(sorted(twice))} given twice")
-    old, notes = [], []
-    for path in include:
-        rows, note = included(path, base, diagnostics, probe)
-        old += rows
-        notes += [f"the rows from {path} are as recorded there (scores and diagnostics not recomputed)"]
-        notes += [note] if note else []
-    sweep_dirs = [Path(s) for s in sweeps] if sweeps else [find_sweep(a, sweeps_root) for a in adapter_dirs]
-    new = [{"adapter": str(a), **scores(s, base)} for a, s in zip(adapter_dirs, sweep_dirs)]
-    rows = old + new
-    for row, name in zip(rows, _unique([r["name"] for r in old] + [Path(a).resolve().name for a in adapter_dirs])):
-        row["name"] = name
-    resident = None
-    for row in Bar(new, desc="arena", unit="adapter", leave=False):
-        if DATA_DRIVEN & set(diagnostics):  # the precision the probe ran in: rows of other runs may differ
-            row["dtype"] = models.resolve_dtype(dtype, device)
-        finetune = Finetune(row["adapter"], base)
-        directory = out / safe_name(row["name"])
-        update = plan_report(finetune, directory).update
-        row.update(method=update.method.name, trainable_params=trainable_params(update))
-        for kind in diagnostics:
-            if kind == "spectral":
-                report = spectral.run(finetune, directory / kind, device=device, plots=False)
-            else:
-                resident = resident or models.load_base(base, device, dtype)
-                runner = csd.run if kind == "csd" else activations.run
-                report = runner(
-                    finetune, directory / kind, probe, device=device, dtype=dtype, resident=resident, plots=False
-                )
-            row.update(scalars(report))
-    # Over all rows: a report that did not record its probe may have probed other data (other columns).
-    columns = list(dict.fromkeys(c for r in rows for c in r if "." in c))
-    correlations = {c: correlate([r.get(c) for r in rows], [r["forgetting"] for r in rows]) for c in columns}
+
+
+def _diagnose(row: dict, base, out: Path, diagnostics, probe: Probe, device, dtype, resident):
+    """Run the diagnostics of one adapter's row into out/<name>/ and add their scalars to the row. Returns the
+    resident base model the data-driven ones share (loaded at the first that needs it)."""
+    if DATA_DRIVEN & set(diagnostics):  # the precision the probe ran in: rows of other runs may differ
+        row["dtype"] = models.resolve_dtype(dtype, device)
+    finetune = Finetune(row["adapter"], base)
+    directory = out / safe_name(row["name"])
+    update = plan_report(finetune, directory).update
+    row.update(method=update.method.name, trainable_params=trainable_params(update))
+    for kind in diagnostics:
+        if kind == "spectral":
+            report = spectral.run(finetune, directory / kind, device=device, plots=False)
+        else:
+            resident = resident or models.load_base(base, device, dtype)
+            runner = csd.run if kind == "csd" else activations.run
+            report = runner(
+                finetune, directory / kind, probe, device=device, dtype=dtype, resident=resident, plots=False
+            )
+        row.update(scalars(report))
+    return resident
+
+
+def _caveats(rows: list[dict]) -> list[str]:
+    """What a reader of the correlations must know about the rows behind them."""
+    notes = []
     if len({r["suites"] for r in rows}) > 1:
         notes.append("the sweeps differ in suites or limit: their scores are not directly comparable")
     if len({r["split"] for r in rows}) > 1:
@@ -275,22 +308,7 @@ def run(
             f"the rows' csd and activation values were computed in {' and '.join(sorted(precisions))} "
             f"(column dtype): they differ by that rounding too"
         )
-    out.mkdir(parents=True, exist_ok=True)  # before the plot: with only included rows nothing made it yet
-    report = {
-        "kind": "arena",
-        "base": models.hub_id(base),
-        "diagnostics": list(diagnostics),
-        "probe": {**asdict(probe), "data": list(probe.data)},
-        "adapters": rows,
-        "correlations": correlations,
-        "notes": notes,
-        "plots": [plot(rows, correlations, out / PLOT)] if plots and columns else [],
-    }
-    write_json(out / JSON, report)
-    _write_csv(out / TABLE, rows)
-    _write_csv(out / CORRELATIONS, [{"diagnostic": c, **v} for c, v in correlations.items()])
-    (out / MARKDOWN).write_text(markdown(report))
-    return report
+    return notes
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -137,44 +137,51 @@ def run(
 def plot(rows: list[dict], arrays: dict, out: Path, title: str = "") -> list[str]:
     """spectral_<type>.png per module type (profiles over the singular index, one line per layer) and
     spectral_summary.png (per-layer scalars of every type)."""
+    types = list(dict.fromkeys(r["type"] for r in rows))
+    written = [_type_plot(kind, [r for r in rows if r["type"] == kind], arrays, out, title) for kind in types]
+    return [*written, _summary_plot(rows, types, out, title)]
+
+
+def _type_plot(kind: str, mine: list[dict], arrays: dict, out: Path, title: str) -> str:
+    """spectral_<kind>.png: each profile of the type's matrices over the singular index, one line per layer."""
     import numpy as np
 
     plt = pyplot()
-    written = []
-    types = list(dict.fromkeys(r["type"] for r in rows))
-    for kind in types:
-        mine = [r for r in rows if r["type"] == kind]
-        rotation = mine[0]["alignment_mean"] is not None
-        panels = [
-            ("retention_deviation", "|u_i^T W' v_i - sigma_i|", True),
-            ("adaptation", "||dW v_i||", True),
-            ("retention", "u_i^T W' v_i / sigma_i", False),
-        ]
-        if rotation:
-            panels.append(("alignment", "|cos(v_i, v'_i)|", False))
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110, squeeze=False)
-        shades, colorbar = _shades(mine)
-        for ax, (key, label, log) in zip(axes[0], panels):
-            for r, shade in zip(mine, shades):
-                y = arrays[f"{r['module']}::{key}"]
-                if key == "retention":
-                    y = y / np.maximum(arrays[f"{r['module']}::sigma"], 1e-30)
-                ax.plot(y, lw=0.8, color=shade, label=f"layer {r['layer']}" if r["layer"] is not None else r["module"])
-            ax.set_xlabel("singular index i (descending sigma_i)")
-            ax.set_title(label, fontsize=9)
-            if log:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-        fig.suptitle(f"{kind}: {title}", fontsize=9)
-        fig.tight_layout()
-        if colorbar is None:
-            axes[0][0].legend(fontsize=6, ncol=2)
-        else:
-            fig.colorbar(colorbar, ax=list(axes[0]), label="layer", fraction=0.02, pad=0.01)
-        path = out / f"spectral_{kind}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        written.append(path.name)
+    panels = [
+        ("retention_deviation", "|u_i^T W' v_i - sigma_i|", True),
+        ("adaptation", "||dW v_i||", True),
+        ("retention", "u_i^T W' v_i / sigma_i", False),
+    ]
+    if mine[0]["alignment_mean"] is not None:  # a rotation
+        panels.append(("alignment", "|cos(v_i, v'_i)|", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110, squeeze=False)
+    shades, colorbar = _shades(mine)
+    for ax, (key, label, log) in zip(axes[0], panels):
+        for r, shade in zip(mine, shades):
+            y = arrays[f"{r['module']}::{key}"]
+            if key == "retention":
+                y = y / np.maximum(arrays[f"{r['module']}::sigma"], 1e-30)
+            ax.plot(y, lw=0.8, color=shade, label=f"layer {r['layer']}" if r["layer"] is not None else r["module"])
+        ax.set_xlabel("singular index i (descending sigma_i)")
+        ax.set_title(label, fontsize=9)
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{kind}: {title}", fontsize=9)
+    fig.tight_layout()
+    if colorbar is None:
+        axes[0][0].legend(fontsize=6, ncol=2)
+    else:
+        fig.colorbar(colorbar, ax=list(axes[0]), label="layer", fraction=0.02, pad=0.01)
+    path = out / f"spectral_{kind}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path.name
+
+
+def _summary_plot(rows: list[dict], types: list[str], out: Path, title: str) -> str:
+    """spectral_summary.png: per-layer scalars, one line per module type."""
+    plt = pyplot()
     keys = ["effective_rank", "fluctuation_retention", "fluctuation_adaptation", "spectrum_shift"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), dpi=110)
     for ax, key in zip(axes, keys):
@@ -189,7 +196,7 @@ def plot(rows: list[dict], arrays: dict, out: Path, title: str = "") -> list[str
     fig.tight_layout()
     fig.savefig(out / "spectral_summary.png")
     plt.close(fig)
-    return [*written, "spectral_summary.png"]
+    return "spectral_summary.png"
 
 
 def _shades(rows: list[dict]):
