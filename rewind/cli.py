@@ -148,11 +148,26 @@ def path_options(multiple: bool = False):
     return decorate
 
 
-def _path_and_schedule(path: str, layers: str | None):
+def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, kind=None, **more):
+    """The point that base_options, path_options and --alpha name: a checkpoint.Finetune, or `kind` (export's
+    ExportSpec) with its `more` fields."""
+    from .checkpoint import Finetune
     from .schedule import Schedule, path_names
 
+    if adapter is None:
+        raise RewindError("--adapter is required")
     [path] = path_names([path], layers)
-    return path, Schedule.parse(layers)
+    return (kind or Finetune)(
+        adapter=adapter,
+        base=base,
+        alpha=alpha,
+        path=path,
+        schedule=Schedule.parse(layers),
+        cayley_scale=cayley_scale,
+        init_adapter=init_adapter,
+        allow_extrapolation=allow_extrapolation,
+        **more,
+    )
 
 
 @cli.command()
@@ -232,24 +247,10 @@ def export(
         base, adapter, init_adapter, path, layers, cayley_scale, alpha = _from_sweep(
             sweep_dir, base, path, layers, cayley_scale if given else None, alpha
         )
-    path, schedule = _path_and_schedule(path, layers)
-    plan = exporter.plan(
-        exporter.ExportSpec(
-            adapter=adapter,
-            base=base,
-            alpha=1.0 if alpha is None else alpha,
-            path=path,
-            schedule=schedule,
-            cayley_scale=cayley_scale,
-            init_adapter=init_adapter,
-            allow_extrapolation=allow_extrapolation,
-            out=out,
-            fmt=fmt,
-            force=force,
-            dtype=dtype,
-            sweep_dir=sweep_dir,
-        )
-    )
+    alpha = 1.0 if alpha is None else alpha
+    where = dict(kind=exporter.ExportSpec, out=out, fmt=fmt, force=force, dtype=dtype, sweep_dir=sweep_dir)
+    spec = _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, **where)
+    plan = exporter.plan(spec)
     click.echo(plan.summary())
     if dry_run:
         return
@@ -682,24 +683,6 @@ def _probe_options(f):
         help="Probe data: general-offline and/or the --target suite. Repeatable.",
     )(f)
     return f
-
-
-def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha):
-    from .checkpoint import Finetune
-
-    if adapter is None:
-        raise RewindError("--adapter is required")
-    path, schedule = _path_and_schedule(path, layers)
-    return Finetune(
-        adapter=adapter,
-        base=base,
-        alpha=alpha,
-        path=path,
-        schedule=schedule,
-        cayley_scale=cayley_scale,
-        init_adapter=init_adapter,
-        allow_extrapolation=allow_extrapolation,
-    )
 
 
 def _probe(data, target, split, limit, batch_size, max_length, include_path):

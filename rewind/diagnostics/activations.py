@@ -91,45 +91,7 @@ def run(
     model, tokenizer = resident or models.load_base(finetune.base, device, dtype)
     names = probed_modules(model, modules, layers)
     rewinder = engine.Rewinder(model, plan.update, plan.point.path, plan.point.cayley_scale)
-    compute = next(model.parameters()).device
-    rows, counts = [], {}
-    try:
-        for data, suite in suites.items():
-            items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
-            outputs = {}
-            for side in ("base", "finetune"):
-                if side == "base":
-                    rewinder.set(0.0)
-                else:
-                    rewinder.set(plan.point.alpha, plan.point.schedule, finetune.allow_extrapolation)
-                kept = {n: [] for n in names}
-                tokens = stream(
-                    model,
-                    tokenizer,
-                    items,
-                    {n: _keep(kept[n]) for n in names},
-                    "output",
-                    probe.batch_size,
-                    probe.max_length,
-                    max_tokens,
-                    desc=f"activations {data} {side}",
-                )
-                outputs[side] = {n: torch.cat(chunks) for n, chunks in kept.items()}
-            counts[data] = {"suite": suite, "items": len(items), "tokens": tokens}
-            for n in names:
-                x0, x1 = outputs["base"].pop(n).to(compute), outputs["finetune"].pop(n).to(compute)
-                rows.append(
-                    {
-                        "module": n,
-                        "type": module_type(n),
-                        "layer": adapters.layer_of(n + "."),
-                        "data": data,
-                        **geometry.compare(x0, x1, gram_tokens),
-                    }
-                )
-                del x0, x1
-    finally:
-        rewinder.set(0.0)  # alpha 0 writes W0 back: the resident model leaves exactly as it came
+    rows, counts = _measure(model, tokenizer, rewinder, plan, names, suites, probe, max_tokens, gram_tokens)
     report_dir(out)
     summary = {data: by_type([r for r in rows if r["data"] == data], METRICS) for data in suites}
     report = {
@@ -149,6 +111,46 @@ def run(
     }
     write_json(out / JSON, report)
     return report
+
+
+def _measure(model, tokenizer, rewinder, plan, names, suites, probe, max_tokens, gram_tokens) -> tuple[list, dict]:
+    """The rows of every probed module and data set, and what each data set fed in; the model leaves at its base."""
+    rows, counts = [], {}
+    try:
+        for data, suite in suites.items():
+            items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
+            outputs = {}
+            for side in ("base", "finetune"):
+                if side == "base":
+                    rewinder.set(0.0)
+                else:
+                    rewinder.set(plan.point.alpha, plan.point.schedule, plan.allow_extrapolation)
+                desc = f"activations {data} {side}"
+                outputs[side], tokens = _outputs(model, tokenizer, items, names, probe, max_tokens, desc)
+            counts[data] = {"suite": suite, "items": len(items), "tokens": tokens}
+            rows += _compare(outputs, names, data, gram_tokens, next(model.parameters()).device)
+    finally:
+        rewinder.set(0.0)  # alpha 0 writes W0 back: the resident model leaves exactly as it came
+    return rows, counts
+
+
+def _outputs(model, tokenizer, items, names, probe: Probe, max_tokens: int, desc: str) -> tuple[dict, int]:
+    """Each probed module's outputs on `items` at the model's current point, and the tokens seen."""
+    kept = {n: [] for n in names}
+    hooks = {n: _keep(kept[n]) for n in names}
+    tokens = stream(model, tokenizer, items, hooks, "output", probe.batch_size, probe.max_length, max_tokens, desc=desc)
+    return {n: torch.cat(chunks) for n, chunks in kept.items()}, tokens
+
+
+def _compare(outputs: dict, names: list[str], data: str, gram_tokens: int, compute) -> list[dict]:
+    """One row per module: the geometry of its finetuned outputs against its base outputs (on `compute`)."""
+    rows = []
+    for n in names:
+        x0, x1 = outputs["base"].pop(n).to(compute), outputs["finetune"].pop(n).to(compute)
+        row = {"module": n, "type": module_type(n), "layer": adapters.layer_of(n + "."), "data": data}
+        rows.append({**row, **geometry.compare(x0, x1, gram_tokens)})
+        del x0, x1
+    return rows
 
 
 def _keep(chunks: list):

@@ -77,52 +77,8 @@ def run(
     plan = plan_report(finetune, out)
     suites = probe.suites()
     model, tokenizer = resident or models.load_base(finetune.base, device, dtype)
-    named = dict(model.named_modules())
-    params = dict(model.named_parameters(remove_duplicate=False))
-    names = [
-        n
-        for n in matrices(plan, {k: p.shape for k, p in params.items()}, modules)
-        if isinstance(named[module_of(n)], torch.nn.Linear)
-    ]  # embeddings have no input vector h
-    if not names:
-        raise RewindError("no adapted linear module to measure (embeddings and norms have no input vector h)")
-    rows = {
-        n: {
-            "module": module_of(n),
-            "type": module_type(n),
-            "layer": adapters.layer_of(n),
-            "shape": list(params[n].shape),
-            "alpha": plan.alphas[n],
-        }
-        for n in names
-    }
-    counts = {}
-    for data, suite in suites.items():
-        items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
-        drifts = {n: _Drift(plan, n, params[n]) for n in names}
-        counts[data] = {
-            "suite": suite,
-            "items": len(items),
-            "tokens": stream(
-                model,
-                tokenizer,
-                items,
-                {module_of(n): d for n, d in drifts.items()},
-                "input",
-                probe.batch_size,
-                probe.max_length,
-                desc=f"csd {data}",
-            ),
-        }
-        for n, d in drifts.items():
-            rows[n][data] = d.result()
-    rows = list(rows.values())
-    flat = [{**r, **{f"{data}.{m}": r[data][m] for data in suites for m in METRICS}} for r in rows]
-    summary = by_type(flat, [f"{data}.{m}" for data in suites for m in METRICS])
-    if len(suites) == 2:
-        for entry in summary.values():
-            g, t = entry["general.csd_rel"]["mean"], entry["target.csd_rel"]["mean"]
-            entry["general_over_target_rel"] = g / t if g is not None and t else None
+    rows, counts = _measure(model, tokenizer, plan, _linear(model, plan, modules), suites, probe)
+    summary = _summary(rows, suites)
     report_dir(out)
     report = {
         "kind": "csd",
@@ -138,6 +94,45 @@ def run(
     }
     write_json(out / JSON, report)
     return report
+
+
+def _linear(model, plan, modules: list[str] | None) -> list[str]:
+    """The adapted weights of linear modules (`modules` of them): embeddings have no input vector h."""
+    named = dict(model.named_modules())
+    shapes = {k: p.shape for k, p in model.named_parameters(remove_duplicate=False)}
+    names = [n for n in matrices(plan, shapes, modules) if isinstance(named[module_of(n)], torch.nn.Linear)]
+    if not names:
+        raise RewindError("no adapted linear module to measure (embeddings and norms have no input vector h)")
+    return names
+
+
+def _measure(model, tokenizer, plan, names: list[str], suites: dict, probe: Probe) -> tuple[list[dict], dict]:
+    """One row per module with its drift on each data set, and what each data set fed in."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    rows = {n: {"module": module_of(n), "type": module_type(n), "layer": adapters.layer_of(n)} for n in names}
+    for n in names:
+        rows[n].update(shape=list(params[n].shape), alpha=plan.alphas[n])
+    counts = {}
+    for data, suite in suites.items():
+        items = texts(suite, probe.split, probe.limit, tokenizer, probe.include_path)
+        drifts = {n: _Drift(plan, n, params[n]) for n in names}
+        hooks = {module_of(n): d for n, d in drifts.items()}
+        tokens = stream(model, tokenizer, items, hooks, "input", probe.batch_size, probe.max_length, desc=f"csd {data}")
+        counts[data] = {"suite": suite, "items": len(items), "tokens": tokens}
+        for n, d in drifts.items():
+            rows[n][data] = d.result()
+    return list(rows.values()), counts
+
+
+def _summary(rows: list[dict], suites: dict) -> dict:
+    """Per module type: each data set's metrics, and general over target where both were probed."""
+    flat = [{**r, **{f"{data}.{m}": r[data][m] for data in suites for m in METRICS}} for r in rows]
+    summary = by_type(flat, [f"{data}.{m}" for data in suites for m in METRICS])
+    if len(suites) == 2:
+        for entry in summary.values():
+            g, t = entry["general.csd_rel"]["mean"], entry["target.csd_rel"]["mean"]
+            entry["general_over_target_rel"] = g / t if g is not None and t else None
+    return summary
 
 
 def plot(rows: list[dict], data: list[str], path: Path, title: str = "") -> str:
