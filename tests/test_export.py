@@ -492,3 +492,10 @@ def test_a_filesystem_without_locks_still_exports(base, base_dir, tmp_path, monk
     out = export.export(base_dir, tmp_path / "a", tmp_path / "x" / "point", alpha=0.5)
     assert seen and (out / "README.md").is_file() and sorted(p.name for p in (tmp_path / "x").iterdir()) == ["point"]
     assert not list(out.glob(".rewind*"))
+
+
+@pytest.mark.parametrize(("bad", "message"), [({"fmt": "gguf"}, "--format gguf"), ({"dtype": "int8"}, "--dtype int8")])
+def test_export_spec_refuses_a_bad_format_or_dtype_before_reading_anything(bad, message, tmp_path):
+    with pytest.raises(RewindError, match=message):
+        export.ExportSpec(adapter=tmp_path / "absent", base=tmp_path / "absent", out=tmp_path / "out", **bad)
+    assert not (tmp_path / "out").exists()
