@@ -148,16 +148,15 @@ def path_options(multiple: bool = False):
     return decorate
 
 
-def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, kind=None, **more):
-    """The point that base_options, path_options and --alpha name: a checkpoint.Finetune, or `kind` (export's
-    ExportSpec) with its `more` fields."""
+def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, **_):
+    """The point that base_options, path_options and --alpha name (a command's other options are not its)."""
     from .checkpoint import Finetune
     from .schedule import Schedule, path_names
 
     if adapter is None:
         raise RewindError("--adapter is required")
     [path] = path_names([path], layers)
-    return (kind or Finetune)(
+    return Finetune(
         adapter=adapter,
         base=base,
         alpha=alpha,
@@ -166,7 +165,6 @@ def _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_ext
         cayley_scale=cayley_scale,
         init_adapter=init_adapter,
         allow_extrapolation=allow_extrapolation,
-        **more,
     )
 
 
@@ -248,9 +246,8 @@ def export(
             sweep_dir, base, path, layers, cayley_scale if given else None, alpha
         )
     alpha = 1.0 if alpha is None else alpha
-    where = dict(kind=exporter.ExportSpec, out=out, fmt=fmt, force=force, dtype=dtype, sweep_dir=sweep_dir)
-    spec = _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, **where)
-    plan = exporter.plan(spec)
+    point = _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha)
+    plan = exporter.plan(exporter.ExportSpec.at(point, out=out, fmt=fmt, force=force, dtype=dtype, sweep_dir=sweep_dir))
     click.echo(plan.summary())
     if dry_run:
         return
@@ -685,7 +682,8 @@ def _probe_options(f):
     return f
 
 
-def _probe(data, target, split, limit, batch_size, max_length, include_path):
+def _probe(data, target, split, limit, batch_size, max_length, include_path, **_):
+    """The probe that _probe_options name (a command's other options are not its)."""
     from .diagnostics import Probe
 
     return Probe(tuple(data), target, split, limit, batch_size, max_length, tuple(include_path))
@@ -700,20 +698,13 @@ def _wrote(out, report, json_name):
 @path_options()
 @_diagnose_options
 @quietly
-def diagnose_spectral(
-    base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha, modules, out, device
-):
+def diagnose_spectral(modules, out, device, **options):
     """Per adapted matrix, in W0's singular basis: retention and adaptation profiles, effective rank of dW,
     fluctuation, spectrum shift, and for OFT singular-vector alignment."""
     from .diagnostics import spectral
     from .diagnostics.common import parse_modules
 
-    report = spectral.run(
-        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
-        out,
-        parse_modules(modules),
-        device,
-    )
+    report = spectral.run(_finetune(**options), out, parse_modules(modules), device)
     click.echo(f"{len(report['matrices'])} matrices at {report['point']}; {_wrote(out, report, spectral.JSON)}")
 
 
@@ -723,40 +714,13 @@ def diagnose_spectral(
 @_diagnose_options
 @_probe_options
 @quietly
-def diagnose_csd(
-    base,
-    adapter,
-    init_adapter,
-    path,
-    layers,
-    cayley_scale,
-    allow_extrapolation,
-    alpha,
-    modules,
-    out,
-    device,
-    data,
-    target,
-    split,
-    limit,
-    batch_size,
-    max_length,
-    dtype,
-    include_path,
-):
+def diagnose_csd(modules, out, device, dtype, **options):
     """Capability-conditioned drift E||dW h||^2 (absolute, relative to E||W0 h||^2, per unit update and input),
     h the base model's inputs to each adapted module on general or target data."""
     from .diagnostics import csd
     from .diagnostics.common import parse_modules
 
-    report = csd.run(
-        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
-        out,
-        _probe(data, target, split, limit, batch_size, max_length, include_path),
-        parse_modules(modules),
-        device,
-        dtype,
-    )
+    report = csd.run(_finetune(**options), out, _probe(**options), parse_modules(modules), device, dtype)
     click.echo(f"{len(report['modules'])} modules at {report['point']}; {_wrote(out, report, csd.JSON)}")
 
 
@@ -778,38 +742,16 @@ def diagnose_csd(
     help="Tokens kept per module and data set.",
 )
 @quietly
-def diagnose_activations(
-    base,
-    adapter,
-    init_adapter,
-    path,
-    layers,
-    cayley_scale,
-    allow_extrapolation,
-    alpha,
-    modules,
-    out,
-    device,
-    data,
-    target,
-    split,
-    limit,
-    batch_size,
-    max_length,
-    dtype,
-    include_path,
-    probe_layers,
-    max_tokens,
-):
+def diagnose_activations(modules, out, device, dtype, probe_layers, max_tokens, **options):
     """Base vs finetuned module outputs on the same tokens: linear CKA, Procrustes residual, Gram distortion,
     cosine and norm drift (default modules: q,k,v,down at a few evenly spaced layers)."""
     from .diagnostics import activations
     from .diagnostics.common import parse_modules
 
     report = activations.run(
-        _finetune(base, adapter, init_adapter, path, layers, cayley_scale, allow_extrapolation, alpha),
+        _finetune(**options),
         out,
-        _probe(data, target, split, limit, batch_size, max_length, include_path),
+        _probe(**options),
         parse_modules(modules),
         activations.parse_layers(probe_layers),
         max_tokens,
@@ -861,24 +803,7 @@ def diagnose_activations(
 )
 @click.option("--device", default=None, help="cuda or cpu (default: cuda when present).")
 @quietly
-def arena(
-    adapter_dirs,
-    base,
-    sweeps,
-    sweeps_root,
-    diagnostics,
-    includes,
-    data,
-    target,
-    split,
-    limit,
-    batch_size,
-    max_length,
-    dtype,
-    include_path,
-    out,
-    device,
-):
+def arena(adapter_dirs, base, sweeps, sweeps_root, diagnostics, includes, out, device, dtype, **options):
     """Finetunes of one base side by side: method, trainable params, target and general scores from their sweeps,
     and the Pearson/Spearman correlation of each diagnostic with forgetting (the drop in general score).
     --include adds the rows of earlier arena reports, so one report can grow adapter by adapter."""
@@ -891,7 +816,7 @@ def arena(
         list(sweeps) or None,
         sweeps_root,
         tuple(d.strip() for d in diagnostics.split(",") if d.strip()),
-        _probe(data, target, split, limit, batch_size, max_length, include_path),
+        _probe(**options),
         device,
         dtype,
         include=list(includes),

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, fields
 from functools import cached_property
 from pathlib import Path
 
@@ -44,6 +44,11 @@ class ExportSpec(Finetune):
     force: bool = False  # replace a non-empty `out`
     dtype: str | None = None  # bf16, fp16, fp32; None or auto: the base's (merged) or the adapter's own (adapter)
     sweep_dir: str | Path | None = None  # the sweep the inputs came from (--from), which `out` spares like them
+
+    @classmethod
+    def at(cls, point: Finetune, **where) -> ExportSpec:
+        """`point` written as `where` (the fields below) says."""
+        return cls(**{f.name: getattr(point, f.name) for f in fields(Finetune)}, **where)
 
     def __post_init__(self):
         if self.fmt not in (MERGED, ADAPTER):

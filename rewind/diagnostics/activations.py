@@ -15,7 +15,7 @@ from .. import adapters, engine, models
 from ..checkpoint import Finetune
 from ..errors import RewindError
 from . import geometry
-from .common import by_type, describe, layer_plot, module_type, plan_report, report_dir, write_json
+from .common import by_type, layer_plot, module_type, plan_report, probe_report, report_dir, title
 from .data import Probe, stream, texts
 
 JSON, PLOT = "activations.json", "activations.png"
@@ -94,23 +94,9 @@ def run(
     rows, counts = _measure(model, tokenizer, rewinder, plan, names, suites, probe, max_tokens, gram_tokens)
     report_dir(out)
     summary = {data: by_type([r for r in rows if r["data"] == data], METRICS) for data in suites}
-    report = {
-        "kind": "activations",
-        **describe(plan),
-        "split": probe.split,
-        "max_length": probe.max_length,
-        "max_tokens": max_tokens,
-        "gram_tokens": gram_tokens,
-        "data": counts,
-        "probed": names,
-        "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
-        if plots
-        else [],
-        "modules": rows,
-        "summary": summary,
-    }
-    write_json(out / JSON, report)
-    return report
+    drawn = [plot(rows, list(suites), out / PLOT, title(plan))] if plots else []
+    fields = dict(max_tokens=max_tokens, gram_tokens=gram_tokens, data=counts, probed=names)
+    return probe_report(out / JSON, "activations", plan, probe, rows, summary, drawn, **fields)
 
 
 def _measure(model, tokenizer, rewinder, plan, names, suites, probe, max_tokens, gram_tokens) -> tuple[list, dict]:

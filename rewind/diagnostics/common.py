@@ -80,6 +80,20 @@ def _order(name: str) -> tuple:
     return (layer is None, -1 if layer is None else layer, name)
 
 
+def title(plan: Plan) -> str:
+    """A report plot's title: the method and the point."""
+    return f"{plan.update.method.name} {plan.point.describe()}"
+
+
+def probe_report(path: Path, kind: str, plan: Plan, probe, rows: list[dict], summary: dict, plots, **fields) -> dict:
+    """The report of a diagnostic that probes data (csd, activations), written to `path`: what it was computed on
+    and `fields`, then its plots, rows and summary."""
+    head = {"kind": kind, **describe(plan), "split": probe.split, "max_length": probe.max_length}
+    report = {**head, **fields, "plots": plots, "modules": rows, "summary": summary}
+    write_json(path, report)
+    return report
+
+
 def describe(plan: Plan) -> dict:
     """What a report was computed on: enough to tell two reports apart."""
     return {

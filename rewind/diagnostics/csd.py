@@ -20,7 +20,7 @@ import torch
 from .. import adapters, models
 from ..checkpoint import Finetune
 from ..errors import RewindError
-from .common import by_type, describe, layer_plot, matrices, module_of, module_type, plan_report, report_dir, write_json
+from .common import by_type, layer_plot, matrices, module_of, module_type, plan_report, probe_report, report_dir, title
 from .data import Probe, stream, texts
 
 JSON, PLOT = "csd.json", "csd.png"
@@ -80,20 +80,8 @@ def run(
     rows, counts = _measure(model, tokenizer, plan, _linear(model, plan, modules), suites, probe)
     summary = _summary(rows, suites)
     report_dir(out)
-    report = {
-        "kind": "csd",
-        **describe(plan),
-        "split": probe.split,
-        "max_length": probe.max_length,
-        "data": counts,
-        "plots": [plot(rows, list(suites), out / PLOT, f"{plan.update.method.name} {plan.point.describe()}")]
-        if plots
-        else [],
-        "modules": rows,
-        "summary": summary,
-    }
-    write_json(out / JSON, report)
-    return report
+    drawn = [plot(rows, list(suites), out / PLOT, title(plan))] if plots else []
+    return probe_report(out / JSON, "csd", plan, probe, rows, summary, drawn, data=counts)
 
 
 def _linear(model, plan, modules: list[str] | None) -> list[str]:

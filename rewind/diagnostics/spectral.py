@@ -20,7 +20,18 @@ from .. import adapters, models
 from ..checkpoint import Finetune
 from ..progress import Bar
 from ..updates.oft import Rotation
-from .common import by_type, describe, matrices, module_of, module_type, plan_report, pyplot, report_dir, write_json
+from .common import (
+    by_type,
+    describe,
+    matrices,
+    module_of,
+    module_type,
+    plan_report,
+    pyplot,
+    report_dir,
+    title,
+    write_json,
+)
 
 WINDOW = 5
 JSON, PROFILES = "spectral.json", "spectral_profiles.npz"
@@ -126,7 +137,7 @@ def run(
         **describe(plan),
         "window": window,
         "profiles": PROFILES,
-        "plots": plot(rows, arrays, out, f"{plan.update.method.name} {plan.point.describe()}") if plots else [],
+        "plots": plot(rows, arrays, out, title(plan)) if plots else [],
         "matrices": rows,
         "summary": by_type(rows, SCALARS),
     }
