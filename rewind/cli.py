@@ -440,18 +440,18 @@ def _metrics(values) -> dict[str, str]:
     return out
 
 
+def rule_option(flag: str, rules, help: str):
+    """The selection rule (the sweep's --select, the search's --objective), as `rule`."""
+    return click.option(
+        flag, "rule", type=click.Choice(rules), default="max-target-within", show_default=True, help=help
+    )
+
+
 @cli.command()
 @base_options
 @path_options(multiple=True)
 @sweep_options
-@click.option(
-    "--select",
-    "rule",
-    type=click.Choice(RULES),
-    default="max-target-within",
-    show_default=True,
-    help="How to pick the point (on validation scores).",
-)
+@rule_option("--select", RULES, "How to pick the point (on validation scores).")
 @quietly
 def sweep(out, **options):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
@@ -469,13 +469,10 @@ def sweep(out, **options):
 @base_options
 @path_options(multiple=True)
 @sweep_options
-@click.option(
+@rule_option(
     "--objective",
-    "rule",
-    type=click.Choice(SCALAR_RULES),
-    default="max-target-within",
-    show_default=True,
-    help="What the search maximises on validation (the sweep's selection rule; also picks the export).",
+    SCALAR_RULES,
+    "What the search maximises on validation (the sweep's selection rule; also picks the export).",
 )
 @click.option(
     "--groups",

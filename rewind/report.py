@@ -28,10 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files, models, pareto
+from . import files, models, pareto, report_plots
 from .errors import RewindError
 from .evaluate.harness import suite_means
-from .plots import pareto_plot
 from .results import (
     BASE,
     FINAL,
@@ -203,13 +202,7 @@ class Report:
         """summary.json and pareto.png into dir `out`; returns the summary."""
         summary = self.summary()
         files.write_json(Path(out) / SUMMARY_FILE, summary)
-        pareto_plot(
-            summary["points"],
-            set(summary["frontier"]),
-            summary["selected"]["key"],
-            Path(out) / PLOT_FILE,
-            title=f"{summary['method']} on {summary['base']} ({', '.join(summary['paths'])})",
-        )
+        report_plots.frontier_png(summary, Path(out) / PLOT_FILE)
         return summary
 
 

@@ -19,7 +19,7 @@ from . import files
 from . import report_plots as plots
 from .errors import RewindError
 from .report import SUMMARY_FILE
-from .results import RESULTS_FILE, SEARCH_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact
+from .results import RESULTS_FILE, SEARCH_FILE, SWEEP_FILE, TEST, VALIDATION, ResultsLog, compact, search_rows
 
 REPORT_FILE = "report.html"
 ATTACHED_JSON = ("arena.json", "spectral.json", "csd.json", "activations.json")  # what marks a diagnostics dir
@@ -114,21 +114,21 @@ def render(report: Page) -> str:
         _verdict(report),
         _figure(
             "Frontier: target vs general (validation)",
-            plots.frontier(report),
+            plots.frontier(report.summary),
             "frontier",
             "Each path runs from the base (α = 0) to the final adapter (α = 1). Larger target and general "
             "are both better; squares mark the Pareto frontier, the red ring the selected point.",
         ),
         _figure(
             "Target and general against α",
-            plots.against_alpha(report),
+            plots.against_alpha(report.summary),
             "alpha",
             "One line per path; the dotted line is the lowest general score the rule accepts."
             if s["rule"] == "max-target-within"
             else "One line per path.",
         ),
     ]
-    trajectory = plots.trajectory(report)
+    trajectory = plots.trajectory(report.summary)
     if trajectory:
         sections.append(
             _figure("Training trajectory", trajectory, "trajectory", "Checkpoints of the training run, by step.")
@@ -411,9 +411,7 @@ def _search(report: Page) -> str:
     if not found:
         return ""
     rows = []
-    for name in ("base", "final", "best_uniform", "searched"):
-        row = found[name]
-        test = row.get("test") or {}
+    for name, row, test in search_rows(found):
         rows.append(
             f"<tr><td>{_e(name.replace('_', ' '))}</td><td class=l>{_e(point_name(row))}</td>"
             f"<td>{row['target']:.2f}</td><td>{row['general']:.2f}</td>"

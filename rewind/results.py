@@ -111,6 +111,12 @@ class Scored:
         return {"key": self.key, **self.point.fields(), **scores, **self.passes}
 
 
+def search_rows(search: dict):
+    """(name, validation row, test row or {}) of search.json's base, final, best uniform and searched points."""
+    for name in ("base", "final", "best_uniform", "searched"):
+        yield name, search[name], search[name].get("test") or {}
+
+
 def compact(values: Iterable[float]) -> str:
     """Run-length form of a per-layer schedule: 0.6x8,0.8x8,1x14 (short keys for tables and plots)."""
     runs = ((v, len(list(run))) for v, run in itertools.groupby(values))

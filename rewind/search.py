@@ -20,7 +20,7 @@ from . import files
 from . import sweep as sweeper
 from .errors import RewindError
 from .report import Report, Rule
-from .results import SEARCH_FILE, VALIDATION, Point, Scored
+from .results import SEARCH_FILE, VALIDATION, Point, Scored, search_rows
 from .session import Session
 
 
@@ -196,9 +196,7 @@ def report_table(report: dict) -> str:
         f"{len(report['groups'])} layer groups, start {report['start']}",
         f"{'point':<12} {'val target':>10} {'val general':>11} {'test target':>11} {'test general':>12}  key",
     ]
-    for name in ("base", "final", "best_uniform", "searched"):
-        row = report[name]
-        test = row.get("test") or {}
+    for name, row, test in search_rows(report):
         lines.append(
             f"{name:<12} {row['target']:>10.2f} {row['general']:>11.2f} "
             f"{test.get('target', float('nan')):>11.2f} {test.get('general', float('nan')):>12.2f}  "

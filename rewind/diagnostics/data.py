@@ -97,20 +97,8 @@ def stream(
     that module, padding removed, in token order. Stops after `max_tokens` tokens. Returns the tokens seen."""
     if where not in ("input", "output"):
         raise ValueError("where: input or output")
-    named = dict(model.named_modules())
     valid: dict[str, torch.Tensor] = {}
-
-    def hook(consume):
-        if where == "input":
-            return lambda module, args: consume(args[0][valid["mask"]])
-        return lambda module, args, out: consume((out[0] if isinstance(out, tuple) else out)[valid["mask"]])
-
-    handles = [
-        (named[name].register_forward_pre_hook if where == "input" else named[name].register_forward_hook)(
-            hook(consume)
-        )
-        for name, consume in modules.items()
-    ]
+    handles = _tap(model, modules, where, valid)
     device = next(model.parameters()).device
     seen = 0
     try:
@@ -140,3 +128,16 @@ def stream(
         for handle in handles:
             handle.remove()
     return seen
+
+
+def _tap(model, modules: Mapping[str, Callable[[torch.Tensor], None]], where: str, valid: dict) -> list:
+    """Hooks that hand each named module's input or output, at the tokens of valid["mask"], to its consumer."""
+    named = dict(model.named_modules())
+
+    def hook(consume):
+        if where == "input":
+            return lambda module, args: consume(args[0][valid["mask"]])
+        return lambda module, args, out: consume((out[0] if isinstance(out, tuple) else out)[valid["mask"]])
+
+    register = "register_forward_pre_hook" if where == "input" else "register_forward_hook"
+    return [getattr(named[name], register)(hook(consume)) for name, consume in modules.items()]
