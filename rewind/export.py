@@ -12,19 +12,22 @@ another dtype: merged in fp32 and rounded once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
+import math
 import os
 import re
 import shutil
-from dataclasses import KW_ONLY, dataclass, fields
-from functools import cached_property
+import threading
+from dataclasses import KW_ONLY, dataclass, fields, replace
+from functools import cached_property, partial
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, adapters, methods, models, outdir
+from . import __version__, adapters, methods, models, outdir, pipeline, tensorio
 from .checkpoint import BaseTensors, Finetune, Plan
 from .errors import RewindError
 from .updates.full import Replace
@@ -138,8 +141,9 @@ def _check_adapter_format(p: ExportPlan) -> None:
                 method.kind.check_scale(name, delta, p.alphas[name], cayley_scale=p.point.cayley_scale)
 
 
-def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
-    """Carry out a plan. Returns the output dir.
+def write(p: ExportPlan, device: str = "cpu", verify: bool = False, settings: pipeline.Settings | None = None) -> Path:
+    """Carry out a plan. Returns the output dir. `settings`: the pipeline's threads and bytes in flight (default:
+    `pipeline_settings`).
 
     `verify`: before the result is moved into place, reload it (transformers for a merged checkpoint, peft for an
     adapter) and compare its logits on a fixed prompt with the in-memory model at the same point (`engine.attach`
@@ -160,7 +164,8 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
     try:
         with scratch:
             tmp = scratch.path
-            files = _write_merged(p, tmp, device) if p.fmt == MERGED else _write_adapter(p, tmp)
+            settings = settings or pipeline_settings(p)
+            files = _write_merged(p, tmp, device, settings) if p.fmt == MERGED else _write_adapter(p, tmp, settings)
             if verify:
                 p.verified = verify_export(p, tmp, device)
             (tmp / "README.md").write_text(model_card(p, files))
@@ -178,6 +183,18 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False) -> Path:
         _remove_empty(created)
         raise
     return p.out
+
+
+def pipeline_settings(p: ExportPlan) -> pipeline.Settings:
+    """Half the largest shard in flight (64 MiB to 2 GiB): enough tensors to keep every worker and writer busy, and
+    peak memory still well under one shard + the adapter."""
+    cores = os.cpu_count() or 1
+    largest = max(shard.stat().st_size for shard in p.shards)
+    return pipeline.Settings(
+        workers=min(8, max(2, cores)),
+        files_at_once=min(4, max(2, cores // 2)),
+        in_flight=min(max(largest // 2, 64 << 20), 2 << 30),
+    )
 
 
 # safetensors' words for an OS error: "I/O error: No space left on device (os error 28)" (0.6+), or
@@ -269,28 +286,17 @@ def export(base, adapter, out, *, device: str = "cpu", verify: bool = False, **o
     return write(plan(ExportSpec(adapter=adapter, base=base, out=out, **options)), device, verify)
 
 
-def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    checksums = {}
-    # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
-    with tqdm(total=sum(len(_keys(s)) for s in p.shards), desc="export", unit="tensor", leave=False) as bar:
+def _write_merged(p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings) -> dict[str, str]:
+    with contextlib.ExitStack() as stack:
+        lanes, jobs = [], {}
         for shard in p.shards:
-            tensors = {}
-            with safe_open(shard, "pt") as f:
-                for name in f.keys():
-                    if name in p.alphas:
-                        w = _moved(p, shard, name, device)
-                    else:
-                        w = f.get_tensor(name)  # untouched: its pages are read once, by save_file
-                        if p.dtype is not None and w.is_floating_point() and w.dtype != p.dtype:
-                            w = _finite(p, name, w.to(p.dtype))
-                    tensors[name] = w.contiguous()
-                    bar.update()
-            save_file(tensors, tmp / shard.name, metadata={"format": "pt"})
-            checksums[shard.name] = adapters.sha256(tmp / shard.name)
-            del tensors
+            lane, lane_jobs = _merged_lane(p, stack.enter_context(tensorio.ShardReader(shard)), tmp, device)
+            lanes.append(lane)
+            jobs.update(lane_jobs)
+        # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
+        with tqdm(total=len(jobs), desc="export", unit="tensor", leave=False) as bar:
+            sums, _ = pipeline.run(lanes, jobs, settings, bar.update)
+    checksums = {lane.path.name: digest for lane, digest in zip(lanes, sums)}
     for extra in sorted(p.base_dir.iterdir()):
         if extra.is_file() and not extra.name.endswith(_NOT_COPIED) and extra.name != "README.md":
             shutil.copy2(extra, tmp / extra.name)
@@ -301,17 +307,59 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str) -> dict[str, str]:
     return checksums
 
 
-def _moved(p: ExportPlan, shard: Path, name: str, device: str) -> torch.Tensor:
-    """W(alpha) of one updated tensor, on the CPU, finite. With --dtype: computed from W0 in fp32, rounded once."""
-    from safetensors import safe_open
+def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str):
+    """One output shard: its layout (save_file's for the same tensors) and a job per tensor, costed in the bytes it
+    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in."""
+    jobs, specs = {}, {}
+    on_cpu = torch.device(device).type == "cpu"
+    for name, entry in reader.entries.items():
+        dtype, numel = entry.torch_dtype, math.prod(entry.shape)
+        if name in p.alphas:
+            out, make = p.dtype or dtype, partial(_moved, p, reader, name, device)
+            cost = entry.nbytes + numel * out.itemsize + (8 * numel if on_cpu else 0)
+        elif p.dtype is not None and dtype.is_floating_point and dtype != p.dtype:
+            out, make = p.dtype, partial(_converted, p, reader, name)
+            cost = entry.nbytes + numel * out.itemsize
+        else:  # untouched: its bytes as they are
+            out, make, cost = dtype, partial(_kept, reader, name), entry.nbytes
+        specs[name] = (out, entry.shape)
+        jobs[name] = pipeline.Job(make, cost)
+    header, names = tensorio.layout(specs)
+    return pipeline.Lane(tmp / reader.path.name, header, names), jobs
 
-    # Through a mapping of its own, unmapped once W is computed: read through the shard's open handle, W0's pages
-    # would stay resident until the shard is saved, next to W (peak: shard + updated part).
-    with safe_open(shard, "pt") as one:
-        w0 = one.get_tensor(name).to(device)
-    if p.dtype is not None:
-        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
-    return _finite(p, name, p.moved(name, w0, p.dtype).cpu())
+
+def _moved(p: ExportPlan, reader: tensorio.ShardReader, name: str, device: str) -> dict[str, torch.Tensor]:
+    """W(alpha) of one updated tensor, on the CPU, finite. With --dtype: computed from W0 in fp32, rounded once."""
+    with _stream(device):
+        w0 = reader.read(name).to(device)
+        if p.dtype is not None:
+            w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
+        return {name: _finite(p, name, p.moved(name, w0, p.dtype)).cpu()}
+
+
+def _converted(p: ExportPlan, reader: tensorio.ShardReader, name: str) -> dict[str, torch.Tensor]:
+    return {name: _finite(p, name, reader.read(name).to(p.dtype))}
+
+
+def _kept(reader: tensorio.ShardReader, name: str) -> dict[str, torch.Tensor]:
+    return {name: reader.read(name)}
+
+
+_STREAMS = threading.local()
+
+
+@contextlib.contextmanager
+def _stream(device: str):
+    """On CUDA, each worker thread's copies and kernels on a stream of its own: one tensor's transfers overlap
+    another's merge, instead of queueing behind it on the default stream."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    streams = _STREAMS.__dict__.setdefault("by_device", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    with torch.cuda.stream(streams[device]):
+        yield
 
 
 def _finite(p: ExportPlan, name: str, t: torch.Tensor) -> torch.Tensor:
@@ -340,47 +388,60 @@ def _set_config_dtype(config: Path, dtype: torch.dtype) -> None:
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _keys(shard: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(shard, "pt") as f:
-        return list(f.keys())
-
-
-def _write_adapter(p: ExportPlan, tmp: Path) -> dict[str, str]:
-    """The adapter itself with its trained parameters scaled by its kind, so peft's own loading gives W(alpha)."""
-    from safetensors.torch import save_file
-
+def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings) -> dict[str, str]:
+    """The adapter itself with its trained parameters scaled by its kind, so peft's own loading gives W(alpha).
+    A job per module (and per tensor stored whole), run by the pipeline's workers. Unbudgeted: what is in flight is
+    at most the adapter's own size (the "+ adapter" of the memory bound); base tensors are read inside a job."""
     tensors = adapters.load_safetensors(p.adapter / adapters.ADAPTER_WEIGHTS)
     if p.dtype is not None:  # scaled in fp32, rounded once to --dtype below
         tensors = {key: t.float() if t.is_floating_point() else t for key, t in tensors.items()}
-    base = p.tensors
-    whole, by_module, _ = adapters.split_keys(tensors, base.shapes, p.update.method)
-    tensors_out = dict(tensors)  # what the path does not move stays as stored
-    for key, name in whole.items():  # modules_to_save: interpolate
-        t = tensors[key]
-        tensors_out[key] = torch.lerp(base(name).float(), t.float(), p.alphas[name]).to(t.dtype)
+    whole, by_module, _ = adapters.split_keys(tensors, p.tensors.shapes, p.update.method)
+    jobs = {key: pipeline.Job(partial(_lerped, p, tensors, key, name)) for key, name in whole.items()}
     for module, leaves in by_module.items():
-        weight = f"{module}.weight"
-        parts = {leaf: tensors[key] for leaf, key in leaves.items()}
-        scaled = p.update.method.kind.scale(
-            parts,
-            p.update.deltas[weight],
-            p.alphas[weight],
-            lambda weight=weight: base(weight),
-            cayley_scale=p.point.cayley_scale,
-        )
-        tensors_out.update({leaves[leaf]: t.to(parts[leaf].dtype) for leaf, t in scaled.items()})
-    for key, t in tensors_out.items():
-        rounded = t.to(p.dtype) if p.dtype is not None and t.is_floating_point() else t
-        tensors_out[key] = _finite(p, key, rounded).contiguous()
-    save_file(tensors_out, tmp / adapters.ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    checksums = {adapters.ADAPTER_WEIGHTS: adapters.sha256(tmp / adapters.ADAPTER_WEIGHTS)}
+        job = pipeline.Job(partial(_scaled, p, tensors, module, leaves))
+        jobs.update(dict.fromkeys(leaves.values(), job))
+    for key in tensors.keys() - jobs.keys():  # what the path does not move stays as stored
+        jobs[key] = pipeline.Job(partial(_rounded, p, {key: tensors[key]}))
+    out = {
+        key: (p.dtype if p.dtype is not None and t.is_floating_point() else t.dtype, t.shape)
+        for key, t in tensors.items()
+    }
+    header, names = tensorio.layout(out)
+    lane = pipeline.Lane(tmp / adapters.ADAPTER_WEIGHTS, header, names)
+    (digest,), _ = pipeline.run([lane], jobs, replace(settings, in_flight=None))
+    checksums = {adapters.ADAPTER_WEIGHTS: digest}
     for extra in (adapters.ADAPTER_CONFIG, methods.SIDECAR):
         if (p.adapter / extra).is_file():
             shutil.copy2(p.adapter / extra, tmp / extra)
             checksums[extra] = adapters.sha256(tmp / extra)
     return checksums
+
+
+def _lerped(p: ExportPlan, tensors: dict[str, torch.Tensor], key: str, name: str) -> dict[str, torch.Tensor]:
+    """A tensor peft stores whole (modules_to_save): interpolated from the base's."""
+    t = tensors[key]
+    return _rounded(p, {key: torch.lerp(p.tensors(name).float(), t.float(), p.alphas[name]).to(t.dtype)})
+
+
+def _scaled(p: ExportPlan, tensors, module: str, leaves: dict[str, str]) -> dict[str, torch.Tensor]:
+    """One module's adapter tensors scaled by its kind (the leaves it does not scale stay as stored)."""
+    weight = f"{module}.weight"
+    parts = {leaf: tensors[key] for leaf, key in leaves.items()}
+    scaled = p.update.method.kind.scale(
+        parts,
+        p.update.deltas[weight],
+        p.alphas[weight],
+        lambda: p.tensors(weight),
+        cayley_scale=p.point.cayley_scale,
+    )
+    parts.update({leaf: t.to(parts[leaf].dtype) for leaf, t in scaled.items()})
+    return _rounded(p, {leaves[leaf]: t for leaf, t in parts.items()})
+
+
+def _rounded(p: ExportPlan, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """In --dtype (where given), checked finite."""
+    rounded = {key: t.to(p.dtype) if p.dtype is not None and t.is_floating_point() else t for key, t in tensors.items()}
+    return {key: _finite(p, key, t).contiguous() for key, t in rounded.items()}
 
 
 def model_card(p: ExportPlan, checksums: dict[str, str]) -> str:

@@ -188,10 +188,10 @@ def cuda_missing(case_dir, monkeypatch):
 
 
 def disk_full(case_dir, monkeypatch):
-    def save_file(*args, **kwargs):
+    def write(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("safetensors.torch.save_file", save_file)
+    monkeypatch.setattr("rewind.tensorio.ShardWriter.write", write)
 
 
 def results_disk_full(case_dir, monkeypatch):

@@ -197,17 +197,19 @@ def test_results_log_reads_whole_points_only(tmp_path):
 
 
 SLOW_EXPORT = """
-import pathlib, sys, time
-import safetensors.torch as st
+import pathlib, sys, threading, time
+from rewind import tensorio
 
-real, marker = st.save_file, pathlib.Path(sys.argv[1])
+real, marker, lock = tensorio.ShardWriter.close, pathlib.Path(sys.argv[1]), threading.Lock()
 
-def slow_save(tensors, filename, metadata=None):
-    real(tensors, filename, metadata=metadata)
-    marker.write_text(str(int(marker.read_text() or 0) + 1) if marker.exists() else "1")
+def slow_close(self):
+    digest = real(self)
+    with lock:  # shards are written in parallel
+        marker.write_text(str(int(marker.read_text() or 0) + 1) if marker.exists() else "1")
     time.sleep(0.4)
+    return digest
 
-st.save_file = slow_save
+tensorio.ShardWriter.close = slow_close
 from rewind.cli import main
 main(sys.argv[2:])
 """

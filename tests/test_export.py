@@ -339,7 +339,7 @@ def test_failure_mid_write_leaves_no_half_checkpoint(base, base_dir, tmp_path, m
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    monkeypatch.setattr("rewind.tensorio.ShardWriter.write", disk_full)
     with pytest.raises(RewindError, match="No space left on device"):
         export.write(plan)
     _assert_nothing_written(tmp_path, tmp_path / "out")

@@ -68,18 +68,16 @@ def test_verify_in_bf16(bases, tmp_path):
 def test_verify_refuses_a_wrong_checkpoint(damage, bases, tmp_path, monkeypatch):
     """A writer that gets one tensor slightly wrong (or a config copy that changes the model) is caught; nothing
     reaches --out and the temp dir is gone."""
-    import safetensors.torch
+    from rewind import tensorio
 
-    real = safetensors.torch.save_file
+    real = tensorio.ShardWriter.write
 
-    def bad_save(tensors, filename, metadata=None):
-        if damage == "perturb":
-            name = next((n for n in tensors if "layers.1.self_attn.q_proj" in n), None)
-            if name is not None:
-                tensors = {**tensors, name: tensors[name] + 1e-2}
-        real(tensors, filename, metadata=metadata)
+    def bad_write(self, name, tensor):
+        if damage == "perturb" and "layers.1.self_attn.q_proj" in name:
+            tensor = tensor + 1e-2
+        real(self, name, tensor)
 
-    monkeypatch.setattr(safetensors.torch, "save_file", bad_save)
+    monkeypatch.setattr(tensorio.ShardWriter, "write", bad_write)
     if damage == "drop-config-field":
         real_copy = export.shutil.copy2
 

@@ -1,0 +1,157 @@
+"""Issue 19: export's pipeline (reading, merging and writing overlap in threads) writes what a sequential export
+writes, byte for byte; a failure in a worker thread is the same one-line error with nothing left behind; and the
+bytes in flight stay within the pipeline's budget."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import os
+import threading
+import time
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tiny import make_adapter, tiny_base
+
+from rewind import export, pipeline, tensorio
+from rewind.errors import RewindError
+
+SEQUENTIAL = pipeline.Settings(workers=1, files_at_once=1, in_flight=1)  # one tensor at a time, in file order
+BUSY = pipeline.Settings(workers=3, files_at_once=3, in_flight=64 << 10)  # several shards and tensors at once
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("base")
+    model = tiny_base()
+    model.save_pretrained(d, max_shard_size="100KB")
+    assert len(list(d.glob("*.safetensors"))) >= 5
+    return model, d
+
+
+def _files(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "README.md"}  # the card has a date
+
+
+def _old_merged_export(p: export.ExportPlan, out) -> None:
+    """The export before the pipeline: each shard's tensors merged one by one, saved by safetensors' save_file."""
+    out.mkdir()
+    for shard in p.shards:
+        tensors = {}
+        with safe_open(shard, "pt") as f:
+            for name in f.keys():
+                w = f.get_tensor(name)
+                tensors[name] = (p.moved(name, w.float() if p.dtype else w, p.dtype) if name in p.alphas else w).to(
+                    p.dtype or w.dtype
+                )
+        save_file(tensors, out / shard.name, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("kind", ["lora", "oft"])
+@pytest.mark.parametrize("fmt,dtype", [("merged", None), ("merged", "bf16"), ("adapter", None), ("adapter", "bf16")])
+def test_pipeline_writes_what_a_sequential_export_writes(kind, fmt, dtype, base, tmp_path):
+    model, base_dir = base
+    make_adapter(kind, model, tmp_path / "a")
+    spec = dict(adapter=tmp_path / "a", base=base_dir, alpha=0.4, fmt=fmt, dtype=dtype)
+    for name, settings in [("sequential", SEQUENTIAL), ("busy", BUSY), ("default", None)]:
+        export.write(export.plan(export.ExportSpec(out=tmp_path / name, **spec)), settings=settings)
+    want = _files(tmp_path / "sequential")
+    assert _files(tmp_path / "busy") == want and _files(tmp_path / "default") == want
+    for name in [n for n in want if n.endswith(".safetensors")]:  # save_file's layout, header and metadata
+        save_file(load_file(tmp_path / "busy" / name), tmp_path / "resaved", metadata={"format": "pt"})
+        assert (tmp_path / "resaved").read_bytes() == want[name], name
+    if fmt == "merged":
+        _old_merged_export(export.plan(export.ExportSpec(out=tmp_path / "unused", **spec)), tmp_path / "old")
+        shards = {n: b for n, b in want.items() if n.endswith(".safetensors")}
+        assert len(shards) >= 5 and shards == _files(tmp_path / "old")
+
+
+def test_a_worker_error_is_the_one_line_error_and_nothing_is_left(base, tmp_path, capsys):
+    """A tensor that overflows fp16 is found by a worker thread, mid-export, while other shards are being written:
+    the CLI prints the same one line as the sequential export did, and --out and its temp dir are gone."""
+    from rewind.cli import main
+
+    model, _ = base
+    fp16 = tmp_path / "fp16"
+    copy.deepcopy(model).half().save_pretrained(fp16, max_shard_size="60KB")
+    make_adapter("lora", model, tmp_path / "a")
+    tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    big = {k: t * 1e7 if "layers.2.mlp.down_proj.lora_B" in k else t for k, t in tensors.items()}  # in a late shard
+    save_file(big, tmp_path / "a" / "adapter_model.safetensors")
+    argv = ["export", "--base", str(fp16), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "x" / "out")]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    lines = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    err = [line for line in lines if "%|" not in line]  # progress bars aside
+    assert done.value.code != 0 and len(err) == 1 and err[0].startswith("rewind:"), lines
+    assert "model.layers.2.mlp.down_proj.weight:" in err[0] and "non-finite values" in err[0], err
+    assert not (tmp_path / "x").exists()  # neither --out nor its temp dir, nor the dir made for them
+
+
+def test_a_read_error_in_a_worker_stops_every_thread_and_leaves_nothing(base, tmp_path, monkeypatch):
+    model, base_dir = base
+    make_adapter("oft", model, tmp_path / "a")
+    real, seen = tensorio.ShardReader.read, []
+
+    def failing_read(self, name):
+        seen.append(name)
+        if name == "model.layers.1.mlp.up_proj.weight":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(self, name)
+
+    monkeypatch.setattr(tensorio.ShardReader, "read", failing_read)
+    p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "x" / "out", alpha=0.5))
+    with pytest.raises(RewindError, match=r"^--out .*: writing failed \(Input/output error\); nothing was written"):
+        export.write(p, settings=BUSY)
+    assert 0 < len(seen) < sum(len(tensorio.read_header(s)) for s in p.shards)  # it stopped, mid-export
+    assert not (tmp_path / "x").exists()  # neither --out nor its temp dir, nor the dir made for them
+
+
+def test_the_bytes_in_flight_stay_within_the_budget(base, tmp_path, monkeypatch):
+    """A slow writer: reading and merging run ahead of it until the budget stops them, and no further."""
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "out", alpha=0.5))
+    sizes = {n: e.nbytes for s in p.shards for n, e in tensorio.read_header(s).items()}
+    budget = 160 << 10  # above any one tensor's cost (merged on CPU: 16 bytes a float), a third of the model
+    assert max(16 * size // 4 for size in sizes.values()) <= budget < sum(sizes.values())
+    lock, live, peaks = threading.Lock(), [0], []
+    real_read, real_write = tensorio.ShardReader.read, tensorio.ShardWriter.write
+
+    def read(self, name):
+        with lock:
+            live[0] += sizes[name]
+            peaks.append(live[0])
+        return real_read(self, name)
+
+    def slow_write(self, name, tensor):
+        time.sleep(0.005)
+        real_write(self, name, tensor)
+        with lock:
+            live[0] -= sizes[name]
+
+    monkeypatch.setattr(tensorio.ShardReader, "read", read)
+    monkeypatch.setattr(tensorio.ShardWriter, "write", slow_write)
+    export.write(p, settings=pipeline.Settings(workers=4, files_at_once=2, in_flight=budget))
+    assert live[0] == 0 and len(peaks) == len(sizes)
+    assert max(peaks) <= budget  # the bound holds...
+    assert max(peaks) > 2 * max(sizes.values())  # ...and was reached: reading ran ahead of the writer
+    export.write(
+        export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "unbounded", alpha=0.5)),
+        settings=pipeline.Settings(workers=4, files_at_once=2, in_flight=None),
+    )
+    assert max(peaks) > budget  # without it, the same export holds more: the budget is what bounded it
+
+
+def test_order_starts_a_file_only_after_the_one_before_it_in_its_slot():
+    order = list(pipeline._order([2, 1, 3, 0, 2], 2))
+    starts = [lane for lane, i in order if i is None]
+    assert sorted(starts) == [0, 1, 2, 3, 4]
+    for lane, _ in [(lane, i) for lane, i in order if i is None and lane >= 2]:
+        before = lane - 2
+        last = max(k for k, (j, i) in enumerate(order) if j == before)
+        assert order.index((lane, None)) > last  # its slot's previous file is fully started
+    assert [i for j, i in order if j == 2 and i is not None] == [0, 1, 2]  # each file's tensors in file order
+    assert len(order) == 5 + 8
