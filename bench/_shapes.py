@@ -27,6 +27,17 @@ LOCAL_SHAPES = {
         "head_dim": 64,
         "tie_word_embeddings": True,
     },
+    # Qwen2.5-0.5B's config.json fields (Qwen/Qwen2.5-0.5B): a ~1 GB bf16 checkpoint, export_rss's CPU size.
+    "qwen0.5b": {
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+    },
     # Small enough for a 2-core CPU to run many passes (grid_forward.py's default); not a real model's shape.
     "llama-small": {
         "model_type": "llama",
@@ -43,6 +54,7 @@ SHAPE_NAMES = {
     "llama-small": "Llama 256x4 (bench-local)",
     "smollm2": "SmolLM2-135M",
     "llama1b": "Llama-3.2-1B",
+    "qwen0.5b": "Qwen2.5-0.5B",
     "llama": "Llama-3.2-3B",
     "qwen": "Qwen2.5-7B",
 }

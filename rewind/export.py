@@ -1,10 +1,12 @@
 """Write a point of a path to disk: a merged HF checkpoint (default) or, where that is exact, a peft adapter.
 
 An `ExportSpec` says what to write; `plan` checks it (the base and the point through `checkpoint.Plan`, the output
-dir through outdir.py) and decides every tensor's alpha, so `--dry-run` shows the plan. Writing streams tensor by
-tensor, shard by shard (peak memory: one shard plus the adapter), into a temporary dir next to `out` that is renamed
-into place only when complete: no half checkpoint is ever visible at `out` (outdir.py: `out` never touches an
-input, and a killed export's temporary dir goes at the next export there).
+dir through outdir.py) and decides every tensor's alpha, so `--dry-run` shows the plan. Writing is a pipeline
+(pipeline.py): worker threads read and merge tensor by tensor while writer threads write the finished ones into
+several shards at once, with the bytes in flight bounded (peak memory under one shard plus the adapter), into a
+temporary dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at
+`out` (outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
+The files are byte-identical to safetensors' save_file of the same tensors (tensorio.py).
 
 Every tensor rewind computes or converts is checked finite as it is written. `dtype` (--dtype) writes the point in
 another dtype: merged in fp32 and rounded once.
