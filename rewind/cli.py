@@ -380,6 +380,14 @@ _SWEEP_OPTIONS = [
         help="lm-eval batch size: a number or auto (default: auto on GPU, 8 on CPU).",
     ),
     click.option(
+        "--batch-points",
+        default="auto",
+        show_default=True,
+        help="Points of one path evaluated in one batched pass per task, each row at its point (grid mode); 1: "
+        "point by point. auto: all of a path's points, on the tasks where it pays (generation; loglikelihood "
+        "only on a GPU and a model of at most 1B parameters).",
+    ),
+    click.option(
         "--chat-template",
         type=click.Choice(CHAT_TEMPLATE_MODES),
         default="auto",
@@ -418,7 +426,7 @@ def _sweep_spec(adapter, path, layers, alphas, target, general, include_path, me
     )
 
 
-def _continued_spec(out, rule, tolerance, weight, device, batch_size):
+def _continued_spec(out, rule, tolerance, weight, device, batch_size, batch_points):
     """The SweepSpec of the sweep in `out`, with the rule and where to run it as given now."""
     from .session import SweepSpec
     from .sweep import load
@@ -426,7 +434,7 @@ def _continued_spec(out, rule, tolerance, weight, device, batch_size):
     record, _ = load(out)
     spec = SweepSpec(**record["spec"])
     spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
-    spec.batch_size = batch_size or spec.batch_size
+    spec.batch_size, spec.batch_points = batch_size or spec.batch_size, batch_points
     return spec
 
 
@@ -510,7 +518,7 @@ def search(out, groups, budget, step, min_step, **options):
     if options["adapter"] is not None:
         spec = _sweep_spec(**options)
     else:
-        keep = ("rule", "tolerance", "weight", "device", "batch_size")
+        keep = ("rule", "tolerance", "weight", "device", "batch_size", "batch_points")
         spec = _continued_spec(out, **{key: options[key] for key in keep})
     search_path = next((p for p in options["path"] if p not in (paths.AUTO, LAYERWISE)), None)  # a path named
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)

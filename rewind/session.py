@@ -18,10 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import adapters, engine, files, models, paths, progress, results
+from . import adapters, engine, files, grouping, models, paths, progress, results
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
-from .results import RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
+from .results import BASE, RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
 from .schedule import Schedule
 
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -52,6 +52,7 @@ class SweepSpec:
     chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
     include_path: list[str] = field(default_factory=list)  # dirs of task YAMLs, as lm-eval's --include_path
     metric: dict[str, str] = field(default_factory=dict)  # {task or suite: lm-eval metric} scoring it
+    batch_points: int | str = "auto"  # points per grid pass (grouping.py); 1: point by point. Not in the run id
 
     def checkpoint_dirs(self) -> list[Path]:
         if not self.checkpoints:
@@ -105,6 +106,7 @@ class SweepSpec:
             raise RewindError(f"--limit {self.limit}: give at least 1 item per task")
         if any(k < 1 for k in self.pass_k):
             raise RewindError(f"--pass-k {','.join(map(str, self.pass_k))}: k must be at least 1")
+        self.batch_points = grouping.parse(self.batch_points)
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise RewindError(f"--chat-template {self.chat_template}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
@@ -150,6 +152,8 @@ class Session:
         self.chat = self._chat_template()
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
+        self.grids: dict[str, object] = {}  # path -> its installed rewind.grid.Grid, or None: it cannot grid
+        self.grid_lms: dict[str, object] = {}  # split -> its evaluate.grid_lm.GridLM
         self._evaluators()
 
     def _path_names(self) -> list[str]:
@@ -236,13 +240,19 @@ class Session:
         return results.finished(self.records(), self.tasks)
 
     def evaluate(self, points: list[Point], split: str) -> list[dict]:
-        """Score on `split` each of `points` that this run has not scored there yet; returns the new lines."""
+        """Score on `split` each of `points` that this run has not scored there yet; returns the new lines. Points
+        of one path are scored in groups, one grid pass per task (--batch-points; grouping.py)."""
         done, out = self.finished(), []
         todo = [point for point in dict.fromkeys(points) if (point.key, split) not in done]
         if self.bar is not None:
             self.bar.cover(len(todo) * self.tasks)
-        for point in todo:
-            out += self._evaluate(point, split)
+        for group in grouping.groups(todo, self.spec.batch_points, self.path_names[0]):
+            grid = self._grid(grouping.path_of(group[0], self.path_names[0])) if len(group) > 1 else None
+            if grid is None:
+                for point in group:
+                    out += self._evaluate(point, split)
+            else:
+                out += self._evaluate_group(group, split, grid)
         return out
 
     def _evaluate(self, point: Point, split: str) -> list[dict]:
@@ -250,13 +260,47 @@ class Session:
         start = time.perf_counter()
         self._move(point)
         switch = time.perf_counter() - start
-        tick = None
-        if self.bar is not None:
-            self.bar.at(f"{point.key} {split}")
-            tick = lambda _task: self.bar.update(1)  # noqa: E731
-        scored = self.evaluators[split].run(tick)
-        elapsed = time.perf_counter() - start
-        records = [
+        self._at(point, split)
+        scored = self.evaluators[split].run(self._tick)
+        records = self._lines(point, split, [(r, "point") for r in scored], 1, switch, time.perf_counter() - start)
+        self.log.append(records)
+        return records
+
+    def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
+        """Score `points` (of one path) on `split`, task by task: one grid pass for the points where the task grids,
+        else point by point; then append each point's lines (a kill loses at most this group)."""
+        from .evaluate import grid_lm
+
+        start, evaluator, switch = time.perf_counter(), self.evaluators[split], 0.0
+        at = [self._engine_point(p) for p in points]
+        scored: list[list] = [[] for _ in points]
+        self._at(points[0], split, len(points))
+        for entry in evaluator.entries:
+            types = [leaf.get_config("output_type") for leaf in entry.loaded["tasks"].values()]
+            if grouping.grids(types, self.model, self.spec.batch_points):
+                self._move(BASE)  # the grid's branches add each row's point to the base weights
+                results = grid_lm.score(evaluator, entry, self._grid_lm(split), grid, at)
+                for mine, result in zip(scored, results):
+                    mine.append((result, "grid"))
+                    self._tick(entry.name)
+                continue
+            for point, mine in zip(points, scored):
+                moved = time.perf_counter()
+                self._move(point)
+                switch += time.perf_counter() - moved
+                mine.append((evaluator.score(entry), "point"))
+                self._tick(entry.name)
+        share = (time.perf_counter() - start) / len(points)
+        out = []
+        for point, mine in zip(points, scored):
+            records = self._lines(point, split, mine, len(points), switch / len(points), share)
+            self.log.append(records)
+            out += records
+        return out
+
+    def _lines(self, point: Point, split: str, scored: list, group: int, switch: float, seconds: float) -> list[dict]:
+        """A point's lines of results.jsonl: (TaskResult, how it ran: grid or point) per task."""
+        return [
             {
                 "run": self.run_id,
                 "point": point.key,
@@ -266,12 +310,20 @@ class Session:
                 **asdict(r),
                 "device": str(self.model.device),
                 "switch_seconds": round(switch, 4),
-                "point_seconds": round(elapsed, 3),
+                "point_seconds": round(seconds, 3),
+                "ran": ran,
+                "group": group if ran == "grid" else 1,
             }
-            for r in scored
+            for r, ran in scored
         ]
-        self.log.append(records)
-        return records
+
+    def _at(self, point: Point, split: str, group: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.at(f"{point.key} {split}" + (f" +{group - 1} (grid)" if group > 1 else ""))
+
+    def _tick(self, _task: str) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
 
     # -- moving the model -----------------------------------------------------------------------------------
     def _rewinder(self, path: str) -> engine.Rewinder:
@@ -287,15 +339,39 @@ class Session:
         if self._checkpoint is not None:
             self._checkpoint.set(0.0)
             self._checkpoint = None
-        allow = self.spec.allow_extrapolation
-        if point.kind in ("base", "final"):
-            self._rewinder(self.path_names[0]).set(point.alpha)
-        elif point.kind == "train":
+        if point.kind == "train":
             self._load_checkpoint(point.step)
-        elif point.kind == "searched":
-            self._rewinder(point.path).set(point.alpha, Schedule("list", point.layers), allow)
-        else:
-            self._rewinder(point.path).set(point.alpha, self.schedule, allow)
+            return
+        at = self._engine_point(point)
+        self._rewinder(at.path).set(at.alpha, at.schedule, self.spec.allow_extrapolation)
+
+    def _engine_point(self, point: Point) -> engine.Point:
+        """Where `point` is on its path (base and final: on the first path), as engine.Point; not a train point."""
+        if point.kind in ("base", "final"):
+            return engine.Point(self.path_names[0], point.alpha, Schedule(), self.spec.cayley_scale)
+        schedule = Schedule("list", point.layers) if point.kind == "searched" else self.schedule
+        return engine.Point(point.path, point.alpha, schedule, self.spec.cayley_scale)
+
+    def _grid(self, path: str | None):
+        """The grid installed on `path`'s rewinder (once per session); None where the path cannot grid."""
+        from . import grid
+
+        if path is None:
+            return None
+        if path not in self.grids:
+            try:
+                self.grids[path] = grid.install(self._rewinder(path))
+            except RewindError as exc:
+                log.info("%s: evaluated point by point", exc)
+                self.grids[path] = None
+        return self.grids[path]
+
+    def _grid_lm(self, split: str):
+        from .evaluate import grid_lm
+
+        if split not in self.grid_lms:
+            self.grid_lms[split] = grid_lm.GridLM(self.model, self.tokenizer, self.evaluators[split].lm.batch_size)
+        return self.grid_lms[split]
 
     def _load_checkpoint(self, step: int) -> None:
         directory = self.spec.checkpoint_steps()[step]

@@ -42,8 +42,7 @@ def evaluate(session: Session, progress: bool = True) -> Report | None:
     session.open()
     todo = shard(session.planned(), session.finished(), session.rank, session.world)
     session.bar = Work("sweep", (len(todo) + 3) * session.tasks, disable=not progress or session.rank != 0)
-    for point in todo:
-        session.evaluate([point], VALIDATION)
+    session.evaluate(todo, VALIDATION)  # points of one path in grid passes (--batch-points)
     _barrier(session.world)
     return Report(session.record, session.records()) if session.rank == 0 else None
 

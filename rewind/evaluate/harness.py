@@ -473,12 +473,13 @@ class Evaluator:
         """Evaluate the model's current weights on every task; `on_task(name)` after each (a progress bar)."""
         out = []
         for entry in self.entries:
-            out.append(self._run(entry))
+            out.append(self.score(entry))
             if on_task is not None:
                 on_task(entry.name)
         return out
 
-    def _run(self, entry: _Entry) -> TaskResult:
+    def score(self, entry: _Entry, lm=None) -> TaskResult:
+        """One task (an entry of `entries`) on the model as it is, through `lm` (default: this evaluator's HFLM)."""
         import numpy as np
         from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
         from lm_eval.evaluator import evaluate
@@ -495,7 +496,7 @@ class Evaluator:
         start = time.perf_counter()
         chat = entry.chat and self.chat
         out = evaluate(
-            lm=self.lm,
+            lm=lm or self.lm,
             task_dict=entry.loaded,
             limit=None if samples else self.limit,
             samples=samples,

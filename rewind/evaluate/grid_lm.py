@@ -1,0 +1,254 @@
+"""lm-eval on a group of points: one batched pass of the resident base answers every request at every point of the
+group (issue 16); each point is then scored by lm-eval's own task code, as if it had run alone.
+
+`GridLM` is lm-eval's HFLM with two modes:
+- `record(grid, points)`: generate_until, loglikelihood and loglikelihood_rolling compute every point's responses,
+  one pass per batch with each row at its point (rewind.grid), return the first point's and keep the others;
+- `replay(k)`: the same calls return point k's kept responses, by request (a request not kept is an error).
+`score` runs lm-eval's `evaluate()` once recording (point 0) and once replaying per other point, so requests,
+filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a point-by-point run.
+
+How the rows are laid out, HFLM's own code doing the rest:
+- generate_until: each request K times in a row. HFLM sorts stably by context, so every batch holds whole blocks of
+  K copies in order (checked); `_model_generate` reorders them point-major for the branches and back. Stop
+  sequences and decoding are HFLM's, on every row.
+- loglikelihood (and loglikelihood_rolling, which HFLM builds on `_loglikelihood_tokens`): the requests are cut into
+  HFLM's own batches (its sort, its one-token-continuation groups); a batch runs once with its rows repeated per
+  point, then HFLM's `_loglikelihood_tokens` runs on it once per point, fed that point's logits, so continuation
+  selection, the logits cache and the greedy check are HFLM's. A request's K answers travel as numpy vectors, which
+  HFLM's rolling sum adds elementwise, then split per point.
+Items per pass: the batch size, unless K times its rows would not fit in free memory (`rows_that_fit`, from the
+pass's token lengths); then fewer, down to one item (K rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from lm_eval.models.huggingface import HFLM
+from lm_eval.models.utils import normalize_gen_kwargs
+
+from ..errors import RewindError
+
+# Share of the free memory a grid pass may plan for: the estimate below leaves out transient buffers.
+MEMORY_SHARE = 0.5
+
+
+class GridLM(HFLM):
+    def __init__(self, model, tokenizer, batch_size: int):
+        super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        self.items = int(batch_size)  # items per pass at most: the point-by-point batch size
+        self._grid, self._points, self._replaying = None, (), None
+        self._kept: dict[tuple, list] = {}
+        self._feed: int | None = None  # _model_call: 0 runs the grid pass, k > 0 returns point k's logits
+        self._logits: tuple[torch.Tensor, torch.Tensor] | None = None  # (inputs, [K, rows, T, V]) of one batch
+
+    @contextmanager
+    def record(self, grid, points: Sequence):
+        """Requests in here are answered at every point of `points` (on `grid`); each returns the first point's."""
+        self._grid, self._points, self._kept = grid, tuple(points), {}
+        try:
+            yield
+        finally:
+            self._grid = None
+
+    @contextmanager
+    def replay(self, k: int):
+        """Requests in here return point k's responses kept by the last `record`."""
+        self._replaying = k
+        try:
+            yield
+        finally:
+            self._replaying = None
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        return self._respond("generate_until", requests, lambda: self._generate_all(requests), lambda v, k: v[k])
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        compute = lambda: super(GridLM, self).loglikelihood(requests, disable_tqdm=True)  # noqa: E731
+        return self._respond("loglikelihood", requests, compute, lambda v, k: (float(v[0][k]), bool(v[1][k])))
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        compute = lambda: super(GridLM, self).loglikelihood_rolling(requests, disable_tqdm=True)  # noqa: E731
+        return self._respond("loglikelihood_rolling", requests, compute, lambda v, k: float(v[k]))
+
+    def _respond(self, kind: str, requests, compute: Callable[[], list], pick: Callable) -> list:
+        keys = _keys(kind, requests)
+        if self._replaying is not None:
+            return [self._take(key) for key in keys]
+        if self._grid is None:
+            raise RewindError("grid: a request outside record() or replay()")
+        values = compute()
+        for key, value in zip(keys, values, strict=True):
+            self._kept[key] = [pick(value, k) for k in range(len(self._points))]
+        return [self._kept[key][0] for key in keys]
+
+    def _take(self, key: tuple):
+        if key not in self._kept:
+            raise RewindError(
+                f"grid: point {self._replaying} asked for a {key[0]} request the grid pass did not answer "
+                f"({str(key[1])[:80]!r}); evaluate with --batch-points 1"
+            )
+        return self._kept[key][self._replaying]
+
+    # -- generation -----------------------------------------------------------------------------------------
+    def _generate_all(self, requests) -> list[list[str]]:
+        K = len(self._points)
+        copies = [_Args(r.args) for r in requests for _ in range(K)]
+        tokens = max(len(self.tok_encode(r.args[0])) for r in requests) + max(self._new_tokens(r) for r in requests)
+        with self._batch(self._items_per_pass(tokens, all_logits=False) * K):
+            out = HFLM.generate_until(self, copies, disable_tqdm=True)
+        return [out[i * K : (i + 1) * K] for i in range(len(requests))]
+
+    def _new_tokens(self, request) -> int:
+        return normalize_gen_kwargs(dict(request.args[1]), self.max_gen_toks)["max_gen_toks"]
+
+    def _model_generate(self, context, max_length, stop, **generation_kwargs):
+        if self._grid is None:
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        K, rows = len(self._points), context.shape[0]
+        if rows % K or not torch.equal(context[::K].repeat_interleave(K, 0), context):
+            raise RewindError("grid: a generation batch is not whole blocks of one request per point")
+        order = torch.arange(rows, device=context.device).view(-1, K).t().flatten()  # point-major for the branches
+        mask = generation_kwargs.get("attention_mask")
+        if mask is not None:
+            generation_kwargs["attention_mask"] = mask[order]
+        with self._grid.at(self._points, rows=rows // K):
+            out = super()._model_generate(context[order], max_length, stop, **generation_kwargs)
+        return out[torch.argsort(order)]
+
+    # -- loglikelihood --------------------------------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self._grid is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        out: list = [None] * len(requests)
+        for batch in self._batches(requests):
+            chunk = [requests[i] for i in batch]
+            answers = self._each_point(lambda: HFLM._loglikelihood_tokens(self, chunk, disable_tqdm=True))  # noqa: B023
+            for j, i in enumerate(batch):
+                out[i] = (np.array([a[j][0] for a in answers]), np.array([a[j][1] for a in answers]))
+        return out
+
+    def _batches(self, requests) -> list[list[int]]:
+        """Request indices in HFLM's batches: its one-token-continuation groups, ordered by its sort key (that of a
+        group's longest continuation), so many groups per batch as items fit."""
+        groups: dict = {}
+        cache = self.backend == "causal" and self.logits_cache
+        for i, (_, context, continuation) in enumerate(requests):
+            groups.setdefault(tuple(context + continuation[:-1]) if cache else i, []).append(i)
+
+        def hflm_order(members):
+            longest = max(members, key=lambda i: len(requests[i][2]))
+            tokens = requests[longest][1] + requests[longest][2]
+            return -len(tokens), tuple(tokens)
+
+        ranked = sorted(groups.values(), key=hflm_order)
+        tokens = max(len(c) + len(t) for _, c, t in requests)
+        size = self._items_per_pass(min(tokens, self.max_length), all_logits=True)
+        return [[i for group in ranked[s : s + size] for i in group] for s in range(0, len(ranked), size)]
+
+    def _each_point(self, run: Callable[[], list]) -> list[list]:
+        """`run` (HFLM on one batch) once per point: the first runs the grid pass, the others replay its logits."""
+        try:
+            with self._batch(self.items):  # at least the groups of the batch: HFLM keeps it one batch
+                answers = []
+                for k in range(len(self._points)):
+                    self._feed = k
+                    answers.append(run())
+                return answers
+        finally:
+            self._feed = self._logits = None
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if self._feed is None:
+            return super()._model_call(inps, attn_mask, labels)
+        if self._feed == 0:
+            rows, K = inps.shape[0], len(self._points)
+            with self._grid.at(self._points, rows=rows):
+                logits = super()._model_call(inps.repeat(K, 1), attn_mask, labels)
+            self._logits = inps, logits.view(K, rows, *logits.shape[1:])
+        elif self._logits is None or not torch.equal(inps, self._logits[0]):
+            raise RewindError("grid: HFLM batched a loglikelihood batch differently for another point")
+        return self._logits[1][self._feed]
+
+    # -- memory ---------------------------------------------------------------------------------------------
+    def _items_per_pass(self, tokens: int, all_logits: bool) -> int:
+        fit = rows_that_fit(self.model, tokens, all_logits)
+        return max(1, min(self.items, fit // len(self._points)))
+
+    @contextmanager
+    def _batch(self, size: int):
+        saved, self.batch_size_per_gpu = self.batch_size_per_gpu, size
+        try:
+            yield
+        finally:
+            self.batch_size_per_gpu = saved
+
+
+@dataclasses.dataclass(frozen=True)
+class _Args:
+    """A request as HFLM.generate_until reads it: its args only."""
+
+    args: tuple
+
+
+def _keys(kind: str, requests) -> list[tuple]:
+    """(kind, args, occurrence): identical requests (pass@k's repeats) are told apart by their order."""
+    seen: Counter = Counter()
+    keys = []
+    for request in requests:
+        args = _hashable(request.args)
+        keys.append((kind, args, seen[args]))
+        seen[args] += 1
+    return keys
+
+
+def _hashable(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def rows_that_fit(model, tokens: int, all_logits: bool) -> int:
+    """Batch rows of `tokens` tokens that MEMORY_SHARE of the device's free memory holds: the KV cache and hidden
+    states per token, and the logits (every position's for loglikelihood, in the model's dtype, HFLM's fp32
+    log-softmax and the other points' kept; the last position's for generation)."""
+    c = model.config
+    size = next(model.parameters()).element_size()
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * heads * head_dim * size + 8 * c.hidden_size * size
+    if all_logits:
+        per_token += c.vocab_size * (2 * size + 4)
+    per_row = tokens * per_token + 2 * 4 * c.vocab_size
+    return int(MEMORY_SHARE * free_bytes(model.device) // per_row)
+
+
+def free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def score(evaluator, entry, lm: GridLM, grid, points: Sequence) -> list:
+    """One task's TaskResult at each of `points`, from one grid pass; each point's seconds are the pass's share."""
+    with lm.record(grid, points):
+        results = [evaluator.score(entry, lm)]
+    for k in range(1, len(points)):
+        with lm.replay(k):
+            results.append(evaluator.score(entry, lm))
+    seconds = sum(r.seconds for r in results) / len(points)
+    return [dataclasses.replace(r, seconds=seconds) for r in results]

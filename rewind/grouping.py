@@ -1,0 +1,74 @@
+"""Which points of a sweep are evaluated together in one grid pass (issue 16), and which tasks grid.
+
+`--batch-points N` groups up to N points of one path (`auto`: all of them); `1` evaluates point by point. The base
+and final points are alpha 0 and 1 of the sweep's first path and join its group; a searched point is a point of its
+path with its own per-layer alphas and joins that path's group; a training checkpoint is on no path and runs alone.
+A path without a per-row branch (rewind/grid/model.py) falls back to point by point in the session.
+
+Which tasks grid, with N given: all of them. With `auto`, from measurements (bench/README.md):
+- generation tasks always: a decoding step reads every weight for few rows, so more rows cost little (an 11-point
+  generation pass measured 3.0x to 5.8x faster on one H200, 1.8x to 3.0x on 2 CPU cores);
+- loglikelihood tasks (one forward, no decoding) only on a GPU and a model of at most SMALL_MODEL parameters: there
+  the forward is compute-bound already, so the grid's extra rows cost their full price plus the branches (11 points
+  measured 1.2x on SmolLM2-135M, 0.81x on Qwen2.5-7B; on 2 CPU cores 0.76x to 1.04x on a 4-layer Llama).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .errors import RewindError
+from .results import Point
+
+AUTO = "auto"
+# Parameters up to which loglikelihood tasks grid on a GPU under `auto`: between the two shapes measured (135M
+# gained, 7B lost); no size in between was measured, so the line is a round number between them.
+SMALL_MODEL = 1_000_000_000
+
+
+def parse(value: int | str) -> int | str:
+    """--batch-points: a count of at least 1, or auto."""
+    if value == AUTO:
+        return AUTO
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(value).strip() != str(count):
+        raise RewindError(f"--batch-points {value}: give a number of points (1: point by point) or auto")
+    return count
+
+
+def path_of(point: Point, first_path: str) -> str | None:
+    """The path whose grid computes `point`; None: it runs alone."""
+    if point.kind in ("base", "final"):
+        return first_path
+    if point.kind in ("path", "searched"):
+        return point.path
+    return None
+
+
+def groups(points: Iterable[Point], batch_points: int | str, first_path: str) -> list[list[Point]]:
+    """`points` in groups of one path, up to batch_points each, in the order of their first point."""
+    size = None if batch_points == AUTO else int(batch_points)
+    by_path: dict[str | None, list[Point]] = {}
+    alone: list[list[Point]] = []
+    for point in points:
+        path = path_of(point, first_path) if size != 1 else None
+        if path is None:
+            alone.append([point])
+        else:
+            by_path.setdefault(path, []).append(point)
+    out = []
+    for members in by_path.values():
+        step = size or len(members)
+        out += [members[i : i + step] for i in range(0, len(members), step)]
+    return out + alone
+
+
+def grids(output_types: Sequence[str], model, batch_points: int | str) -> bool:
+    """Whether a task whose lm-eval tasks have `output_types` runs as a grid (see the module docstring)."""
+    if batch_points != AUTO or set(output_types) == {"generate_until"}:
+        return True
+    small = sum(p.numel() for p in model.parameters()) <= SMALL_MODEL
+    return model.device.type == "cuda" and small
