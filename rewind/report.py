@@ -13,7 +13,8 @@ rule that weighs more per point (intervals, paired differences) goes there too, 
 and `Selection` carrying what it decided on.
 
 summary.json (one object; scores 0-100; "row" below means {key, path, alpha, layers, target, general, seconds,
-and "pass@K" for each K of --pass-k}, a point's validation scores named as in results.jsonl, see results.py):
+"pass@K" for each K of --pass-k, ran: grid, point or grid+point}, a point's validation scores named as in
+results.jsonl, see results.py):
 - run: the run id; base: the base's hub id (or dir); adapter; method; paths: the paths swept, natural first;
 - rule, tolerance: the selection rule and its tolerance; layers: the --layers schedule of every path, or null;
   cayley_scale;
@@ -75,6 +76,12 @@ def pass_scores(records: list[dict], ks: list[int]) -> dict[str, float]:
     return {
         f"pass@{k}": 100 * sum(r["metrics"][f"pass@{k},pass_at_k"] for r in sampled) / len(sampled) for k in sorted(ks)
     }
+
+
+def ran_as(records: list[dict]) -> str:
+    """How a point's tasks ran: "grid" (one batched pass with other points), "point" (alone), or "grid+point"."""
+    ways = {r.get("ran", "point") for r in records}
+    return "+".join(way for way in ("grid", "point") if way in ways)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class Report:
     def _scored(self, point: Point, records: list[dict]) -> Scored:
         target, general = scores(records, self.spec["target"], self.spec["general"])
         passes = pass_scores(records, self.spec.get("pass_k") or [])
-        return Scored(point, target, general, records[0]["point_seconds"], passes)
+        return Scored(point, target, general, records[0]["point_seconds"], passes, ran_as(records))
 
     def row(self, point: Point, split: str = VALIDATION) -> Scored | None:
         return next((r for r in self.rows(split) if r.key == point.key), None)
@@ -218,8 +225,8 @@ def table(summary: dict) -> str:
     lines += [
         f"{'path':<10} {'alpha':>6} {'target':>7} {'general':>8} {'d_target':>9} {'d_general':>10}"
         + "".join(f" {key:>8}" for key in passes)
-        + "  front",
-        "-" * (62 + 9 * len(passes)),
+        + f" {'ran':>10}  front",
+        "-" * (73 + 9 * len(passes)),
     ]
     lines += [_table_row(r, base, passes, summary) for r in summary["points"]]
     sel = summary["selected"]
@@ -244,5 +251,5 @@ def _table_row(r: dict, base: dict, passes: list[str], summary: dict) -> str:
         f"{name:<10} {r['alpha']:>6g} {r['target']:>7.2f} {r['general']:>8.2f} "
         f"{r['target'] - base['target']:>+9.2f} {r['general'] - base['general']:>+10.2f}"
         + "".join(f" {r[key]:>8.2f}" if key in r else f" {'-':>8}" for key in passes)
-        + f"  {mark}"
+        + f" {r.get('ran') or '-':>10}  {mark}"
     )

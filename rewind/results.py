@@ -10,7 +10,8 @@ A `Point` is one thing a sweep evaluates, of one `kind`:
 
 results.jsonl has one line per point x task x split. A line names its point by "point" (the key), "path" (the
 path's name, or "base", "final", "train"), "alpha" (a train point's: its step) and "layers" (a list, or null); the
-rest is the task's result (harness.TaskResult), its "role" (target, general, pass@k) and timings. `Point.of` reads
+rest is the task's result (harness.TaskResult), its "role" (target, general, pass@k), timings, and how it ran:
+"ran" ("grid": in one batched pass of "group" points; "point": alone; absent in lines from before grid mode). `Point.of` reads
 a point back from a line, or from a row of summary.json, which names it the same way. A `Scored` is a point's
 scores on one split (report.py computes them from the lines).
 """
@@ -100,6 +101,7 @@ class Scored:
     general: float
     seconds: float | None = None  # how long the point's evaluation took
     passes: dict[str, float] = field(default_factory=dict)  # {"pass@k": 0-100} for each k of --pass-k
+    ran: str | None = None  # how its tasks ran: "grid", "point" or "grid+point" (issue 16); None: not recorded
 
     @property
     def key(self) -> str:
@@ -108,7 +110,7 @@ class Scored:
     def row(self) -> dict:
         """The point's row in summary.json."""
         scores = {"target": self.target, "general": self.general, "seconds": self.seconds}
-        return {"key": self.key, **self.point.fields(), **scores, **self.passes}
+        return {"key": self.key, **self.point.fields(), **scores, **self.passes, "ran": self.ran}
 
 
 def search_rows(search: dict):

@@ -1,0 +1,266 @@
+"""Grid mode through lm-eval (issue 16): one batched pass per task answers every point of a group as the in-place
+model answers each point alone (fp32, CPU, greedy), and the sweep's results, resume and table follow."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import tinysweep
+from lm_eval.models.huggingface import HFLM
+from tiny import make_adapter
+
+from rewind import engine, grid, models, results, sweep
+from rewind.evaluate import harness
+from rewind.evaluate.grid_lm import GridLM, score
+from rewind.report import table
+from rewind.schedule import Schedule
+
+# One task per request type: generate_until, loglikelihood (multiple choice), loglikelihood_rolling (perplexity).
+TASKS = ["math_offline_basic_arithmetic", "general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
+REL = 1e-5
+
+
+class Capturing:
+    """Keeps every response the LM returns, by request type, in order."""
+
+    def start(self):
+        self.seen = {"generate_until": [], "loglikelihood": [], "loglikelihood_rolling": []}
+
+    def generate_until(self, requests, disable_tqdm=False):
+        out = super().generate_until(requests, disable_tqdm)
+        self.seen["generate_until"] += out
+        return out
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        out = super().loglikelihood(requests, disable_tqdm)
+        self.seen["loglikelihood"] += out
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm=False):
+        out = super().loglikelihood_rolling(requests, disable_tqdm)
+        self.seen["loglikelihood_rolling"] += out
+        return out
+
+
+class PointLM(Capturing, HFLM):
+    pass
+
+
+class CapturingGridLM(Capturing, GridLM):
+    pass
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gridsweep")
+    base = tinysweep.chat_base(root / "base", layers=3)
+    for kind in ("lora", "oft", "boft"):
+        make_adapter(kind, copy.deepcopy(base), root / kind)
+    return root
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, str):
+        return a == b
+    if isinstance(a, tuple):
+        return a[1] == b[1] and _close(a[0], b[0])
+    return math.isclose(a, b, rel_tol=REL, abs_tol=1e-9)
+
+
+def _responses(rw, evaluator, lm, points):
+    """Each point's captured responses and TaskResults, point by point (in place) or from one grid pass."""
+    out = []
+    if isinstance(lm, GridLM):
+        g = grid.install(rw)
+        for entry in evaluator.entries:
+            for k, result in enumerate(_per_point_grid(evaluator, entry, lm, g, points)):
+                out.append((k, entry.name, result))
+        g.remove()
+        return out
+    for k, p in enumerate(points):
+        rw.set(p.alpha, p.schedule)
+        for entry in evaluator.entries:
+            lm.start()
+            result = evaluator.score(entry, lm)
+            out.append((k, entry.name, (result, lm.seen)))
+    rw.set(0.0)
+    return out
+
+
+def _per_point_grid(evaluator, entry, lm, g, points):
+    """grid_lm.score, with each point's responses captured from its own evaluate() run."""
+    seen = []
+    original = lm.start
+
+    def start_and_keep():
+        original()
+        seen.append(lm.seen)
+
+    with lm.record(g, points):
+        start_and_keep()
+        first = evaluator.score(entry, lm)
+    rest = []
+    for k in range(1, len(points)):
+        with lm.replay(k):
+            start_and_keep()
+            rest.append(evaluator.score(entry, lm))
+    return list(zip([first, *rest], seen))
+
+
+CASES = [
+    ("lora", "linear", None),
+    ("oft", "cayley", None),
+    ("oft", "dense", None),
+    ("lora", "linear", "ramp"),  # a per-layer schedule: each point's layers at their own alphas
+]
+
+
+@pytest.mark.parametrize("kind,path,layers", CASES)
+def test_grid_pass_answers_as_each_point_alone(kind, path, layers, root):
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / kind, path=path)
+    schedule = Schedule.parse(layers)
+    points = [engine.Point(rw.path_name, a, schedule) for a in (0.0, 0.5, 1.0)]
+    suites = harness.resolve_suites(TASKS)
+    evaluator = harness.Evaluator(model, tokenizer, suites, limit=3, batch_size=2, chat_template="off")
+    alone = _responses(rw, evaluator, PointLM(pretrained=model, tokenizer=tokenizer, batch_size=2), points)
+    gridded = _responses(rw, evaluator, CapturingGridLM(model, tokenizer, 2), points)
+    alone, gridded = sorted(alone, key=_by_point_task), sorted(gridded, key=_by_point_task)
+    assert [(k, t) for k, t, _ in alone] == [(k, t) for k, t, _ in gridded]
+    for (k, task, (a, seen_a)), (_, _, (g, seen_g)) in zip(alone, gridded):
+        assert math.isclose(a.value, g.value, rel_tol=REL), (k, task, a.value, g.value)
+        assert a.metrics.keys() == g.metrics.keys()
+        assert all(math.isclose(a.metrics[m], g.metrics[m], rel_tol=REL, abs_tol=1e-9) for m in a.metrics)
+        for kind_ in seen_a:
+            assert len(seen_a[kind_]) == len(seen_g[kind_])
+            assert all(_close(x, y) for x, y in zip(seen_a[kind_], seen_g[kind_])), (k, task, kind_)
+    # Not void: every request type was asked, with text generated, and each type's answers move with the point.
+    merged: dict = {}
+    for k, _, (_, seen) in alone:
+        for type_, responses in seen.items():
+            merged.setdefault(k, {}).setdefault(type_, []).extend(responses)
+    assert all(merged[0][type_] for type_ in merged[0]) and len(merged[0]) == 3
+    assert all(merged[0][type_] != merged[2][type_] for type_ in merged[0])
+    generated = merged[0]["generate_until"] + merged[2]["generate_until"]
+    assert any(s.strip() for s in generated), "no generation had any text: test is void"
+
+
+def _by_point_task(item):
+    return item[0], item[1]
+
+
+def _load(root):
+    return models.load_base(str(root / "base"), "cpu", "fp32")
+
+
+def _spec(root, adapter, **kw):
+    fields = dict(
+        adapter=str(root / adapter),
+        base=str(root / "base"),
+        alphas=[0, 0.5, 1],
+        target=TASKS[:1],
+        general=TASKS[1:],
+        limit=2,
+        dtype="fp32",
+        device="cpu",
+        batch_size=2,
+    )
+    return sweep.SweepSpec(**{**fields, **kw})
+
+
+def _lines(out):
+    return [json.loads(line) for line in (out / results.RESULTS_FILE).read_text().splitlines()]
+
+
+def _values(out):
+    return {(r["point"], r["split"], r["task"]): r["value"] for r in _lines(out)}
+
+
+@pytest.fixture(scope="module")
+def point_by_point(root):
+    out = root / "sweep-points"
+    sweep.Sweep(_spec(root, "lora", batch_points=1), out).run(progress=False)
+    return out
+
+
+def test_sweep_grid_equals_point_by_point(root, point_by_point):
+    out = root / "sweep-grid"
+    summary = sweep.Sweep(_spec(root, "lora", batch_points=3), out).run(progress=False)
+    grid_values, point_values = _values(out), _values(point_by_point)
+    assert grid_values.keys() == point_values.keys()
+    assert all(math.isclose(grid_values[k], point_values[k], rel_tol=REL) for k in grid_values)
+    assert {(r["ran"], r["group"]) for r in _lines(out) if r["split"] == results.VALIDATION} == {("grid", 3)}
+    assert {(r["ran"], r["group"]) for r in _lines(point_by_point)} == {("point", 1)}
+    assert all(row["ran"] == "grid" for row in summary["points"])
+    assert "ran" in table(summary) and " grid " in table(summary)
+
+
+def test_auto_on_cpu_grids_generation_only(root, point_by_point):
+    out = root / "sweep-auto"
+    summary = sweep.Sweep(_spec(root, "lora"), out).run(progress=False)
+    ran = {(r["task"], r["ran"]) for r in _lines(out) if r["split"] == results.VALIDATION}
+    assert ran == {(TASKS[0], "grid"), (TASKS[1], "point"), (TASKS[2], "point")}
+    assert all(row["ran"] == "grid+point" for row in summary["points"])
+    assert _values(out).keys() == _values(point_by_point).keys()
+
+
+def test_path_without_branch_falls_back(root):
+    """BOFT's own path has no per-row branch: its points run one by one, as --batch-points 1 runs them."""
+    out = root / "sweep-boft"
+    summary = sweep.Sweep(_spec(root, "boft", batch_points=3), out).run(progress=False)
+    assert summary["paths"] == ["boft"]
+    assert {r["ran"] for r in _lines(out)} == {"point"}
+    alone = root / "sweep-boft-points"
+    sweep.Sweep(_spec(root, "boft", batch_points=1), alone).run(progress=False)
+    assert _values(out) == _values(alone)
+
+
+def test_resume_after_a_partial_group(root, point_by_point, monkeypatch):
+    """Killed while a group's points are written: the points written stay, the rest run again, none twice."""
+    out = root / "sweep-killed"
+    appended = []
+    original = results.ResultsLog.append
+
+    def append_then_die(self, records):
+        if len(appended) == 1:
+            raise KeyboardInterrupt
+        appended.append(records[0]["point"])
+        original(self, records)
+
+    monkeypatch.setattr(results.ResultsLog, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.Sweep(_spec(root, "lora", batch_points=3), out).run(progress=False)
+    monkeypatch.setattr(results.ResultsLog, "append", original)
+    assert {r["point"] for r in _lines(out)} == set(appended)
+    sweep.Sweep(_spec(root, "lora", batch_points=3), out).run(progress=False)
+    validation = [r for r in _lines(out) if r["split"] == results.VALIDATION]
+    assert len(validation) == 3 * len(TASKS)  # each point once
+    assert {r["group"] for r in validation if r["point"] not in appended} == {2}  # the rest: one group of two
+    values, expected = _values(out), _values(point_by_point)
+    assert all(math.isclose(values[k], expected[k], rel_tol=REL) for k in expected)
+
+
+def test_sampled_pass_at_k_runs_in_grid_mode(root):
+    """pass@k: every point's rows sample on their own; each point is scored (not compared: samples differ)."""
+    out = root / "sweep-passk"
+    spec = _spec(root, "lora", batch_points=3, target=TASKS[:1], general=TASKS[1:2], pass_k=[1, 2])
+    summary = sweep.Sweep(spec, out).run(progress=False)
+    sampled = [r for r in _lines(out) if r["role"] == "pass@k" and r["split"] == results.VALIDATION]
+    assert {r["ran"] for r in sampled} == {"grid"} and len(sampled) == 3
+    assert all("pass@2" in row for row in summary["points"])
+
+
+def test_code_sandbox_scores_each_point(root):
+    """code-offline: each point's generated programs run in rewind's sandbox, scored per point."""
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / "lora")
+    points = [engine.Point(rw.path_name, a) for a in (0.0, 0.5, 1.0)]
+    evaluator = harness.Evaluator(model, tokenizer, harness.resolve_suites(["code-offline"]), limit=2, batch_size=2)
+    g = grid.install(rw)
+    scored = [score(evaluator, entry, GridLM(model, tokenizer, 2), g, points) for entry in evaluator.entries]
+    g.remove()
+    assert [len(per_point) for per_point in scored] == [3] * len(evaluator.entries)
+    assert all(r.n == 2 and 0 <= r.value <= 1 for per_point in scored for r in per_point)
