@@ -38,7 +38,9 @@ format:
 # rewind-sweep/report.html, export the selected point. CPU generation is the cost, so the sweep takes the tasks that
 # show the effect at 16 items: the two math tasks the finetune learns most (the base rambles on them to 128 tokens)
 # and two general tasks it forgets (Wikipedia perplexity, SQuAD). A GPU sweeps the whole suites, 11 alphas per path:
-# rewind sweep --adapter $(DEMO_ADAPTER) --path cayley --path dense (docs/demo-oft-gpu).
+# rewind sweep --adapter $(DEMO_ADAPTER) --path cayley --path dense (docs/demo-oft-gpu). The generation tasks run in
+# grid mode (--batch-points auto, the default: each path's points in one batched pass per task); the perplexity task
+# runs point by point, where the CPU measured no gain (rewind/grouping.py).
 demo: setup
 	$(REWIND) sweep --adapter $(DEMO_ADAPTER) --path cayley --path dense --alphas 0.5,0.8 --limit 16 \
 		--batch-size 16 --target math_offline_leg_counting --target math_offline_chain_sum \
