@@ -11,9 +11,9 @@ A `Point` is one thing a sweep evaluates, of one `kind`:
 results.jsonl has one line per point x task x split. A line names its point by "point" (the key), "path" (the
 path's name, or "base", "final", "train"), "alpha" (a train point's: its step) and "layers" (a list, or null); the
 rest is the task's result (harness.TaskResult), its "role" (target, general, pass@k), timings, and how it ran:
-"ran" ("grid": in one batched pass of "group" points; "point": alone; absent in lines from before grid mode). `Point.of` reads
-a point back from a line, or from a row of summary.json, which names it the same way. A `Scored` is a point's
-scores on one split (report.py computes them from the lines).
+"ran" ("grid": in one batched pass of "group" points; "point": alone; absent in lines from before grid mode).
+`Point.of` reads a point back from a line, or from a row of summary.json, which names it the same way. A `Scored`
+is a point's scores on one split (report.py computes them from the lines).
 """
 
 from __future__ import annotations
