@@ -260,7 +260,7 @@ class Session:
         start = time.perf_counter()
         self._move(point)
         switch = time.perf_counter() - start
-        self._at(point, split)
+        self._at([point], split)
         scored = self.evaluators[split].run(self._tick)
         records = self._lines(point, split, [(r, "point") for r in scored], 1, switch, time.perf_counter() - start)
         self.log.append(records)
@@ -274,7 +274,7 @@ class Session:
         start, evaluator, switch = time.perf_counter(), self.evaluators[split], 0.0
         at = [self._engine_point(p) for p in points]
         scored: list[list] = [[] for _ in points]
-        self._at(points[0], split, len(points))
+        self._at(points, split)
         for entry in evaluator.entries:
             types = [leaf.get_config("output_type") for leaf in entry.loaded["tasks"].values()]
             if grouping.grids(types, self.model, self.spec.batch_points):
@@ -317,9 +317,11 @@ class Session:
             for r, ran in scored
         ]
 
-    def _at(self, point: Point, split: str, group: int = 1) -> None:
+    def _at(self, points: list[Point], split: str) -> None:
+        """The bar's current work: a point, or a group's first and last points."""
         if self.bar is not None:
-            self.bar.at(f"{point.key} {split}" + (f" +{group - 1} (grid)" if group > 1 else ""))
+            group = f"{points[0].key}..{points[-1].key} (grid of {len(points)})" if len(points) > 1 else points[0].key
+            self.bar.at(f"{group} {split}")
 
     def _tick(self, _task: str) -> None:
         if self.bar is not None:

@@ -69,14 +69,15 @@ class GridLM(HFLM):
 
     # -- requests -------------------------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        return self._respond("generate_until", requests, lambda: self._generate_all(requests), lambda v, k: v[k])
+        compute = lambda: self._generate_all(requests, disable_tqdm)  # noqa: E731
+        return self._respond("generate_until", requests, compute, lambda v, k: v[k])
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        compute = lambda: super(GridLM, self).loglikelihood(requests, disable_tqdm=True)  # noqa: E731
+        compute = lambda: super(GridLM, self).loglikelihood(requests, disable_tqdm=disable_tqdm)  # noqa: E731
         return self._respond("loglikelihood", requests, compute, lambda v, k: (float(v[0][k]), bool(v[1][k])))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        compute = lambda: super(GridLM, self).loglikelihood_rolling(requests, disable_tqdm=True)  # noqa: E731
+        compute = lambda: super(GridLM, self).loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)  # noqa: E731
         return self._respond("loglikelihood_rolling", requests, compute, lambda v, k: float(v[k]))
 
     def _respond(self, kind: str, requests, compute: Callable[[], list], pick: Callable) -> list:
@@ -99,12 +100,12 @@ class GridLM(HFLM):
         return self._kept[key][self._replaying]
 
     # -- generation -----------------------------------------------------------------------------------------
-    def _generate_all(self, requests) -> list[list[str]]:
+    def _generate_all(self, requests, disable_tqdm: bool) -> list[list[str]]:
         K = len(self._points)
         copies = [_Args(r.args) for r in requests for _ in range(K)]
         tokens = max(len(self.tok_encode(r.args[0])) for r in requests) + max(self._new_tokens(r) for r in requests)
         with self._batch(self._items_per_pass(tokens, all_logits=False) * K):
-            out = HFLM.generate_until(self, copies, disable_tqdm=True)
+            out = HFLM.generate_until(self, copies, disable_tqdm=disable_tqdm)  # its bar shows with rewind -v
         return [out[i * K : (i + 1) * K] for i in range(len(requests))]
 
     def _new_tokens(self, request) -> int:
