@@ -168,7 +168,10 @@ def read_record(out: Path, hint: str = "") -> dict:
 
 class ResultsLog:
     """Append-only JSONL. A point's lines go out in one locked, fsynced write, each line marked `"part": [i, n]`
-    (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted."""
+    (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted.
+    `KEYS`: what every line must have (items.ItemsLog, the per-item log, asks for its own)."""
+
+    KEYS = RECORD_KEYS
 
     def __init__(self, path: Path, repair: bool = True):
         self.path = path
@@ -207,7 +210,7 @@ class ResultsLog:
         try:
             record = json.loads(line)
             part = record.get("part", (0, 1))
-            if not all(key in record for key in RECORD_KEYS) or not (len(part) == 2 and 0 <= part[0] < part[1]):
+            if not all(key in record for key in self.KEYS) or not (len(part) == 2 and 0 <= part[0] < part[1]):
                 raise ValueError("not a results record")
         except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError and UnicodeDecodeError included
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not a results record"

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import adapters, engine, files, grouping, models, paths, progress, results
+from . import adapters, engine, files, grouping, items, models, paths, progress, results
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .results import BASE, RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
@@ -134,6 +134,7 @@ class Session:
     def open(self) -> None:
         """Everything before the first point: check results.jsonl, load the model, bind the paths."""
         self.log = results.ResultsLog(self.out / RESULTS_FILE)  # a damaged log fails before the model loads
+        self.items = items.ItemsLog(self.out / items.ITEMS_FILE)
         self._load()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -235,9 +236,15 @@ class Session:
         """Tasks scored per point and split (what the progress bar counts)."""
         return len(self.evaluators[VALIDATION].entries)
 
+    def item_records(self) -> list[dict]:
+        """This run's lines of items.jsonl."""
+        return self.items.records(self.run_id)
+
     def finished(self) -> set[tuple[str, str]]:
-        """(point key, split) of every point this run has scored on every task."""
-        return results.finished(self.records(), self.tasks)
+        """(point key, split) of every point this run has scored on every task, its items logged too. A sweep
+        from before items.jsonl (none of its lines there) resumes as it was, without intervals."""
+        done, logged = results.finished(self.records(), self.tasks), self.item_records()
+        return done & results.finished(logged, self.tasks) if logged or not done else done
 
     def evaluate(self, points: list[Point], split: str) -> list[dict]:
         """Score on `split` each of `points` that this run has not scored there yet; returns the new lines. Points
@@ -263,7 +270,7 @@ class Session:
         self._at(point, split)
         scored = self.evaluators[split].run(self._tick)
         records = self._lines(point, split, [(r, "point") for r in scored], 1, switch, time.perf_counter() - start)
-        self.log.append(records)
+        self._append(records, scored)
         return records
 
     def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
@@ -294,7 +301,7 @@ class Session:
         out = []
         for point, mine in zip(points, scored):
             records = self._lines(point, split, mine, len(points), switch / len(points), share)
-            self.log.append(records)
+            self._append(records, [r for r, _ in mine])
             out += records
         return out
 
@@ -307,7 +314,7 @@ class Session:
                 **point.fields(),
                 "split": split,
                 "role": self.roles[r.suite],
-                **asdict(r),
+                **{k: v for k, v in asdict(r).items() if k != "items"},  # the items go to items.jsonl
                 "device": str(self.model.device),
                 "switch_seconds": round(switch, 4),
                 "point_seconds": round(seconds, 3),
@@ -316,6 +323,13 @@ class Session:
             }
             for r, ran in scored
         ]
+
+    def _append(self, records: list[dict], scored: list) -> None:
+        """A point's lines: its items (from `scored`, its TaskResults) to items.jsonl first, then its results, so a
+        point whose results are logged has its items logged too."""
+        named = ("run", "point", "path", "alpha", "layers", "split", "role")
+        self.items.append([items.line({k: r[k] for k in named}, result) for r, result in zip(records, scored)])
+        self.log.append(records)
 
     def _at(self, point: Point, split: str, group: int = 1) -> None:
         if self.bar is not None:

@@ -22,6 +22,7 @@ tests/test_task_splits.py check it; bench/README.md has the GPU comparison, wher
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -101,6 +102,7 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric lm-eval reported, by its key
     chat_template: bool = False  # whether the prompts went through the tokenizer's chat template
     scored: dict[str, dict] = field(default_factory=dict)  # per lm-eval task: Items.record() of what was scored
+    items: dict | None = None  # per-item values of `metric` (see `per_item`); kept out of results.jsonl
 
 
 def use_bundled_nltk_data() -> None:
@@ -500,12 +502,13 @@ class Evaluator:
             task_dict=entry.loaded,
             limit=None if samples else self.limit,
             samples=samples,
-            log_samples=False,
+            log_samples=True,  # the per-item values paired statistics need (rewind/items.py)
             apply_chat_template=chat,
             confirm_run_unsafe_code=sandboxed,
         )
         seconds = time.perf_counter() - start
-        return _result(entry, out, seconds, chat, self.metrics)
+        result = _result(entry, out, seconds, chat, self.metrics)
+        return dataclasses.replace(result, items=per_item(out, entry.loaded["tasks"], result.metric))
 
 
 def _check_metrics(metrics: dict[str, str], suites: list[Suite], entries: list[_Entry]) -> None:
@@ -567,6 +570,32 @@ def _result(entry: _Entry, out: dict, seconds: float, chat: bool, chosen: dict[s
         chat,
         {name: items.record() for name, items in entry.items.items()},
     )
+
+
+def per_item(out: dict, leaves: dict, metric: str) -> dict | None:
+    """Each item's value of `metric` (lm-eval's "metric,filter") in the output of lm-eval's evaluate(...,
+    log_samples=True), over the lm-eval tasks `leaves` ({name: Task}: a task, or a group's leaves).
+
+    {"doc": doc ids (a group's as "leaf/id"), "values": a_i, "weights": b_i, "aggregation": lm-eval's aggregation
+    of the metric, by name}. Where the metric's per-item value is a pair (loglikelihood, bytes) as for
+    bits_per_byte, a_i and b_i are its parts and lm-eval aggregates a ratio of sums; otherwise b_i = 1.
+    rewind/items.py turns these into per-item scores. None where lm-eval logged no item of the metric.
+    """
+    name, _, filter_ = metric.partition(",")
+    doc, values, weights, aggregations = [], [], [], set()
+    for leaf, task in leaves.items():
+        aggregations.add(getattr(task.aggregation().get(name), "__name__", None))
+        for sample in (out.get("samples") or {}).get(leaf, []):
+            if sample.get("filter") != (filter_ or "none") or name not in sample:
+                continue
+            value = sample[name]
+            pair = isinstance(value, (list, tuple)) and len(value) == 2
+            doc.append(sample["doc_id"] if len(leaves) == 1 else f"{leaf}/{sample['doc_id']}")
+            values.append(float(value[0] if pair else value))
+            weights.append(float(value[1]) if pair else 1.0)
+    if not doc or len(aggregations) != 1:
+        return None
+    return {"doc": doc, "values": values, "weights": weights, "aggregation": aggregations.pop()}
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:

@@ -1,0 +1,145 @@
+"""Per-item results (issue 17): items.jsonl beside results.jsonl, its per-item scores giving each task's score
+exactly (a ratio-of-sums task through its linearized values), and its resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import tinysweep
+
+from rewind import items, stats, sweep
+from rewind.results import ResultsLog
+
+GENERAL = [tinysweep.GENERAL, "general_offline_wiki_ppl"]
+
+
+def _spec(root, **kw):
+    fields = dict(
+        adapter=str(root / "tlora"),
+        base=str(root / "tbase"),
+        alphas=[0, 1],
+        target=[tinysweep.TARGET],
+        general=GENERAL,
+        limit=4,
+        dtype="fp32",
+        device="cpu",
+    )
+    return sweep.SweepSpec(**{**fields, **kw})
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("items")
+    tinysweep.make(root)
+    summary = sweep.Sweep(_spec(root), root / "sweep").run(progress=False)
+    return root, summary
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_items_line_per_point_split_task_with_the_task_score(swept):
+    root, _ = swept
+    results, logged = _lines(root / "sweep" / "results.jsonl"), _lines(root / "sweep" / "items.jsonl")
+    key = lambda r: (r["point"], r["split"], r["task"])  # noqa: E731
+    assert sorted(map(key, logged)) == sorted(map(key, results))
+    score = {key(r): r["score"] for r in results}
+    for line in logged:
+        x = items.scores(line)
+        assert x is not None and len(x) == len(line["doc"]) == 4, line["task"]
+        assert float(x.mean()) == pytest.approx(score[key(line)], rel=1e-12, abs=1e-12)
+    ppl = next(line for line in logged if line["task"] == "general_offline_wiki_ppl")
+    assert ppl["aggregation"] == "bits_per_byte" and all(w > 1 for w in ppl["weights"])  # (loglikelihood, bytes)
+    assert "items" not in results[0]  # arrays stay out of results.jsonl
+
+
+def test_bootstrap_estimates_are_the_reported_scores(swept):
+    root, summary = swept
+    logged = _lines(root / "sweep" / "items.jsonl")
+    boot = items.bootstrap(logged, "validation", ["base@0", "final@1"], [tinysweep.TARGET], GENERAL)
+    for row in summary["points"]:
+        for axis in ("target", "general"):
+            assert boot.estimate(row["key"], axis) == pytest.approx(row[axis], abs=1e-9)
+            interval = boot.interval(row["key"], axis)
+            assert interval.low <= row[axis] + 1e-9 and row[axis] - 1e-9 <= interval.high
+
+
+def test_ratio_task_interval_matches_the_exact_ratio_bootstrap():
+    """bits_per_byte from (loglikelihood, bytes) pairs: the linearized items give lm-eval's score exactly, and
+    their bootstrap spread is the exact ratio-of-sums bootstrap's to within a few percent at 400 items."""
+    rng = np.random.default_rng(0)
+    size = rng.integers(200, 2000, 400).astype(float)
+    loglik = -size * rng.normal(0.9, 0.25, 400)
+    line = {"metric": "bits_per_byte,none", "aggregation": "bits_per_byte", "values": list(loglik)}
+    line["weights"] = list(size)
+    x = items.scores(line)
+    reported = 100 * 2 ** (loglik.sum() / size.sum() / math.log(2))  # lm-eval's bits_per_byte, then SCORE_MAPS
+    assert x.mean() == pytest.approx(reported, rel=1e-12)
+    draws = rng.integers(0, 400, (4000, 400))
+    exact = 100 * np.exp(loglik[draws].sum(1) / size[draws].sum(1))
+    assert x[draws].mean(1).std() == pytest.approx(exact.std(), rel=0.05)
+
+
+def test_a_task_whose_items_do_not_give_its_score_has_none():
+    class Result:
+        suite, task, metric, score = "s", "group", "acc,none", 40.0
+        items = {"doc": [0, 1], "values": [1.0, 1.0], "weights": [1.0, 1.0], "aggregation": "mean"}
+
+    line = items.line({"point": "base@0"}, Result())
+    assert line["values"] is None and items.scores(line) is None
+
+
+def _cut(path, keep: int, torn: bool):
+    """Keep the first `keep` lines of `path`, and half of the next one if `torn`."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:keep]) + (lines[keep][: len(lines[keep]) // 2] if torn else ""))
+
+
+@pytest.mark.parametrize("torn_items", [True, False], ids=["killed-in-items", "killed-before-results"])
+def test_a_point_cut_between_its_items_and_results_is_evaluated_again(swept, tmp_path, torn_items):
+    root, summary = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(root / "sweep", out)
+    (out / "summary.json").unlink()
+    tasks = 1 + len(GENERAL)
+    before = _lines(out / "results.jsonl")
+    _cut(out / "results.jsonl", len(before) - tasks, torn=False)  # the last point's results gone
+    if torn_items:  # the kill came inside the last point's items write
+        _cut(out / "items.jsonl", len(_lines(out / "items.jsonl")) - tasks, torn=True)
+    again = sweep.Sweep(_spec(root), out).run(progress=False)
+    scores = lambda lines: [(r["point"], r["split"], r["task"], r["score"]) for r in lines]  # noqa: E731
+    assert scores(_lines(out / "results.jsonl")) == scores(before)  # that point evaluated once more, the same
+    assert again["selected"]["key"] == summary["selected"]["key"] and again["frontier"] == summary["frontier"]
+    logged = items.ItemsLog(out / "items.jsonl").records()
+    last = [r for r in logged if (r["point"], r["split"]) == (logged[-1]["point"], logged[-1]["split"])]
+    assert len(last) == tasks * (1 if torn_items else 2)  # a second, whole copy where the first was whole
+    assert [r["part"] for r in logged[-tasks:]] == [[i, tasks] for i in range(tasks)]
+
+
+def test_results_without_items_are_not_done(swept, tmp_path):
+    """A point whose items are gone is evaluated again, so every point's intervals can be computed."""
+    root, _ = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(root / "sweep", out)
+    logged = _lines(out / "items.jsonl")
+    kept = [line for line in logged if line["point"] != "final@1"]
+    (out / "items.jsonl").write_text("".join(json.dumps(line) + "\n" for line in kept))
+    session = sweep.Sweep(_spec(root), out).session
+    session.open()
+    assert ("final@1", "validation") not in session.finished() and ("base@0", "validation") in session.finished()
+    assert len(ResultsLog(out / "results.jsonl").records()) == len(logged)
+
+
+def test_bootstrap_refuses_points_on_different_items(swept):
+    root, _ = swept
+    logged = _lines(root / "sweep" / "items.jsonl")
+    for line in logged:
+        if line["point"] == "final@1" and line["task"] == tinysweep.TARGET and line["split"] == "validation":
+            line["doc"] = [d + 100 for d in line["doc"]]
+    with pytest.raises(stats.RewindError, match="items differ"):
+        items.bootstrap(logged, "validation", ["base@0", "final@1"], [tinysweep.TARGET], GENERAL)
