@@ -102,15 +102,18 @@ class Scored:
     seconds: float | None = None  # how long the point's evaluation took
     passes: dict[str, float] = field(default_factory=dict)  # {"pass@k": 0-100} for each k of --pass-k
     ran: str | None = None  # how its tasks ran: "grid", "point" or "grid+point" (issue 16); None: not recorded
+    target_ci: list[float] | None = None  # [low, high] where the sweep has per-item scores (items.py)
+    general_ci: list[float] | None = None
 
     @property
     def key(self) -> str:
         return self.point.key
 
     def row(self) -> dict:
-        """The point's row in summary.json."""
+        """The point's row in summary.json (intervals only where there are some: older sweeps' rows as they were)."""
         scores = {"target": self.target, "general": self.general, "seconds": self.seconds}
-        return {"key": self.key, **self.point.fields(), **scores, **self.passes, "ran": self.ran}
+        ci = {"target_ci": self.target_ci, "general_ci": self.general_ci} if self.target_ci is not None else {}
+        return {"key": self.key, **self.point.fields(), **scores, **ci, **self.passes, "ran": self.ran}
 
 
 def search_rows(search: dict):

@@ -176,7 +176,7 @@ class Climb:
         def evaluate(group_alphas: tuple[float, ...]) -> tuple:
             point = self.point(group_alphas)
             if self.report.row(point) is None:  # points already scored (the sweep's, an earlier search's) are free
-                self.report.extend(self.session.evaluate([point], VALIDATION))
+                self.report.extend(self.session.evaluate([point], VALIDATION), self.session.take_items())
                 self.spent += 1
             row = self.report.row(point)
             self.history.append(

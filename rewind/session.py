@@ -44,6 +44,7 @@ class SweepSpec:
     select: str = "max-target-within"
     tolerance: float = 1.0
     weight: float = 0.5
+    confidence: float = 0.9  # of the paired bootstrap intervals (report.py); changes no score
     dtype: str = "auto"  # bf16 on an accelerator, fp32 on a CPU
     device: str | None = None
     batch_size: int | str | None = None  # None: lm-eval's default for the device (harness.Evaluator)
@@ -104,6 +105,8 @@ class SweepSpec:
             raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
         if self.limit is not None and self.limit < 1:
             raise RewindError(f"--limit {self.limit}: give at least 1 item per task")
+        if not 0 < self.confidence < 1:
+            raise RewindError(f"--confidence {self.confidence}: must lie between 0 and 1")
         if any(k < 1 for k in self.pass_k):
             raise RewindError(f"--pass-k {','.join(map(str, self.pass_k))}: k must be at least 1")
         self.batch_points = grouping.parse(self.batch_points)
@@ -135,6 +138,7 @@ class Session:
         """Everything before the first point: check results.jsonl, load the model, bind the paths."""
         self.log = results.ResultsLog(self.out / RESULTS_FILE)  # a damaged log fails before the model loads
         self.items = items.ItemsLog(self.out / items.ITEMS_FILE)
+        self.fresh_items: list[dict] = []
         self._load()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -240,6 +244,11 @@ class Session:
         """This run's lines of items.jsonl."""
         return self.items.records(self.run_id)
 
+    def take_items(self) -> list[dict]:
+        """The items lines this session appended since the last call (what a report is extended by)."""
+        fresh, self.fresh_items = self.fresh_items, []
+        return fresh
+
     def finished(self) -> set[tuple[str, str]]:
         """(point key, split) of every point this run has scored on every task, its items logged too. A sweep
         from before items.jsonl (none of its lines there) resumes as it was, without intervals."""
@@ -328,8 +337,10 @@ class Session:
         """A point's lines: its items (from `scored`, its TaskResults) to items.jsonl first, then its results, so a
         point whose results are logged has its items logged too."""
         named = ("run", "point", "path", "alpha", "layers", "split", "role")
-        self.items.append([items.line({k: r[k] for k in named}, result) for r, result in zip(records, scored)])
+        logged = [items.line({k: r[k] for k in named}, result) for r, result in zip(records, scored)]
+        self.items.append(logged)
         self.log.append(records)
+        self.fresh_items += logged
 
     def _at(self, point: Point, split: str, group: int = 1) -> None:
         if self.bar is not None:

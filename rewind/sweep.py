@@ -44,7 +44,8 @@ def evaluate(session: Session, progress: bool = True) -> Report | None:
     session.bar = Work("sweep", (len(todo) + 3) * session.tasks, disable=not progress or session.rank != 0)
     session.evaluate(todo, VALIDATION)  # points of one path in grid passes (--batch-points)
     _barrier(session.world)
-    return Report(session.record, session.records()) if session.rank == 0 else None
+    session.take_items()  # the report reads them all from the log
+    return Report(session.record, session.records(), session.item_records()) if session.rank == 0 else None
 
 
 def finish(session: Session) -> None:
@@ -60,7 +61,7 @@ def conclude(session: Session, report: Report, more: list[Point] = ()) -> dict:
     from . import report_html
 
     chosen = report.selection.selected.point
-    report.extend(session.evaluate([BASE, FINAL, *more, chosen], TEST))
+    report.extend(session.evaluate([BASE, FINAL, *more, chosen], TEST), session.take_items())
     summary = report.write(session.out)
     report_html.write(session.out)
     return summary

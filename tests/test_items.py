@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tinysweep
 
-from rewind import items, stats, sweep
+from rewind import items, report, stats, sweep
 from rewind.results import ResultsLog
 
 GENERAL = [tinysweep.GENERAL, "general_offline_wiki_ppl"]
@@ -143,3 +143,93 @@ def test_bootstrap_refuses_points_on_different_items(swept):
             line["doc"] = [d + 100 for d in line["doc"]]
     with pytest.raises(stats.RewindError, match="items differ"):
         items.bootstrap(logged, "validation", ["base@0", "final@1"], [tinysweep.TARGET], GENERAL)
+
+
+# -- the report on intervals (hand-made lines, no model) ------------------------------------------------------------
+
+RECORD = {
+    "run": "r",
+    "paths": ["linear"],
+    "method": "lora",
+    "spec": {
+        "alphas": [0, 0.5, 1],
+        "target": ["t"],
+        "general": ["g"],
+        "select": "max-target-within",
+        "tolerance": 1.0,
+        "weight": 0.5,
+        "base": "b",
+        "adapter": "a",
+        "layers": None,
+        "cayley_scale": "linear",
+    },
+}
+
+
+def _point_lines(key: str, alpha: float, path: str, correct: dict[str, np.ndarray]):
+    """(results lines, items lines) of one validation point with 0/1 items per task."""
+    named = {"run": "r", "point": key, "path": path, "alpha": alpha, "layers": None, "split": "validation"}
+    res, logged = [], []
+    for role, task in (("target", "t"), ("general", "g")):
+        head = {**named, "role": role, "suite": task, "task": task, "metric": "acc,none"}
+        res.append({**head, "score": 100 * correct[task].mean(), "point_seconds": 1.0})
+        logged.append({**head, "doc": list(range(len(correct[task]))), "values": list(map(float, correct[task]))})
+        logged[-1] |= {"weights": [1.0] * len(correct[task]), "aggregation": "mean"}
+    return res, logged
+
+
+def _report(half_target: np.ndarray, n: int = 400) -> report.Report:
+    rng = np.random.default_rng(1)
+    base = {"t": rng.random(n) < 0.3, "g": rng.random(n) < 0.6}
+    final = {"t": base["t"] | (rng.random(n) < 0.2), "g": base["g"]}  # target up, general as the base
+    half = {"t": half_target, "g": base["g"] & (rng.random(n) < 0.995)}
+    lines = [
+        _point_lines("base@0", 0.0, "base", base),
+        _point_lines("final@1", 1.0, "final", final),
+        _point_lines("linear@0.5", 0.5, "linear", half),
+    ]
+    return report.Report(RECORD, [r for res, _ in lines for r in res], [r for _, it in lines for r in it])
+
+
+def test_the_report_keeps_the_final_when_nothing_is_confidently_better():
+    rng = np.random.default_rng(1)
+    base_t = rng.random(400) < 0.3
+    rep = _report(base_t | (rng.random(400) < 0.2))  # linear@0.5 as good as the final on target, no better
+    summary = rep.summary()
+    assert summary["selected"]["key"] == "final@1" and summary["verdict"].startswith("final@1 kept")
+    for row in summary["points"]:
+        for axis in ("target", "general"):
+            low, high = row[f"{axis}_ci"]
+            assert low < row[axis] < high
+    assert set(summary["evidence"]) == {"base", "final"}
+    assert summary["evidence"]["final"]["target"] == {"delta": 0.0, "ci": [0.0, 0.0]}
+    assert "verdict (0.9 confidence): final@1 kept" in report.table(summary)
+
+
+def test_the_report_leaves_the_final_for_a_confidently_better_point():
+    rep = _report(np.ones(400, bool))  # linear@0.5 solves every target item, general barely moves
+    summary = rep.summary()
+    assert summary["selected"]["key"] == "linear@0.5"
+    assert summary["verdict"].startswith("linear@0.5: target +")
+    delta = summary["evidence"]["final"]["target"]
+    final = summary["final_point"]["target"]
+    assert delta["ci"][0] > 0 and delta["delta"] == pytest.approx(summary["selected"]["target"] - final)
+    text = report.table(summary)
+    assert "selected - final target +" in text and "100.00 [100.00,100.00]" in text.splitlines()[6]
+
+
+def test_a_report_without_items_has_no_intervals():
+    rep = _report(np.ones(400, bool))
+    plain = report.Report(RECORD, rep._records)
+    summary = plain.summary()
+    assert "verdict" not in summary and "target_ci" not in summary["points"][0]
+    assert summary["selected"]["key"] == "linear@0.5"  # on the scores alone, as before
+    assert "verdict" not in report.table(summary)
+
+
+def test_the_sweep_summary_has_intervals_and_evidence(swept):
+    root, summary = swept
+    assert summary["confidence"] == 0.9 and set(summary["evidence"]) == {"base", "final"}
+    assert all(len(row["target_ci"]) == len(row["general_ci"]) == 2 for row in summary["points"])
+    assert summary["selected"]["test"]["general_ci"] is not None
+    assert (root / "sweep" / "pareto.png").stat().st_size > 10_000
