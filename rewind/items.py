@@ -30,6 +30,7 @@ from .results import ResultsLog
 
 ITEMS_FILE = "items.jsonl"
 AXES = ("target", "general")
+REPEAT = "repeat"  # the split of the base's second validation evaluation (Session.repeat_base): the noise floor
 # lm-eval's aggregations rewind reads per item: the task's value as a function of r = sum a_i / sum b_i.
 RATIOS = {
     "mean": lambda r: r,
@@ -115,3 +116,18 @@ def bootstrap(
     if any(set(scored) != tasks for scored in items.values()):
         return None
     return stats.paired_bootstrap(stats.align(items), weights, confidence=confidence)
+
+
+def noise_floor(lines: Sequence[dict], point: str, split: str) -> dict | None:
+    """{"point", "flips": {task: items scored differently}, "items": {task: items}} between `point`'s evaluation
+    on `split` and its REPEAT (stats.flips); None where it was not evaluated again."""
+    first, again = {}, {}
+    for item_line in lines:
+        if item_line["point"] == point and item_line["split"] in (split, REPEAT) and scores(item_line) is not None:
+            which = again if item_line["split"] == REPEAT else first
+            which[item_line["task"]] = dict(zip(map(_doc, item_line["doc"]), scores(item_line)))
+    if not again or set(again) != set(first):
+        return None
+    aligned = stats.align({"first": first, "again": again})
+    flips = stats.flips(aligned["first"], aligned["again"])
+    return {"point": point, "flips": flips, "items": {task: len(x) for task, x in aligned["first"].items()}}

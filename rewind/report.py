@@ -25,7 +25,9 @@ results.jsonl, see results.py):
 Where the sweep has per-item scores (items.jsonl; older sweeps have none and report as they did), a row also has
 target_ci and general_ci ([low, high]: paired bootstrap, stratified by task, at --confidence), and the summary
 - confidence; verdict: why the selected point, with numbers (stats.select's reason);
-- evidence: the selected point's paired differences {"base" | "final": {"target" | "general": {delta, ci}}}.
+- evidence: the selected point's paired differences {"base" | "final": {"target" | "general": {delta, ci}}};
+- noise_floor (where the base was evaluated twice, as a sweep on CUDA does): {point, flips: {task: items scored
+  differently the second time}, items: {task: items}}.
 """
 
 from __future__ import annotations
@@ -276,7 +278,9 @@ class Report:
         chosen = self.selection
         if chosen.boot is None:
             return {}
-        return {"confidence": self.confidence, "verdict": chosen.reason(), "evidence": chosen.evidence()}
+        out = {"confidence": self.confidence, "verdict": chosen.reason(), "evidence": chosen.evidence()}
+        floor = items.noise_floor(self._items, BASE.key, VALIDATION)
+        return out | ({"noise_floor": floor} if floor else {})
 
     def write(self, out: str | Path) -> dict:
         """summary.json and pareto.png into dir `out`; returns the summary."""
@@ -330,6 +334,12 @@ def _verdict_lines(summary: dict) -> list[str]:
     for ref, diffs in summary["evidence"].items():
         parts = "; ".join(f"{axis} {stats.Interval(d['delta'], *d['ci'])}" for axis, d in diffs.items())
         lines.append(f"  selected - {ref:<5} {parts}")
+    floor = summary.get("noise_floor")
+    if floor:
+        flips, n = sum(floor["flips"].values()), sum(floor["items"].values())
+        lines.append(
+            f"noise floor: {floor['point']} evaluated twice, {flips} of {n} validation items scored differently"
+        )
     return lines
 
 

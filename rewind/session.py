@@ -114,6 +114,17 @@ class SweepSpec:
             raise RewindError(f"--chat-template {self.chat_template}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
 
 
+def deterministic() -> None:
+    """Deterministic kernels where torch has them, so a point evaluated twice scores its items the same (lm-eval
+    batches the same requests the same way); cuBLAS needs its workspace fixed before its first use. An op with no
+    deterministic kernel warns rather than fails: the base evaluated twice measures what is left (`repeat_base`)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def _step(path: Path) -> int:
     m = re.search(r"(\d+)$", path.name)
     return int(m.group(1)) if m else 0
@@ -147,6 +158,7 @@ class Session:
         files.write_json(self.out / SWEEP_FILE, self.record)
 
     def _load(self) -> None:
+        deterministic()
         device = self.spec.device
         if self.world > 1 and (device or models.pick_device()).startswith("cuda"):
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
@@ -349,6 +361,23 @@ class Session:
     def _tick(self, _task: str) -> None:
         if self.bar is not None:
             self.bar.update(1)
+
+    def _heads(self, point: Point, split: str, scored: list) -> list[dict]:
+        """How each line of a point's evaluation names it."""
+        named = {"run": self.run_id, "point": point.key, **point.fields(), "split": split}
+        return [{**named, "role": self.roles[r.suite]} for r in scored]
+
+    def repeat_base(self) -> None:
+        """Evaluate the base on validation once more (once per run), its items logged under split items.REPEAT: the
+        items that flip between the two (report.py's noise_floor) are the noise no difference should be read in.
+        The repeat runs point by point: where the first ran in a grid pass, the flips include the grid's own."""
+        if (BASE.key, items.REPEAT) in results.finished(self.item_records(), self.tasks):
+            return
+        self._move(BASE)
+        scored = self.evaluators[VALIDATION].run(self._tick)
+        logged = [items.line(head, r) for head, r in zip(self._heads(BASE, items.REPEAT, scored), scored)]
+        self.items.append(logged)
+        self.fresh_items += logged
 
     # -- moving the model -----------------------------------------------------------------------------------
     def _rewinder(self, path: str) -> engine.Rewinder:

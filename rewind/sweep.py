@@ -41,8 +41,11 @@ def evaluate(session: Session, progress: bool = True) -> Report | None:
     points x tasks, the test split's three points included."""
     session.open()
     todo = shard(session.planned(), session.finished(), session.rank, session.world)
-    session.bar = Work("sweep", (len(todo) + 3) * session.tasks, disable=not progress or session.rank != 0)
+    repeat = session.rank == 0 and session.model.device.type == "cuda"  # a CPU evaluation repeats exactly
+    session.bar = Work("sweep", (len(todo) + 3 + repeat) * session.tasks, disable=not progress or session.rank != 0)
     session.evaluate(todo, VALIDATION)  # points of one path in grid passes (--batch-points)
+    if repeat:
+        session.repeat_base()
     _barrier(session.world)
     session.take_items()  # the report reads them all from the log
     return Report(session.record, session.records(), session.item_records()) if session.rank == 0 else None

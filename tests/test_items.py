@@ -233,3 +233,29 @@ def test_the_sweep_summary_has_intervals_and_evidence(swept):
     assert all(len(row["target_ci"]) == len(row["general_ci"]) == 2 for row in summary["points"])
     assert summary["selected"]["test"]["general_ci"] is not None
     assert (root / "sweep" / "pareto.png").stat().st_size > 10_000
+
+
+def test_a_point_evaluated_twice_on_the_cpu_scores_every_item_the_same(swept, tmp_path):
+    """Deterministic evaluation: the same weights give the same per-item results, also after the model moved away
+    and back; the base evaluated again (as a sweep on CUDA does) reports a noise floor of zero flips."""
+    from rewind.results import FINAL, VALIDATION, Point
+
+    root, _ = swept
+    out = tmp_path / "sweep"
+    shutil.copytree(root / "sweep", out)
+    session = sweep.Sweep(_spec(root), out).session
+    session.open()
+    evaluator, half = session.evaluators[VALIDATION], Point.at("linear", 0.5)
+    session._move(half)
+    first = [r.items for r in evaluator.run()]
+    session._move(FINAL)
+    session._move(half)
+    assert [r.items for r in evaluator.run()] == first
+    session.repeat_base()
+    session.repeat_base()  # once per run
+    summary = report.Report.read(out).summary()
+    floor = summary["noise_floor"]
+    assert floor["point"] == "base@0" and floor["items"] == dict.fromkeys([tinysweep.TARGET, *GENERAL], 4)
+    assert floor["flips"] == dict.fromkeys([tinysweep.TARGET, *GENERAL], 0)
+    assert sum(line["split"] == "repeat" for line in _lines(out / "items.jsonl")) == 3
+    assert "noise floor: base@0 evaluated twice, 0 of 12" in report.table(summary)
