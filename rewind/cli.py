@@ -468,12 +468,26 @@ def rule_option(flag: str, rules, help: str):
 @path_options(multiple=True)
 @sweep_options
 @rule_option("--select", RULES, "How to pick the point (on validation scores).")
+@click.option(
+    "--race",
+    is_flag=True,
+    help="Race the points over chunks of validation items, dropping those another confidently dominates.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--race: item evaluations at most (points x items; default: until the items run out).",
+)
+@click.option("--chunk", type=click.IntRange(min=1), default=32, show_default=True, help="--race: items per round.")
 @quietly
 def sweep(out, **options):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
     from .report import table
 
+    if options["budget"] is not None and not options["race"]:
+        raise RewindError("--budget ITEMS is the budget of a race: pass --race too")
     spec = _sweep_spec(**options)
     summary = sweeper.Sweep(spec, out).run()
     if summary:

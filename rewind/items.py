@@ -30,6 +30,7 @@ from .results import ResultsLog
 
 ITEMS_FILE = "items.jsonl"
 AXES = ("target", "general")
+RACE = "race"  # the split of a race's chunks (racing.py): validation items, a chunk of a task per line
 REPEAT = "repeat"  # the split of the base's second validation evaluation (Session.repeat_base): the noise floor
 # lm-eval's aggregations rewind reads per item: the task's value as a function of r = sum a_i / sum b_i.
 RATIOS = {

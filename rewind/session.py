@@ -49,6 +49,9 @@ class SweepSpec:
     device: str | None = None
     batch_size: int | str | None = None  # None: lm-eval's default for the device (harness.Evaluator)
     allow_extrapolation: bool = False
+    race: bool = False  # race the points over chunks of validation items (racing.py) instead of scoring them all
+    budget: int | None = None  # race: item evaluations at most (points x items); None: until the items run out
+    chunk: int = 32  # race: items per task a round gives every surviving point
     pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
     chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
     include_path: list[str] = field(default_factory=list)  # dirs of task YAMLs, as lm-eval's --include_path
@@ -90,7 +93,8 @@ class SweepSpec:
         if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
             facts["chat_template"] = False
         # Likewise only where given: a sweep of bundled suites keeps its run id (and its results) from before.
-        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits}
+        race = {"budget": self.budget, "chunk": self.chunk} if self.race else None  # which items are scored
+        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits, "race": race}
         facts |= {key: value for key, value in more.items() if value}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -105,6 +109,8 @@ class SweepSpec:
             raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
         if self.limit is not None and self.limit < 1:
             raise RewindError(f"--limit {self.limit}: give at least 1 item per task")
+        if self.race and (self.pass_k or self.chunk < 1 or (self.budget is not None and self.budget < 1)):
+            raise RewindError("--race: needs --chunk and --budget of at least 1, and no --pass-k")
         if not 0 < self.confidence < 1:
             raise RewindError(f"--confidence {self.confidence}: must lie between 0 and 1")
         if any(k < 1 for k in self.pass_k):
@@ -378,6 +384,19 @@ class Session:
         logged = [items.line(head, r) for head, r in zip(self._heads(BASE, items.REPEAT, scored), scored)]
         self.items.append(logged)
         self.fresh_items += logged
+
+    def evaluate_chunk(self, point: Point, task: str, chunk: slice) -> dict:
+        """Score `point` on items [chunk.start, chunk.stop) of validation task `task`; append and return its items
+        line (split items.RACE, with "chunk" and "seconds"): a race's unit of work."""
+        self._move(point)
+        start = time.perf_counter()
+        result = self.evaluators[VALIDATION].run_chunk(task, chunk)
+        head = {**self._heads(point, items.RACE, [result])[0], "chunk": [chunk.start, chunk.stop]}
+        logged = items.line({**head, "seconds": round(time.perf_counter() - start, 3)}, result)
+        self.items.append([logged])
+        if self.bar is not None:
+            self.bar.update(1)
+        return logged
 
     # -- moving the model -----------------------------------------------------------------------------------
     def _rewinder(self, path: str) -> engine.Rewinder:

@@ -349,11 +349,12 @@ class _Entry:
     items: dict[str, Items]  # per lm-eval task (the group's leaves, or the task itself)
     primary: str | None = None  # the metric to report, where not the task's own (pass@k runs)
 
-    def samples(self) -> dict[str, list[int]] | None:
-        """lm-eval's `samples` where a task is halved; None where a limit alone says what is scored."""
-        if all(items.seed is None for items in self.items.values()):
+    def samples(self, chunk: slice | None = None) -> dict[str, list[int]] | None:
+        """lm-eval's `samples` where a task is halved, or only `chunk` of its items' positions is scored; None
+        where a limit alone says what is scored."""
+        if chunk is None and all(items.seed is None for items in self.items.values()):
             return None
-        return {name: items.indices() for name, items in self.items.items()}
+        return {name: items.indices()[chunk or slice(None)] for name, items in self.items.items()}
 
     def where(self) -> str:
         parts = [f"{name} items {i.start}-{i.stop} of split {i.split!r}" for name, i in self.items.items()]
@@ -480,8 +481,17 @@ class Evaluator:
                 on_task(entry.name)
         return out
 
-    def score(self, entry: _Entry, lm=None) -> TaskResult:
-        """One task (an entry of `entries`) on the model as it is, through `lm` (default: this evaluator's HFLM)."""
+    def run_chunk(self, task: str, chunk: slice) -> TaskResult:
+        """`task` scored on positions [chunk.start, chunk.stop) of this phase's items (Items.indices() order) only:
+        a race gives each point a task's items a chunk at a time."""
+        entry = next((e for e in self.entries if e.name == task and e.primary is None), None)
+        if entry is None:
+            raise RewindError(f"task {task}: not a task of this evaluation ({', '.join(self.task_names)})")
+        return self.score(entry, chunk=chunk)
+
+    def score(self, entry: _Entry, lm=None, chunk: slice | None = None) -> TaskResult:
+        """One task (an entry of `entries`) on the model as it is, through `lm` (default: this evaluator's HFLM);
+        `chunk`: only those positions of its items (`run_chunk`)."""
         import numpy as np
         from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
         from lm_eval.evaluator import evaluate
@@ -494,7 +504,7 @@ class Evaluator:
         # Bundled tasks that run generated code (unsafe_code: true) run it in rewind's sandbox (sandbox.py);
         # lm-eval's own such tasks stay refused, as lm-eval refuses them.
         sandboxed = is_bundled(entry.name)
-        samples = entry.samples()
+        samples = entry.samples(chunk)
         start = time.perf_counter()
         chat = entry.chat and self.chat
         out = evaluate(
