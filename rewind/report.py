@@ -202,9 +202,17 @@ class Report:
             self._rows[split] = rows
         return self._rows[split]
 
-    def bootstrap(self, split: str = VALIDATION) -> stats.Bootstrap | None:
-        """The paired bootstrap of `split`'s points (items.bootstrap); None without per-item scores for them all."""
-        return self._bootstrap(split, [r.key for r in self.rows(split)])
+    def bootstrap(self, split: str = VALIDATION, keys: list[str] | None = None) -> stats.Bootstrap | None:
+        """The paired bootstrap of `split`'s points (items.bootstrap), or of the points `keys` only; None without
+        per-item scores for them all."""
+        if keys is None:
+            return self._bootstrap(split, [r.key for r in self.rows(split)])
+        if not self._items:
+            return None
+        spec = self.spec
+        return items.bootstrap(
+            self._items, split, list(dict.fromkeys(keys)), spec["target"], spec["general"], self.confidence
+        )
 
     def _bootstrap(self, split: str, keys: list[str]) -> stats.Bootstrap | None:
         if split not in self._boots:

@@ -259,3 +259,44 @@ def test_a_point_evaluated_twice_on_the_cpu_scores_every_item_the_same(swept, tm
     assert floor["flips"] == dict.fromkeys([tinysweep.TARGET, *GENERAL], 0)
     assert sum(line["split"] == "repeat" for line in _lines(out / "items.jsonl")) == 3
     assert "noise floor: base@0 evaluated twice, 0 of 12" in report.table(summary)
+
+
+# -- the search on paired statistics ----------------------------------------------------------------------------
+
+
+def _boot(points: dict[str, dict[str, np.ndarray]]) -> stats.Bootstrap:
+    return stats.paired_bootstrap(points, {"target": ["t"], "general": ["g"]})
+
+
+def test_the_search_moves_only_for_a_confidently_better_candidate():
+    from rewind import search
+    from rewind.report import Rule
+
+    rng = np.random.default_rng(0)
+    t, g = (rng.random(300) < 0.4) * 100.0, (rng.random(300) < 0.6) * 100.0
+    noisy = t.copy()
+    noisy[np.flatnonzero(t == 0)[:2]] = 100  # two items more: ahead on the score, not confidently
+    clear = np.maximum(t, (rng.random(300) < 0.3) * 100.0)
+    boot = _boot({"base": {"t": t, "g": g}, "noisy": {"t": noisy, "g": g}, "clear": {"t": clear, "g": g}})
+    rule = Rule("max-target-within", tolerance=1.0)
+    assert boot.estimate("noisy", "target") > boot.estimate("base", "target")
+    assert not search.confidently_better(boot, rule, "noisy", "base", "base")
+    assert search.confidently_better(boot, rule, "clear", "base", "base")
+    assert search.confidently_better(boot, Rule("max-sum"), "clear", "noisy", "base")
+    worse_general = {"t": np.full(300, 100.0), "g": g * (rng.random(300) < 0.8)}  # all target, general lost
+    boot = _boot({"base": {"t": t, "g": g}, "far": worse_general, "clear": {"t": clear, "g": g}})
+    assert not search.confidently_better(boot, rule, "far", "clear", "base")  # not within tolerance of the base
+    assert search.confidently_better(boot, rule, "clear", "far", "base")
+
+
+def test_compass_takes_a_move_only_where_improves_says_so():
+    from rewind import search
+
+    seen = []
+
+    def value(x):
+        seen.append(x)
+        return x[0]  # every step up is greater
+
+    best = search.compass(value, (0.0,), 0.2, 0.2, lo=-1, improves=lambda new, old: new[0] >= old[0] + 0.3)
+    assert best == (0.0,) and (0.2,) in seen  # 0.2 was tried, and is not enough of a gain
