@@ -300,3 +300,30 @@ def test_compass_takes_a_move_only_where_improves_says_so():
 
     best = search.compass(value, (0.0,), 0.2, 0.2, lo=-1, improves=lambda new, old: new[0] >= old[0] + 0.3)
     assert best == (0.0,) and (0.2,) in seen  # 0.2 was tried, and is not enough of a gain
+
+
+def test_per_item_reads_numbers_and_pairs_only():
+    from rewind.evaluate.harness import per_item
+
+    class Task:
+        def aggregation(self):
+            from lm_eval.api.metrics import bits_per_byte, mean
+
+            return {"acc": mean, "bits_per_byte": bits_per_byte, "bleu": mean}
+
+    samples = [
+        {"doc_id": i, "filter": "none", "acc": i % 2, "bits_per_byte": (-3.0 * i, 5.0), "bleu": ("ref", "pred")}
+        for i in range(3)
+    ] + [{"doc_id": 0, "filter": "strict", "acc": 1}]
+    out = {"samples": {"task": samples}}
+    assert per_item(out, {"task": Task()}, "acc,none") == {
+        "doc": [0, 1, 2],
+        "values": [0.0, 1.0, 0.0],
+        "weights": [1.0, 1.0, 1.0],
+        "aggregation": "mean",
+    }
+    ratio = per_item(out, {"task": Task()}, "bits_per_byte,none")
+    assert ratio["values"] == [0.0, -3.0, -6.0] and ratio["weights"] == [5.0] * 3
+    assert ratio["aggregation"] == "bits_per_byte"
+    assert per_item(out, {"task": Task()}, "bleu,none") is None
+    assert per_item({"samples": {}}, {"task": Task()}, "acc,none") is None

@@ -600,9 +600,13 @@ def per_item(out: dict, leaves: dict, metric: str) -> dict | None:
                 continue
             value = sample[name]
             pair = isinstance(value, (list, tuple)) and len(value) == 2
+            try:  # a metric whose items are not numbers (bleu's (reference, prediction) pairs) has no per-item score
+                a, b = (float(value[0]), float(value[1])) if pair else (float(value), 1.0)
+            except (TypeError, ValueError):
+                return None
             doc.append(sample["doc_id"] if len(leaves) == 1 else f"{leaf}/{sample['doc_id']}")
-            values.append(float(value[0] if pair else value))
-            weights.append(float(value[1]) if pair else 1.0)
+            values.append(a)
+            weights.append(b)
     if not doc or len(aggregations) != 1:
         return None
     return {"doc": doc, "values": values, "weights": weights, "aggregation": aggregations.pop()}
