@@ -5,7 +5,7 @@ items.jsonl has one line per point x split x task, as results.jsonl: {"run", "po
 (harness.per_item): "doc" (doc ids), "values" and "weights" (a_i, b_i), "aggregation"; "doc" and "values" are null
 where lm-eval logged no per-item value of the metric, or where those values do not give the task's score (a group
 that lm-eval aggregates otherwise): such a task, and so the sweep, has no intervals. A point's item lines are
-appended before its results lines, in the same locked, fsynced, whole-point write (results.ResultsLog), so a point
+appended before its results lines, in the same locked, fsynced, whole-point write (results.JsonlLog), so a point
 whose results are logged has its items logged too; a point counts as done when both are (Session.finished).
 
 Per-item scores. lm-eval scores a task as S = to_score(metric, h(r)) with r = sum a_i / sum b_i: for a mean
@@ -26,7 +26,7 @@ import numpy as np
 
 from . import stats
 from .evaluate.harness import SCORE_MAPS, to_score
-from .results import ResultsLog
+from .results import JsonlLog
 
 ITEMS_FILE = "items.jsonl"
 AXES = ("target", "general")
@@ -41,7 +41,7 @@ RATIOS = {
 }
 
 
-class ItemsLog(ResultsLog):
+class ItemsLog(JsonlLog):
     """items.jsonl: appended, repaired and read as results.jsonl (whole points only, a torn tail dropped)."""
 
     KEYS = ("run", "point", "split", "role", "suite", "task", "doc", "values")

@@ -169,12 +169,12 @@ def read_record(out: Path, hint: str = "") -> dict:
     return files.read_json(out / SWEEP_FILE, "sweep record")
 
 
-class ResultsLog:
+class JsonlLog:
     """Append-only JSONL. A point's lines go out in one locked, fsynced write, each line marked `"part": [i, n]`
     (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted.
-    `KEYS`: what every line must have (items.ItemsLog, the per-item log, asks for its own)."""
+    A subclass names the `KEYS` every line must have: `ResultsLog`, and items.ItemsLog (per-item scores)."""
 
-    KEYS = RECORD_KEYS
+    KEYS: tuple[str, ...] = ()
 
     def __init__(self, path: Path, repair: bool = True):
         self.path = path
@@ -246,6 +246,12 @@ class ResultsLog:
                     f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
                     f"same command (finished points are kept)"
                 ) from exc
+
+
+class ResultsLog(JsonlLog):
+    """results.jsonl."""
+
+    KEYS = RECORD_KEYS
 
 
 @contextlib.contextmanager
