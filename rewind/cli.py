@@ -364,6 +364,13 @@ _SWEEP_OPTIONS = [
         show_default=True,
         help="weighted: weight of the target score.",
     ),
+    click.option(
+        "--confidence",
+        type=_Finite(0, 1, min_open=True, max_open=True),
+        default=0.9,
+        show_default=True,
+        help="Of the paired bootstrap intervals the table shows and the selection decides on.",
+    ),
     click.option("--out", type=click.Path(), default=DEFAULT_SWEEP, show_default=True, help="Sweep dir."),
     click.option("--device", default=None, help="cuda or cpu (default: cuda when present)."),
     click.option(
@@ -426,7 +433,7 @@ def _sweep_spec(adapter, path, layers, alphas, target, general, include_path, me
     )
 
 
-def _continued_spec(out, rule, tolerance, weight, device, batch_size, batch_points):
+def _continued_spec(out, rule, tolerance, weight, confidence, device, batch_size, batch_points):
     """The SweepSpec of the sweep in `out`, with the rule and where to run it as given now."""
     from .session import SweepSpec
     from .sweep import load
@@ -435,6 +442,7 @@ def _continued_spec(out, rule, tolerance, weight, device, batch_size, batch_poin
     spec = SweepSpec(**record["spec"])
     spec.select, spec.tolerance, spec.weight, spec.device = rule, tolerance, weight, device or spec.device
     spec.batch_size, spec.batch_points = batch_size or spec.batch_size, batch_points
+    spec.confidence = confidence
     return spec
 
 
@@ -460,12 +468,26 @@ def rule_option(flag: str, rules, help: str):
 @path_options(multiple=True)
 @sweep_options
 @rule_option("--select", RULES, "How to pick the point (on validation scores).")
+@click.option(
+    "--race",
+    is_flag=True,
+    help="Race the points over chunks of validation items, dropping those another confidently dominates.",
+)
+@click.option(
+    "--budget",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--race: item evaluations at most (points x items; default: until the items run out).",
+)
+@click.option("--chunk", type=click.IntRange(min=1), default=32, show_default=True, help="--race: items per round.")
 @quietly
 def sweep(out, **options):
     """Evaluate target and general scores along paths; print the table, write results, pick the best point."""
     from . import sweep as sweeper
     from .report import table
 
+    if options["budget"] is not None and not options["race"]:
+        raise RewindError("--budget ITEMS is the budget of a race: pass --race too")
     spec = _sweep_spec(**options)
     summary = sweeper.Sweep(spec, out).run()
     if summary:
@@ -518,7 +540,7 @@ def search(out, groups, budget, step, min_step, **options):
     if options["adapter"] is not None:
         spec = _sweep_spec(**options)
     else:
-        keep = ("rule", "tolerance", "weight", "device", "batch_size", "batch_points")
+        keep = ("rule", "tolerance", "weight", "confidence", "device", "batch_size", "batch_points")
         spec = _continued_spec(out, **{key: options[key] for key in keep})
     search_path = next((p for p in options["path"] if p not in (paths.AUTO, LAYERWISE)), None)  # a path named
     plan = searcher.SearchSpec(path=search_path, groups=groups, budget=budget, step=step, min_step=min_step)

@@ -241,6 +241,8 @@ def _verdict(report: Page) -> str:
         f"({_signed(sel['general'] - base['general'])}){_kept(sel, base, gain)}.</p>",
         f'<p class="muted">Rule: {_e(rule_text(s))}.</p>',
     ]
+    if s.get("verdict"):  # a sweep with per-item scores: the decision on paired intervals, with its numbers
+        lines.append(f"<p>At {s['confidence']:g} confidence (paired bootstrap): {_e(s['verdict'])}</p>")
     tests = [(name, row.get("test")) for name, row in (("base", base), ("final", final), ("selected", sel))]
     if all(t for _, t in tests):
         lines.append(

@@ -102,15 +102,18 @@ class Scored:
     seconds: float | None = None  # how long the point's evaluation took
     passes: dict[str, float] = field(default_factory=dict)  # {"pass@k": 0-100} for each k of --pass-k
     ran: str | None = None  # how its tasks ran: "grid", "point" or "grid+point" (issue 16); None: not recorded
+    target_ci: list[float] | None = None  # [low, high] where the sweep has per-item scores (items.py)
+    general_ci: list[float] | None = None
 
     @property
     def key(self) -> str:
         return self.point.key
 
     def row(self) -> dict:
-        """The point's row in summary.json."""
+        """The point's row in summary.json (intervals only where there are some: older sweeps' rows as they were)."""
         scores = {"target": self.target, "general": self.general, "seconds": self.seconds}
-        return {"key": self.key, **self.point.fields(), **scores, **self.passes, "ran": self.ran}
+        ci = {"target_ci": self.target_ci, "general_ci": self.general_ci} if self.target_ci is not None else {}
+        return {"key": self.key, **self.point.fields(), **scores, **ci, **self.passes, "ran": self.ran}
 
 
 def search_rows(search: dict):
@@ -166,9 +169,12 @@ def read_record(out: Path, hint: str = "") -> dict:
     return files.read_json(out / SWEEP_FILE, "sweep record")
 
 
-class ResultsLog:
+class JsonlLog:
     """Append-only JSONL. A point's lines go out in one locked, fsynced write, each line marked `"part": [i, n]`
-    (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted."""
+    (its place among the point's n lines), so a point cut short by a kill is dropped whole, never half counted.
+    A subclass names the `KEYS` every line must have: `ResultsLog`, and items.ItemsLog (per-item scores)."""
+
+    KEYS: tuple[str, ...] = ()
 
     def __init__(self, path: Path, repair: bool = True):
         self.path = path
@@ -207,7 +213,7 @@ class ResultsLog:
         try:
             record = json.loads(line)
             part = record.get("part", (0, 1))
-            if not all(key in record for key in RECORD_KEYS) or not (len(part) == 2 and 0 <= part[0] < part[1]):
+            if not all(key in record for key in self.KEYS) or not (len(part) == 2 and 0 <= part[0] < part[1]):
                 raise ValueError("not a results record")
         except (ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError and UnicodeDecodeError included
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not a results record"
@@ -240,6 +246,12 @@ class ResultsLog:
                     f"{self.path}: cannot write results ({exc.strerror}); free space and rerun the "
                     f"same command (finished points are kept)"
                 ) from exc
+
+
+class ResultsLog(JsonlLog):
+    """results.jsonl."""
+
+    KEYS = RECORD_KEYS
 
 
 @contextlib.contextmanager

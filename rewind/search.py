@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from . import files
+from . import files, stats
 from . import sweep as sweeper
 from .errors import RewindError
 from .report import Report, Rule
@@ -61,8 +61,11 @@ def compass(
     lo: float = 0.0,
     hi: float = 1.0,
     budget: Callable[[], bool] = lambda: True,
+    improves: Callable[[tuple[float, ...], tuple[float, ...]], bool] | None = None,
 ) -> tuple[float, ...]:
-    """Maximise `value` over group alphas in [lo, hi]; `budget()` false stops it. Returns the best point found."""
+    """Maximise `value` over group alphas in [lo, hi]; `budget()` false stops it. Returns the best point found.
+    `improves(candidate, best)`, called once the candidate's value was computed, decides a move where given (a
+    paired test), instead of the candidate's value being the greater."""
     grid = min_step
 
     def snap(a: float) -> float:
@@ -78,7 +81,7 @@ def compass(
                 if candidate == best or not budget():
                     continue
                 v = value(candidate)
-                if v > best_value:
+                if improves(candidate, best) if improves else v > best_value:
                     best, best_value, moved, first[g] = candidate, v, True, direction
                     break
         if not moved:
@@ -138,6 +141,7 @@ class Search:
             "groups": groups,
             "search": asdict(self.spec),
             "evaluations": climb.spent,
+            "paired": report.bootstrap() is not None,  # moves taken on paired intervals (else on the scores)
             "start": start.key,
             "best_uniform": report.entry(start),
             "searched": report.entry(report.row(chosen)),
@@ -152,12 +156,34 @@ class Search:
 
 
 def best_uniform(report: Report, path: str) -> Scored:
-    """Where the search starts: the rule's choice among the uniform points of `path`, the base and the final."""
+    """Where the search starts: the rule's choice among the uniform points of `path`, the base and the final (on
+    paired intervals where the sweep has per-item scores, as the sweep's own selection)."""
     rows = report.rows()
     uniform = [
         r for r in rows if r.point.kind in ("base", "final") or (r.point.kind == "path" and r.point.path == path)
     ]
-    return report.rule.select(uniform, report.selection.base)
+    boot = report.bootstrap(VALIDATION, [r.key for r in uniform])
+    return report.rule.decide(uniform, report.selection.base, report.selection.final, boot)[0]
+
+
+def confidently_better(boot: stats.Bootstrap, rule: Rule, new: str, old: str, base: str) -> bool:
+    """Whether point `new` beats the incumbent `old` under `rule`, paired, at the bootstrap's confidence.
+
+    max-sum, weighted: the lower bound of new - old on the rule's objective is above 0. max-target-within: a point
+    is feasible when its general vs the base is confidently within -tolerance (the base always is); a feasible
+    point beats an infeasible one, two feasible ones compare on target and two infeasible ones on general (so a
+    search can climb back), each confidently.
+    """
+    _, axis = stats.objective_axis(rule.name, rule.weight)
+    if rule.name != "max-target-within":
+        return stats.confidently_above(boot.diff(new, old, axis))
+
+    def feasible(point: str) -> bool:
+        return point == base or boot.diff(point, base, "general").low >= -rule.tolerance
+
+    if feasible(new) != feasible(old):
+        return feasible(new)
+    return stats.confidently_above(boot.diff(new, old, "target" if feasible(new) else "general"))
 
 
 class Climb:
@@ -176,7 +202,7 @@ class Climb:
         def evaluate(group_alphas: tuple[float, ...]) -> tuple:
             point = self.point(group_alphas)
             if self.report.row(point) is None:  # points already scored (the sweep's, an earlier search's) are free
-                self.report.extend(self.session.evaluate([point], VALIDATION))
+                self.report.extend(self.session.evaluate([point], VALIDATION), self.session.take_items())
                 self.spent += 1
             row = self.report.row(point)
             self.history.append(
@@ -185,8 +211,17 @@ class Climb:
             return self.value(row)
 
         start = (self.alpha,) * len(self.groups)
-        best = compass(evaluate, start, spec.step, spec.min_step, budget=lambda: self.spent < spec.budget)
-        return self.point(best)
+        budget = lambda: self.spent < spec.budget  # noqa: E731
+        return self.point(compass(evaluate, start, spec.step, spec.min_step, budget=budget, improves=self.improves))
+
+    def improves(self, candidate: tuple[float, ...], best: tuple[float, ...]) -> bool:
+        """A move is taken only when the candidate is confidently better than the incumbent (paired, at the
+        sweep's confidence) where the sweep has per-item scores; else when its objective value is greater."""
+        new, old = self.point(candidate).key, self.point(best).key
+        boot = self.report.bootstrap(VALIDATION, [new, old, self.report.selection.base.key])
+        if boot is None:
+            return self.value(self.report.row(self.point(candidate))) > self.value(self.report.row(self.point(best)))
+        return confidently_better(boot, self.report.rule, new, old, self.report.selection.base.key)
 
 
 def report_table(report: dict) -> str:

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import adapters, engine, files, grouping, models, paths, progress, results
+from . import adapters, engine, files, grouping, items, models, paths, progress, results
 from .errors import RewindError
 from .evaluate.harness import CHAT_TEMPLATE_MODES
 from .results import BASE, RESULTS_FILE, SWEEP_FILE, TEST, VALIDATION, Point
@@ -44,10 +44,14 @@ class SweepSpec:
     select: str = "max-target-within"
     tolerance: float = 1.0
     weight: float = 0.5
+    confidence: float = 0.9  # of the paired bootstrap intervals (report.py); changes no score
     dtype: str = "auto"  # bf16 on an accelerator, fp32 on a CPU
     device: str | None = None
     batch_size: int | str | None = None  # None: lm-eval's default for the device (harness.Evaluator)
     allow_extrapolation: bool = False
+    race: bool = False  # race the points over chunks of validation items (racing.py) instead of scoring them all
+    budget: int | None = None  # race: item evaluations at most (points x items); None: until the items run out
+    chunk: int = 32  # race: items per task a round gives every surviving point
     pass_k: list[int] = field(default_factory=list)  # sampled pass@k beside greedy accuracy, generation tasks
     chat_template: str = "auto"  # for tasks that ask for it: auto (if the tokenizer has one), on, off
     include_path: list[str] = field(default_factory=list)  # dirs of task YAMLs, as lm-eval's --include_path
@@ -89,7 +93,8 @@ class SweepSpec:
         if not chat:  # only then: sweeps from before --chat-template (which always applied it) keep their id
             facts["chat_template"] = False
         # Likewise only where given: a sweep of bundled suites keeps its run id (and its results) from before.
-        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits}
+        race = {"budget": self.budget, "chunk": self.chunk} if self.race else None  # which items are scored
+        more = {"include_path": self.include_path, "metric": self.metric, "splits": splits, "race": race}
         facts |= {key: value for key, value in more.items() if value}
         return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -104,11 +109,26 @@ class SweepSpec:
             raise RewindError("--alphas must lie in [0, 1] (or pass --allow-extrapolation)")
         if self.limit is not None and self.limit < 1:
             raise RewindError(f"--limit {self.limit}: give at least 1 item per task")
+        if self.race and (self.pass_k or self.chunk < 1 or (self.budget is not None and self.budget < 1)):
+            raise RewindError("--race: needs --chunk and --budget of at least 1, and no --pass-k")
+        if not 0 < self.confidence < 1:
+            raise RewindError(f"--confidence {self.confidence}: must lie between 0 and 1")
         if any(k < 1 for k in self.pass_k):
             raise RewindError(f"--pass-k {','.join(map(str, self.pass_k))}: k must be at least 1")
         self.batch_points = grouping.parse(self.batch_points)
         if self.chat_template not in CHAT_TEMPLATE_MODES:
             raise RewindError(f"--chat-template {self.chat_template}: use one of {', '.join(CHAT_TEMPLATE_MODES)}")
+
+
+def deterministic() -> None:
+    """Deterministic kernels where torch has them, so a point evaluated twice scores its items the same (lm-eval
+    batches the same requests the same way); cuBLAS needs its workspace fixed before its first use. An op with no
+    deterministic kernel warns rather than fails: the base evaluated twice measures what is left (`repeat_base`)."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def _step(path: Path) -> int:
@@ -134,6 +154,8 @@ class Session:
     def open(self) -> None:
         """Everything before the first point: check results.jsonl, load the model, bind the paths."""
         self.log = results.ResultsLog(self.out / RESULTS_FILE)  # a damaged log fails before the model loads
+        self.items = items.ItemsLog(self.out / items.ITEMS_FILE)
+        self.fresh_items: list[dict] = []
         self._load()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -142,6 +164,7 @@ class Session:
         files.write_json(self.out / SWEEP_FILE, self.record)
 
     def _load(self) -> None:
+        deterministic()
         device = self.spec.device
         if self.world > 1 and (device or models.pick_device()).startswith("cuda"):
             device = f"cuda:{os.environ.get('LOCAL_RANK', self.rank)}"
@@ -235,9 +258,20 @@ class Session:
         """Tasks scored per point and split (what the progress bar counts)."""
         return len(self.evaluators[VALIDATION].entries)
 
+    def item_records(self) -> list[dict]:
+        """This run's lines of items.jsonl."""
+        return self.items.records(self.run_id)
+
+    def take_items(self) -> list[dict]:
+        """The items lines this session appended since the last call (what a report is extended by)."""
+        fresh, self.fresh_items = self.fresh_items, []
+        return fresh
+
     def finished(self) -> set[tuple[str, str]]:
-        """(point key, split) of every point this run has scored on every task."""
-        return results.finished(self.records(), self.tasks)
+        """(point key, split) of every point this run has scored on every task, its items logged too. A sweep
+        from before items.jsonl (none of its lines there) resumes as it was, without intervals."""
+        done, logged = results.finished(self.records(), self.tasks), self.item_records()
+        return done & results.finished(logged, self.tasks) if logged or not done else done
 
     def evaluate(self, points: list[Point], split: str) -> list[dict]:
         """Score on `split` each of `points` that this run has not scored there yet; returns the new lines. Points
@@ -263,7 +297,7 @@ class Session:
         self._at([point], split)
         scored = self.evaluators[split].run(self._tick)
         records = self._lines(point, split, [(r, "point") for r in scored], 1, switch, time.perf_counter() - start)
-        self.log.append(records)
+        self._append(records, scored)
         return records
 
     def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
@@ -294,7 +328,7 @@ class Session:
         out = []
         for point, mine in zip(points, scored):
             records = self._lines(point, split, mine, len(points), switch / len(points), share)
-            self.log.append(records)
+            self._append(records, [r for r, _ in mine])
             out += records
         return out
 
@@ -307,7 +341,7 @@ class Session:
                 **point.fields(),
                 "split": split,
                 "role": self.roles[r.suite],
-                **asdict(r),
+                **{k: v for k, v in asdict(r).items() if k != "items"},  # the items go to items.jsonl
                 "device": str(self.model.device),
                 "switch_seconds": round(switch, 4),
                 "point_seconds": round(seconds, 3),
@@ -316,6 +350,15 @@ class Session:
             }
             for r, ran in scored
         ]
+
+    def _append(self, records: list[dict], scored: list) -> None:
+        """A point's lines: its items (from `scored`, its TaskResults) to items.jsonl first, then its results, so a
+        point whose results are logged has its items logged too."""
+        named = ("run", "point", "path", "alpha", "layers", "split", "role")
+        logged = [items.line({k: r[k] for k in named}, result) for r, result in zip(records, scored)]
+        self.items.append(logged)
+        self.log.append(records)
+        self.fresh_items += logged
 
     def _at(self, points: list[Point], split: str) -> None:
         """The bar's current work: a point, or a group's first and last points."""
@@ -326,6 +369,36 @@ class Session:
     def _tick(self, _task: str) -> None:
         if self.bar is not None:
             self.bar.update(1)
+
+    def _heads(self, point: Point, split: str, scored: list) -> list[dict]:
+        """How each line of a point's evaluation names it."""
+        named = {"run": self.run_id, "point": point.key, **point.fields(), "split": split}
+        return [{**named, "role": self.roles[r.suite]} for r in scored]
+
+    def repeat_base(self) -> None:
+        """Evaluate the base on validation once more (once per run), its items logged under split items.REPEAT: the
+        items that flip between the two (report.py's noise_floor) are the noise no difference should be read in.
+        The repeat runs point by point: where the first ran in a grid pass, the flips include the grid's own."""
+        if (BASE.key, items.REPEAT) in results.finished(self.item_records(), self.tasks):
+            return
+        self._move(BASE)
+        scored = self.evaluators[VALIDATION].run(self._tick)
+        logged = [items.line(head, r) for head, r in zip(self._heads(BASE, items.REPEAT, scored), scored)]
+        self.items.append(logged)
+        self.fresh_items += logged
+
+    def evaluate_chunk(self, point: Point, task: str, chunk: slice) -> dict:
+        """Score `point` on items [chunk.start, chunk.stop) of validation task `task`; append and return its items
+        line (split items.RACE, with "chunk" and "seconds"): a race's unit of work."""
+        self._move(point)
+        start = time.perf_counter()
+        result = self.evaluators[VALIDATION].run_chunk(task, chunk)
+        head = {**self._heads(point, items.RACE, [result])[0], "chunk": [chunk.start, chunk.stop]}
+        logged = items.line({**head, "seconds": round(time.perf_counter() - start, 3)}, result)
+        self.items.append([logged])
+        if self.bar is not None:
+            self.bar.update(1)
+        return logged
 
     # -- moving the model -----------------------------------------------------------------------------------
     def _rewinder(self, path: str) -> engine.Rewinder:

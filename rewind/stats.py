@@ -361,7 +361,7 @@ def race(
 ) -> Race:
     """Race `points`: each round gives every survivor the next `chunks[r]` items of every task, then drops the
     points another survivor confidently dominates, until the chunks, the items or the budget run out or at most
-    one point that may be dropped is left.
+    one point that may be dropped is left (after the first round, which every point is given: all have scores).
 
     `evaluate_chunk(points, task, items)` returns {point: scores of items[start:stop]}. `budget` caps the item
     evaluations (points x items; the last round shrinks to fit); `sizes` caps each task's items (None: as many as
@@ -380,7 +380,7 @@ def race(
     scores = {p: {t: np.empty(0) for t in tasks} for p in points}
     survivors, log, spent, taken = list(points), [], 0, dict.fromkeys(tasks, 0)
     for round_, chunk in enumerate(chunks):
-        if sum(p not in keep for p in survivors) <= 1:
+        if round_ and sum(p not in keep for p in survivors) <= 1:  # every point is given the first round
             break
         left = None if budget is None else (budget - spent) // len(survivors)
         plan = _plan(chunk, taken, sizes or {}, left)

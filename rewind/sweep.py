@@ -4,7 +4,8 @@ The main job is a policy over a `Session` (session.py: the `SweepSpec`, one resi
 alpha switch plus lm-eval on the live model, lines streamed to results.jsonl) and a `Report`
 (report.py: scores, frontier, selection, summary). Every planned point is scored on the validation split (sharded
 over torchrun ranks); rank 0 then selects on validation and scores the chosen point, the base and the final adapter
-on the test split. A killed sweep rerun with the same command skips what is done.
+on the test split. A killed sweep rerun with the same command skips what is done. With --race the planned points
+are raced over chunks of validation items instead (racing.py: one device), the survivors reported as any points.
 """
 
 from __future__ import annotations
@@ -41,10 +42,21 @@ def evaluate(session: Session, progress: bool = True) -> Report | None:
     points x tasks, the test split's three points included."""
     session.open()
     todo = shard(session.planned(), session.finished(), session.rank, session.world)
-    session.bar = Work("sweep", (len(todo) + 3) * session.tasks, disable=not progress or session.rank != 0)
-    session.evaluate(todo, VALIDATION)  # points of one path in grid passes (--batch-points)
+    repeat = session.rank == 0 and session.model.device.type == "cuda"  # a CPU evaluation repeats exactly
+    if session.spec.race:
+        from . import racing
+
+        chunks = len(racing.raced_tasks(session)) * len(racing.rounds(session)) * len(session.planned())
+        session.bar = Work("race", chunks + (3 + repeat) * session.tasks, disable=not progress)
+        racing.run(session)
+    else:
+        session.bar = Work("sweep", (len(todo) + 3 + repeat) * session.tasks, disable=not progress or session.rank != 0)
+        session.evaluate(todo, VALIDATION)  # points of one path in grid passes (--batch-points)
+    if repeat:
+        session.repeat_base()
     _barrier(session.world)
-    return Report(session.record, session.records()) if session.rank == 0 else None
+    session.take_items()  # the report reads them all from the log
+    return Report(session.record, session.records(), session.item_records()) if session.rank == 0 else None
 
 
 def finish(session: Session) -> None:
@@ -60,7 +72,7 @@ def conclude(session: Session, report: Report, more: list[Point] = ()) -> dict:
     from . import report_html
 
     chosen = report.selection.selected.point
-    report.extend(session.evaluate([BASE, FINAL, *more, chosen], TEST))
+    report.extend(session.evaluate([BASE, FINAL, *more, chosen], TEST), session.take_items())
     summary = report.write(session.out)
     report_html.write(session.out)
     return summary

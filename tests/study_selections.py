@@ -50,6 +50,9 @@ class _Replay:
         keys = {p.key for p in points}
         return [r for r in self.records if r["point"] in keys and r["split"] == split]
 
+    def take_items(self) -> list[dict]:
+        return []  # the study's sweeps predate items.jsonl
+
 
 def _search(directory: Path, report, records: list[dict]) -> dict:
     """The search's choices recomputed from the logged scores: its start, its climb replayed, the selection."""

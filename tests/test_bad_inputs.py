@@ -1050,7 +1050,8 @@ def damaged_files(out: Path) -> list[str]:
 
 def test_sweep_on_a_full_disk_fails_cleanly_and_resumes(world, small_disk, capsys):
     """Each rerun gets one more free block than its files take: the failure moves on from sweep.json through the
-    results to the plot, each a one-line error naming the file, every file whole; with space the sweep finishes."""
+    items and results to the plot, each a one-line error naming the file, every file whole; with space the sweep
+    finishes."""
     out = small_disk / "work" / "out"
     argv = tinysweep.sweep_args(world / "tbase", world / "tlora", out, "--alphas", "0,1", limit=1)
     named = []
@@ -1061,13 +1062,14 @@ def test_sweep_on_a_full_disk_fails_cleanly_and_resumes(world, small_disk, capsy
         assert code == 2 and len(ours) == 1 and "Traceback" not in err, err
         assert ours[0].startswith("rewind: error: ") and "No space left on device" in ours[0], ours
         assert "rerun the same command" in ours[0] and not damaged_files(out), (ours, damaged_files(out))
-        named.append(next(n for n in ("sweep.json", "results.jsonl", "summary.json", "pareto.png") if n in err))
+        files = ("sweep.json", "items.jsonl", "results.jsonl", "summary.json", "pareto.png")
+        named.append(next(n for n in files if n in err))
         if free == 0:
             assert named == ["sweep.json"] and not (out / "sweep.json").exists()  # not a 0-byte one
         (small_disk / "filler").unlink()
         if named[-1] == "pareto.png":
             break
-    assert "results.jsonl" in named and named[-1] == "pareto.png", named
+    assert "items.jsonl" in named and named[-1] == "pareto.png", named
     code, err = _run(argv, capsys)
     assert code == 0, err
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

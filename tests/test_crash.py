@@ -102,7 +102,14 @@ def test_sweep_killed_mid_run_resumes_without_recomputing(tmp_path):
     validation = {r["point"] for r in records if r["split"] == "validation"}
     assert validation == {"base@0", "final@1", "linear@0.2", "linear@0.4", "linear@0.6", "linear@0.8"}
     assert len(records) == len({(r["point"], r["split"], r["task"]) for r in records})  # no duplicates
-    assert json.loads((out / "summary.json").read_text())["selected"]["key"] in validation
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["selected"]["key"] in validation
+    # items.jsonl came through the kill too: every line whole, every scored task's items there, so intervals
+    logged = [json.loads(line) for line in (out / "items.jsonl").read_text().splitlines()]
+    assert {(r["point"], r["split"], r["task"]) for r in logged} == {
+        (r["point"], r["split"], r["task"]) for r in records
+    }
+    assert all(row["target_ci"] is not None for row in summary["points"])
 
 
 def test_sweep_resumes_over_a_point_cut_after_its_first_line(tmp_path):

@@ -89,6 +89,7 @@ def test_search_records_its_candidates_in_the_sweep(searched):
     assert 1 <= report["evaluations"] <= 3 and len(scheduled) == report["evaluations"]
     assert len(validation) == len({(r["point"], r["task"]) for r in validation})  # nothing evaluated twice
     assert report["groups"] == [[0], [1]]
+    assert report["paired"]  # the sweep logged its items: moves are taken on paired intervals
     summary = json.loads((out / "summary.json").read_text())
     assert scheduled <= {p["key"] for p in summary["points"]}  # table and plot show searched points too
     tests = {r["point"] for r in records if r["split"] == "test"}

@@ -65,7 +65,10 @@ def test_sweep_writes_results_summary_plot(swept):
     assert {r["point"] for r in records if r["split"] == "test"} == {"base@0", "final@1", summary["selected"]["key"]}
     assert (out / "pareto.png").stat().st_size > 10_000
     assert summary["base_point"]["test"] is not None
-    assert summary["selected"]["key"] in summary["frontier"]  # max-target-within never picks a dominated point
+    # On intervals, the final is kept unless a point is confidently better, even one a little ahead on the scores;
+    # a point chosen here is on the frontier.
+    kept = summary["verdict"].startswith("final@1 kept")
+    assert summary["selected"]["key"] in summary["frontier"] or kept
     text = table(summary)
     assert "linear" in text and "selected (max-target-within, validation)" in text
 

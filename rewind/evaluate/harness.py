@@ -22,6 +22,7 @@ tests/test_task_splits.py check it; bench/README.md has the GPU comparison, wher
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -101,6 +102,7 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric lm-eval reported, by its key
     chat_template: bool = False  # whether the prompts went through the tokenizer's chat template
     scored: dict[str, dict] = field(default_factory=dict)  # per lm-eval task: Items.record() of what was scored
+    items: dict | None = None  # per-item values of `metric` (see `per_item`); kept out of results.jsonl
 
 
 def use_bundled_nltk_data() -> None:
@@ -347,11 +349,12 @@ class _Entry:
     items: dict[str, Items]  # per lm-eval task (the group's leaves, or the task itself)
     primary: str | None = None  # the metric to report, where not the task's own (pass@k runs)
 
-    def samples(self) -> dict[str, list[int]] | None:
-        """lm-eval's `samples` where a task is halved; None where a limit alone says what is scored."""
-        if all(items.seed is None for items in self.items.values()):
+    def samples(self, chunk: slice | None = None) -> dict[str, list[int]] | None:
+        """lm-eval's `samples` where a task is halved, or only `chunk` of its items' positions is scored; None
+        where a limit alone says what is scored."""
+        if chunk is None and all(items.seed is None for items in self.items.values()):
             return None
-        return {name: items.indices() for name, items in self.items.items()}
+        return {name: items.indices()[chunk or slice(None)] for name, items in self.items.items()}
 
     def where(self) -> str:
         parts = [f"{name} items {i.start}-{i.stop} of split {i.split!r}" for name, i in self.items.items()]
@@ -478,8 +481,17 @@ class Evaluator:
                 on_task(entry.name)
         return out
 
-    def score(self, entry: _Entry, lm=None) -> TaskResult:
-        """One task (an entry of `entries`) on the model as it is, through `lm` (default: this evaluator's HFLM)."""
+    def run_chunk(self, task: str, chunk: slice) -> TaskResult:
+        """`task` scored on positions [chunk.start, chunk.stop) of this phase's items (Items.indices() order) only:
+        a race gives each point a task's items a chunk at a time."""
+        entry = next((e for e in self.entries if e.name == task and e.primary is None), None)
+        if entry is None:
+            raise RewindError(f"task {task}: not a task of this evaluation ({', '.join(self.task_names)})")
+        return self.score(entry, chunk=chunk)
+
+    def score(self, entry: _Entry, lm=None, chunk: slice | None = None) -> TaskResult:
+        """One task (an entry of `entries`) on the model as it is, through `lm` (default: this evaluator's HFLM);
+        `chunk`: only those positions of its items (`run_chunk`)."""
         import numpy as np
         from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
         from lm_eval.evaluator import evaluate
@@ -492,7 +504,7 @@ class Evaluator:
         # Bundled tasks that run generated code (unsafe_code: true) run it in rewind's sandbox (sandbox.py);
         # lm-eval's own such tasks stay refused, as lm-eval refuses them.
         sandboxed = is_bundled(entry.name)
-        samples = entry.samples()
+        samples = entry.samples(chunk)
         start = time.perf_counter()
         chat = entry.chat and self.chat
         out = evaluate(
@@ -500,12 +512,13 @@ class Evaluator:
             task_dict=entry.loaded,
             limit=None if samples else self.limit,
             samples=samples,
-            log_samples=False,
+            log_samples=True,  # the per-item values paired statistics need (rewind/items.py)
             apply_chat_template=chat,
             confirm_run_unsafe_code=sandboxed,
         )
         seconds = time.perf_counter() - start
-        return _result(entry, out, seconds, chat, self.metrics)
+        result = _result(entry, out, seconds, chat, self.metrics)
+        return dataclasses.replace(result, items=per_item(out, entry.loaded["tasks"], result.metric))
 
 
 def _check_metrics(metrics: dict[str, str], suites: list[Suite], entries: list[_Entry]) -> None:
@@ -567,6 +580,36 @@ def _result(entry: _Entry, out: dict, seconds: float, chat: bool, chosen: dict[s
         chat,
         {name: items.record() for name, items in entry.items.items()},
     )
+
+
+def per_item(out: dict, leaves: dict, metric: str) -> dict | None:
+    """Each item's value of `metric` (lm-eval's "metric,filter") in the output of lm-eval's evaluate(...,
+    log_samples=True), over the lm-eval tasks `leaves` ({name: Task}: a task, or a group's leaves).
+
+    {"doc": doc ids (a group's as "leaf/id"), "values": a_i, "weights": b_i, "aggregation": lm-eval's aggregation
+    of the metric, by name}. Where the metric's per-item value is a pair (loglikelihood, bytes) as for
+    bits_per_byte, a_i and b_i are its parts and lm-eval aggregates a ratio of sums; otherwise b_i = 1.
+    rewind/items.py turns these into per-item scores. None where lm-eval logged no item of the metric.
+    """
+    name, _, filter_ = metric.partition(",")
+    doc, values, weights, aggregations = [], [], [], set()
+    for leaf, task in leaves.items():
+        aggregations.add(getattr(task.aggregation().get(name), "__name__", None))
+        for sample in (out.get("samples") or {}).get(leaf, []):
+            if sample.get("filter") != (filter_ or "none") or name not in sample:
+                continue
+            value = sample[name]
+            pair = isinstance(value, (list, tuple)) and len(value) == 2
+            try:  # a metric whose items are not numbers (bleu's (reference, prediction) pairs) has no per-item score
+                a, b = (float(value[0]), float(value[1])) if pair else (float(value), 1.0)
+            except (TypeError, ValueError):
+                return None
+            doc.append(sample["doc_id"] if len(leaves) == 1 else f"{leaf}/{sample['doc_id']}")
+            values.append(a)
+            weights.append(b)
+    if not doc or len(aggregations) != 1:
+        return None
+    return {"doc": doc, "values": values, "weights": weights, "aggregation": aggregations.pop()}
 
 
 def pass_at_k(n: int, correct: int, k: int) -> float:
