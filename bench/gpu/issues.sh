@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU box, after setup.sh, one step per device call (each under 10 minutes); results under $OUT.
-#   bash bench/gpu/issues.sh grid     # issue 16: grid vs point-by-point sweep, agreement, 7B generation, fused branch
-#   bash bench/gpu/issues.sh conf     # issue 17: sweeps with paired intervals at 256 items, racing, search
+#   bash bench/gpu/issues.sh main     # issues 16 and 17 side by side (the 135M model leaves the H200 mostly idle):
+#       16: grid vs point-by-point sweep and per-item agreement, then a 7B-shaped 11-point generation pass;
+#       17: the demo OFT adapter swept at 256 target items (bench/math_tasks.py) with paired intervals, and a race
 #   bash bench/gpu/issues.sh export   # issue 19: pipelined export on the 7B shape against the old way and a copy
 # The tree of this call comes first on the path, so a step runs the code it was sent with.
 set -uo pipefail
@@ -12,20 +13,29 @@ DEMO=rewind/demo/oft-math
 stamp() { echo "[$(date +%T)] $*"; }
 
 grid() {
-  stamp "grid sweep: OFT demo adapter, both paths, 11 alphas, 32 items (the study's count)"
-  timeout 330 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense --limit 32 \
-    --skip generate --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/grid_sweep.log" 2>&1
-  stamp "rc=$?"
-  stamp "7B-shaped generation pass: 11 points, 256 new tokens"
-  timeout 120 python3 bench/grid_sweep.py --skip sweep --gen-shape qwen --points 11 --batch 16 --tokens 512 \
+  stamp "grid sweep: OFT demo adapter, cayley, 6 alphas, 32 items (the study's count)"
+  timeout 270 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --alphas 0,0.2,0.4,0.6,0.8,1 \
+    --limit 32 --skip generate --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/grid_sweep.log" 2>&1
+  stamp "grid sweep rc=$?"
+  timeout 150 python3 bench/grid_sweep.py --skip sweep --gen-shape qwen --points 11 --batch 16 --tokens 512 \
     --new-tokens 256 --out "$OUT/grid_sweep_h200.jsonl" >> "$OUT/grid_sweep.log" 2>&1
-  stamp "rc=$?"
-  if [ -f bench/grid_branch.py ]; then
-    stamp "fused low-rank branch against the merged forward"
-    timeout 90 python3 bench/grid_branch.py --out "$OUT/grid_branch_h200.jsonl" > "$OUT/grid_branch.log" 2>&1
-    stamp "rc=$?"
-  fi
-  tail -n 30 "$OUT"/*.log
+  stamp "7B generation pass rc=$?"
+}
+
+conf() {  # ARGS...: the sweep's extra flags (the race's); its dir name first
+  local name=$1; shift
+  timeout 520 python3 -m rewind.cli sweep --adapter $DEMO --base smollm2 --path cayley --path dense \
+    --alphas 0.2,0.4,0.6,0.8 --include-path bench/tasks/math300 --target math-300 --limit 256 --batch-size 64 \
+    --out "$O/sw/$name" "$@" > "$OUT/$name.log" 2>&1
+  stamp "$name rc=$?"
+}
+
+main() {
+  mkdir -p "$O/sw"
+  grid & conf oft256 & conf race --race --budget 20360 &
+  wait
+  (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .)
+  tail -n 25 "$OUT"/*.log
 }
 
 export_bench() {
@@ -41,7 +51,7 @@ export_bench() {
 }
 
 case "${1:-}" in
-  grid) grid ;;
+  main) main ;;
   export) export_bench ;;
-  *) echo "usage: issues.sh grid|conf|export"; exit 2 ;;
+  *) echo "usage: issues.sh main|export"; exit 2 ;;
 esac
