@@ -9,6 +9,7 @@ import math
 
 import pytest
 import tinysweep
+import torch
 from lm_eval.models.huggingface import HFLM
 from tiny import make_adapter
 
@@ -264,3 +265,33 @@ def test_code_sandbox_scores_each_point(root):
     g.remove()
     assert [len(per_point) for per_point in scored] == [3] * len(evaluator.entries)
     assert all(r.n == 2 and 0 <= r.value <= 1 for per_point in scored for r in per_point)
+
+
+def test_out_of_memory_halves_the_items_per_pass(root, point_by_point, monkeypatch):
+    """A grid pass that runs out of device memory (others share the GPU; free memory is an estimate) is run again
+    with half the items per pass, down to one, and scores as before."""
+    original, passes = HFLM._model_generate, []
+
+    def generate_or_run_out(self, context, *args, **kwargs):
+        passes.append(context.shape[0])
+        if context.shape[0] > 3:  # more than one item's rows (3 points): "out of memory"
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, context, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_generate", generate_or_run_out)
+    out = root / "sweep-oom"
+    sweep.Sweep(_spec(root, "lora", batch_points=3), out).run(progress=False)
+    grid_values, point_values = _values(out), _values(point_by_point)
+    assert grid_values.keys() == point_values.keys()
+    assert all(math.isclose(grid_values[k], point_values[k], rel_tol=REL) for k in grid_values)
+    assert passes[:3] == [6, 3, 3]  # 2 items x 3 points ran out; then one item a pass
+    assert {r["ran"] for r in _lines(out) if r["split"] == results.VALIDATION} == {"grid"}
+
+
+def test_an_error_that_is_not_memory_is_not_retried(root, monkeypatch):
+    def broken(self, context, *args, **kwargs):
+        raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(HFLM, "_model_generate", broken)
+    with pytest.raises(torch.AcceleratorError, match="illegal memory access"):
+        sweep.Sweep(_spec(root, "lora", batch_points=3), root / "sweep-broken").run(progress=False)

@@ -46,6 +46,7 @@ class GridLM(HFLM):
         self.items = int(batch_size)  # items per pass at most: the point-by-point batch size
         self._grid, self._points, self._replaying = None, (), None
         self._kept: dict[tuple, list] = {}
+        self._cap: int | None = None  # items per pass at most, once a pass ran out of memory
         self._feed: int | None = None  # _model_call: 0 runs the grid pass, k > 0 returns point k's logits
         self._logits: tuple[torch.Tensor, torch.Tensor] | None = None  # (inputs, [K, rows, T, V]) of one batch
 
@@ -86,10 +87,24 @@ class GridLM(HFLM):
             return [self._take(key) for key in keys]
         if self._grid is None:
             raise RewindError("grid: a request outside record() or replay()")
-        values = compute()
+        values = self._fitting(compute)
         for key, value in zip(keys, values, strict=True):
             self._kept[key] = [pick(value, k) for k in range(len(self._points))]
         return [self._kept[key][0] for key in keys]
+
+    def _fitting(self, compute: Callable[[], list]) -> list:
+        """compute(), again with half the items per pass after the device ran out of memory: its free memory is
+        an estimate, and other processes on the same GPU take from it after the plan was made."""
+        while True:
+            try:
+                return compute()
+            except (torch.cuda.OutOfMemoryError, torch.AcceleratorError) as exc:
+                items = min(self.items, self._cap or self.items)
+                if "out of memory" not in str(exc) or items == 1:
+                    raise
+                self._cap = items // 2
+                self._feed = self._logits = None
+                torch.cuda.empty_cache()
 
     def _take(self, key: tuple):
         if key not in self._kept:
@@ -182,7 +197,7 @@ class GridLM(HFLM):
     # -- memory ---------------------------------------------------------------------------------------------
     def _items_per_pass(self, tokens: int, all_logits: bool) -> int:
         fit = rows_that_fit(self.model, tokens, all_logits)
-        return max(1, min(self.items, fit // len(self._points)))
+        return max(1, min(self.items, self._cap or self.items, fit // len(self._points)))
 
     @contextmanager
     def _batch(self, size: int):
