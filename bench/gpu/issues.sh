@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # On the GPU box, after setup.sh, one step per device call (each under 10 minutes); results under $OUT.
-#   bash bench/gpu/issues.sh main     # issues 16 and 17 side by side (the 135M model leaves the H200 mostly idle):
-#       16: grid vs point-by-point sweep and per-item agreement, then a 7B-shaped 11-point generation pass;
-#       17: the demo OFT adapter swept at 256 target items (bench/math_tasks.py) with paired intervals, and a race
-#   bash bench/gpu/issues.sh export   # issue 19: pipelined export on the 7B shape against the old way and a copy
+#   bash bench/gpu/issues.sh grid     # 16: grid vs point-by-point sweep, per-item agreement; 7B generation pass
+#   bash bench/gpu/issues.sh conf     # 17: the demo OFT adapter at 256 target items (bench/math_tasks.py), intervals
+#   bash bench/gpu/issues.sh race     # 17: a race at the conf sweep's item budget (10 points x 2036 items)
+#   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
+# One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
+# grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
+# the grid benchmark's point-by-point arm outlasted its 270 s and the race its 520 s.
 # The tree of this call comes first on the path, so a step runs the code it was sent with.
 set -uo pipefail
 source bench/gpu/env.sh
@@ -14,7 +17,7 @@ stamp() { echo "[$(date +%T)] $*"; }
 
 grid() {
   stamp "grid sweep: OFT demo adapter, cayley, 6 alphas, 32 items (the study's count)"
-  timeout 270 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --alphas 0,0.2,0.4,0.6,0.8,1 \
+  timeout 420 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --alphas 0,0.2,0.4,0.6,0.8,1 \
     --limit 32 --skip generate --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/grid_sweep.log" 2>&1
   stamp "grid sweep rc=$?"
   timeout 150 python3 bench/grid_sweep.py --skip sweep --gen-shape qwen --points 11 --batch 16 --tokens 512 \
@@ -30,13 +33,7 @@ conf() {  # ARGS...: the sweep's extra flags (the race's); its dir name first
   stamp "$name rc=$?"
 }
 
-main() {
-  mkdir -p "$O/sw"
-  grid & conf oft256 & conf race --race --budget 20360 &
-  wait
-  (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .)
-  tail -n 25 "$OUT"/*.log
-}
+pack() { (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .); tail -n 25 "$OUT"/*.log; }
 
 export_bench() {
   stamp "cuda export of the demo adapter, verified against peft"
@@ -51,7 +48,9 @@ export_bench() {
 }
 
 case "${1:-}" in
-  main) main ;;
+  grid) grid ;;
+  conf) mkdir -p "$O/sw"; conf oft256; pack ;;
+  race) mkdir -p "$O/sw"; conf race --race --budget 20360; pack ;;
   export) export_bench ;;
-  *) echo "usage: issues.sh main|export"; exit 2 ;;
+  *) echo "usage: issues.sh grid|conf|race|export"; exit 2 ;;
 esac
