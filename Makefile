@@ -41,10 +41,12 @@ format:
 # rewind sweep --adapter $(DEMO_ADAPTER) --path cayley --path dense (docs/demo-oft-gpu). The generation tasks run in
 # grid mode (--batch-points auto, the default: each path's points in one batched pass per task); the perplexity task
 # runs point by point, where the CPU measured no gain (rewind/grouping.py).
+# At 16 items no rewound point is confidently within 1 general point of the base, so the default rule (on paired
+# intervals) keeps the base; the demo selects by the knee of the frontier, on the scores, and prints the intervals.
 demo: setup
 	$(REWIND) sweep --adapter $(DEMO_ADAPTER) --path cayley --path dense --alphas 0.5,0.8 --limit 16 \
 		--batch-size 16 --target math_offline_leg_counting --target math_offline_chain_sum \
-		--general general_offline_wiki_ppl --general general_offline_squad
+		--general general_offline_wiki_ppl --general general_offline_squad --select knee
 	$(REWIND) export --out rewind-export --force
 
 # The training step, optional and short: the demo adapter's recipe for 16 steps on the CPU (minutes; the shipped

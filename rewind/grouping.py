@@ -5,12 +5,15 @@ and final points are alpha 0 and 1 of the sweep's first path and join its group;
 path with its own per-layer alphas and joins that path's group; a training checkpoint is on no path and runs alone.
 A path without a per-row branch (rewind/grid/model.py) falls back to point by point in the session.
 
-Which tasks grid, with N given: all of them. With `auto`, from measurements (bench/README.md):
-- generation tasks always: a decoding step reads every weight for few rows, so more rows cost little (an 11-point
-  generation pass measured 3.0x to 5.8x faster on one H200, 1.8x to 3.0x on 2 CPU cores);
-- loglikelihood tasks (one forward, no decoding) only on a GPU and a model of at most SMALL_MODEL parameters: there
-  the forward is compute-bound already, so the grid's extra rows cost their full price plus the branches (11 points
-  measured 1.2x on SmolLM2-135M, 0.81x on Qwen2.5-7B; on 2 CPU cores 0.76x to 1.04x on a 4-layer Llama).
+Which tasks grid, with N given: all of them. With `auto`, from measurements (bench/README.md), only on a GPU:
+- generation tasks always: a decoding step reads every weight for few rows, so more rows cost little (the issue's
+  H200 probe: an 11-point generation pass 3.0x to 5.8x faster);
+- loglikelihood tasks (one forward, no decoding) only on a model of at most SMALL_MODEL parameters: there the
+  forward is compute-bound already, so the grid's extra rows cost their full price plus the branches (11 points
+  measured 1.2x on SmolLM2-135M, 0.81x on Qwen2.5-7B).
+On a CPU `auto` is point by point: the CPU is compute-bound at any batch, and a grid pass decodes until its slowest
+point stops (a base that rambles to the token limit holds back finetuned points that answer in a few tokens).
+`make demo`'s sweep on 2 cores took 481 s in grid mode and 361 s point by point, with identical scores.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def path_of(point: Point, first_path: str) -> str | None:
     return None
 
 
+def points_per_pass(batch_points: int | str, device) -> int | str:
+    """--batch-points as it applies on `device`: auto is point by point (1) off a GPU (module docstring)."""
+    return 1 if batch_points == AUTO and device.type != "cuda" else batch_points
+
+
 def groups(points: Iterable[Point], batch_points: int | str, first_path: str) -> list[list[Point]]:
     """`points` in groups of one path, up to batch_points each, in the order of their first point."""
     size = None if batch_points == AUTO else int(batch_points)
@@ -68,7 +76,8 @@ def groups(points: Iterable[Point], batch_points: int | str, first_path: str) ->
 
 def grids(output_types: Sequence[str], model, batch_points: int | str) -> bool:
     """Whether a task whose lm-eval tasks have `output_types` runs as a grid (see the module docstring)."""
-    if batch_points != AUTO or set(output_types) == {"generate_until"}:
+    if batch_points != AUTO:
         return True
-    small = sum(p.numel() for p in model.parameters()) <= SMALL_MODEL
-    return model.device.type == "cuda" and small
+    if model.device.type != "cuda":
+        return False
+    return set(output_types) == {"generate_until"} or sum(p.numel() for p in model.parameters()) <= SMALL_MODEL

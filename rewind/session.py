@@ -280,7 +280,8 @@ class Session:
         todo = [point for point in dict.fromkeys(points) if (point.key, split) not in done]
         if self.bar is not None:
             self.bar.cover(len(todo) * self.tasks)
-        for group in grouping.groups(todo, self.spec.batch_points, self.path_names[0]):
+        per_pass = grouping.points_per_pass(self.spec.batch_points, self.model.device)
+        for group in grouping.groups(todo, per_pass, self.path_names[0]):
             grid = self._grid(grouping.path_of(group[0], self.path_names[0])) if len(group) > 1 else None
             if grid is None:
                 for point in group:

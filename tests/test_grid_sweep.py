@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import tinysweep
@@ -13,7 +14,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from tiny import make_adapter
 
-from rewind import engine, grid, models, results, sweep
+from rewind import engine, grid, grouping, models, results, sweep
 from rewind.evaluate import harness
 from rewind.evaluate.grid_lm import GridLM, score
 from rewind.report import table
@@ -199,13 +200,23 @@ def test_sweep_grid_equals_point_by_point(root, point_by_point):
     assert "ran" in table(summary) and " grid " in table(summary)
 
 
-def test_auto_on_cpu_grids_generation_only(root, point_by_point):
+def test_auto_on_cpu_is_point_by_point(root, point_by_point):
     out = root / "sweep-auto"
     summary = sweep.Sweep(_spec(root, "lora"), out).run(progress=False)
-    ran = {(r["task"], r["ran"]) for r in _lines(out) if r["split"] == results.VALIDATION}
-    assert ran == {(TASKS[0], "grid"), (TASKS[1], "point"), (TASKS[2], "point")}
-    assert all(row["ran"] == "grid+point" for row in summary["points"])
-    assert _values(out).keys() == _values(point_by_point).keys()
+    assert {(r["ran"], r["group"]) for r in _lines(out)} == {("point", 1)}
+    assert all(row["ran"] == "point" for row in summary["points"])
+    assert _values(out) == _values(point_by_point)
+
+
+def test_auto_on_a_gpu_grids_generation_and_small_models():
+    gpu = SimpleNamespace(device=torch.device("cuda"), parameters=lambda: [torch.empty(10)])
+    cpu = SimpleNamespace(device=torch.device("cpu"), parameters=lambda: [torch.empty(10)])
+    assert grouping.grids(["generate_until"], gpu, "auto") and grouping.grids(["loglikelihood"], gpu, "auto")
+    assert not grouping.grids(["generate_until"], cpu, "auto") and grouping.grids(["loglikelihood"], cpu, 4)
+    weights = torch.empty(grouping.SMALL_MODEL + 1, device="meta")
+    large = SimpleNamespace(device=torch.device("cuda"), parameters=lambda: [weights])
+    assert grouping.grids(["generate_until"], large, "auto") and not grouping.grids(["loglikelihood"], large, "auto")
+    assert grouping.points_per_pass("auto", cpu.device) == 1 and grouping.points_per_pass("auto", gpu.device) == "auto"
 
 
 def test_path_without_branch_falls_back(root):

@@ -37,10 +37,15 @@ def test_a_sweep_shows_one_rewind_bar_and_no_library_bars(tiny, tmp_path, capsys
     assert frames and all(f.startswith("sweep:") for f in frames), frames[:5]
     # base and final on validation, then on test (the selection is one of them): 4 points x 2 tasks
     assert "8/8 " in frames[-1] and "task" in frames[-1]
-    # base and final run as one grid group on the tiny model's generation task: the bar names both ends
-    assert any("base@0..final@1 (grid of 2) validation" in f for f in frames)
-    assert any("base@0..final@1 (grid of 2) test" in f for f in frames)
+    assert any("base@0 validation" in f for f in frames) and any("final@1 test" in f for f in frames)
     assert "selected (max-target-within, validation)" in out and "wrote " in out
+
+
+def test_a_grid_group_shows_on_the_bar_by_its_ends(tiny, tmp_path, capsys):
+    base, adapter = tiny
+    assert _cli(tinysweep.sweep_args(base, adapter, tmp_path / "grid", "--alphas", "0,1", "--batch-points", "2")) == 0
+    frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("base@0..final@1 (grid of 2) validation" in f for f in frames)
 
 
 def test_verbose_shows_the_libraries_bars(tiny, tmp_path, capsys):
