@@ -298,7 +298,7 @@ class Session:
         self._at([point], split)
         scored = self.evaluators[split].run(self._tick)
         records = self._lines(point, split, [(r, "point") for r in scored], 1, switch, time.perf_counter() - start)
-        self._append(records, scored)
+        self._append(point, split, records, scored)
         return records
 
     def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
@@ -329,19 +329,16 @@ class Session:
         out = []
         for point, mine in zip(points, scored):
             records = self._lines(point, split, mine, len(points), switch / len(points), share)
-            self._append(records, [r for r, _ in mine])
+            self._append(point, split, records, [r for r, _ in mine])
             out += records
         return out
 
     def _lines(self, point: Point, split: str, scored: list, group: int, switch: float, seconds: float) -> list[dict]:
         """A point's lines of results.jsonl: (TaskResult, how it ran: grid or point) per task."""
+        heads = self._heads(point, split, [r for r, _ in scored])
         return [
             {
-                "run": self.run_id,
-                "point": point.key,
-                **point.fields(),
-                "split": split,
-                "role": self.roles[r.suite],
+                **head,
                 **{k: v for k, v in asdict(r).items() if k != "items"},  # the items go to items.jsonl
                 "device": str(self.model.device),
                 "switch_seconds": round(switch, 4),
@@ -349,16 +346,18 @@ class Session:
                 "ran": ran,
                 "group": group if ran == "grid" else 1,
             }
-            for r, ran in scored
+            for head, (r, ran) in zip(heads, scored)
         ]
 
-    def _append(self, records: list[dict], scored: list) -> None:
+    def _append(self, point: Point, split: str, records: list[dict], scored: list) -> None:
         """A point's lines: its items (from `scored`, its TaskResults) to items.jsonl first, then its results, so a
         point whose results are logged has its items logged too."""
-        named = ("run", "point", "path", "alpha", "layers", "split", "role")
-        logged = [items.line({k: r[k] for k in named}, result) for r, result in zip(records, scored)]
-        self.items.append(logged)
+        self._log_items([items.line(head, r) for head, r in zip(self._heads(point, split, scored), scored)])
         self.log.append(records)
+
+    def _log_items(self, logged: list[dict]) -> None:
+        """Append items lines, and keep them for the report's next extension (take_items)."""
+        self.items.append(logged)
         self.fresh_items += logged
 
     def _at(self, points: list[Point], split: str) -> None:
@@ -384,9 +383,7 @@ class Session:
             return
         self._move(BASE)
         scored = self.evaluators[VALIDATION].run(self._tick)
-        logged = [items.line(head, r) for head, r in zip(self._heads(BASE, items.REPEAT, scored), scored)]
-        self.items.append(logged)
-        self.fresh_items += logged
+        self._log_items([items.line(head, r) for head, r in zip(self._heads(BASE, items.REPEAT, scored), scored)])
 
     def evaluate_chunk(self, point: Point, task: str, chunk: slice) -> dict:
         """Score `point` on items [chunk.start, chunk.stop) of validation task `task`; append and return its items
