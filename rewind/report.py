@@ -207,22 +207,21 @@ class Report:
         per-item scores for them all."""
         if keys is None:
             return self._bootstrap(split, [r.key for r in self.rows(split)])
+        return self._resample(split, keys)
+
+    def _bootstrap(self, split: str, keys: list[str]) -> stats.Bootstrap | None:
+        """`split`'s bootstrap over all its rows, computed once (until lines of that split are added)."""
+        if split not in self._boots:
+            self._boots[split] = self._resample(split, keys)
+        return self._boots[split]
+
+    def _resample(self, split: str, keys: list[str]) -> stats.Bootstrap | None:
         if not self._items:
             return None
         spec = self.spec
         return items.bootstrap(
             self._items, split, list(dict.fromkeys(keys)), spec["target"], spec["general"], self.confidence
         )
-
-    def _bootstrap(self, split: str, keys: list[str]) -> stats.Bootstrap | None:
-        if split not in self._boots:
-            spec = self.spec
-            self._boots[split] = (
-                items.bootstrap(self._items, split, keys, spec["target"], spec["general"], self.confidence)
-                if self._items
-                else None
-            )
-        return self._boots[split]
 
     def _scored(self, point: Point, records: list[dict]) -> Scored:
         target, general = scores(records, self.spec["target"], self.spec["general"])

@@ -212,16 +212,15 @@ class Climb:
 
         start = (self.alpha,) * len(self.groups)
         budget = lambda: self.spent < spec.budget  # noqa: E731
-        return self.point(compass(evaluate, start, spec.step, spec.min_step, budget=budget, improves=self.improves))
+        # Where the sweep has per-item scores a move needs a paired win; else compass compares the values.
+        improves = self.improves if self.report.bootstrap() is not None else None
+        return self.point(compass(evaluate, start, spec.step, spec.min_step, budget=budget, improves=improves))
 
     def improves(self, candidate: tuple[float, ...], best: tuple[float, ...]) -> bool:
-        """A move is taken only when the candidate is confidently better than the incumbent (paired, at the
-        sweep's confidence) where the sweep has per-item scores; else when its objective value is greater."""
-        new, old = self.point(candidate).key, self.point(best).key
-        boot = self.report.bootstrap(VALIDATION, [new, old, self.report.selection.base.key])
-        if boot is None:
-            return self.value(self.report.row(self.point(candidate))) > self.value(self.report.row(self.point(best)))
-        return confidently_better(boot, self.report.rule, new, old, self.report.selection.base.key)
+        """Whether the candidate is confidently better than the incumbent (paired, at the sweep's confidence)."""
+        new, old, base = self.point(candidate).key, self.point(best).key, self.report.selection.base.key
+        boot = self.report.bootstrap(VALIDATION, [new, old, base])
+        return confidently_better(boot, self.report.rule, new, old, base)
 
 
 def report_table(report: dict) -> str:
