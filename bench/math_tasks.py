@@ -30,24 +30,15 @@ doc_to_text: "{{{{question}}}}"
 process_results: !function utils.math_exact_match
 """
 
-UTILS = '''"""The bundled math tasks' scorer; the data from this dir."""
+UTILS = '''"""The bundled math tasks' loader and scorer, reading the data in this dir."""
 
-import gzip
-import json
 from pathlib import Path
 
-from rewind.evaluate.suites.tasks.suite_utils import math_exact_match  # noqa: F401
+from rewind.evaluate.suites.tasks.suite_utils import math_exact_match, read_splits  # noqa: F401
 
 
 def load(data: str, **_metadata):
-    import datasets
-
-    here = Path(__file__).parent
-    splits = {}
-    for split in ("validation", "test"):
-        with gzip.open(here / f"{data}.{split}.jsonl.gz", "rt", encoding="utf-8") as f:
-            splits[split] = datasets.Dataset.from_list([json.loads(line) for line in f])
-    return datasets.DatasetDict(splits)
+    return read_splits(Path(__file__).parent, data)
 '''
 
 

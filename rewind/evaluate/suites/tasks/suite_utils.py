@@ -26,11 +26,17 @@ def load(data: str, **_metadata):
 
     lm-eval passes the task's metadata as keyword arguments too; only `data` (from dataset_kwargs) matters.
     """
+    return read_splits(DATA_DIR, data)
+
+
+def read_splits(directory: Path, data: str):
+    """Both splits of <directory>/<data>.<split>.jsonl.gz as a DatasetDict (task dirs made like the bundled ones,
+    e.g. bench/math_tasks.py's, load through this too)."""
     import datasets
 
     splits = {}
     for split in ("validation", "test"):
-        with gzip.open(DATA_DIR / f"{data}.{split}.jsonl.gz", "rt", encoding="utf-8") as f:
+        with gzip.open(directory / f"{data}.{split}.jsonl.gz", "rt", encoding="utf-8") as f:
             splits[split] = datasets.Dataset.from_list([json.loads(line) for line in f])
     return datasets.DatasetDict(splits)
 
