@@ -39,13 +39,12 @@ def swept(tmp_path_factory):
     return root, summary
 
 
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_items_line_per_point_split_task_with_the_task_score(swept):
     root, _ = swept
-    results, logged = _lines(root / "sweep" / "results.jsonl"), _lines(root / "sweep" / "items.jsonl")
+    results, logged = (
+        tinysweep.read_jsonl(root / "sweep" / "results.jsonl"),
+        tinysweep.read_jsonl(root / "sweep" / "items.jsonl"),
+    )
     key = lambda r: (r["point"], r["split"], r["task"])  # noqa: E731
     assert sorted(map(key, logged)) == sorted(map(key, results))
     score = {key(r): r["score"] for r in results}
@@ -60,7 +59,7 @@ def test_items_line_per_point_split_task_with_the_task_score(swept):
 
 def test_bootstrap_estimates_are_the_reported_scores(swept):
     root, summary = swept
-    logged = _lines(root / "sweep" / "items.jsonl")
+    logged = tinysweep.read_jsonl(root / "sweep" / "items.jsonl")
     boot = items.bootstrap(logged, "validation", ["base@0", "final@1"], [tinysweep.TARGET], GENERAL)
     for row in summary["points"]:
         for axis in ("target", "general"):
@@ -107,13 +106,15 @@ def test_a_point_cut_between_its_items_and_results_is_evaluated_again(swept, tmp
     shutil.copytree(root / "sweep", out)
     (out / "summary.json").unlink()
     tasks = 1 + len(GENERAL)
-    before = _lines(out / "results.jsonl")
+    before = tinysweep.read_jsonl(out / "results.jsonl")
     _cut(out / "results.jsonl", len(before) - tasks, torn=False)  # the last point's results gone
     if torn_items:  # the kill came inside the last point's items write
-        _cut(out / "items.jsonl", len(_lines(out / "items.jsonl")) - tasks, torn=True)
+        _cut(out / "items.jsonl", len(tinysweep.read_jsonl(out / "items.jsonl")) - tasks, torn=True)
     again = sweep.Sweep(_spec(root), out).run(progress=False)
     scores = lambda lines: [(r["point"], r["split"], r["task"], r["score"]) for r in lines]  # noqa: E731
-    assert scores(_lines(out / "results.jsonl")) == scores(before)  # that point evaluated once more, the same
+    assert scores(tinysweep.read_jsonl(out / "results.jsonl")) == scores(
+        before
+    )  # that point evaluated once more, the same
     assert again["selected"]["key"] == summary["selected"]["key"] and again["frontier"] == summary["frontier"]
     logged = items.ItemsLog(out / "items.jsonl").records()
     last = [r for r in logged if (r["point"], r["split"]) == (logged[-1]["point"], logged[-1]["split"])]
@@ -126,7 +127,7 @@ def test_results_without_items_are_not_done(swept, tmp_path):
     root, _ = swept
     out = tmp_path / "sweep"
     shutil.copytree(root / "sweep", out)
-    logged = _lines(out / "items.jsonl")
+    logged = tinysweep.read_jsonl(out / "items.jsonl")
     kept = [line for line in logged if line["point"] != "final@1"]
     (out / "items.jsonl").write_text("".join(json.dumps(line) + "\n" for line in kept))
     session = sweep.Sweep(_spec(root), out).session
@@ -137,7 +138,7 @@ def test_results_without_items_are_not_done(swept, tmp_path):
 
 def test_bootstrap_refuses_points_on_different_items(swept):
     root, _ = swept
-    logged = _lines(root / "sweep" / "items.jsonl")
+    logged = tinysweep.read_jsonl(root / "sweep" / "items.jsonl")
     for line in logged:
         if line["point"] == "final@1" and line["task"] == tinysweep.TARGET and line["split"] == "validation":
             line["doc"] = [d + 100 for d in line["doc"]]
@@ -146,24 +147,6 @@ def test_bootstrap_refuses_points_on_different_items(swept):
 
 
 # -- the report on intervals (hand-made lines, no model) ------------------------------------------------------------
-
-RECORD = {
-    "run": "r",
-    "paths": ["linear"],
-    "method": "lora",
-    "spec": {
-        "alphas": [0, 0.5, 1],
-        "target": ["t"],
-        "general": ["g"],
-        "select": "max-target-within",
-        "tolerance": 1.0,
-        "weight": 0.5,
-        "base": "b",
-        "adapter": "a",
-        "layers": None,
-        "cayley_scale": "linear",
-    },
-}
 
 
 def _point_lines(key: str, alpha: float, path: str, correct: dict[str, np.ndarray]):
@@ -188,7 +171,7 @@ def _report(half_target: np.ndarray, n: int = 400) -> report.Report:
         _point_lines("final@1", 1.0, "final", final),
         _point_lines("linear@0.5", 0.5, "linear", half),
     ]
-    return report.Report(RECORD, [r for res, _ in lines for r in res], [r for _, it in lines for r in it])
+    return report.Report(tinysweep.RECORD, [r for res, _ in lines for r in res], [r for _, it in lines for r in it])
 
 
 def test_the_report_keeps_the_final_when_nothing_is_confidently_better():
@@ -220,7 +203,7 @@ def test_the_report_leaves_the_final_for_a_confidently_better_point():
 
 def test_a_report_without_items_has_no_intervals():
     rep = _report(np.ones(400, bool))
-    plain = report.Report(RECORD, rep._records)
+    plain = report.Report(tinysweep.RECORD, rep._records)
     summary = plain.summary()
     assert "verdict" not in summary and "target_ci" not in summary["points"][0]
     assert summary["selected"]["key"] == "linear@0.5"  # on the scores alone, as before
@@ -257,7 +240,7 @@ def test_a_point_evaluated_twice_on_the_cpu_scores_every_item_the_same(swept, tm
     floor = summary["noise_floor"]
     assert floor["point"] == "base@0" and floor["items"] == dict.fromkeys([tinysweep.TARGET, *GENERAL], 4)
     assert floor["flips"] == dict.fromkeys([tinysweep.TARGET, *GENERAL], 0)
-    assert sum(line["split"] == "repeat" for line in _lines(out / "items.jsonl")) == 3
+    assert sum(line["split"] == "repeat" for line in tinysweep.read_jsonl(out / "items.jsonl")) == 3
     assert "noise floor: base@0 evaluated twice, 0 of 12" in report.table(summary)
 
 

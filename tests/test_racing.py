@@ -30,10 +30,6 @@ def _spec(root, **kw):
     return sweep.SweepSpec(**{**fields, **kw})
 
 
-def _lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory):
     root = tmp_path_factory.mktemp("race")
@@ -45,7 +41,7 @@ def raced(tmp_path_factory):
 def test_a_race_keeps_its_budget_and_logs_every_chunk(raced):
     root, summary = raced
     race = json.loads((root / "sweep" / racing.RACE_FILE).read_text())
-    chunks = [line for line in _lines(root / "sweep" / "items.jsonl") if line["split"] == items.RACE]
+    chunks = [line for line in tinysweep.read_jsonl(root / "sweep" / "items.jsonl") if line["split"] == items.RACE]
     assert race["spent"] == sum(len(line["doc"]) for line in chunks) <= 30
     given = [(p, e["task"], *e["items"]) for e in race["log"] if "task" in e for p in e["points"]]
     assert sorted(given) == sorted((c["point"], c["task"], *c["chunk"]) for c in chunks)  # each chunk once
@@ -55,14 +51,14 @@ def test_a_race_keeps_its_budget_and_logs_every_chunk(raced):
 
 def test_survivors_are_scored_on_their_joined_chunks(raced):
     root, summary = raced
-    logged = _lines(root / "sweep" / "items.jsonl")
-    results = [r for r in _lines(root / "sweep" / "results.jsonl") if r["split"] == "validation"]
+    logged = tinysweep.read_jsonl(root / "sweep" / "items.jsonl")
+    results = [r for r in tinysweep.read_jsonl(root / "sweep" / "results.jsonl") if r["split"] == "validation"]
     for r in results:
         chunks = [c for c in logged if c["split"] == items.RACE and (c["point"], c["task"]) == (r["point"], r["task"])]
         assert r["raced"] and r["n"] == sum(len(c["doc"]) for c in chunks) > 2  # more than one round
         assert r["score"] == pytest.approx(100 * sum(sum(c["values"]) for c in chunks) / r["n"])
     assert all(row["target_ci"] is not None for row in summary["points"])
-    tests = {r["point"] for r in _lines(root / "sweep" / "results.jsonl") if r["split"] == "test"}
+    tests = {r["point"] for r in tinysweep.read_jsonl(root / "sweep" / "results.jsonl") if r["split"] == "test"}
     assert tests == {"base@0", "final@1", summary["selected"]["key"]}
 
 

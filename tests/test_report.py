@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import tinysweep
 
 from rewind import report, results
 from rewind.errors import RewindError
@@ -48,31 +49,12 @@ def _lines(point: Point, split: str, target: float, general: float) -> list[dict
     ]
 
 
-RECORD = {
-    "run": "r",
-    "paths": ["linear"],
-    "method": "lora",
-    "spec": {
-        "alphas": [0, 0.5, 1],
-        "target": ["t"],
-        "general": ["g"],
-        "select": "max-target-within",
-        "tolerance": 1.0,
-        "weight": 0.5,
-        "base": "b",
-        "adapter": "a",
-        "layers": None,
-        "cayley_scale": "linear",
-    },
-}
-
-
 def test_report_selects_once_and_again_only_when_validation_changes():
     half = Point.at("linear", 0.5)
     lines = (
         _lines(BASE, "validation", 10, 50) + _lines(FINAL, "validation", 40, 40) + _lines(half, "validation", 30, 49.5)
     )
-    rep = report.Report(RECORD, lines)
+    rep = report.Report(tinysweep.RECORD, lines)
     chosen = rep.selection
     assert chosen.selected.key == "linear@0.5" and [r.key for r in chosen.frontier] == [
         "base@0",
@@ -95,4 +77,4 @@ def test_report_selects_once_and_again_only_when_validation_changes():
 
 def test_report_without_a_base_score_is_a_sentence():
     with pytest.raises(RewindError, match="point base@0 has no validation score"):
-        report.Report(RECORD, _lines(FINAL, "validation", 40, 40)).summary()
+        report.Report(tinysweep.RECORD, _lines(FINAL, "validation", 40, 40)).summary()

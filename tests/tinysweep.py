@@ -6,6 +6,7 @@ Shared by the sweep, diagnostics and reliability tests.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -71,3 +72,28 @@ def sweep_args(base: Path, adapter: Path, out: Path, *extra: str, limit: int = 2
         GENERAL,
         *extra,
     ]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """A JSONL log's lines (results.jsonl, items.jsonl)."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# sweep.json of a hand-made sweep (report tests that build their lines without a model): target suite t, general g.
+RECORD = {
+    "run": "r",
+    "paths": ["linear"],
+    "method": "lora",
+    "spec": {
+        "alphas": [0, 0.5, 1],
+        "target": ["t"],
+        "general": ["g"],
+        "select": "max-target-within",
+        "tolerance": 1.0,
+        "weight": 0.5,
+        "base": "b",
+        "adapter": "a",
+        "layers": None,
+        "cayley_scale": "linear",
+    },
+}
