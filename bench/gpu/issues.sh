@@ -4,6 +4,9 @@
 #   bash bench/gpu/issues.sh conf     # 17: the demo OFT adapter at 256 target items (bench/math_tasks.py), intervals
 #   bash bench/gpu/issues.sh race     # 17: a race at the conf sweep's item budget (10 points x 2036 items)
 #   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
+#   setsid nohup bash bench/gpu/issues.sh study > ~/rw/out/study.log 2>&1 &   # 17, detached, from ~/rw/repo:
+#       the OFT sweep, then the race beside the LoRA training, the LoRA sweep and its per-layer search
+#   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
 # the grid benchmark's point-by-point arm outlasted its 270 s and the race its 520 s.
@@ -25,12 +28,33 @@ grid() {
   stamp "7B generation pass rc=$?"
 }
 
-conf() {  # ARGS...: the sweep's extra flags (the race's); its dir name first
-  local name=$1; shift
-  timeout 520 python3 -m rewind.cli sweep --adapter $DEMO --base smollm2 --path cayley --path dense \
+conf() {  # NAME ADAPTER ARGS...: a 256-item sweep into $O/sw/NAME; ARGS: its paths and extra flags (the race's)
+  local name=$1 adapter=$2; shift 2
+  stamp "$name: sweep $adapter $*"
+  timeout "${LIMIT:-520}" python3 -m rewind.cli sweep --adapter "$adapter" --base smollm2 \
     --alphas 0.2,0.4,0.6,0.8 --include-path bench/tasks/math300 --target math-300 --limit 256 --batch-size 64 \
     --out "$O/sw/$name" "$@" > "$OUT/$name.log" 2>&1
   stamp "$name rc=$?"
+}
+
+train_lora() {  # the study's LoRA recipe (docs/study-smollm2.md), as the demo OFT adapter was retrained
+  stamp "train LoRA r8"
+  timeout 900 python3 -m rewind.cli train sft/lora base=smollm2 preset=smollm2 dtype=fp32 trainer.bf16=true \
+    data.size=2000 trainer.max_steps=500 trainer.per_device_train_batch_size=32 trainer.learning_rate=1e-3 \
+    save_steps=500 --out "$O/runs/lora" > "$OUT/train_lora.log" 2>&1
+  stamp "train LoRA rc=$?"
+}
+
+study() {  # sweeps first, each alone; the LoRA training shares the GPU with the race (whose timing is not read)
+  export LIMIT=1500
+  conf oft256 $DEMO --path cayley --path dense
+  train_lora &
+  conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64
+  wait
+  conf lora256 "$O/runs/lora" --path linear
+  stamp "search LoRA: 4 groups, 8 candidates"
+  timeout 1500 python3 -m rewind.cli search --out "$O/sw/lora256" --groups 4 --budget 8 > "$OUT/search.log" 2>&1
+  stamp "search rc=$?"
 }
 
 pack() { (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .); tail -n 25 "$OUT"/*.log; }
@@ -49,8 +73,10 @@ export_bench() {
 
 case "${1:-}" in
   grid) grid ;;
-  conf) mkdir -p "$O/sw"; conf oft256; pack ;;
-  race) mkdir -p "$O/sw"; conf race --race --budget 20360; pack ;;
+  conf) mkdir -p "$O/sw"; conf oft256 $DEMO --path cayley --path dense; pack ;;
+  race) mkdir -p "$O/sw"; conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64; pack ;;
+  study) OUT=$O/logs; mkdir -p "$O/sw" "$O/runs" "$OUT"; study ;;
+  fetch) cp "$O"/logs/*.log "$O"/study.log "$O"/runs/lora/{recipe.yaml,train_log.jsonl*} "$OUT/" 2>/dev/null; pack ;;
   export) export_bench ;;
-  *) echo "usage: issues.sh grid|conf|race|export"; exit 2 ;;
+  *) echo "usage: issues.sh grid|conf|race|export|study|fetch"; exit 2 ;;
 esac
