@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import copy
 import errno
+import hashlib
 import os
 import threading
 import time
 
 import pytest
+import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from tiny import make_adapter, tiny_base
 
 from rewind import export, pipeline, tensorio
@@ -155,3 +157,35 @@ def test_order_starts_a_file_only_after_the_one_before_it_in_its_slot():
         assert order.index((lane, None)) > last  # its slot's previous file is fully started
     assert [i for j, i in order if j == 2 and i is not None] == [0, 1, 2]  # each file's tensors in file order
     assert len(order) == 5 + 8
+
+
+class _FullDisk:
+    """A file whose second write finds the disk full."""
+
+    def __init__(self, file):
+        self.file, self.writes = file, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def close(self):
+        self.file.close()
+
+
+def test_the_writer_hashes_what_it_writes_and_a_failed_write_stops_its_hasher(tmp_path):
+    tensors = {"b": torch.arange(70_000, dtype=torch.float32), "a": torch.ones(3, 7, dtype=torch.bfloat16)}
+    header, names = tensorio.layout({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()})
+    with tensorio.ShardWriter(tmp_path / "x.safetensors", header) as out:
+        for name in names:
+            out.write(name, tensors[name])
+        digest = out.close()
+    data = (tmp_path / "x.safetensors").read_bytes()
+    assert data == save(tensors, metadata=tensorio.METADATA) and digest == hashlib.sha256(data).hexdigest()
+    with pytest.raises(OSError, match="No space left"), tensorio.ShardWriter(tmp_path / "y", header) as out:
+        out._file = _FullDisk(out._file)
+        for name in names:
+            out.write(name, tensors[name])
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("rewind-hash")]
