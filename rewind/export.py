@@ -188,14 +188,16 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False, settings: pi
 
 
 def pipeline_settings(p: ExportPlan) -> pipeline.Settings:
-    """Half the largest shard in flight (64 MiB to 2 GiB): enough tensors to keep every worker and writer busy, and
-    peak memory still well under one shard + the adapter."""
+    """Threads by the cores; a quarter of the largest shard in flight per worker (64 MiB at least), so that every
+    worker holds a tensor with more queued for the writers, up to three quarters of it: peak memory stays under
+    one shard + the adapter, the rest of the 1.3x bound left to the interpreter. 2 workers: half a shard."""
     cores = os.cpu_count() or 1
+    workers = min(8, max(2, cores))
     largest = max(shard.stat().st_size for shard in p.shards)
     return pipeline.Settings(
-        workers=min(8, max(2, cores)),
+        workers=workers,
         files_at_once=min(4, max(2, cores // 2)),
-        in_flight=min(max(largest // 2, 64 << 20), 2 << 30),
+        in_flight=max(64 << 20, min(largest * workers // 4, largest * 3 // 4)),
     )
 
 
