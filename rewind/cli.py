@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -80,7 +81,7 @@ def _show_notes() -> None:
     is_flag=True,
     envvar="REWIND_VERBOSE",
     help="Also show lm-eval's and transformers' own progress bars and warnings (hidden by default: one rewind "
-    "bar per job).",
+    "bar per job), and where an export's time went.",
 )
 @click.pass_context
 def cli(ctx, online, debug, verbose):
@@ -252,6 +253,8 @@ def export(
     if dry_run:
         return
     exporter.write(plan, device, verify=verify)
+    if click.get_current_context().find_root().obj["verbose"]:  # where the time went, for benchmarks
+        click.echo(f"export profile: {json.dumps(plan.profile)}")
     if plan.verified is not None:
         click.echo(f"verified: max |logit diff| vs the in-memory model {plan.verified:.3g}")
     click.echo(f"wrote {out}")

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from dataclasses import KW_ONLY, dataclass, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -67,6 +68,7 @@ class ExportPlan(Plan):
     """A point planned for writing: `finetune` is its ExportSpec."""
 
     verified: float | None = None  # after write(verify=True): max |logit difference| reloaded vs in memory
+    profile: dict | None = None  # after write: where the time went (`_profile`)
 
     @property
     def spec(self) -> ExportSpec:
@@ -167,7 +169,12 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False, settings: pi
         with scratch:
             tmp = scratch.path
             settings = settings or pipeline_settings(p)
-            files = _write_merged(p, tmp, device, settings) if p.fmt == MERGED else _write_adapter(p, tmp, settings)
+            busy, start = tensorio.Busy(), time.perf_counter()
+            if p.fmt == MERGED:
+                files = _write_merged(p, tmp, device, settings, busy)
+            else:
+                files = _write_adapter(p, tmp, settings, busy)
+            p.profile = _profile(settings, busy, time.perf_counter() - start)
             if verify:
                 p.verified = verify_export(p, tmp, device)
             (tmp / "README.md").write_text(model_card(p, files))
@@ -199,6 +206,21 @@ def pipeline_settings(p: ExportPlan) -> pipeline.Settings:
         files_at_once=min(4, max(2, cores // 2)),
         in_flight=max(64 << 20, min(largest * workers // 4, largest * 3 // 4)),
     )
+
+
+def _profile(settings: pipeline.Settings, busy: tensorio.Busy, wall: float) -> dict:
+    """Where a write's time went: its wall seconds, and each stage's seconds summed over the threads that ran it
+    (job = read + merge; `write_wait`: writers idle)."""
+    seconds = dict(busy.seconds)
+    if "job" in seconds:
+        seconds["merge"] = seconds["job"] - seconds.get("read", 0.0)
+    return {
+        "wall_s": round(wall, 3),
+        **{f"{stage}_s": round(s, 3) for stage, s in sorted(seconds.items())},
+        "workers": settings.workers,
+        "files_at_once": settings.files_at_once,
+        "in_flight": settings.in_flight,
+    }
 
 
 # safetensors' words for an OS error: "I/O error: No space left on device (os error 28)" (0.6+), or
@@ -290,16 +312,18 @@ def export(base, adapter, out, *, device: str = "cpu", verify: bool = False, **o
     return write(plan(ExportSpec(adapter=adapter, base=base, out=out, **options)), device, verify)
 
 
-def _write_merged(p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings) -> dict[str, str]:
+def _write_merged(
+    p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings, busy: tensorio.Busy
+) -> dict[str, str]:
     with contextlib.ExitStack() as stack:
         lanes, jobs = [], {}
         for shard in p.shards:
-            lane, lane_jobs = _merged_lane(p, stack.enter_context(tensorio.ShardReader(shard)), tmp, device)
+            lane, lane_jobs = _merged_lane(p, stack.enter_context(tensorio.ShardReader(shard, busy)), tmp, device)
             lanes.append(lane)
             jobs.update(lane_jobs)
         # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
         with tqdm(total=len(jobs), desc="export", unit="tensor", leave=False) as bar:
-            sums, _ = pipeline.run(lanes, jobs, settings, bar.update)
+            sums, _ = pipeline.run(lanes, jobs, settings, bar.update, busy)
     checksums = {lane.path.name: digest for lane, digest in zip(lanes, sums)}
     for extra in sorted(p.base_dir.iterdir()):
         if extra.is_file() and not extra.name.endswith(_NOT_COPIED) and extra.name != "README.md":
@@ -392,7 +416,7 @@ def _set_config_dtype(config: Path, dtype: torch.dtype) -> None:
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings) -> dict[str, str]:
+def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings, busy: tensorio.Busy) -> dict[str, str]:
     """The adapter itself with its trained parameters scaled by its kind, so peft's own loading gives W(alpha).
     A job per module (and per tensor stored whole), run by the pipeline's workers. Unbudgeted: what is in flight is
     at most the adapter's own size (the "+ adapter" of the memory bound); base tensors are read inside a job."""
@@ -412,7 +436,7 @@ def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings) -> dic
     }
     header, names = tensorio.layout(out)
     lane = pipeline.Lane(tmp / adapters.ADAPTER_WEIGHTS, header, names)
-    (digest,), _ = pipeline.run([lane], jobs, replace(settings, in_flight=None))
+    (digest,), _ = pipeline.run([lane], jobs, replace(settings, in_flight=None), busy=busy)
     checksums = {adapters.ADAPTER_WEIGHTS: digest}
     for extra in (adapters.ADAPTER_CONFIG, methods.SIDECAR):
         if (p.adapter / extra).is_file():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import errno
 import hashlib
+import json
 import os
 import threading
 import time
@@ -208,3 +209,20 @@ def test_the_pipeline_grows_with_the_cores_within_the_memory_bound(
     settings = export.pipeline_settings(SimpleNamespace(shards=shards))
     assert (settings.workers, settings.files_at_once) == (workers, files_at_once)
     assert settings.in_flight == int(4_932_751_008 / share)
+
+
+def test_export_profiles_where_its_time_went(base, tmp_path, capsys):
+    """`rewind -v export` prints the seconds each stage was busy, summed over its threads."""
+    from rewind.cli import main
+
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, alpha=0.4, out=tmp_path / "out"))
+    export.write(p, settings=BUSY)
+    assert {"wall_s", "read_s", "job_s", "merge_s", "write_s", "hash_s", "write_wait_s"} <= p.profile.keys()
+    assert 0 < p.profile["read_s"] < p.profile["job_s"] and p.profile["workers"] == BUSY.workers
+    with pytest.raises(SystemExit) as done:
+        main(["-v", "export", "--base", str(base_dir), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
+    assert done.value.code == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("export profile: "))
+    assert json.loads(line.removeprefix("export profile: "))["workers"] == export.pipeline_settings(p).workers
