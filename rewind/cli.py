@@ -239,7 +239,9 @@ def export(
     from . import export as exporter
     from . import models
 
-    models.pick_device(device)  # an unusable --device fails before the plan is printed
+    picked = models.pick_device(device)  # an unusable --device fails before the plan is printed
+    if fmt == exporter.MERGED and not dry_run:
+        exporter.start_device(picked)  # while the plan reads the adapter
     if adapter is None or sweep_dir is not None:
         sweep_dir = sweep_dir or DEFAULT_SWEEP
         given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT

@@ -6,7 +6,8 @@ dir through outdir.py) and decides every tensor's alpha, so `--dry-run` shows th
 several shards at once, with the bytes in flight bounded (peak memory under one shard plus the adapter), into a
 temporary dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at
 `out` (outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
-The files are byte-identical to safetensors' save_file of the same tensors (tensorio.py).
+The files are byte-identical to safetensors' save_file of the same tensors (tensorio.py). On a device, a thread
+starts it (and compiles the path's kernels on a small tensor of zeros) while the first tensors are read.
 
 Every tensor rewind computes or converts is checked finite as it is written. `dtype` (--dtype) writes the point in
 another dtype: merged in fp32 and rounded once.
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import KW_ONLY, dataclass, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -34,6 +38,8 @@ from . import __version__, adapters, methods, models, outdir, pipeline, tensorio
 from .checkpoint import BaseTensors, Finetune, Plan
 from .errors import RewindError
 from .updates.full import Replace
+
+log = logging.getLogger(__name__)
 
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
@@ -210,10 +216,10 @@ def pipeline_settings(p: ExportPlan) -> pipeline.Settings:
 
 def _profile(settings: pipeline.Settings, busy: tensorio.Busy, wall: float) -> dict:
     """Where a write's time went: its wall seconds, and each stage's seconds summed over the threads that ran it
-    (job = read + merge; `write_wait`: writers idle)."""
+    (job = read + device_wait, for the warm-up, + merge; `write_wait`: writers idle)."""
     seconds = dict(busy.seconds)
     if "job" in seconds:
-        seconds["merge"] = seconds["job"] - seconds.get("read", 0.0)
+        seconds["merge"] = seconds["job"] - seconds.get("read", 0.0) - seconds.get("device_wait", 0.0)
     return {
         "wall_s": round(wall, 3),
         **{f"{stage}_s": round(s, 3) for stage, s in sorted(seconds.items())},
@@ -316,11 +322,13 @@ def _write_merged(
     p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings, busy: tensorio.Busy
 ) -> dict[str, str]:
     with contextlib.ExitStack() as stack:
-        lanes, jobs = [], {}
-        for shard in p.shards:
-            lane, lane_jobs = _merged_lane(p, stack.enter_context(tensorio.ShardReader(shard, busy)), tmp, device)
+        readers = [stack.enter_context(tensorio.ShardReader(shard, busy)) for shard in p.shards]
+        lanes, jobs, warm = [], {}, Future()
+        for reader in readers:
+            lane, lane_jobs = _merged_lane(p, reader, tmp, device, warm)
             lanes.append(lane)
             jobs.update(lane_jobs)
+        _warm_up(p, readers, device, busy, warm)  # after the layouts: no other thread imports while Triton does
         # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
         with tqdm(total=len(jobs), desc="export", unit="tensor", leave=False) as bar:
             sums, _ = pipeline.run(lanes, jobs, settings, bar.update, busy)
@@ -335,15 +343,16 @@ def _write_merged(
     return checksums
 
 
-def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str):
+def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str, warm: Future):
     """One output shard: its layout (save_file's for the same tensors) and a job per tensor, costed in the bytes it
-    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in."""
+    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in. Merges wait
+    for `warm` (`_warm_up`)."""
     jobs, specs = {}, {}
     on_cpu = torch.device(device).type == "cpu"
     for name, entry in reader.entries.items():
         dtype, numel = entry.torch_dtype, math.prod(entry.shape)
         if name in p.alphas:
-            out, make = p.dtype or dtype, partial(_moved, p, reader, name, device)
+            out, make = p.dtype or dtype, partial(_moved, p, reader, name, device, warm)
             cost = entry.nbytes + numel * out.itemsize + (8 * numel if on_cpu else 0)
         elif p.dtype is not None and dtype.is_floating_point and dtype != p.dtype:
             out, make = p.dtype, partial(_converted, p, reader, name)
@@ -356,13 +365,80 @@ def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device:
     return pipeline.Lane(tmp / reader.path.name, header, names), jobs
 
 
-def _moved(p: ExportPlan, reader: tensorio.ShardReader, name: str, device: str) -> dict[str, torch.Tensor]:
-    """W(alpha) of one updated tensor, on the CPU, finite. With --dtype: computed from W0 in fp32, rounded once."""
+def _moved(
+    p: ExportPlan, reader: tensorio.ShardReader, name: str, device: str, warm: Future
+) -> dict[str, torch.Tensor]:
+    """W(alpha) of one updated tensor, on the CPU, finite."""
+    w0 = reader.read(name)
+    with reader.busy.timing("device_wait"):
+        warm.result()  # read first: reading overlaps the device's start
     with _stream(device):
-        w0 = reader.read(name).to(device)
-        if p.dtype is not None:
-            w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
-        return {name: _finite(p, name, p.moved(name, w0, p.dtype)).cpu()}
+        return {name: _finite(p, name, _merged(p, name, w0, device)).cpu()}
+
+
+def _merged(p: ExportPlan, name: str, w0: torch.Tensor, device: str) -> torch.Tensor:
+    """W(alpha) of one updated tensor from its W0, on `device`. With --dtype: computed in fp32, rounded once."""
+    w0 = w0.to(device)
+    if p.dtype is not None:
+        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
+    return p.moved(name, w0, p.dtype)
+
+
+def start_device(device: str) -> Future:
+    """Start `device` in a thread (a CUDA context takes about a second), so that it overlaps planning and reading;
+    the CLI calls this before it plans. Once per device; a no-op off CUDA. The future's result: the seconds it took
+    (None: it failed, and the first job meets the error)."""
+    if torch.device(device).type != "cuda":
+        done = Future()
+        done.set_result(0.0)
+        return done
+    return _start_cuda(device)
+
+
+@functools.cache
+def _start_cuda(device: str) -> Future:
+    return _in_thread(lambda: torch.zeros(1, device=device), "rewind-device", Future())
+
+
+def _warm_up(p: ExportPlan, readers: list[tensorio.ShardReader], device: str, busy: tensorio.Busy, done: Future):
+    """Once the device has started, merge zeros shaped like the smallest updated tensor, in a thread: the path's
+    kernels are compiled (Triton, imported on first use, compiles them) once, while the workers read, rather than by
+    every worker at once in the first merges. Timing only: `done` gets the seconds it took (None: it failed), its
+    result is discarded and any error left for the jobs to meet."""
+    updated = [(name, e) for r in readers for name, e in r.entries.items() if name in p.alphas]
+    started = start_device(device)
+    if not updated:
+        done.set_result(0.0)
+        return
+    name, entry = min(updated, key=lambda item: item[1].nbytes)
+
+    def merge_zeros() -> None:
+        if (seconds := started.result()) is not None:
+            busy.add("device_start", seconds)
+        with busy.timing("warm_up"), _stream(device):
+            _merged(p, name, torch.zeros(entry.shape, dtype=entry.torch_dtype), device)
+            if torch.device(device).type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # its kernels compiled and run
+
+    _in_thread(merge_zeros, "rewind-warm-up", done)
+
+
+def _in_thread(work, name: str, done: Future) -> Future:
+    """Run `work()` in a thread of its own; `done`'s result is the seconds it took, or None if it raised. Not a
+    daemon: an export that fails early still lets it finish before the interpreter exits."""
+
+    def run() -> None:
+        start, seconds = time.perf_counter(), None
+        try:
+            work()
+            seconds = time.perf_counter() - start
+        except Exception:  # timing only: the jobs that need the device meet the same error themselves
+            log.debug("%s failed", name, exc_info=True)
+        finally:
+            done.set_result(seconds)  # always: merges wait for it
+
+    threading.Thread(target=run, name=name).start()
+    return done
 
 
 def _converted(p: ExportPlan, reader: tensorio.ShardReader, name: str) -> dict[str, torch.Tensor]:

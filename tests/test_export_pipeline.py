@@ -226,3 +226,29 @@ def test_export_profiles_where_its_time_went(base, tmp_path, capsys):
     assert done.value.code == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("export profile: "))
     assert json.loads(line.removeprefix("export profile: "))["workers"] == export.pipeline_settings(p).workers
+
+
+def test_merges_wait_for_the_warm_up_and_its_failure_changes_nothing(base, tmp_path, monkeypatch):
+    """The warm-up merges zeros first (on CUDA: the context and Triton's compile, once, while workers read); a
+    failing one leaves the export as it was."""
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    spec = dict(adapter=tmp_path / "a", base=base_dir, alpha=0.4)
+    export.write(export.plan(export.ExportSpec(out=tmp_path / "plain", **spec)), settings=BUSY)
+    real, calls, warmed = export._merged, [], []
+
+    def merged(p, name, w0, device):
+        calls.append((threading.current_thread().name, time.perf_counter()))
+        if calls[-1][0] != "rewind-warm-up":
+            return real(p, name, w0, device)
+        time.sleep(0.2)  # a slow start: the workers read meanwhile, then wait
+        warmed.append(time.perf_counter())
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(export, "_merged", merged)
+    p = export.plan(export.ExportSpec(out=tmp_path / "warm", **spec))
+    export.write(p, settings=BUSY)
+    assert _files(tmp_path / "warm") == _files(tmp_path / "plain")
+    assert [name for name, _ in calls].count("rewind-warm-up") == 1 and calls[0][0] == "rewind-warm-up"
+    assert len(calls) == len(p.alphas) + 1 and all(t > warmed[0] for _, t in calls[1:])
+    assert p.profile["device_wait_s"] > 0.1  # the workers' wait, apart from their merges
