@@ -92,10 +92,11 @@ class ShardReader:
         self.busy = busy or Busy()
         self._fd = os.open(self.path, os.O_RDONLY)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, into: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor `name`, in a buffer of its own or in `into` (uint8, its size in bytes: a buffer reused)."""
         entry = self.entries[name]
         with self.busy.timing("read"):
-            buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+            buf = torch.empty(entry.nbytes, dtype=torch.uint8) if into is None else into
             view, done = memoryview(buf.numpy()), 0
             while done < entry.nbytes:
                 got = os.preadv(self._fd, [view[done:]], entry.start + done)

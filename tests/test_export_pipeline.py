@@ -99,11 +99,11 @@ def test_a_read_error_in_a_worker_stops_every_thread_and_leaves_nothing(base, tm
     make_adapter("oft", model, tmp_path / "a")
     real, seen = tensorio.ShardReader.read, []
 
-    def failing_read(self, name):
+    def failing_read(self, name, into=None):
         seen.append(name)
         if name == "model.layers.1.mlp.up_proj.weight":
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(self, name)
+        return real(self, name, into)
 
     monkeypatch.setattr(tensorio.ShardReader, "read", failing_read)
     p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "x" / "out", alpha=0.5))
@@ -124,11 +124,11 @@ def test_the_bytes_in_flight_stay_within_the_budget(base, tmp_path, monkeypatch)
     lock, live, peaks = threading.Lock(), [0], []
     real_read, real_write = tensorio.ShardReader.read, tensorio.ShardWriter.write
 
-    def read(self, name):
+    def read(self, name, into=None):
         with lock:
             live[0] += sizes[name]
             peaks.append(live[0])
-        return real_read(self, name)
+        return real_read(self, name, into)
 
     def slow_write(self, name, tensor):
         time.sleep(0.005)
