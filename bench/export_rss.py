@@ -7,7 +7,8 @@ Builds a random bf16 checkpoint of the shape once (sharded safetensors, written 
 _shapes.write_checkpoint) and a random adapter per method, then runs each export in a fresh Python process and
 takes that process's peak RSS (its VmHWM at exit via _peak.py: the kernel's high-water mark, file-backed pages such
 as mmapped shards included), sampling /proc/PID/status meanwhile for the anonymous / file-backed split. Ways:
-- rewind: `python -m rewind.cli export --base B --adapter A --alpha 0.7 --out O --device D`
+- rewind: `python -m rewind.cli -v export --base B --adapter A --alpha 0.7 --out O --device D` (-v: its line
+          "export profile: {...}", the seconds each stage was busy, becomes the record's `profile`)
 - old:    peft: from_pretrained, PeftModel.from_pretrained, merge_and_unload, save_pretrained (same shard size);
           LoRA scaled to the same alpha, OFT merged at alpha 1 (peft has no OFT alpha; the cost is the same)
 Baselines, measured the same way: an idle `python -c 'import torch, rewind'` (all rewind export imports besides
@@ -36,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 1.3
 _STATUS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+PROFILE = "export profile: "
 
 
 class Sampler(threading.Thread):
@@ -108,11 +110,20 @@ def measure(args: list[str], interval: float = 0.01, trace: Path | None = None, 
         trace.write_text("\n".join(json.dumps({"t": t, **v}) for t, v in sampler.trace) + "\n")
     return {
         "wall_s": wall,
+        "profile": _profile(output),
         "peak_rss_bytes": own.get("VmHWM") or sampler.peak["VmRSS"],
         "peak_from": "VmHWM" if own.get("VmHWM") else "sampled",
         "sampled_peak": sampler.peak,
         "sampled_at_peak": sampler.at_peak,
     }
+
+
+def _profile(output: str) -> dict | None:
+    """The `export profile: {...}` line `rewind -v export` prints (None for other commands)."""
+    for line in output.splitlines():
+        if line.startswith(PROFILE):
+            return json.loads(line.removeprefix(PROFILE))
+    return None
 
 
 def disk_bound(shards: list[Path], work: Path, chunk: int = 64 << 20) -> dict:
@@ -342,6 +353,7 @@ def main() -> None:
                     cmd = [
                         "-m",
                         "rewind.cli",
+                        "-v",
                         "export",
                         "--base",
                         str(base),
@@ -444,6 +456,10 @@ def table(records: list[dict]) -> None:
             f"{'yes' if r['target_met'] else 'net only' if r['net_target_met'] else 'no'} |"
         )
     print("targets (issue 19): rewind wall / old <= 0.5, wall / copy <= 1.5, peak RSS <= 1.3 x (shard + adapter)")
+    for r in rows:
+        if r.get("profile"):
+            busy = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in r["profile"].items() if k.endswith("_s"))
+            print(f"profile {r['method']} {r['device']} rep {r['rep']} (s, summed over threads): {busy}")
     for r in records:
         if r["kind"] == "disk":
             print(

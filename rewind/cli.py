@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -80,7 +81,7 @@ def _show_notes() -> None:
     is_flag=True,
     envvar="REWIND_VERBOSE",
     help="Also show lm-eval's and transformers' own progress bars and warnings (hidden by default: one rewind "
-    "bar per job).",
+    "bar per job), and where an export's time went.",
 )
 @click.pass_context
 def cli(ctx, online, debug, verbose):
@@ -238,7 +239,9 @@ def export(
     from . import export as exporter
     from . import models
 
-    models.pick_device(device)  # an unusable --device fails before the plan is printed
+    picked = models.pick_device(device)  # an unusable --device fails before the plan is printed
+    if fmt == exporter.MERGED and not dry_run:
+        exporter.start_device(picked)  # while the plan reads the adapter
     if adapter is None or sweep_dir is not None:
         sweep_dir = sweep_dir or DEFAULT_SWEEP
         given = click.get_current_context().get_parameter_source("cayley_scale") is not ParameterSource.DEFAULT
@@ -252,6 +255,8 @@ def export(
     if dry_run:
         return
     exporter.write(plan, device, verify=verify)
+    if click.get_current_context().find_root().obj["verbose"]:  # where the time went, for benchmarks
+        click.echo(f"export profile: {json.dumps(plan.profile)}")
     if plan.verified is not None:
         click.echo(f"verified: max |logit diff| vs the in-memory model {plan.verified:.3g}")
     click.echo(f"wrote {out}")

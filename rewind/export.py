@@ -6,7 +6,8 @@ dir through outdir.py) and decides every tensor's alpha, so `--dry-run` shows th
 several shards at once, with the bytes in flight bounded (peak memory under one shard plus the adapter), into a
 temporary dir next to `out` that is renamed into place only when complete: no half checkpoint is ever visible at
 `out` (outdir.py: `out` never touches an input, and a killed export's temporary dir goes at the next export there).
-The files are byte-identical to safetensors' save_file of the same tensors (tensorio.py).
+The files are byte-identical to safetensors' save_file of the same tensors (tensorio.py). On a device, a thread
+starts it (and compiles the path's kernels on a small tensor of zeros) while the first tensors are read.
 
 Every tensor rewind computes or converts is checked finite as it is written. `dtype` (--dtype) writes the point in
 another dtype: merged in fp32 and rounded once.
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import threading
+import time
+from concurrent.futures import Future
 from dataclasses import KW_ONLY, dataclass, fields, replace
 from functools import cached_property, partial
 from pathlib import Path
@@ -33,6 +38,8 @@ from . import __version__, adapters, methods, models, outdir, pipeline, tensorio
 from .checkpoint import BaseTensors, Finetune, Plan
 from .errors import RewindError
 from .updates.full import Replace
+
+log = logging.getLogger(__name__)
 
 MERGED, ADAPTER = "merged", "adapter"
 _NOT_COPIED = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".gguf")
@@ -67,6 +74,7 @@ class ExportPlan(Plan):
     """A point planned for writing: `finetune` is its ExportSpec."""
 
     verified: float | None = None  # after write(verify=True): max |logit difference| reloaded vs in memory
+    profile: dict | None = None  # after write: where the time went (`_profile`)
 
     @property
     def spec(self) -> ExportSpec:
@@ -167,7 +175,12 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False, settings: pi
         with scratch:
             tmp = scratch.path
             settings = settings or pipeline_settings(p)
-            files = _write_merged(p, tmp, device, settings) if p.fmt == MERGED else _write_adapter(p, tmp, settings)
+            busy, start = tensorio.Busy(), time.perf_counter()
+            if p.fmt == MERGED:
+                files = _write_merged(p, tmp, device, settings, busy)
+            else:
+                files = _write_adapter(p, tmp, settings, busy)
+            p.profile = _profile(settings, busy, time.perf_counter() - start)
             if verify:
                 p.verified = verify_export(p, tmp, device)
             (tmp / "README.md").write_text(model_card(p, files))
@@ -188,15 +201,33 @@ def write(p: ExportPlan, device: str = "cpu", verify: bool = False, settings: pi
 
 
 def pipeline_settings(p: ExportPlan) -> pipeline.Settings:
-    """Half the largest shard in flight (64 MiB to 2 GiB): enough tensors to keep every worker and writer busy, and
-    peak memory still well under one shard + the adapter."""
+    """Threads by the cores; a quarter of the largest shard in flight per worker (64 MiB at least), so that every
+    worker holds a tensor with more queued for the writers, up to three quarters of it: with the workers' scratch
+    buffers (`_scratch`) peak memory stays under one shard + the adapter, the rest of the 1.3x bound left to the
+    interpreter. 2 workers: half a shard."""
     cores = os.cpu_count() or 1
+    workers = min(8, max(2, cores))
     largest = max(shard.stat().st_size for shard in p.shards)
     return pipeline.Settings(
-        workers=min(8, max(2, cores)),
+        workers=workers,
         files_at_once=min(4, max(2, cores // 2)),
-        in_flight=min(max(largest // 2, 64 << 20), 2 << 30),
+        in_flight=max(64 << 20, min(largest * workers // 4, largest * 3 // 4)),
     )
+
+
+def _profile(settings: pipeline.Settings, busy: tensorio.Busy, wall: float) -> dict:
+    """Where a write's time went: its wall seconds, and each stage's seconds summed over the threads that ran it
+    (job = read + device_wait, for the warm-up, + merge; `write_wait`: writers idle)."""
+    seconds = dict(busy.seconds)
+    if "job" in seconds:
+        seconds["merge"] = seconds["job"] - seconds.get("read", 0.0) - seconds.get("device_wait", 0.0)
+    return {
+        "wall_s": round(wall, 3),
+        **{f"{stage}_s": round(s, 3) for stage, s in sorted(seconds.items())},
+        "workers": settings.workers,
+        "files_at_once": settings.files_at_once,
+        "in_flight": settings.in_flight,
+    }
 
 
 # safetensors' words for an OS error: "I/O error: No space left on device (os error 28)" (0.6+), or
@@ -288,16 +319,20 @@ def export(base, adapter, out, *, device: str = "cpu", verify: bool = False, **o
     return write(plan(ExportSpec(adapter=adapter, base=base, out=out, **options)), device, verify)
 
 
-def _write_merged(p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings) -> dict[str, str]:
+def _write_merged(
+    p: ExportPlan, tmp: Path, device: str, settings: pipeline.Settings, busy: tensorio.Busy
+) -> dict[str, str]:
     with contextlib.ExitStack() as stack:
-        lanes, jobs = [], {}
-        for shard in p.shards:
-            lane, lane_jobs = _merged_lane(p, stack.enter_context(tensorio.ShardReader(shard)), tmp, device)
+        readers = [stack.enter_context(tensorio.ShardReader(shard, busy)) for shard in p.shards]
+        lanes, jobs, warm = [], {}, Future()
+        for reader in readers:
+            lane, lane_jobs = _merged_lane(p, reader, tmp, device, warm)
             lanes.append(lane)
             jobs.update(lane_jobs)
+        _warm_up(p, readers, device, busy, warm)  # after the layouts: no other thread imports while Triton does
         # `with`: a failure mid-write closes the bar, so the error line starts a line of its own
         with tqdm(total=len(jobs), desc="export", unit="tensor", leave=False) as bar:
-            sums, _ = pipeline.run(lanes, jobs, settings, bar.update)
+            sums, _ = pipeline.run(lanes, jobs, settings, bar.update, busy)
     checksums = {lane.path.name: digest for lane, digest in zip(lanes, sums)}
     for extra in sorted(p.base_dir.iterdir()):
         if extra.is_file() and not extra.name.endswith(_NOT_COPIED) and extra.name != "README.md":
@@ -309,15 +344,16 @@ def _write_merged(p: ExportPlan, tmp: Path, device: str, settings: pipeline.Sett
     return checksums
 
 
-def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str):
+def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str, warm: Future):
     """One output shard: its layout (save_file's for the same tensors) and a job per tensor, costed in the bytes it
-    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in."""
+    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in. Merges wait
+    for `warm` (`_warm_up`)."""
     jobs, specs = {}, {}
     on_cpu = torch.device(device).type == "cpu"
     for name, entry in reader.entries.items():
         dtype, numel = entry.torch_dtype, math.prod(entry.shape)
         if name in p.alphas:
-            out, make = p.dtype or dtype, partial(_moved, p, reader, name, device)
+            out, make = p.dtype or dtype, partial(_moved, p, reader, name, device, warm)
             cost = entry.nbytes + numel * out.itemsize + (8 * numel if on_cpu else 0)
         elif p.dtype is not None and dtype.is_floating_point and dtype != p.dtype:
             out, make = p.dtype, partial(_converted, p, reader, name)
@@ -330,13 +366,94 @@ def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device:
     return pipeline.Lane(tmp / reader.path.name, header, names), jobs
 
 
-def _moved(p: ExportPlan, reader: tensorio.ShardReader, name: str, device: str) -> dict[str, torch.Tensor]:
-    """W(alpha) of one updated tensor, on the CPU, finite. With --dtype: computed from W0 in fp32, rounded once."""
+def _moved(
+    p: ExportPlan, reader: tensorio.ShardReader, name: str, device: str, warm: Future
+) -> dict[str, torch.Tensor]:
+    """W(alpha) of one updated tensor, on the CPU, finite. W0 is read into the worker's scratch buffer: the merge
+    writes a new tensor, and the buffer is free again once W0 is on the device or converted."""
+    w0 = reader.read(name, _scratch(reader.entries[name].nbytes))
+    with reader.busy.timing("device_wait"):
+        warm.result()  # read first: reading overlaps the device's start
     with _stream(device):
-        w0 = reader.read(name).to(device)
-        if p.dtype is not None:
-            w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
-        return {name: _finite(p, name, p.moved(name, w0, p.dtype)).cpu()}
+        return {name: _finite(p, name, _merged(p, name, w0, device)).cpu()}
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(nbytes: int) -> torch.Tensor:
+    """This thread's buffer for the W0s it reads, kept from job to job (one per worker, the size of the largest W0):
+    a fresh allocation over 32 MB is new pages from the kernel, faulted in and zeroed as they are read into, about
+    6x slower than memory already mapped (a 7B MLP matrix, 136 MB: 1.4-1.6 against 8.3-9.4 GB/s on a 2-core VM)."""
+    if getattr(_SCRATCH, "buffer", None) is None or _SCRATCH.buffer.numel() < nbytes:
+        _SCRATCH.buffer = None  # freed before its successor is allocated
+        _SCRATCH.buffer = torch.empty(nbytes, dtype=torch.uint8)
+    return _SCRATCH.buffer[:nbytes]
+
+
+def _merged(p: ExportPlan, name: str, w0: torch.Tensor, device: str) -> torch.Tensor:
+    """W(alpha) of one updated tensor from its W0, on `device`. With --dtype: computed in fp32, rounded once."""
+    w0 = w0.to(device)
+    if p.dtype is not None:
+        w0 = w0.float()  # the path computes in w0's dtype and rounds once into `p.dtype`
+    return p.moved(name, w0, p.dtype)
+
+
+def start_device(device: str) -> Future:
+    """Start `device` in a thread (a CUDA context takes about a second), so that it overlaps planning and reading;
+    the CLI calls this before it plans. Once per device; a no-op off CUDA. The future's result: the seconds it took
+    (None: it failed, and the first job meets the error)."""
+    if torch.device(device).type != "cuda":
+        done = Future()
+        done.set_result(0.0)
+        return done
+    return _start_cuda(device)
+
+
+@functools.cache
+def _start_cuda(device: str) -> Future:
+    return _in_thread(lambda: torch.zeros(1, device=device), "rewind-device", Future())
+
+
+def _warm_up(p: ExportPlan, readers: list[tensorio.ShardReader], device: str, busy: tensorio.Busy, done: Future):
+    """Once the device has started, merge zeros shaped like the smallest updated tensor, in a thread: the path's
+    kernels are compiled (Triton, imported on first use, compiles them) once, while the workers read, rather than by
+    every worker at once in the first merges. Timing only: `done` gets the seconds it took (None: it failed), its
+    result is discarded and any error left for the jobs to meet."""
+    updated = [(name, e) for r in readers for name, e in r.entries.items() if name in p.alphas]
+    started = start_device(device)
+    if not updated:
+        done.set_result(0.0)
+        return
+    name, entry = min(updated, key=lambda item: item[1].nbytes)
+
+    def merge_zeros() -> None:
+        if (seconds := started.result()) is not None:
+            busy.add("device_start", seconds)
+        with busy.timing("warm_up"), _stream(device):
+            _merged(p, name, torch.zeros(entry.shape, dtype=entry.torch_dtype), device)
+            if torch.device(device).type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # its kernels compiled and run
+
+    _in_thread(merge_zeros, "rewind-warm-up", done)
+
+
+def _in_thread(work, name: str, done: Future) -> Future:
+    """Run `work()` in a thread of its own; `done`'s result is the seconds it took, or None if it raised. Not a
+    daemon: an export that fails early still lets it finish before the interpreter exits."""
+
+    def run() -> None:
+        start, seconds = time.perf_counter(), None
+        try:
+            work()
+            seconds = time.perf_counter() - start
+        except Exception:  # timing only: the jobs that need the device meet the same error themselves
+            log.debug("%s failed", name, exc_info=True)
+        finally:
+            done.set_result(seconds)  # always: merges wait for it
+
+    threading.Thread(target=run, name=name).start()
+    return done
 
 
 def _converted(p: ExportPlan, reader: tensorio.ShardReader, name: str) -> dict[str, torch.Tensor]:
@@ -390,7 +507,7 @@ def _set_config_dtype(config: Path, dtype: torch.dtype) -> None:
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings) -> dict[str, str]:
+def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings, busy: tensorio.Busy) -> dict[str, str]:
     """The adapter itself with its trained parameters scaled by its kind, so peft's own loading gives W(alpha).
     A job per module (and per tensor stored whole), run by the pipeline's workers. Unbudgeted: what is in flight is
     at most the adapter's own size (the "+ adapter" of the memory bound); base tensors are read inside a job."""
@@ -410,7 +527,7 @@ def _write_adapter(p: ExportPlan, tmp: Path, settings: pipeline.Settings) -> dic
     }
     header, names = tensorio.layout(out)
     lane = pipeline.Lane(tmp / adapters.ADAPTER_WEIGHTS, header, names)
-    (digest,), _ = pipeline.run([lane], jobs, replace(settings, in_flight=None))
+    (digest,), _ = pipeline.run([lane], jobs, replace(settings, in_flight=None), busy=busy)
     checksums = {adapters.ADAPTER_WEIGHTS: digest}
     for extra in (adapters.ADAPTER_CONFIG, methods.SIDECAR):
         if (p.adapter / extra).is_file():

@@ -12,6 +12,9 @@ No deadlock: jobs are started in one order (the `_order` below), file j starts o
 fully started, and its writer only after that file is written; so the earliest started, unwritten tensor always has
 its bytes budgeted, a worker, and a writer. The first failure anywhere (a job's exception, a full disk) stops every
 thread and is raised by `run` once they have all stopped, so nothing writes into a dir the caller then removes.
+
+`run` adds to a `tensorio.Busy` the seconds its threads spent in jobs ("job"), writing and hashing, writers waiting
+for a job's tensors ("write_wait") and the dispatcher waiting for the budget ("budget_wait"): where the time went.
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ class Budget:
 class _Run:
     """What the threads of one `run` share."""
 
-    def __init__(self, jobs: dict[str, Job], budget: Budget, progress: Callable[[], None] | None):
-        self.jobs, self.budget, self.progress = jobs, budget, progress
+    def __init__(self, jobs: dict[str, Job], budget: Budget, progress: Callable[[], None] | None, busy: tensorio.Busy):
+        self.jobs, self.budget, self.progress, self.busy = jobs, budget, progress, busy
         self.slots = {job: Future() for job in jobs.values()}  # each job's tensors, once made
         self.left = {job: 0 for job in jobs.values()}  # its tensors not yet written
         for job in jobs.values():
@@ -115,9 +118,12 @@ class _Run:
             self.budget.give(job.cost)
 
 
-def run(lanes: list[Lane], jobs: dict[str, Job], settings: Settings, progress=None) -> tuple[list[str], Budget]:
-    """Write every lane's file. Returns their sha256s (in lane order) and the budget (its `peak` was in flight)."""
-    state = _Run(jobs, Budget(settings.in_flight), progress)
+def run(
+    lanes: list[Lane], jobs: dict[str, Job], settings: Settings, progress=None, busy: tensorio.Busy | None = None
+) -> tuple[list[str], Budget]:
+    """Write every lane's file. Returns their sha256s (in lane order) and the budget (its `peak` was in flight).
+    `busy`: where the threads' seconds are added (see above)."""
+    state = _Run(jobs, Budget(settings.in_flight), progress, busy or tensorio.Busy())
     with (
         ThreadPoolExecutor(settings.workers, "rewind-job") as pool,
         ThreadPoolExecutor(max(1, len(lanes)), "rewind-write") as writers,
@@ -144,7 +150,8 @@ def _dispatch(lanes, state: _Run, pool, writers, at_once: int) -> list[Future]:
             job = state.jobs[lanes[j].names[name]]
             if job not in started:
                 started.add(job)
-                state.budget.take(job.cost)
+                with state.busy.timing("budget_wait"):
+                    state.budget.take(job.cost)
                 pool.submit(_make, job, state)
     except Stopped:
         pass  # a thread failed: `run` raises its error
@@ -176,7 +183,9 @@ def _make(job: Job, state: _Run) -> None:
     if not slot.set_running_or_notify_cancel():
         return  # the run stopped before this job started
     try:
-        slot.set_result(job.make())
+        with state.busy.timing("job"):
+            made = job.make()
+        slot.set_result(made)
     except BaseException as exc:
         slot.set_exception(exc)
         state.fail(exc)
@@ -189,10 +198,12 @@ def _write_lane(lane: Lane, after: Future | None, state: _Run) -> str:
             wait([after])  # at most `files_at_once` files written at a time
         if state.budget.stopped:
             raise Stopped
-        with tensorio.ShardWriter(lane.path, lane.header) as out:
+        with tensorio.ShardWriter(lane.path, lane.header, state.busy) as out:
             for name in lane.names:
                 job = state.jobs[name]
-                out.write(name, state.slots[job].result().pop(name))  # popped: freed once written
+                with state.busy.timing("write_wait"):
+                    made = state.slots[job].result()
+                out.write(name, made.pop(name))  # popped: freed once written
                 state.written(job)
             return out.close()
     except BaseException as exc:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import copy
 import errno
+import hashlib
+import json
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from tiny import make_adapter, tiny_base
 
 from rewind import export, pipeline, tensorio
@@ -95,11 +99,11 @@ def test_a_read_error_in_a_worker_stops_every_thread_and_leaves_nothing(base, tm
     make_adapter("oft", model, tmp_path / "a")
     real, seen = tensorio.ShardReader.read, []
 
-    def failing_read(self, name):
+    def failing_read(self, name, into=None):
         seen.append(name)
         if name == "model.layers.1.mlp.up_proj.weight":
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real(self, name)
+        return real(self, name, into)
 
     monkeypatch.setattr(tensorio.ShardReader, "read", failing_read)
     p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, out=tmp_path / "x" / "out", alpha=0.5))
@@ -120,11 +124,11 @@ def test_the_bytes_in_flight_stay_within_the_budget(base, tmp_path, monkeypatch)
     lock, live, peaks = threading.Lock(), [0], []
     real_read, real_write = tensorio.ShardReader.read, tensorio.ShardWriter.write
 
-    def read(self, name):
+    def read(self, name, into=None):
         with lock:
             live[0] += sizes[name]
             peaks.append(live[0])
-        return real_read(self, name)
+        return real_read(self, name, into)
 
     def slow_write(self, name, tensor):
         time.sleep(0.005)
@@ -155,3 +159,96 @@ def test_order_starts_a_file_only_after_the_one_before_it_in_its_slot():
         assert order.index((lane, None)) > last  # its slot's previous file is fully started
     assert [i for j, i in order if j == 2 and i is not None] == [0, 1, 2]  # each file's tensors in file order
     assert len(order) == 5 + 8
+
+
+class _FullDisk:
+    """A file whose second write finds the disk full."""
+
+    def __init__(self, file):
+        self.file, self.writes = file, 0
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.file.write(data)
+
+    def close(self):
+        self.file.close()
+
+
+def test_the_writer_hashes_what_it_writes_and_a_failed_write_stops_its_hasher(tmp_path):
+    tensors = {"b": torch.arange(70_000, dtype=torch.float32), "a": torch.ones(3, 7, dtype=torch.bfloat16)}
+    header, names = tensorio.layout({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()})
+    with tensorio.ShardWriter(tmp_path / "x.safetensors", header) as out:
+        for name in names:
+            out.write(name, tensors[name])
+        digest = out.close()
+    data = (tmp_path / "x.safetensors").read_bytes()
+    assert data == save(tensors, metadata=tensorio.METADATA) and digest == hashlib.sha256(data).hexdigest()
+    with pytest.raises(OSError, match="No space left"), tensorio.ShardWriter(tmp_path / "y", header) as out:
+        out._file = _FullDisk(out._file)
+        for name in names:
+            out.write(name, tensors[name])
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("rewind-hash")]
+
+
+@pytest.mark.parametrize("cores,workers,files_at_once,share", [(2, 2, 2, 2), (16, 8, 4, 4 / 3)])
+def test_the_pipeline_grows_with_the_cores_within_the_memory_bound(
+    cores, workers, files_at_once, share, tmp_path, monkeypatch
+):
+    """2 cores: half the largest shard in flight, as before (less the old 2 GiB cap); 16: three quarters (peak RSS
+    stays under 1.3x one shard + the adapter on the H200's 7B shape: 4.93 GB shards, 0.65 GB of interpreter and
+    CUDA)."""
+    shards = []
+    for i, size in enumerate([4_932_751_008, 1_000_000]):
+        shards.append(tmp_path / f"{i}.safetensors")
+        shards[-1].touch()
+        os.truncate(shards[-1], size)  # sparse: no disk used
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    settings = export.pipeline_settings(SimpleNamespace(shards=shards))
+    assert (settings.workers, settings.files_at_once) == (workers, files_at_once)
+    assert settings.in_flight == int(4_932_751_008 / share)
+
+
+def test_export_profiles_where_its_time_went(base, tmp_path, capsys):
+    """`rewind -v export` prints the seconds each stage was busy, summed over its threads."""
+    from rewind.cli import main
+
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    p = export.plan(export.ExportSpec(adapter=tmp_path / "a", base=base_dir, alpha=0.4, out=tmp_path / "out"))
+    export.write(p, settings=BUSY)
+    assert {"wall_s", "read_s", "job_s", "merge_s", "write_s", "hash_s", "write_wait_s"} <= p.profile.keys()
+    assert 0 < p.profile["read_s"] < p.profile["job_s"] and p.profile["workers"] == BUSY.workers
+    with pytest.raises(SystemExit) as done:
+        main(["-v", "export", "--base", str(base_dir), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
+    assert done.value.code == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("export profile: "))
+    assert json.loads(line.removeprefix("export profile: "))["workers"] == export.pipeline_settings(p).workers
+
+
+def test_merges_wait_for_the_warm_up_and_its_failure_changes_nothing(base, tmp_path, monkeypatch):
+    """The warm-up merges zeros first (on CUDA: the context and Triton's compile, once, while workers read); a
+    failing one leaves the export as it was."""
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    spec = dict(adapter=tmp_path / "a", base=base_dir, alpha=0.4)
+    export.write(export.plan(export.ExportSpec(out=tmp_path / "plain", **spec)), settings=BUSY)
+    real, calls, warmed = export._merged, [], []
+
+    def merged(p, name, w0, device):
+        calls.append((threading.current_thread().name, time.perf_counter()))
+        if calls[-1][0] != "rewind-warm-up":
+            return real(p, name, w0, device)
+        time.sleep(0.2)  # a slow start: the workers read meanwhile, then wait
+        warmed.append(time.perf_counter())
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(export, "_merged", merged)
+    p = export.plan(export.ExportSpec(out=tmp_path / "warm", **spec))
+    export.write(p, settings=BUSY)
+    assert _files(tmp_path / "warm") == _files(tmp_path / "plain")
+    assert [name for name, _ in calls].count("rewind-warm-up") == 1 and calls[0][0] == "rewind-warm-up"
+    assert len(calls) == len(p.alphas) + 1 and all(t > warmed[0] for _, t in calls[1:])
+    assert p.profile["device_wait_s"] > 0.1  # the workers' wait, apart from their merges
