@@ -34,10 +34,10 @@ from rewind.grid import install
 RUNS = {"lora": ["linear"], "oft": ["cayley", "dense"]}
 
 
-def timed(fn, device: str, reps: int) -> tuple[float, float]:
+def timed(fn, device: str, reps: int, warmup=None) -> tuple[float, float]:
     """Median wall and process-CPU seconds. On a shared CPU the process time is the steadier of the two: other
-    jobs stretch the wall clock, not the work this process does."""
-    fn()  # warm-up
+    jobs stretch the wall clock, not the work this process does. `warmup` runs first (default: `fn` itself)."""
+    (warmup or fn)()
     wall, cpu = [], []
     for _ in range(reps):
         sync(device)
@@ -59,25 +59,27 @@ def make_pass(model, kind: str, new_tokens: int):
 @torch.no_grad()
 def measure(rw: engine.Rewinder, kind: str, args) -> dict:
     run = make_pass(rw.model, kind, args.new_tokens)
+    short = make_pass(rw.model, kind, min(args.new_tokens, 2))  # warm-ups: the same shapes, two steps (a 7B pass
+    # of 256 new tokens takes seconds; warming up with a whole pass per point doubled the benchmark)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, rw.model.config.vocab_size, (args.batch, args.tokens), generator=gen).to(args.device)
     alphas = [i / max(args.points - 1, 1) for i in range(args.points)]
 
-    def merged(points):
+    def merged(points, pass_=run):
         for a in points:
             rw.set(a)
-            run(ids)
+            pass_(ids)
 
-    times = {"merged": timed(lambda: merged(alphas), args.device, args.reps)}
-    times["one_point_merged"] = timed(lambda: merged([1.0]), args.device, args.reps)
+    times = {"merged": timed(lambda: merged(alphas), args.device, args.reps, lambda: merged(alphas[:2], short))}
+    times["one_point_merged"] = timed(lambda: merged([1.0]), args.device, args.reps, lambda: None)
     grid = install(rw)
 
-    def gridded(points):
+    def gridded(points, pass_=run):
         with grid.at(points, rows=args.batch):
-            run(ids.repeat(len(points), 1))
+            pass_(ids.repeat(len(points), 1))
 
-    times["grid"] = timed(lambda: gridded(alphas), args.device, args.reps)
-    times["one_point_grid"] = timed(lambda: gridded([1.0]), args.device, args.reps)
+    times["grid"] = timed(lambda: gridded(alphas), args.device, args.reps, lambda: gridded(alphas, short))
+    times["one_point_grid"] = timed(lambda: gridded([1.0]), args.device, args.reps, lambda: gridded([1.0], short))
     grid.remove()
     record = {}
     for clock, i in (("wall", 0), ("cpu", 1)):

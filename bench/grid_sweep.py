@@ -102,19 +102,26 @@ def sweep_part(args, spec_fields: dict, work: Path) -> dict:
     }
 
 
-def generation_part(args) -> list[dict]:
+def generation_part(args) -> None:
     shape = "llama-small" if args.gen_shape == "tiny" else args.gen_shape
     model = _shapes.build(shape, args.device, models.torch_dtype(args.dtype))
-    out = []
+    paths = {"oft": "cayley", "lora": "linear"}
     with tempfile.TemporaryDirectory() as tmp:
-        for method, path in (("oft", "cayley"), ("lora", "linear")):
-            rw = engine.attach(model, random_adapter(model, method, Path(tmp) / method), path=path)
+        for method in args.gen_methods.split(","):
+            rw = engine.attach(model, random_adapter(model, method, Path(tmp) / method), path=paths[method])
             timing = argparse.Namespace(**{k: getattr(args, k) for k in ("points", "batch", "tokens", "new_tokens")})
             timing.device, timing.reps = args.device, 1
-            out.append({"part": "generate", "shape": shape, "method": method, "path": path, **vars(timing)})
-            out[-1].update(measure(rw, "generate", timing))
+            record = {"part": "generate", "shape": shape, "method": method, "path": paths[method], **vars(timing)}
+            emit(record | measure(rw, "generate", timing), args.out)  # at once: a later timeout keeps this one
             rw.set(0.0)  # the next adapter binds to the base
-    return out
+
+
+def emit(record: dict, out: str | None) -> None:
+    record |= {"torch": torch.__version__, "host": platform.node(), "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(record), flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def tiny_inputs(work: Path) -> dict:
@@ -142,6 +149,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--gen-shape", default="qwen")
+    parser.add_argument("--gen-methods", default="oft,lora", help="adapters of the generation pass: oft, lora")
     parser.add_argument("--points", type=int, default=11)
     parser.add_argument("--batch", type=int, default=16, help="rows per point in the generation pass")
     parser.add_argument("--tokens", type=int, default=512)
@@ -159,14 +167,10 @@ def main() -> None:
             args.target, args.general = ["math_offline_basic_arithmetic"], ["general_offline_wiki_ppl"]
         fields |= {"alphas": [float(a) for a in args.alphas.split(",")], "device": args.device, "dtype": args.dtype}
         fields |= {"target": args.target or ["math-offline"], "general": args.general or ["general-offline"]}
-        parts = [] if args.skip == "sweep" else [sweep_part(args, fields, Path(tmp))]
-        parts += [] if args.skip == "generate" else generation_part(args)
-    for record in parts:
-        record |= {"torch": torch.__version__, "host": platform.node(), "date": time.strftime("%Y-%m-%d")}
-        print(json.dumps(record), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if args.skip != "sweep":
+            emit(sweep_part(args, fields, Path(tmp)), args.out)
+    if args.skip != "generate":
+        generation_part(args)
 
 
 if __name__ == "__main__":
