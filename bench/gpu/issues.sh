@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # On the GPU box, after setup.sh, one step per device call (each under 10 minutes); results under $OUT.
-#   bash bench/gpu/issues.sh grid     # 16: grid vs point-by-point sweep, per-item agreement; 7B generation pass
+#   bash bench/gpu/issues.sh grid     # 16: grid vs point-by-point sweep, per-item agreement
+#   bash bench/gpu/issues.sh gen      # 16: a 7B-shaped 11-point generation pass, grid vs merged point by point
 #   bash bench/gpu/issues.sh conf     # 17: the demo OFT adapter at 256 target items (bench/math_tasks.py), intervals
 #   bash bench/gpu/issues.sh race     # 17: a race at the conf sweep's item budget (10 points x 2036 items)
 #   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
-#   setsid nohup bash bench/gpu/issues.sh study > ~/rw/out/study.log 2>&1 &   # 17, detached, from ~/rw/repo:
-#       the OFT sweep, then the race beside the LoRA training, the LoRA sweep and its per-layer search
+#   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] > ~/rw/out/study.log 2>&1 &
+#       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
+#       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -23,9 +25,13 @@ grid() {
   timeout 420 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --alphas 0,0.2,0.4,0.6,0.8,1 \
     --limit 32 --skip generate --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/grid_sweep.log" 2>&1
   stamp "grid sweep rc=$?"
-  timeout 150 python3 bench/grid_sweep.py --skip sweep --gen-shape qwen --points 11 --batch 16 --tokens 512 \
-    --new-tokens 256 --out "$OUT/grid_sweep_h200.jsonl" >> "$OUT/grid_sweep.log" 2>&1
-  stamp "7B generation pass rc=$?"
+}
+
+gen() {  # each adapter's line is written when measured: a timeout keeps the first
+  stamp "7B-shaped generation pass, 11 points, 256 new tokens"
+  timeout 500 python3 bench/grid_sweep.py --skip sweep --gen-shape qwen --gen-methods lora,oft --points 11 \
+    --batch 16 --tokens 512 --new-tokens 256 --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/grid_gen.log" 2>&1
+  stamp "7B generation pass rc=$?"; tail -n 3 "$OUT/grid_gen.log"
 }
 
 conf() {  # NAME ADAPTER ARGS...: a 256-item sweep into $O/sw/NAME; ARGS: its paths and extra flags (the race's)
@@ -37,24 +43,23 @@ conf() {  # NAME ADAPTER ARGS...: a 256-item sweep into $O/sw/NAME; ARGS: its pa
   stamp "$name rc=$?"
 }
 
-train_lora() {  # the study's LoRA recipe (docs/study-smollm2.md), as the demo OFT adapter was retrained
-  stamp "train LoRA r8"
-  timeout 900 python3 -m rewind.cli train sft/lora base=smollm2 preset=smollm2 dtype=fp32 trainer.bf16=true \
-    data.size=2000 trainer.max_steps=500 trainer.per_device_train_batch_size=32 trainer.learning_rate=1e-3 \
-    save_steps=500 --out "$O/runs/lora" > "$OUT/train_lora.log" 2>&1
-  stamp "train LoRA rc=$?"
-}
+LORA=docs/study/runs/lora-2026-12-02  # the study's LoRA recipe, retrained on 2026-12-02 (its README)
 
-study() {  # sweeps first, each alone; the LoRA training shares the GPU with the race (whose timing is not read)
+study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
   export LIMIT=1500
-  conf oft256 $DEMO --path cayley --path dense
-  train_lora &
-  conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64
-  wait
-  conf lora256 "$O/runs/lora" --path linear
-  stamp "search LoRA: 4 groups, 8 candidates"
-  timeout 1500 python3 -m rewind.cli search --out "$O/sw/lora256" --groups 4 --budget 8 > "$OUT/search.log" 2>&1
-  stamp "search rc=$?"
+  local stages=("$@")
+  [ $# -gt 0 ] || stages=(oft lora race search)
+  for stage in "${stages[@]}"; do
+    case $stage in
+      oft) conf oft256 $DEMO --path cayley --path dense ;;  # ran 2026-12-02: docs/study/sweeps-256/oft
+      lora) conf lora256 $LORA --path linear ;;
+      race) conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64 ;;  # = oft256's items
+      search)
+        stamp "search LoRA: 4 groups, 8 candidates"
+        timeout 1500 python3 -m rewind.cli search --out "$O/sw/lora256" --groups 4 --budget 8 > "$OUT/search.log" 2>&1
+        stamp "search rc=$?" ;;
+    esac
+  done
 }
 
 pack() { (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .); tail -n 25 "$OUT"/*.log; }
@@ -73,10 +78,11 @@ export_bench() {
 
 case "${1:-}" in
   grid) grid ;;
+  gen) gen ;;
   conf) mkdir -p "$O/sw"; conf oft256 $DEMO --path cayley --path dense; pack ;;
   race) mkdir -p "$O/sw"; conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64; pack ;;
-  study) OUT=$O/logs; mkdir -p "$O/sw" "$O/runs" "$OUT"; study ;;
-  fetch) cp "$O"/logs/*.log "$O"/study.log "$O"/runs/lora/{recipe.yaml,train_log.jsonl*} "$OUT/" 2>/dev/null; pack ;;
+  study) shift; OUT=$O/logs; mkdir -p "$O/sw" "$OUT"; study "$@" ;;
+  fetch) cp "$O"/logs/*.log "$O"/study.log "$OUT/" 2>/dev/null; pack ;;
   export) export_bench ;;
-  *) echo "usage: issues.sh grid|conf|race|export|study|fetch"; exit 2 ;;
+  *) echo "usage: issues.sh grid|gen|conf|race|export|study|fetch"; exit 2 ;;
 esac
