@@ -422,14 +422,15 @@ def _race_inputs(points, axes, chunks, keep, confidence) -> tuple[dict[str, dict
 
 
 def _plan(chunk: int, taken: dict[str, int], sizes: Mapping[str, int], left: int | None) -> dict[str, slice]:
-    """The next items of each task that has any left: `chunk` each, fewer where the per-point budget `left`
-    (spread evenly over those tasks) or a task's size says so."""
-    open_ = {t: sizes.get(t, np.inf) - n for t, n in taken.items() if sizes.get(t, np.inf) > n}
-    if not open_:
-        return {}
+    """The next items of each task that has any left: `chunk` each, fewer where a task's size or the per-point
+    budget `left` says so (shared by water-filling: a task with fewer items left than its share takes them all,
+    the others split what it leaves, so a budget that covers every item is spent on every item)."""
+    wants = {t: min(chunk, sizes.get(t, np.inf) - n) for t, n in taken.items() if sizes.get(t, np.inf) > n}
     if left is not None:
-        chunk = min(chunk, left // len(open_))
-    return {t: slice(taken[t], taken[t] + int(min(chunk, n))) for t, n in open_.items() if chunk > 0}
+        for i, (task, want) in enumerate(sorted(wants.items(), key=lambda tw: tw[1])):
+            wants[task] = min(want, left // (len(wants) - i))
+            left -= wants[task]
+    return {t: slice(taken[t], taken[t] + int(k)) for t, k in wants.items() if k > 0}
 
 
 def _chunk_scores(got: Mapping[str, Sequence[float]], point: str, task: str, items: slice) -> np.ndarray:

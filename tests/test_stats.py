@@ -236,6 +236,23 @@ def test_race_keeps_a_non_dominated_point_with_the_stated_probability():
     assert cleared / sims >= 0.95
 
 
+def test_race_budget_of_every_item_gives_every_item():
+    """Uneven task sizes and a budget of exactly points x items: where no point is dropped the race is the full
+    grid, however the last round's chunk meets the smaller tasks."""
+    sizes = {"t1": 100, "t2": 37, "g1": 64, "g2": 5}
+    points = ["base@0", "a", "b", "final@1"]
+    result = stats.race(
+        lambda keys, task, items: {k: np.zeros(items.stop - items.start) for k in keys},  # ties: nothing dominates
+        points,
+        AXES,
+        chunks=[64, 64],
+        budget=len(points) * sum(sizes.values()),
+        sizes=sizes,
+    )
+    assert result.survivors == points and result.spent == len(points) * sum(sizes.values())
+    assert all(len(result.scores[p][t]) == n for p in points for t, n in sizes.items())
+
+
 def test_race_log_budget_and_sizes():
     accuracies = {"base@0": (0.1, 0.6), "good": (0.4, 0.6), "bad": (0.05, 0.2), "final@1": (0.4, 0.4)}
     calls = []
@@ -254,8 +271,11 @@ def test_race_log_budget_and_sizes():
         keep=["base@0"],
     )
     assert result.spent == sum(len(p) * (b - a) for p, _, a, b in calls)
-    # round 3 shrinks to fit: (2000 - 640 - 780) // 3 survivors // 3 tasks with items left = 64 items each
-    assert [b - a for _, t, a, b in calls if t == "t1"] == [40, 80, 64] and result.spent == 1996
+    # round 3 shrinks to fit: (2000 - 640 - 780) // 3 survivors = 193 items per point over the 3 tasks with items
+    # left, 64 + 64 + 65: every item the budget allows is spent
+    last = sorted(b - a for _, t, a, b in calls[-3:])
+    assert [b - a for _, t, a, b in calls if t == "t1"] == [40, 80, 64] and last == [64, 64, 65]
+    assert result.spent == 1999
     drops = [e for e in result.log if "dropped" in e]
     assert [e["dropped"] for e in drops] == ["bad"] and drops[0]["by"] != "bad"
     assert "bad" not in result.survivors and {"base@0", "final@1"} <= set(result.survivors)
