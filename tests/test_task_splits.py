@@ -171,6 +171,12 @@ def test_split_policy_for_every_layout(tasks):
             assert [d["id"] for d in harness.phase_docs(_leaf(tasks, name), "validation")] == ids["validation"]
 
 
+def test_a_name_in_the_include_dirs_does_not_index_lm_evals_own_tasks(tasks):
+    harness._default_manager.cache_clear()  # that index takes seconds; only a name found nowhere else needs it
+    [suite] = harness.resolve_suites(["my_valtest"], [tasks / "include"])
+    assert suite.tasks == ("my_valtest",) and harness._default_manager.cache_info().currsize == 0
+
+
 def test_a_task_without_two_splits_to_score_is_a_sentence(tmp_path):
     write_task(tmp_path, "one_item", "mc", {"train": 1}, {"test_split": "train"})
     write_task(tmp_path, "no_split", "mc", {"train": 4}, {"training_split": "train"})

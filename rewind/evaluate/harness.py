@@ -226,7 +226,9 @@ def _resolve(name: str, dirs: tuple[str, ...]) -> Suite:
         return Suite(name, PAPER_SUITES[name], None, dirs)
     if name in _bundled_manager().all_subtasks:
         return Suite(name, (name,), TASKS_DIR)
-    for manager in ([_user_manager(dirs)] if dirs else []) + [_default_manager()]:
+    # lazily: lm-eval's own index takes seconds to build, and a name in the include dirs does not need it
+    for make in ([lambda: _user_manager(dirs)] if dirs else []) + [_default_manager]:
+        manager = make()
         if name in manager.all_tasks:
             entry = manager.task_index[name]
             tagged = entry.kind.name == "TAG"  # a suite of the tasks it names, as the bundled suites are
