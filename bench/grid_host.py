@@ -1,0 +1,154 @@
+"""The host-side cost of grid mode (issue 16), on a CPU proxy where the model's arithmetic is negligible.
+
+    python bench/grid_host.py [--limit 8] [--batch-size 8] [--batch-points 6] [--profile FILE] [--ops]
+
+A random 2-layer Llama of hidden 64 with SmolLM2's tokenizer (tests/tinysweep.py) and a random OFT adapter
+(tests/tiny.py), swept as the H200 run swept the demo adapter: cayley and dense, alphas 0.2..0.8, the math-300
+generation tasks (bench/tasks/math300) and general_offline_squad, 128 new tokens at most per item. A random model
+rarely meets a stop string, so every batch decodes all 128 steps: the per-step host cost (Python, one launch per
+torch op) is what the clock measures, as on the GPU where the H200 run sat at 100% of one core.
+- sweep: seconds of the whole Sweep.run, grid mode (--batch-points) or point by point (1); --profile writes
+  cProfile's stats of it to FILE (read with `python -m pstats FILE`, or --top prints the first entries);
+- --ops: torch ops (aten, as the dispatcher sees them) per decoding step of one greedy HF generate of the same
+  model, one merged point of --batch-size rows against a grid of --batch-points points x --batch-size rows.
+One JSON line per part on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import tinysweep
+from tiny import make_adapter, tiny_base
+
+from rewind import engine, sweep
+from rewind.grid import install
+
+TASKS = Path(__file__).resolve().parent / "tasks" / "math300"
+
+
+class OpCounter(TorchDispatchMode):
+    """aten ops as the dispatcher sees them; `kernels` leaves out views (no kernel launch on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.kernels = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.kernels += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def per_step(model, ids: torch.Tensor, steps: int) -> dict:
+    """aten ops and host milliseconds per decoding step: a greedy generate of steps + 1 new tokens less one of 1."""
+
+    def generate(new):
+        options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+
+    counts, seconds = [], []
+    for new in (1, steps + 1):
+        with OpCounter() as counter:
+            generate(new)
+        counts.append(counter)
+        generate(new)  # warm
+        start = time.perf_counter()
+        for _ in range(3):
+            generate(new)
+        seconds.append((time.perf_counter() - start) / 3)
+    return {
+        "ops": (counts[1].ops - counts[0].ops) / steps,
+        "kernels": (counts[1].kernels - counts[0].kernels) / steps,
+        "ms": round(1000 * (seconds[1] - seconds[0]) / steps, 3),
+    }
+
+
+@torch.no_grad()
+def ops_part(work: Path, args) -> list[dict]:
+    """Per decoding step on a 4-layer hidden-64 vocab-128 model (tests/tiny.py), OFT on q, v, up, down: the
+    arithmetic is nothing, so the milliseconds are host work."""
+    model = tiny_base(layers=4)
+    make_adapter("oft", model, work / "oft")
+    ids = torch.randint(0, 128, (args.batch_size, 32), generator=torch.Generator().manual_seed(0))
+    points = [i / (args.batch_points - 1) for i in range(args.batch_points)]
+    out = []
+    for path in ("cayley", "dense"):
+        rw = engine.attach(model, str(work / "oft"), path=path)
+        rw.set(0.5)
+        record = {"part": "ops", "path": path, "rows": args.batch_size, "points": args.batch_points}
+        record["merged"] = per_step(model, ids, args.steps)
+        grid = install(rw)
+        with grid.at(points, rows=args.batch_size):
+            record["grid"] = per_step(model, ids.repeat(len(points), 1), args.steps)
+        grid.remove()
+        out.append(record)
+    return out
+
+
+def sweep_part(work: Path, args) -> dict:
+    base = tinysweep.chat_base(work / "base")
+    base.generation_config.max_new_tokens = None  # the tasks' max_gen_toks decides, as for a real base
+    base.save_pretrained(work / "base")
+    make_adapter("oft", base, work / "oft")
+    spec = sweep.SweepSpec(
+        adapter=str(work / "oft"),
+        base=str(work / "base"),
+        paths=["cayley", "dense"],
+        alphas=[0.2, 0.4, 0.6, 0.8],
+        target=["math-300"],
+        general=["general_offline_squad"],
+        include_path=[str(TASKS)],
+        limit=args.limit,
+        device="cpu",
+        dtype="fp32",
+        batch_size=args.batch_size,
+        batch_points=args.batch_points,
+    )
+    profiler = cProfile.Profile() if args.profile else None
+    start, cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
+    sweep.Sweep(spec, work / "sweep").run(progress=False)
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(args.top)
+    return {
+        "part": "sweep",
+        "wall_s": round(time.perf_counter() - start, 2),
+        "cpu_s": round(time.process_time() - cpu, 2),
+        **{k: getattr(args, k) for k in ("limit", "batch_size", "batch_points")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=8, help="items per task and split")
+    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (items per pass)")
+    parser.add_argument("--batch-points", type=int, default=6, help="points per grid pass; 1: point by point")
+    parser.add_argument("--profile", default=None, help="write the sweep's cProfile stats here")
+    parser.add_argument("--top", type=int, default=25, help="entries of the profile printed to stderr")
+    parser.add_argument("--steps", type=int, default=16, help="--ops: decoding steps counted")
+    parser.add_argument("--ops", action="store_true", help="count ops per decoding step instead of a sweep")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the proxy measures host work: one core, as the GPU run's one busy core
+    with tempfile.TemporaryDirectory() as tmp:
+        records = ops_part(Path(tmp), args) if args.ops else [sweep_part(Path(tmp), args)]
+    for record in records:
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
