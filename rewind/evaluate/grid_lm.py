@@ -10,8 +10,8 @@ filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a
 
 How the rows are laid out, HFLM's own code doing the rest:
 - generate_until: each request K times in a row. HFLM sorts stably by context, so every batch holds whole blocks of
-  K copies in order (checked); `_model_generate` reorders them point-major for the branches and back. Stop
-  sequences and decoding are HFLM's, on every row.
+  K copies in order (checked); `_model_generate` reorders them point-major for the branches and back. Decoding
+  is HFLM's, on every row; its stop strings decide as lm-eval's do, with less host work per step (stops.py).
 - loglikelihood (and loglikelihood_rolling, which HFLM builds on `_loglikelihood_tokens`): the requests are cut into
   HFLM's own batches (its sort, its one-token-continuation groups); a batch runs once with its rows repeated per
   point, then HFLM's `_loglikelihood_tokens` runs on it once per point, fed that point's logits, so continuation
@@ -35,6 +35,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import normalize_gen_kwargs
 
 from ..errors import RewindError
+from . import stops
 
 # Share of the free memory a grid pass may plan for: the estimate below leaves out transient buffers.
 MEMORY_SHARE = 0.5
@@ -136,7 +137,7 @@ class GridLM(HFLM):
         mask = generation_kwargs.get("attention_mask")
         if mask is not None:
             generation_kwargs["attention_mask"] = mask[order]
-        with self._grid.at(self._points, rows=rows // K):
+        with self._grid.at(self._points, rows=rows // K), stops.fast_stops():
             out = super()._model_generate(context[order], max_length, stop, **generation_kwargs)
         return out[torch.argsort(order)]
 
