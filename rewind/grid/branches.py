@@ -167,14 +167,18 @@ class Rotation(Branch):
         scales = torch.tensor([self.s(a) for a in alphas[:, 0].tolist()], dtype=torch.float32)
         sQ = self.Q.unsqueeze(0) * scales.to(self.Q.device).view(-1, 1, 1, 1)  # [points, blocks, b, b]
         self._D = _rotation_minus_identity(sQ, self.terms).to(self.module.weight.dtype)
+        if rows.blocked:  # [points x blocks, b, b]: one bmm's batch (block_share: its one block for every block)
+            points, b = len(alphas), self.Q.shape[-1]
+            self._D_flat = self._D.expand(points, self.module.in_features // b, b, b).reshape(-1, b, b)
 
     def apply(self, x):
         b = self.Q.shape[-1]
+        if self.rows.blocked:  # all points in one x + x D: [points x blocks, rows of each x tokens, b]
+            points, blocks = self._D.shape[0], x.shape[-1] // b
+            grouped = x.reshape(points, -1, blocks, b).transpose(1, 2).reshape(points * blocks, -1, b)
+            turned = torch.baddbmm(grouped, grouped, self._D_flat)  # fewer ops per step than an einsum and add
+            return turned.view(points, blocks, -1, b).transpose(1, 2).reshape(x.shape)
         blocks = x.reshape(*x.shape[:-1], x.shape[-1] // b, b)
-        if self.rows.blocked:  # one batched product for all points: [points, rows of each x tokens, blocks, b]
-            d = self._D.expand(-1, blocks.shape[-2], b, b)  # block_share: one block for all
-            grouped = blocks.reshape(self._D.shape[0], -1, *blocks.shape[-2:])
-            return torch.einsum("pnjk,pjkc->pnjc", grouped, d).reshape(x.shape).add_(x)
         out = torch.empty_like(x)  # every row is in one group
         for p, idx in self.rows.groups(x.device):
             d = self._D[p].expand(blocks.shape[-2], b, b)  # block_share: one block for all
