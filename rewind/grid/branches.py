@@ -74,6 +74,15 @@ def add(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return y.add_(d) if not torch.is_grad_enabled() else y + d
 
 
+def add_linear(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y + F.linear(h, weight): one addmm into y where `add` may work in place (one kernel, not a product and an
+    add: a decoding step calls every branch, and on a small model its host time is per op, not per flop)."""
+    if torch.is_grad_enabled() or not y.is_contiguous():
+        return y + F.linear(h, weight)
+    y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), weight.t())
+    return y
+
+
 class Branch:
     """One module's change at a row's point. `input_side` kinds rewrite the input, the others the output."""
 
@@ -127,7 +136,7 @@ class LowRank(Branch):
 
     def post(self, x, y):
         h = F.linear(x, self.A)
-        return add(y, F.linear(h.mul_(by_row(self._s, h)), self.B))
+        return add_linear(y, h.mul_(by_row(self._s, h)), self.B)
 
 
 class Scale(Branch):
@@ -204,8 +213,14 @@ class Dense(Branch):
         return add(y, d.mul_(by_row(self._a, d)))
 
 
-def linear_product(x, dW):
-    return F.linear(x, dW)
+class DenseLinear(Dense):
+    """Dense on a Linear weight: y += (alpha x) dW^T, the row's alpha on its input so the product adds into y."""
+
+    def __init__(self, module, delta: Delta, w0: torch.Tensor):
+        super().__init__(module, delta, w0, F.linear)
+
+    def post(self, x, y):
+        return add_linear(y, x * by_row(self._a, x), self.dW)
 
 
 def bias_product(x, db):

@@ -178,7 +178,7 @@ def linear_branch(rw: Rewinder, module, name: str) -> kinds.Branch:
         return kinds.LowRank(module, delta)
     if isinstance(delta, Scale):
         return kinds.Scale(module, delta)
-    return kinds.Dense(module, delta, w0, kinds.linear_product)
+    return kinds.DenseLinear(module, delta, w0)
 
 
 def on_line(rw: Rewinder, name: str) -> Delta:
