@@ -1,17 +1,19 @@
-"""The host-side cost of grid mode (issue 16), on a CPU proxy where the model's arithmetic is negligible.
+"""The host-side cost of grid mode (issue 16), on a CPU proxy where the model's arithmetic is small.
 
-    python bench/grid_host.py [--limit 8] [--batch-size 8] [--batch-points 6] [--profile FILE] [--ops]
+    python bench/grid_host.py --ops [--layers 30] [--batch-size 8] [--batch-points 6] [--steps 32]
+    python bench/grid_host.py [--limit 8] [--batch-size 8] [--batch-points 6] [--profile FILE]
 
-A random 2-layer Llama of hidden 64 with SmolLM2's tokenizer (tests/tinysweep.py) and a random OFT adapter
-(tests/tiny.py), swept as the H200 run swept the demo adapter: cayley and dense, alphas 0.2..0.8, the math-300
-generation tasks (bench/tasks/math300) and general_offline_squad, 128 new tokens at most per item. A random model
-rarely meets a stop string, so every batch decodes all 128 steps: the per-step host cost (Python, one launch per
-torch op) is what the clock measures, as on the GPU where the H200 run sat at 100% of one core.
-- sweep: seconds of the whole Sweep.run, grid mode (--batch-points) or point by point (1); --profile writes
-  cProfile's stats of it to FILE (read with `python -m pstats FILE`, or --top prints the first entries);
-- --ops: torch ops (aten, as the dispatcher sees them) per decoding step of one greedy HF generate of the same
-  model, one merged point of --batch-size rows against a grid of --batch-points points x --batch-size rows.
-One JSON line per part on stdout.
+- --ops: per decoding step of a greedy HF generate on a random 30-layer Llama of hidden 64 and vocab 128 with OFT
+  on all its linear modules: aten ops (as the dispatcher sees them; and those that are not views) and host
+  milliseconds, one merged point of --batch-size rows against a grid of --batch-points points, with lm-eval's
+  stop-string criteria or rewind's (ops_part). The counts are the real model's; the arithmetic is nothing.
+- sweep: seconds of a whole Sweep.run, grid mode (--batch-points) or point by point (1), on a random 2-layer Llama
+  of hidden 64 with SmolLM2's tokenizer (tests/tinysweep.py) and a random OFT adapter (tests/tiny.py), swept as
+  the H200 run swept the demo adapter: cayley and dense, alphas 0.2..0.8, the math-300 generation tasks
+  (bench/tasks/math300) and general_offline_squad. A random model rarely meets a stop string, so every batch
+  decodes all 128 tokens. SmolLM2's 49k-token LM head is most of its arithmetic. --profile writes cProfile's
+  stats of the sweep to FILE and prints the first --top entries.
+One JSON line per part on stdout. Numbers and how to read them: bench/README.md.
 """
 
 from __future__ import annotations
