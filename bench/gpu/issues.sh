@@ -5,9 +5,10 @@
 #   bash bench/gpu/issues.sh conf     # 17: the demo OFT adapter at 256 target items (bench/math_tasks.py), intervals
 #   bash bench/gpu/issues.sh race     # 17: a race at the conf sweep's item budget (10 points x 2036 items)
 #   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
-#   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] > ~/rw/out/study.log 2>&1 &
+#   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] [agree] > ~/rw/out/study.log 2>&1 &
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
-#       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search
+#       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
+#       point per item, against the saved grid sweep docs/study/sweeps-256/oft
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -38,7 +39,7 @@ conf() {  # NAME ADAPTER ARGS...: a 256-item sweep into $O/sw/NAME; ARGS: its pa
   local name=$1 adapter=$2; shift 2
   stamp "$name: sweep $adapter $*"
   timeout "${LIMIT:-520}" python3 -m rewind.cli sweep --adapter "$adapter" --base smollm2 \
-    --alphas 0.2,0.4,0.6,0.8 --include-path bench/tasks/math300 --target math-300 --limit 256 --batch-size 64 \
+    --alphas "${ALPHAS:-0.2,0.4,0.6,0.8}" --include-path bench/tasks/math300 --target math-300 --limit 256 --batch-size 64 \
     --out "$O/sw/$name" "$@" > "$OUT/$name.log" 2>&1
   stamp "$name rc=$?"
 }
@@ -54,6 +55,10 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
       oft) conf oft256 $DEMO --path cayley --path dense ;;  # ran 2026-12-02: docs/study/sweeps-256/oft
       lora) conf lora256 $LORA --path linear ;;
       race) conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64 ;;  # = oft256's items
+      agree)  # 16: base, final and cayley 0.4 point by point, their items against the saved grid sweep's
+        ALPHAS=0.4 conf oft256-point $DEMO --path cayley --batch-points 1
+        python3 bench/item_agreement.py docs/study/sweeps-256/oft "$O/sw/oft256-point" \
+          --out "$OUT/item_agreement_h200.jsonl" > "$OUT/agree.log" 2>&1 ;;
       search)
         stamp "search LoRA: 4 groups, 8 candidates"
         timeout 1500 python3 -m rewind.cli search --out "$O/sw/lora256" --groups 4 --budget 8 > "$OUT/search.log" 2>&1
@@ -82,7 +87,7 @@ case "${1:-}" in
   conf) mkdir -p "$O/sw"; conf oft256 $DEMO --path cayley --path dense; pack ;;
   race) mkdir -p "$O/sw"; conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64; pack ;;
   study) shift; OUT=$O/logs; mkdir -p "$O/sw" "$OUT"; study "$@" ;;
-  fetch) cp "$O"/logs/*.log "$O"/study.log "$OUT/" 2>/dev/null; pack ;;
+  fetch) cp "$O"/logs/*.log "$O"/logs/*.jsonl "$O"/study.log "$OUT/" 2>/dev/null; pack ;;
   export) export_bench ;;
   *) echo "usage: issues.sh grid|gen|conf|race|export|study|fetch"; exit 2 ;;
 esac
