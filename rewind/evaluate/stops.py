@@ -25,7 +25,7 @@ import transformers
 
 
 class StopStrings(transformers.StoppingCriteria):
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int, rows: int):
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_length: int):
         self.tokenizer, self.stops, self.start = tokenizer, list(stops), prompt_length
         # as MultiTokenEOSCriteria's sequence_id_len: the string's tokens and 2 more (tokenizations differ)
         self.windows = [len(tokenizer.encode(s, add_special_tokens=False)) + 2 for s in self.stops]
@@ -55,8 +55,9 @@ class StopStrings(transformers.StoppingCriteria):
 
 
 def criteria(tokenizer, stops: Sequence[str], prompt_length: int, rows: int) -> transformers.StoppingCriteriaList:
-    """What lm-eval's `stop_sequences_criteria` returns, as one StopStrings."""
-    return transformers.StoppingCriteriaList([StopStrings(tokenizer, stops, prompt_length, rows)])
+    """What lm-eval's `stop_sequences_criteria` returns, as one StopStrings (`rows`: lm-eval's signature; the
+    criterion reads the rows from `input_ids`)."""
+    return transformers.StoppingCriteriaList([StopStrings(tokenizer, stops, prompt_length)])
 
 
 @contextmanager
