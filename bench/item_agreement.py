@@ -13,22 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
-from pathlib import Path
+
+import _sweeps  # bench-local: the script's own directory is first on sys.path
 
 from rewind import items
-from rewind.report import Report
 from rewind.results import BASE
 
 
 def item_scores(sweep: str, split: str) -> tuple[dict, dict | None]:
     """{point: {task: {doc: score}}} of the sweep's split, and its noise floor (None: not measured)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "sweep"
-        shutil.copytree(sweep, copy)  # reading a log may repair it: never the saved files
-        run = Report.read(copy).record["run"]
-        lines = items.ItemsLog(copy / items.ITEMS_FILE, repair=False).records(run)
+    _, _, lines = _sweeps.read(sweep)
     points = sorted({line["point"] for line in lines if line["split"] == split})
     return items.by_point(lines, split, points), items.noise_floor(lines, BASE.key, split)
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
-import tempfile
-from pathlib import Path
 
+import _sweeps  # bench-local: the script's own directory is first on sys.path
 import numpy as np
 
 from rewind import items, stats
 from rewind.report import Report
-from rewind.results import BASE, FINAL, RESULTS_FILE, VALIDATION, ResultsLog
+from rewind.results import BASE, FINAL, VALIDATION
 
 
 def scores_by_task(lines: list[dict], points: list[str]) -> dict[str, dict[str, np.ndarray]]:
@@ -35,9 +33,9 @@ def scores_by_task(lines: list[dict], points: list[str]) -> dict[str, dict[str, 
     }
 
 
-def replay(report: Report, lines: list[dict], chunk: int, budget: int | None, confidence: float) -> stats.Race:
-    points = [row.key for row in report.rows()]
-    table = scores_by_task(lines, points)
+def replay(report: Report, lines: list[dict], table: dict, chunk: int, budget: int, confidence: float) -> stats.Race:
+    """The race over `table` (scores_by_task of the report's validation points)."""
+    points = list(table)
     sizes = {t: len(x) for t, x in table[points[0]].items()}
     spec = report.spec
     axes = items.axes(lines, spec["target"], spec["general"])
@@ -84,14 +82,10 @@ def main() -> None:
     parser.add_argument("--confidence", type=float, default=0.9)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        copy = Path(tmp) / "sweep"
-        shutil.copytree(args.sweep, copy)  # reading a log may repair it: never the saved files
-        report = Report.read(copy)
-        records = ResultsLog(copy / RESULTS_FILE).records(report.record["run"])
-        lines = items.ItemsLog(copy / items.ITEMS_FILE, repair=False).records(report.record["run"])
-    full = sum(len(x) for row in scores_by_task(lines, [r.key for r in report.rows()]).values() for x in row.values())
-    race = replay(report, lines, args.chunk, args.budget or full, args.confidence)
+    report, records, lines = _sweeps.read(args.sweep)
+    table = scores_by_task(lines, [row.key for row in report.rows()])
+    full = sum(len(x) for row in table.values() for x in row.values())
+    race = replay(report, lines, table, args.chunk, args.budget or full, args.confidence)
     out = {
         "sweep": args.sweep,
         "chunk": args.chunk,
