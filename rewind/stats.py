@@ -280,8 +280,10 @@ def select(
     """One point by `rule` (the names of `pareto.RULES`), deciding on paired intervals; the final is the default.
 
     - max-target-within: a point is admissible when its general difference vs the base has its lower bound
-      >= -tolerance (the base always is). If the final is admissible, it is left only for an admissible point
-      confidently above it on target; if it is not, the admissible point with the highest target is taken.
+      >= -tolerance (the base always is). The final is left for the admissible point with the highest target
+      only when its own general loss is confidently beyond the tolerance (upper bound < -tolerance); otherwise,
+      admissible or undecided, it is left only for an admissible point confidently above it on target. The final
+      is the default: a point that might be within tolerance keeps its gain until the data say otherwise.
     - max-sum, weighted: the final is left only for a point confidently above it on target + general
       (weight*target + (1 - weight)*general).
     Among the points that qualify, the best estimate of the objective wins; ties go to the higher general
@@ -298,11 +300,11 @@ def select(
     if within:
         vs_base = boot.joint([p for p in boot.names if p != base], base, "general")
         pool = [p for p in pool if p == base or vs_base[p].low >= -tolerance]
-        if final != base and vs_base[final].low < -tolerance:
+        if final != base and vs_base[final].high < -tolerance:
             chosen = max(pool, key=rank.__getitem__)
             why = (
-                f"{rule}: the final's general vs base, {vs_base[final]} {_joint(vs_base)}, is not confidently "
-                f"within -{tolerance:g}; {chosen} has the highest target of the points that are"
+                f"{rule}: the final's general vs base, {vs_base[final]} {_joint(vs_base)}, is confidently "
+                f"beyond -{tolerance:g}; {chosen} has the highest target of the points confidently within it"
             )
             return _verdict(boot, chosen, base, final, [("general", "general"), ("target", "target")], why)
     vs_final = boot.joint(pool, final, axis)
@@ -311,6 +313,11 @@ def select(
         closest = max(pool, key=rank.__getitem__, default=None)
         near = f"; closest: {closest}: {label} {vs_final[closest]} vs final" if closest else ""
         why = f"{final} kept: no point{' within tolerance' * within} is confidently above it on {label}, "
+        if within and final != base:
+            why += f"{_joint(vs_final)}, and its general vs base, {vs_base[final]} "
+            return _verdict(
+                boot, final, base, final, [], f"{why}{_joint(vs_base)}, is not confidently beyond -{tolerance:g}{near}"
+            )
         return _verdict(boot, final, base, final, [], f"{why}{_joint(vs_final)}{near}")
     chosen = max(better, key=rank.__getitem__)
     shown = [(label, axis)] * (not within) + [("target", "target"), ("general", "general")]

@@ -181,7 +181,7 @@ def test_max_target_within_on_intervals():
     assert strict.chosen == "a@0.3"
     assert strict.reason.startswith(f"a@0.3: general {boot.diff('a@0.3', 'final@1', 'general')} vs final; target ")
     joint = boot.joint(["a@0.3", "a@0.6", "final@1"], "base@0", "general")
-    assert f"general vs base, {joint['final@1']} jointly over 3 points, is not confidently within -3;" in strict.reason
+    assert f"general vs base, {joint['final@1']} jointly over 3 points, is confidently beyond -3;" in strict.reason
     # a@0.6 is admissible only once its joint lower bound clears the tolerance
     bound = joint["a@0.6"].low
     assert stats.select(boot, "max-target-within", tolerance=-bound + 0.01).chosen == "a@0.6"
@@ -189,6 +189,15 @@ def test_max_target_within_on_intervals():
     # with the final admissible, nothing is confidently above it on target: it stays
     loose = stats.select(boot, "max-target-within", tolerance=50.0)
     assert loose.kept_final and "within tolerance" in loose.reason
+    # undecided (its joint interval straddles -tolerance): the final keeps its gain, though a@0.3 is admissible
+    drop = joint["final@1"]
+    middle = -(drop.low + drop.high) / 2
+    assert joint["a@0.3"].low >= -middle
+    undecided = stats.select(boot, "max-target-within", tolerance=middle)
+    assert undecided.kept_final
+    assert (
+        f"its general vs base, {drop} jointly over 3 points, is not confidently beyond -{middle:g}" in undecided.reason
+    )
 
 
 def test_max_target_within_can_return_to_the_base():
