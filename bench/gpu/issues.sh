@@ -8,7 +8,7 @@
 #   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] [agree] [agree-lora] > ~/rw/out/study.log 2>&1 &
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
-#       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against lora's
+#       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -53,17 +53,18 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
   for stage in "${stages[@]}"; do
     case $stage in
       oft) conf oft256 $DEMO --path cayley --path dense ;;  # ran 2026-12-02: docs/study/sweeps-256/oft
-      lora) conf lora256 $LORA --path linear ;;
+      lora) conf lora256 $LORA --path linear ;;  # ran 2026-12-02: docs/study/sweeps-256/lora
       race) conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64 ;;  # = oft256's items
       agree)  # 16: base, final and cayley 0.4 point by point, their items against the saved grid sweep's
         ALPHAS=0.4 conf oft256-point $DEMO --path cayley --batch-points 1
         python3 bench/item_agreement.py docs/study/sweeps-256/oft "$O/sw/oft256-point" \
           --out "$OUT/item_agreement_h200.jsonl" > "$OUT/agree.log" 2>&1 ;;
-      agree-lora)  # 16: the same for LoRA, against this run's lora256 grid sweep
+      agree-lora)  # 16: the same for LoRA, against the saved grid sweep docs/study/sweeps-256/lora
         ALPHAS=0.4 conf lora256-point $LORA --path linear --batch-points 1
-        python3 bench/item_agreement.py "$O/sw/lora256" "$O/sw/lora256-point" \
+        python3 bench/item_agreement.py docs/study/sweeps-256/lora "$O/sw/lora256-point" \
           --out "$OUT/item_agreement_lora_h200.jsonl" > "$OUT/agree-lora.log" 2>&1 ;;
-      search)
+      search)  # on the lora stage's sweep, or a copy of the one shipped (ran 2026-12-02): its points are free
+        [ -d "$O/sw/lora256" ] || cp -r docs/study/sweeps-256/lora "$O/sw/lora256"
         stamp "search LoRA: 4 groups, 8 candidates"
         timeout 1500 python3 -m rewind.cli search --out "$O/sw/lora256" --groups 4 --budget 8 > "$OUT/search.log" 2>&1
         stamp "search rc=$?" ;;
