@@ -6,17 +6,19 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 import tinysweep
 import torch
+from lm_eval.api.task import Task
 from lm_eval.models.huggingface import HFLM
 from tiny import make_adapter
 
 from rewind import engine, grid, grouping, models, results, sweep
 from rewind.evaluate import harness
-from rewind.evaluate.grid_lm import GridLM, score
+from rewind.evaluate.grid_lm import GridLM, built_once, score
 from rewind.report import table
 from rewind.schedule import Schedule
 
@@ -101,14 +103,15 @@ def _per_point_grid(evaluator, entry, lm, g, points):
         original()
         seen.append(lm.seen)
 
-    with lm.record(g, points):
-        start_and_keep()
-        first = evaluator.score(entry, lm)
-    rest = []
-    for k in range(1, len(points)):
-        with lm.replay(k):
+    with built_once(entry.loaded["tasks"].values()):
+        with lm.record(g, points):
             start_and_keep()
-            rest.append(evaluator.score(entry, lm))
+            first = evaluator.score(entry, lm)
+        rest = []
+        for k in range(1, len(points)):
+            with lm.replay(k):
+                start_and_keep()
+                rest.append(evaluator.score(entry, lm))
     return list(zip([first, *rest], seen))
 
 
@@ -148,6 +151,41 @@ def test_grid_pass_answers_as_each_point_alone(kind, path, layers, root):
     assert all(merged[0][type_] != merged[2][type_] for type_ in merged[0])
     generated = merged[0]["generate_until"] + merged[2]["generate_until"]
     assert any(s.strip() for s in generated), "no generation had any text: test is void"
+
+
+def test_a_group_builds_each_request_once(root, monkeypatch):
+    """lm-eval builds a task's requests (prompts, the chat template) at a group's first point only; every point is
+    still scored as alone, item by item."""
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / "lora")
+    points = [engine.Point(rw.path_name, a) for a in (0.0, 0.5, 1.0)]
+    evaluator = harness.Evaluator(model, tokenizer, harness.resolve_suites(TASKS), limit=3, batch_size=2)
+    assert any(entry.chat and evaluator.chat for entry in evaluator.entries)  # prompts through the chat template
+    alone = []
+    for p in points:
+        rw.set(p.alpha)
+        alone.append([evaluator.score(entry) for entry in evaluator.entries])
+    rw.set(0.0)
+    builds, build = Counter(), Task.build_all_requests
+
+    def counted(self, **kwargs):
+        builds[self.config.task] += 1
+        return build(self, **kwargs)
+
+    monkeypatch.setattr(Task, "build_all_requests", counted)
+    g = grid.install(rw)
+    gridded = [score(evaluator, entry, GridLM(model, tokenizer, 2), g, points) for entry in evaluator.entries]
+    g.remove()
+    assert builds == dict.fromkeys(TASKS, 1)
+    assert not any("build_all_requests" in vars(leaf) for e in evaluator.entries for leaf in e.loaded["tasks"].values())
+    for k in range(len(points)):
+        for a, g_ in zip(alone[k], (per_point[k] for per_point in gridded)):
+            assert (a.task, a.metric, a.n, a.items["doc"]) == (g_.task, g_.metric, g_.n, g_.items["doc"])
+            assert all(
+                math.isclose(x, y, rel_tol=REL, abs_tol=1e-9) for x, y in zip(a.items["values"], g_.items["values"])
+            )
+            assert math.isclose(a.value, g_.value, rel_tol=REL), (k, a.task, a.value, g_.value)
+    assert [r.value for r in alone[0]] != [r.value for r in alone[2]]  # the points differ: not one point thrice
 
 
 def _by_point_task(item):

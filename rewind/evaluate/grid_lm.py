@@ -6,7 +6,8 @@ group (issue 16); each point is then scored by lm-eval's own task code, as if it
   one pass per batch with each row at its point (rewind.grid), return the first point's and keep the others;
 - `replay(k)`: the same calls return point k's kept responses, by request (a request not kept is an error).
 `score` runs lm-eval's `evaluate()` once recording (point 0) and once replaying per other point, so requests,
-filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a point-by-point run.
+filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a point-by-point run; the requests
+are built at point 0 only, the replays get fresh copies of them (`built_once`).
 
 How the rows are laid out, HFLM's own code doing the rest:
 - generate_until: each request K times in a row. HFLM sorts stably by context, so every batch holds whole blocks of
@@ -24,9 +25,10 @@ pass's token lengths); then fewer, down to one item (K rows).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -262,10 +264,34 @@ def free_bytes(device: torch.device) -> int:
 
 def score(evaluator, entry, lm: GridLM, grid, points: Sequence) -> list:
     """One task's TaskResult at each of `points`, from one grid pass; each point's seconds are the pass's share."""
-    with lm.record(grid, points):
-        results = [evaluator.score(entry, lm)]
-    for k in range(1, len(points)):
-        with lm.replay(k):
-            results.append(evaluator.score(entry, lm))
+    with built_once(entry.loaded["tasks"].values()):
+        with lm.record(grid, points):
+            results = [evaluator.score(entry, lm)]
+        for k in range(1, len(points)):
+            with lm.replay(k):
+                results.append(evaluator.score(entry, lm))
     seconds = sum(r.seconds for r in results) / len(points)
     return [dataclasses.replace(r, seconds=seconds) for r in results]
+
+
+@contextmanager
+def built_once(tasks: Iterable):
+    """In here, each lm-eval task builds its requests (prompts through jinja and the chat template: ~2 ms each on
+    a CPU) at its first `build_all_requests` only; a later call with the same arguments gets fresh copies of those
+    requests, without responses. So every replayed point is asked exactly the requests the grid pass answered, and
+    lm-eval scores it from those requests and their responses, as after a build of its own."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.build_all_requests = functools.partial(_build_once, task, task.build_all_requests, {})
+    try:
+        yield
+    finally:
+        for task in tasks:
+            del task.build_all_requests  # the class's own again
+
+
+def _build_once(task, build: Callable, built: dict, **kwargs) -> None:
+    if built.get("kwargs") != kwargs:
+        build(**kwargs)
+        built.update(kwargs=kwargs, instances=task.instances)
+    task._instances = [dataclasses.replace(i, resps=[], filtered_resps={}) for i in built["instances"]]
