@@ -537,6 +537,9 @@ def search(out, groups, budget, step, min_step, **options):
     Without: continues the sweep already in --out (its base, adapter, suites and limit).
     --path picks the path searched (default the sweep's first). Candidates join the sweep's results.jsonl,
     table and pareto.png; `rewind export --from OUT` then writes the selected point.
+    Each round moves every group's alpha one --step down and up from the best point so far and evaluates
+    those candidates together (one grid pass per task where --batch-points grids); the best one confidently
+    better (paired, jointly over the round) is kept, else the step halves, down to --min-step.
     """
     from . import search as searcher
     from .report import table

@@ -1,20 +1,36 @@
 """`rewind search`: per-layer-group alphas chosen on the validation split, starting from the best uniform alpha.
 
 The paper leaves open how to pick per-layer rewinding magnitudes. We climb the sweep's own selection objective
-(`pareto.objective`) with a compass search over contiguous layer groups: try each group's alpha one step in the
-direction that last paid off (down at first), then the other, keep the first move that improves, halve the step when
-none does. It needs no gradients, copes with the step-shaped scores of a finite evaluation set, and is deterministic;
-alphas sit on a grid of the smallest step, so a candidate met twice is evaluated once.
+(`pareto.objective`) with a compass search over contiguous layer groups, in rounds, so that a round's candidates are
+evaluated together (one `Session.evaluate` call: one grid pass per task for the points of a path, issue 16):
+- a round proposes, from the incumbent, each group's alpha moved by the step, up and down, snapped to the grid of
+  the smallest step and kept within [0, 1]; the incumbent itself is left out;
+- candidates scored before (the sweep's points, an earlier round's) are free; the new ones are trimmed to what is
+  left of the budget, each group's preferred direction first (the one that last paid off, down at first), in
+  group order, then the other directions;
+- among the candidates confidently better than the incumbent, the one with the best objective value becomes the
+  incumbent (ties: the earlier proposal) and the step stays; if none is, the step halves;
+- the search stops once the step falls below the smallest step, or the budget (new evaluations) is spent.
+It needs no gradients, copes with the step-shaped scores of a finite evaluation set, and is deterministic.
+
+"Confidently better" is paired where the sweep has per-item scores (`confidently_better`), else the greater value.
+A round compares its k candidates with the incumbent at once, so it decides on joint intervals
+(`stats.Bootstrap.joint`, max-t over the round's candidates, as the sweep's selection does): the chance that any
+candidate of a round passes by luck stays about (1 - confidence) / 2, as for one comparison. Bonferroni (each test
+at 1 - (1 - confidence) / k) would promise the same for wider intervals, as neighbouring candidates are correlated,
+and at k = 60 (`--groups layer` on 30 layers) would read its bounds beyond the bootstrap's 1000 replicates. Under
+max-target-within the feasibility test (general vs the base) is joint over the round's points too.
 
 Every candidate is one more point of the sweep (same results.jsonl, same run id), so the sweep's table and
 pareto.png show uniform and searched points together, and `rewind export --from` exports the chosen schedule.
-Validation picks; the test split reports (chosen schedule, best uniform alpha, final adapter, base).
+search.json's history lists every round's candidates (round 0: the start). Validation picks; the test split
+reports (chosen schedule, best uniform alpha, final adapter, base).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from . import files, stats
 from . import sweep as sweeper
@@ -53,40 +69,60 @@ def layer_groups(num_layers: int, groups: str | int) -> list[list[int]]:
     return out
 
 
+Groups = tuple[float, ...]  # one alpha per layer group
+
+
+class Judge(Protocol):
+    """What `compass` asks of the scores: which points are scored already, score a round's new ones together, and
+    which candidate (if any) replaces the incumbent."""
+
+    def known(self, point: Groups) -> bool: ...
+
+    def evaluate(self, points: list[Groups]) -> None: ...
+
+    def pick(self, candidates: list[Groups], incumbent: Groups) -> Groups | None: ...
+
+
 def compass(
-    value: Callable[[tuple[float, ...]], tuple],
-    start: tuple[float, ...],
-    step: float,
-    min_step: float,
-    lo: float = 0.0,
-    hi: float = 1.0,
-    budget: Callable[[], bool] = lambda: True,
-    improves: Callable[[tuple[float, ...], tuple[float, ...]], bool] | None = None,
-) -> tuple[float, ...]:
-    """Maximise `value` over group alphas in [lo, hi]; `budget()` false stops it. Returns the best point found.
-    `improves(candidate, best)`, called once the candidate's value was computed, decides a move where given (a
-    paired test), instead of the candidate's value being the greater."""
-    grid = min_step
+    judge: Judge, start: Groups, step: float, min_step: float, budget: int, lo: float = 0.0, hi: float = 1.0
+) -> Groups:
+    """Round by round from `start` (scored already), the incumbent that `judge.pick` leaves (module docstring).
+    At most `budget` points are new (`judge.known` false); each round's new points go to one `judge.evaluate`."""
+    preferred = [-1] * len(start)  # rewinding (down) first; then whichever direction last paid off, per group
+    best, spent = start, 0
+    while step >= min_step - 1e-12 and spent < budget:
+        moves = proposals(best, step, preferred, min_step, lo, hi)
+        new = [c for c in moves if not judge.known(c)][: budget - spent]
+        candidates = [c for c in moves if c in new or judge.known(c)]  # in proposal order
+        if new:
+            judge.evaluate(new)
+            spent += len(new)
+        winner = judge.pick(candidates, best)
+        if winner is None:
+            step /= 2
+            continue
+        g, direction = moves[winner]
+        best, preferred[g] = winner, direction
+    return best
+
+
+def proposals(
+    best: Groups, step: float, preferred: list[int], grid: float, lo: float, hi: float
+) -> dict[Groups, tuple[int, int]]:
+    """{candidate: (group, direction)}: each group's alpha moved by `step` (snapped to the `grid`, within [lo, hi])
+    in its preferred direction, then every group's other direction; the incumbent itself and repeats left out."""
 
     def snap(a: float) -> float:
         return round(min(hi, max(lo, round(a / grid) * grid)), 6)
 
-    best, best_value = start, value(start)
-    first = [-1] * len(start)  # rewinding (down) first; then whichever direction last paid off, per group
-    while step >= min_step - 1e-12 and budget():
-        moved = False
-        for g in range(len(best)):
-            for direction in (first[g], -first[g]):
-                candidate = best[:g] + (snap(best[g] + direction * step),) + best[g + 1 :]
-                if candidate == best or not budget():
-                    continue
-                v = value(candidate)
-                if improves(candidate, best) if improves else v > best_value:
-                    best, best_value, moved, first[g] = candidate, v, True, direction
-                    break
-        if not moved:
-            step /= 2
-    return best
+    out: dict[Groups, tuple[int, int]] = {}
+    for sign in (1, -1):
+        for g, first in enumerate(preferred):
+            direction = sign * first
+            candidate = best[:g] + (snap(best[g] + direction * step),) + best[g + 1 :]
+            if candidate != best:
+                out.setdefault(candidate, (g, direction))
+    return out
 
 
 class Search:
@@ -141,7 +177,8 @@ class Search:
             "groups": groups,
             "search": asdict(self.spec),
             "evaluations": climb.spent,
-            "paired": report.bootstrap() is not None,  # moves taken on paired intervals (else on the scores)
+            "rounds": climb.rounds,
+            "paired": climb.paired,
             "start": start.key,
             "best_uniform": report.entry(start),
             "searched": report.entry(report.row(chosen)),
@@ -166,67 +203,103 @@ def best_uniform(report: Report, path: str) -> Scored:
     return report.rule.decide(uniform, report.selection.base, report.selection.final, boot)[0]
 
 
-def confidently_better(boot: stats.Bootstrap, rule: Rule, new: str, old: str, base: str) -> bool:
-    """Whether point `new` beats the incumbent `old` under `rule`, paired, at the bootstrap's confidence.
+def confidently_better(
+    boot: stats.Bootstrap, rule: Rule, candidates: list[str], incumbent: str, base: str
+) -> list[str]:
+    """The candidates that beat the incumbent under `rule`, paired, jointly at the bootstrap's confidence
+    (`Bootstrap.joint`: a round's candidates are compared at once; module docstring).
 
-    max-sum, weighted: the lower bound of new - old on the rule's objective is above 0. max-target-within: a point
-    is feasible when its general vs the base is confidently within -tolerance (the base always is); a feasible
-    point beats an infeasible one, two feasible ones compare on target and two infeasible ones on general (so a
-    search can climb back), each confidently.
+    max-sum, weighted: the joint lower bound of candidate - incumbent on the rule's objective is above 0.
+    max-target-within: a point is feasible when its general vs the base is confidently within -tolerance (joint
+    over the round's points; the base always is); a feasible point beats an infeasible one, two feasible ones
+    compare on target and two infeasible ones on general (so a search can climb back), each confidently.
     """
     _, axis = stats.objective_axis(rule.name, rule.weight)
     if rule.name != "max-target-within":
-        return stats.confidently_above(boot.diff(new, old, axis))
-
-    def feasible(point: str) -> bool:
-        return point == base or boot.diff(point, base, "general").low >= -rule.tolerance
-
-    if feasible(new) != feasible(old):
-        return feasible(new)
-    return stats.confidently_above(boot.diff(new, old, "target" if feasible(new) else "general"))
+        vs_incumbent = boot.joint(candidates, incumbent, axis)
+        return [c for c in candidates if stats.confidently_above(vs_incumbent[c])]
+    points = [*candidates, incumbent]
+    vs_base = boot.joint([p for p in points if p != base], base, "general")
+    feasible = {p: p == base or vs_base[p].low >= -rule.tolerance for p in points}
+    alike = [c for c in candidates if feasible[c] == feasible[incumbent]]
+    vs_incumbent = boot.joint(alike, incumbent, "target" if feasible[incumbent] else "general")
+    return [
+        c
+        for c in candidates
+        if feasible[c] > feasible[incumbent] or (c in vs_incumbent and stats.confidently_above(vs_incumbent[c]))
+    ]
 
 
 class Climb:
-    """The compass search over one path's layer groups, each candidate a point scored through the session."""
+    """The compass search over one path's layer groups (the `Judge` of `compass`), each candidate a point scored
+    through the session; `history` keeps every candidate of every round."""
 
     def __init__(self, session: Session, report: Report, path: str, alpha: float, groups: list[list[int]]):
         self.session, self.report, self.path, self.alpha, self.groups = session, report, path, alpha, groups
         self.value = report.rule.objective(report.selection.base)
-        self.spent, self.history = 0, []
+        self.paired = report.bootstrap() is not None  # moves taken on paired intervals (else on the scores)
+        self.spent, self.rounds, self.history = 0, 0, []
+        self._new: set[str] = set()  # keys evaluated by the round in progress
 
-    def point(self, group_alphas: tuple[float, ...]) -> Point:
+    def point(self, group_alphas: Groups) -> Point:
         layers = [group_alphas[g] for g, members in enumerate(self.groups) for _ in members]
         return Point.at(self.path, self.alpha, layers)
 
     def run(self, spec: SearchSpec) -> Point:
-        def evaluate(group_alphas: tuple[float, ...]) -> tuple:
-            point = self.point(group_alphas)
-            if self.report.row(point) is None:  # points already scored (the sweep's, an earlier search's) are free
-                self.report.extend(self.session.evaluate([point], VALIDATION), self.session.take_items())
-                self.spent += 1
-            row = self.report.row(point)
-            self.history.append(
-                {"key": point.key, "groups": list(group_alphas), "target": row.target, "general": row.general}
-            )
-            return self.value(row)
-
         start = (self.alpha,) * len(self.groups)
-        budget = lambda: self.spent < spec.budget  # noqa: E731
-        # Where the sweep has per-item scores a move needs a paired win; else compass compares the values.
-        improves = self.improves if self.report.bootstrap() is not None else None
-        return self.point(compass(evaluate, start, spec.step, spec.min_step, budget=budget, improves=improves))
+        self._record(0, [start], start)
+        return self.point(compass(self, start, spec.step, spec.min_step, spec.budget))
 
-    def improves(self, candidate: tuple[float, ...], best: tuple[float, ...]) -> bool:
-        """Whether the candidate is confidently better than the incumbent (paired, at the sweep's confidence)."""
-        new, old, base = self.point(candidate).key, self.point(best).key, self.report.selection.base.key
-        boot = self.report.bootstrap(VALIDATION, [new, old, base])
-        return confidently_better(boot, self.report.rule, new, old, base)
+    def known(self, group_alphas: Groups) -> bool:
+        """Points already scored (the sweep's, an earlier search's, an earlier round's) are free."""
+        return self.report.row(self.point(group_alphas)) is not None
+
+    def evaluate(self, points: list[Groups]) -> None:
+        """One call for the round's new points: the session scores a path's points in one grid pass per task."""
+        scored = [self.point(p) for p in points]
+        self.report.extend(self.session.evaluate(scored, VALIDATION), self.session.take_items())
+        self.spent += len(scored)
+        self._new = {p.key for p in scored}
+
+    def pick(self, candidates: list[Groups], incumbent: Groups) -> Groups | None:
+        """Of the candidates confidently better than the incumbent (paired where the sweep has per-item scores, else
+        by the objective's value), the one with the best value; ties go to the earlier proposal. None: no move."""
+        self.rounds += 1
+        rows = {c: self.report.row(self.point(c)) for c in [*candidates, incumbent]}
+        if self.paired:
+            keys = {c: rows[c].key for c in candidates}
+            base = self.report.selection.base.key
+            boot = self.report.bootstrap(VALIDATION, [*keys.values(), rows[incumbent].key, base])
+            passed = set(confidently_better(boot, self.report.rule, list(keys.values()), rows[incumbent].key, base))
+            better = [c for c in candidates if keys[c] in passed]
+        else:
+            better = [c for c in candidates if self.value(rows[c]) > self.value(rows[incumbent])]
+        winner = max(better, key=lambda c: self.value(rows[c]), default=None)
+        self._record(self.rounds, candidates, winner)
+        return winner
+
+    def _record(self, number: int, candidates: list[Groups], winner: Groups | None) -> None:
+        for c in candidates:
+            row = self.report.row(self.point(c))
+            self.history.append(
+                {
+                    "round": number,
+                    "key": row.key,
+                    "groups": list(c),
+                    "target": row.target,
+                    "general": row.general,
+                    "new": row.key in self._new,  # evaluated by this round (else scored before: free)
+                    "moved": c == winner,  # became the incumbent (round 0: the start)
+                }
+            )
+        self._new = set()
 
 
 def report_table(report: dict) -> str:
     """Validation and test scores of the searched schedule against the best uniform alpha, final and base."""
     lines = [
-        f"search on {report['path']} ({report['rule']}): {report['evaluations']} new validation evaluations, "
+        f"search on {report['path']} ({report['rule']}): {report['evaluations']} new validation evaluations in "
+        f"{report['rounds']} rounds, "
         f"{len(report['groups'])} layer groups, start {report['start']}",
         f"{'point':<12} {'val target':>10} {'val general':>11} {'test target':>11} {'test general':>12}  key",
     ]

@@ -7,8 +7,9 @@ record of what the old code reported. Rewriting it is for a change that means to
 
 Per sweep: the selected point under every rule (with the sweep's tolerance and weight) and its validation and test
 scores, the summary a sweep writes at the end (selection, frontier, every point's scores), the printed table, and
-for a sweep with a search.json: the best uniform start, the search's own choice (its compass replayed over the
-logged scores) and the selection over all points.
+for a sweep with a search.json: the best uniform start, the search's own choice (its rounds replayed over the
+logged scores, as far as the study logged the points they ask for: `unlogged` names the first round's points it
+did not) and the selection over all points.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def _rules(report) -> dict:
     return chosen
 
 
+class Unlogged(Exception):
+    """The search asks for points the study never evaluated (args[0]: their keys): the replay ends there."""
+
+
 class _Replay:
     """A session whose evaluations are the logged ones: the search runs again over what it found then."""
 
@@ -48,7 +53,11 @@ class _Replay:
 
     def evaluate(self, points, split) -> list[dict]:
         keys = {p.key for p in points}
-        return [r for r in self.records if r["point"] in keys and r["split"] == split]
+        logged = [r for r in self.records if r["point"] in keys and r["split"] == split]
+        missing = sorted(keys - {r["point"] for r in logged})
+        if missing:
+            raise Unlogged(missing)
+        return logged
 
     def take_items(self) -> list[dict]:
         return []  # the study's sweeps predate items.jsonl
@@ -63,10 +72,13 @@ def _search(directory: Path, report, records: list[dict]) -> dict:
     before = Report(report.record, [r for r in records if not r.get("layers")])  # the sweep the search began on
     start = search.best_uniform(before, found["path"])
     climb = search.Climb(_Replay(records), before, found["path"], start.point.alpha, found["groups"])
-    chosen = climb.run(search.SearchSpec(**found["search"]))
-    return {
+    out = {}
+    try:
+        out["searched"] = climb.run(search.SearchSpec(**found["search"])).key
+    except Unlogged as exc:
+        out["unlogged"] = exc.args[0]
+    return out | {
         "start": start.key,
-        "searched": chosen.key,
         "history": [h["key"] for h in climb.history],
         "evaluations": climb.spent,
         "selected": report.selection.selected.key,

@@ -263,26 +263,29 @@ def test_the_search_moves_only_for_a_confidently_better_candidate():
     boot = _boot({"base": {"t": t, "g": g}, "noisy": {"t": noisy, "g": g}, "clear": {"t": clear, "g": g}})
     rule = Rule("max-target-within", tolerance=1.0)
     assert boot.estimate("noisy", "target") > boot.estimate("base", "target")
-    assert not search.confidently_better(boot, rule, "noisy", "base", "base")
-    assert search.confidently_better(boot, rule, "clear", "base", "base")
-    assert search.confidently_better(boot, Rule("max-sum"), "clear", "noisy", "base")
+    assert search.confidently_better(boot, rule, ["noisy", "clear"], "base", "base") == ["clear"]
+    assert search.confidently_better(boot, Rule("max-sum"), ["clear"], "noisy", "base") == ["clear"]
     worse_general = {"t": np.full(300, 100.0), "g": g * (rng.random(300) < 0.8)}  # all target, general lost
     boot = _boot({"base": {"t": t, "g": g}, "far": worse_general, "clear": {"t": clear, "g": g}})
-    assert not search.confidently_better(boot, rule, "far", "clear", "base")  # not within tolerance of the base
-    assert search.confidently_better(boot, rule, "clear", "far", "base")
+    assert search.confidently_better(boot, rule, ["far"], "clear", "base") == []  # not within tolerance of the base
+    assert search.confidently_better(boot, rule, ["clear"], "far", "base") == ["clear"]
 
 
-def test_compass_takes_a_move_only_where_improves_says_so():
+def test_a_round_tests_its_candidates_jointly():
+    """A gain that clears the interval alone does not clear it among 20 rivals tested with it (each pure noise):
+    the round's chance of a lucky winner stays that of one comparison."""
     from rewind import search
+    from rewind.report import Rule
 
-    seen = []
-
-    def value(x):
-        seen.append(x)
-        return x[0]  # every step up is greater
-
-    best = search.compass(value, (0.0,), 0.2, 0.2, lo=-1, improves=lambda new, old: new[0] >= old[0] + 0.3)
-    assert best == (0.0,) and (0.2,) in seen  # 0.2 was tried, and is not enough of a gain
+    rng = np.random.default_rng(3)
+    t, g = (rng.random(400) < 0.4) * 100.0, (rng.random(400) < 0.6) * 100.0
+    gain = t.copy()
+    gain[np.flatnonzero(t == 0)[:6]] = 100  # six items more, none fewer
+    rivals = {f"r{i}": {"t": np.where(rng.random(400) < 0.03, 100 - t, t), "g": g} for i in range(20)}
+    boot = _boot({"base": {"t": t, "g": g}, "gain": {"t": gain, "g": g}, **rivals})
+    rule = Rule("max-sum")
+    assert search.confidently_better(boot, rule, ["gain"], "base", "base") == ["gain"]
+    assert "gain" not in search.confidently_better(boot, rule, ["gain", *rivals], "base", "base")
 
 
 def test_per_item_reads_numbers_and_pairs_only():
