@@ -21,6 +21,7 @@ from rewind.evaluate import harness
 from rewind.evaluate.grid_lm import GridLM, built_once, score
 from rewind.report import table
 from rewind.schedule import Schedule
+from rewind.session import Session
 
 # One task per request type: generate_until, loglikelihood (multiple choice), loglikelihood_rolling (perplexity).
 TASKS = ["math_offline_basic_arithmetic", "general_offline_truthfulqa_mc1", "general_offline_wiki_ppl"]
@@ -236,6 +237,24 @@ def test_sweep_grid_equals_point_by_point(root, point_by_point):
     assert {(r["ran"], r["group"]) for r in _lines(point_by_point)} == {("point", 1)}
     assert all(row["ran"] == "grid" for row in summary["points"])
     assert "ran" in table(summary) and " grid " in table(summary)
+
+
+@pytest.mark.parametrize("kind,path", [("lora", "linear"), ("oft", "cayley")])
+def test_searched_points_grid_together(kind, path, root):
+    """`rewind search`'s candidates (per-layer alphas) passed to one evaluate run as one grid pass of their path,
+    every row at its own layers, and score as each point alone."""
+    points = [results.Point.at(path, 0.5, layers) for layers in ([0.3, 0.5, 0.5], [0.5, 0.7, 1.0], [1.0, 0.0, 0.5])]
+    values = {}
+    for per_pass in (3, 1):
+        session = Session(_spec(root, kind, paths=[path], batch_points=per_pass), root / f"searched-{kind}-{per_pass}")
+        session.open()
+        lines = session.evaluate(points, results.VALIDATION)
+        assert {(r["ran"], r["group"]) for r in lines} == {("grid", 3) if per_pass == 3 else ("point", 1)}
+        values[per_pass] = {(r["point"], r["task"]): r["value"] for r in lines}
+    assert values[3].keys() == values[1].keys() and len(values[3]) == 3 * len(TASKS)
+    assert all(math.isclose(values[3][k], values[1][k], rel_tol=REL) for k in values[1])
+    perplexities = {values[1][p.key, TASKS[2]] for p in points}
+    assert len(perplexities) == 3, "the schedules score alike: test is void"
 
 
 def test_auto_on_cpu_is_point_by_point(root, point_by_point):
