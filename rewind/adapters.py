@@ -17,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from . import methods
+from . import methods, tensorio
 from .errors import RewindError
 from .updates.base import Delta, check_config
 from .updates.full import Replace
@@ -164,7 +164,7 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as exc:
         raise RewindError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from exc
     for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if not tensorio.all_finite(t):
             raise RewindError(f"{path}: tensor {name} has NaN/Inf values; the adapter is broken")
     return tensors
 

@@ -483,7 +483,7 @@ def _stream(device: str):
 
 def _finite(p: ExportPlan, name: str, t: torch.Tensor) -> torch.Tensor:
     """`t`, or a RewindError naming it: a NaN/Inf written silently would only show up as a broken model."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if not tensorio.all_finite(t):
         bad = int((~torch.isfinite(t)).sum())
         dtype = str(t.dtype).removeprefix("torch.")
         fix = (

@@ -25,6 +25,15 @@ import torch
 METADATA = {"format": "pt"}  # what save_file is given for every file rewind writes (transformers reads it)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether `t` has no NaN or Inf. Its min and max say it (both propagate NaN), in one vectorised pass, where on CPU
+    `isfinite(t).all()` takes longer than the merge it checks (~60 M elements/s on a 2-core VM)."""
+    if not t.is_floating_point() or not t.numel():
+        return True
+    low, high = torch.aminmax(t)
+    return bool(torch.isfinite(low) & torch.isfinite(high))  # one sync on a device
+
+
 def _dtypes() -> dict[str, torch.dtype]:
     from safetensors.torch import _TYPES  # safetensors' own table: the names its headers use
 

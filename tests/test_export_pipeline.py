@@ -193,6 +193,20 @@ def test_the_writer_hashes_what_it_writes_and_a_failed_write_stops_its_hasher(tm
     assert not [t.name for t in threading.enumerate() if t.name.startswith("rewind-hash")]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_all_finite_finds_one_nan_or_inf_anywhere(dtype):
+    """The finite check export runs on every tensor it computes (and on every adapter tensor it reads)."""
+    for n in [1, 7, 64, 1000, 4099]:  # vectorised reductions: full vectors and the tail behind them
+        clean = torch.randn(n, 3).to(dtype)
+        assert tensorio.all_finite(clean) and tensorio.all_finite(clean[:, 1])  # strided too
+        for bad in [float("nan"), float("inf"), -float("inf")]:
+            for at in {0, n // 2, n - 1}:
+                poisoned = clean.clone()
+                poisoned[at, 1] = bad
+                assert not tensorio.all_finite(poisoned) and not tensorio.all_finite(poisoned[:, 1]), (n, bad, at)
+    assert tensorio.all_finite(torch.empty(0, 4, dtype=dtype)) and tensorio.all_finite(torch.arange(5))
+
+
 @pytest.mark.parametrize("cores,workers,files_at_once,share", [(2, 2, 2, 2), (16, 8, 4, 4 / 3)])
 def test_the_pipeline_grows_with_the_cores_within_the_memory_bound(
     cores, workers, files_at_once, share, tmp_path, monkeypatch
