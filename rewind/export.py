@@ -346,22 +346,22 @@ def _write_merged(
 
 def _merged_lane(p: ExportPlan, reader: tensorio.ShardReader, tmp: Path, device: str, warm: Future):
     """One output shard: its layout (save_file's for the same tensors) and a job per tensor, costed in the bytes it
-    holds: what is read, what is written, and on CPU the fp32 copy and result the merge computes in. Merges wait
-    for `warm` (`_warm_up`)."""
+    holds: what it writes, until written, and while it runs what it computes in (transient): a converted tensor's
+    read, on CPU a merge's fp32 copy and result. A merge reads W0 into its worker's scratch buffer, outside the
+    budget (`pipeline_settings`). Merges wait for `warm` (`_warm_up`)."""
     jobs, specs = {}, {}
     on_cpu = torch.device(device).type == "cpu"
     for name, entry in reader.entries.items():
         dtype, numel = entry.torch_dtype, math.prod(entry.shape)
         if name in p.alphas:
             out, make = p.dtype or dtype, partial(_moved, p, reader, name, device, warm)
-            cost = entry.nbytes + numel * out.itemsize + (8 * numel if on_cpu else 0)
+            transient = 8 * numel if on_cpu else 0
         elif p.dtype is not None and dtype.is_floating_point and dtype != p.dtype:
-            out, make = p.dtype, partial(_converted, p, reader, name)
-            cost = entry.nbytes + numel * out.itemsize
+            out, make, transient = p.dtype, partial(_converted, p, reader, name), entry.nbytes
         else:  # untouched: its bytes as they are
-            out, make, cost = dtype, partial(_kept, reader, name), entry.nbytes
+            out, make, transient = dtype, partial(_kept, reader, name), 0
         specs[name] = (out, entry.shape)
-        jobs[name] = pipeline.Job(make, cost)
+        jobs[name] = pipeline.Job(make, numel * out.itemsize + transient, transient)
     header, names = tensorio.layout(specs)
     return pipeline.Lane(tmp / reader.path.name, header, names), jobs
 

@@ -5,8 +5,9 @@
 torch kernels and the copies to and from a device release the GIL, so threads do overlap). Each file has a writer
 thread that writes its tensors front to back as their jobs finish; `files_at_once` files are written at a time,
 their tensors interleaved, so writes to separate files (separate inode locks) overlap too. A job takes its `cost` in
-bytes from a `Budget` before it starts and gives it back once its last tensor is written: peak memory is the
-budget plus one job, not a shard.
+bytes from a `Budget` before it starts and gives it back once its last tensor is written, all but its `transient`
+bytes (what it computes in, freed when it returns), given back as soon as it returns: peak memory is the budget plus
+one job, not a shard, and a finished tensor waiting for its writer holds only its own bytes.
 
 No deadlock: jobs are started in one order (the `_order` below), file j starts only after file j - files_at_once is
 fully started, and its writer only after that file is written; so the earliest started, unwritten tensor always has
@@ -33,7 +34,8 @@ from . import tensorio
 @dataclass(frozen=True, eq=False)  # eq=False: a job is its own identity (one job can make several tensors)
 class Job:
     make: Callable[[], dict[str, torch.Tensor]]
-    cost: int = 0  # bytes held from the start of `make` until its last tensor is written
+    cost: int = 0  # bytes held from the start of `make` until its last tensor is written...
+    transient: int = 0  # ...but for these, of `cost`, held only until `make` returns
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class _Run:
             if self.progress is not None:
                 self.progress()
         if done:
-            self.budget.give(job.cost)
+            self.budget.give(job.cost - job.transient)
 
 
 def run(
@@ -185,6 +187,7 @@ def _make(job: Job, state: _Run) -> None:
     try:
         with state.busy.timing("job"):
             made = job.make()
+        state.budget.give(job.transient)  # before its tensors can be written (and the rest given back)
         slot.set_result(made)
     except BaseException as exc:
         slot.set_exception(exc)
