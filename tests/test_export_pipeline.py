@@ -9,9 +9,12 @@ import errno
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -291,3 +294,48 @@ def test_merges_wait_for_the_warm_up_and_its_failure_changes_nothing(base, tmp_p
     assert [name for name, _ in calls].count("rewind-warm-up") == 1 and calls[0][0] == "rewind-warm-up"
     assert len(calls) == len(p.alphas) + 1 and all(t > warmed[0] for _, t in calls[1:])
     assert p.profile["device_wait_s"] > 0.1  # the workers' wait, apart from their merges
+
+
+# In a fresh process: `rewind export` (a dry run), then a 64 MB tensor filled; prints the KB of it on huge pages.
+_HUGE_PAGES_AFTER_EXPORT = """
+import sys, torch
+from rewind.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as done:
+    assert not done.code, done.code
+t = torch.ones(16 << 20)
+with open("/proc/self/smaps") as f:
+    blocks = f.read().split("\\n")
+for i, line in enumerate(blocks):
+    start, _, end = line.partition(" ")[0].partition("-")
+    if end and int(start, 16) <= t.data_ptr() < int(end, 16):
+        huge = next(b for b in blocks[i + 1 :] if b.startswith("AnonHugePages:"))
+        print(int(huge.split()[1]))
+"""
+
+
+def test_export_fills_its_buffers_on_huge_pages(base, tmp_path):
+    """The export command turns on torch's THP allocation before the process's first CPU tensor (torch reads it
+    then, once); THP_MEM_ALLOC_ENABLE=0 still turns it off."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.is_file() or "[madvise]" not in thp.read_text():
+        pytest.skip("needs transparent huge pages on madvise (with always, every large allocation gets them)")
+    model, base_dir = base
+    make_adapter("lora", model, tmp_path / "a")
+    argv = ["export", "--base", str(base_dir), "--adapter", str(tmp_path / "a"), "--out", str(tmp_path / "o")]
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    huge = {}
+    for setting in [None, "0"]:
+        run_env = env if setting is None else {**env, "THP_MEM_ALLOC_ENABLE": setting}
+        done = subprocess.run(
+            [sys.executable, "-c", _HUGE_PAGES_AFTER_EXPORT, *argv, "--dry-run"],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        huge[setting] = int(done.stdout.split()[-1])
+    assert huge["0"] == 0 and huge[None] > 0, huge
