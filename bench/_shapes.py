@@ -38,6 +38,18 @@ LOCAL_SHAPES = {
         "num_key_value_heads": 2,
         "tie_word_embeddings": True,
     },
+    # Qwen2.5-7B's layers (Qwen/Qwen2.5-7B's config.json) cut to 3, with a small vocabulary: the 7B's tensor sizes
+    # (136 MB MLP matrices, past glibc's 32 MiB mmap threshold) in a 1.5 GB checkpoint a 2-core CPU exports.
+    "qwen7b-3layers": {
+        "model_type": "qwen2",
+        "vocab_size": 8192,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": False,
+    },
     # Small enough for a 2-core CPU to run many passes (grid_forward.py's default); not a real model's shape.
     "llama-small": {
         "model_type": "llama",
@@ -55,6 +67,7 @@ SHAPE_NAMES = {
     "smollm2": "SmolLM2-135M",
     "llama1b": "Llama-3.2-1B",
     "qwen0.5b": "Qwen2.5-0.5B",
+    "qwen7b-3layers": "Qwen2.5-7B, 3 layers (bench-local)",
     "llama": "Llama-3.2-3B",
     "qwen": "Qwen2.5-7B",
 }
