@@ -222,7 +222,17 @@ def commit(root: Path) -> str | None:
 
 def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, THP {thp()}"
+
+
+def thp() -> str:
+    """The kernel's transparent huge pages mode (always, madvise, never): `rewind export` asks for them (madvise),
+    which changes nothing under always or never."""
+    try:
+        modes = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split()
+    except OSError:
+        return "unknown"
+    return next((m.strip("[]") for m in modes if m.startswith("[")), "unknown")
 
 
 def main() -> None:
