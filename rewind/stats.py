@@ -311,20 +311,26 @@ def select(
     better = [p for p in pool if confidently_above(vs_final[p])]
     if not better:
         closest = max(pool, key=rank.__getitem__, default=None)
-        near = f"; closest: {closest}: {label} {vs_final[closest]} vs final" if closest else ""
-        why = f"{final} kept: no point{' within tolerance' * within} is confidently above it on {label}, "
-        if within and final != base:
-            why += f"{_joint(vs_final)}, and its general vs base, {vs_base[final]} "
-            return _verdict(
-                boot, final, base, final, [], f"{why}{_joint(vs_base)}, is not confidently beyond -{tolerance:g}{near}"
-            )
-        return _verdict(boot, final, base, final, [], f"{why}{_joint(vs_final)}{near}")
+        return _kept(boot, base, final, label, vs_final, closest, vs_base if within else None, tolerance)
     chosen = max(better, key=rank.__getitem__)
     shown = [(label, axis)] * (not within) + [("target", "target"), ("general", "general")]
     why = f"{rule}: confidently above the final on {label}, {vs_final[chosen]} {_joint(vs_final)}"
     if within and chosen != base:
         why += f"; general vs base {vs_base[chosen]} {_joint(vs_base)}, within -{tolerance:g}"
     return _verdict(boot, chosen, base, final, shown, why)
+
+
+def _kept(boot: Bootstrap, base: str, final: str, label: str, vs_final: dict, closest, vs_base, tolerance) -> Verdict:
+    """The final kept: no point is confidently above it on `label` (under a tolerance, `vs_base` given: nor is its
+    own general loss confidently beyond it)."""
+    why = f"{final} kept: no point{' within tolerance' * (vs_base is not None)} is confidently above it on {label}, "
+    why += _joint(vs_final)
+    if vs_base is not None and final != base:
+        why += f", and its general vs base, {vs_base[final]} {_joint(vs_base)}, is not confidently beyond "
+        why += f"-{tolerance:g}"
+    if closest:
+        why += f"; closest: {closest}: {label} {vs_final[closest]} vs final"
+    return _verdict(boot, final, base, final, [], why)
 
 
 def _joint(intervals: dict) -> str:
