@@ -210,24 +210,23 @@ def confidently_better(
     (`Bootstrap.joint`: a round's candidates are compared at once; module docstring).
 
     max-sum, weighted: the joint lower bound of candidate - incumbent on the rule's objective is above 0.
-    max-target-within: a point is feasible when its general vs the base is confidently within -tolerance (joint
-    over the round's points; the base always is); a feasible point beats an infeasible one, two feasible ones
-    compare on target and two infeasible ones on general (so a search can climb back), each confidently.
+    max-target-within, as the sweep's selection (stats.select): a point is within the tolerance when its general
+    vs the base is confidently above -tolerance (joint over the round's points; the base always is), beyond it
+    when confidently below. An incumbent beyond it gives way to any candidate within, and to one confidently
+    better on general (so a search can climb back); any other incumbent, within or undecided, only to a candidate
+    within and confidently above it on target.
     """
     _, axis = stats.objective_axis(rule.name, rule.weight)
     if rule.name != "max-target-within":
         vs_incumbent = boot.joint(candidates, incumbent, axis)
         return [c for c in candidates if stats.confidently_above(vs_incumbent[c])]
-    points = [*candidates, incumbent]
-    vs_base = boot.joint([p for p in points if p != base], base, "general")
-    feasible = {p: p == base or vs_base[p].low >= -rule.tolerance for p in points}
-    alike = [c for c in candidates if feasible[c] == feasible[incumbent]]
-    vs_incumbent = boot.joint(alike, incumbent, "target" if feasible[incumbent] else "general")
-    return [
-        c
-        for c in candidates
-        if feasible[c] > feasible[incumbent] or (c in vs_incumbent and stats.confidently_above(vs_incumbent[c]))
-    ]
+    vs_base = boot.joint([p for p in [*candidates, incumbent] if p != base], base, "general")
+    within = {c: c == base or vs_base[c].low >= -rule.tolerance for c in candidates}
+    if incumbent != base and vs_base[incumbent].high < -rule.tolerance:
+        vs_incumbent = boot.joint([c for c in candidates if not within[c]], incumbent, "general")
+        return [c for c in candidates if within[c] or stats.confidently_above(vs_incumbent[c])]
+    vs_incumbent = boot.joint([c for c in candidates if within[c]], incumbent, "target")
+    return [c for c in vs_incumbent if stats.confidently_above(vs_incumbent[c])]
 
 
 class Climb:

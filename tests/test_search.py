@@ -15,7 +15,7 @@ from rewind import engine, pareto, search, sweep
 from rewind.cli import main
 from rewind.errors import RewindError
 from rewind.evaluate import harness
-from rewind.report import Report
+from rewind.report import Report, Rule
 from rewind.results import BASE, FINAL, VALIDATION, Point, Scored
 from rewind.schedule import Schedule
 from rewind.session import Session
@@ -180,6 +180,23 @@ def test_noise_does_not_move_the_search_but_moves_a_search_on_values():
         _, start, chosen = _climb(Synthetic(lambda layers: 0.4, noise=0.02, items=500, seed=seed), 12, paired=False)
         kept_on_values += chosen.key == start.key
     assert kept >= 15 and kept_on_values <= 12, (kept, kept_on_values)
+
+
+def test_an_undecided_incumbent_gives_way_only_to_a_target_win():
+    """max-target-within decides as the sweep's selection (stats.select): an incumbent whose general loss may or
+    may not be beyond the tolerance keeps its place against a candidate within it but lower on target; an
+    incumbent confidently beyond it gives way to that candidate."""
+    from test_stats import sweep_points
+
+    spread = {"base@0": (0.1, 0.6), "a@0.3": (0.2, 0.6), "final@1": (0.32, 0.45)}
+    boot = sweep_points(np.random.default_rng(2), 400, spread)
+    vs_base = boot.joint(["a@0.3", "final@1"], "base@0", "general")
+    undecided = -(vs_base["final@1"].low + vs_base["final@1"].high) / 2
+    beyond = -vs_base["final@1"].high - 1.0
+    assert vs_base["a@0.3"].low >= -beyond  # the candidate is within either tolerance
+    rule = lambda tolerance: Rule("max-target-within", tolerance, 0.5)  # noqa: E731
+    assert search.confidently_better(boot, rule(undecided), ["a@0.3"], "final@1", "base@0") == []
+    assert search.confidently_better(boot, rule(beyond), ["a@0.3"], "final@1", "base@0") == ["a@0.3"]
 
 
 def test_objective_agrees_with_select():
