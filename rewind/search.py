@@ -220,9 +220,9 @@ def confidently_better(
     if rule.name != "max-target-within":
         vs_incumbent = boot.joint(candidates, incumbent, axis)
         return [c for c in candidates if stats.confidently_above(vs_incumbent[c])]
-    vs_base = boot.joint([p for p in [*candidates, incumbent] if p != base], base, "general")
-    within = {c: c == base or vs_base[c].low >= -rule.tolerance for c in candidates}
-    if incumbent != base and vs_base[incumbent].high < -rule.tolerance:
+    _, side = stats.against_tolerance(boot, [*candidates, incumbent], base, rule.tolerance)
+    within = {c: side[c] == stats.WITHIN for c in candidates}
+    if side[incumbent] == stats.BEYOND:
         vs_incumbent = boot.joint([c for c in candidates if not within[c]], incumbent, "general")
         return [c for c in candidates if within[c] or stats.confidently_above(vs_incumbent[c])]
     vs_incumbent = boot.joint([c for c in candidates if within[c]], incumbent, "target")

@@ -269,6 +269,24 @@ def objective_axis(rule: str, weight: float = 0.5) -> tuple[str, Axis]:
     return f"{weight:g}*target+{1 - weight:g}*general", {"target": weight, "general": 1.0 - weight}
 
 
+WITHIN, BEYOND, UNDECIDED = "within", "beyond", "undecided"
+
+
+def against_tolerance(
+    boot: Bootstrap, points: Sequence[str], base: str, tolerance: float
+) -> tuple[dict[str, Interval], dict[str, str]]:
+    """Each point's general vs the base, jointly over `points` (the base left out), and where that puts it against
+    -tolerance: WITHIN (confidently above; the base always is), BEYOND (confidently below) or UNDECIDED."""
+    vs_base = boot.joint([p for p in points if p != base], base, "general")
+
+    def side(p: str) -> str:
+        if p == base or vs_base[p].low >= -tolerance:
+            return WITHIN
+        return BEYOND if vs_base[p].high < -tolerance else UNDECIDED
+
+    return vs_base, {p: side(p) for p in points}
+
+
 def select(
     boot: Bootstrap,
     rule: str = "max-target-within",
@@ -298,9 +316,9 @@ def select(
     rank = {p: (boot.estimate(p, axis), boot.estimate(p, "general"), -i) for i, p in enumerate(boot.names)}
     pool = [p for p in boot.names if p != final]
     if within:
-        vs_base = boot.joint([p for p in boot.names if p != base], base, "general")
-        pool = [p for p in pool if p == base or vs_base[p].low >= -tolerance]
-        if final != base and vs_base[final].high < -tolerance:
+        vs_base, side = against_tolerance(boot, boot.names, base, tolerance)
+        pool = [p for p in pool if side[p] == WITHIN]
+        if side[final] == BEYOND:
             chosen = max(pool, key=rank.__getitem__)
             why = (
                 f"{rule}: the final's general vs base, {vs_base[final]} {_joint(vs_base)}, is confidently "
