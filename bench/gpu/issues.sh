@@ -9,7 +9,7 @@
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
 #       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora
-#   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, under $OUT
+#   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, two tarballs under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
 # the grid benchmark's point-by-point arm outlasted its 270 s and the race its 520 s.
@@ -92,7 +92,9 @@ case "${1:-}" in
   conf) mkdir -p "$O/sw"; conf oft256 $DEMO --path cayley --path dense; pack ;;
   race) mkdir -p "$O/sw"; conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64; pack ;;
   study) shift; OUT=$O/logs; mkdir -p "$O/sw" "$OUT"; study "$@" ;;
-  fetch) cp "$O"/logs/*.log "$O"/logs/*.jsonl "$O"/study.log "$OUT/" 2>/dev/null; pack ;;
+  fetch)  # two tarballs: at most 8 files come back a call
+    (cd "$O" && tar czf "$OUT/logs.tgz" logs study.log) && (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .)
+    tail -n 5 "$O"/logs/*.log ;;
   export) export_bench ;;
   *) echo "usage: issues.sh grid|gen|conf|race|export|study|fetch"; exit 2 ;;
 esac
