@@ -1,12 +1,13 @@
 """The host-side cost of grid mode (issue 16), on a CPU proxy where the model's arithmetic is small.
 
-    python bench/grid_host.py --ops [--layers 30] [--batch-size 8] [--batch-points 6] [--steps 32]
+    python bench/grid_host.py --ops [--methods lora,oft] [--layers 30] [--batch-size 8] [--batch-points 6] [--steps 32]
     python bench/grid_host.py [--limit 8] [--batch-size 8] [--batch-points 6] [--profile FILE]
 
-- --ops: per decoding step of a greedy HF generate on a random 30-layer Llama of hidden 64 and vocab 128 with OFT
-  on all its linear modules: aten ops (as the dispatcher sees them; and those that are not views) and host
-  milliseconds, one merged point of --batch-size rows against a grid of --batch-points points, with lm-eval's
-  stop-string criteria or rewind's (ops_part). The counts are the real model's; the arithmetic is nothing.
+- --ops: per decoding step of a greedy HF generate on a random 30-layer Llama of hidden 64 and vocab 128 with LoRA
+  or OFT on all its linear modules: aten ops (as the dispatcher sees them; and those that are not views) and host
+  milliseconds, one merged point of --batch-size rows against the grid at that one point and at --batch-points
+  points, with lm-eval's stop-string criteria or rewind's (ops_part). The counts are the real model's; the
+  arithmetic is nothing.
 - sweep: seconds of a whole Sweep.run, grid mode (--batch-points) or point by point (1), on a random 2-layer Llama
   of hidden 64 with SmolLM2's tokenizer (tests/tinysweep.py) and a random OFT adapter (tests/tiny.py), swept as
   the H200 run swept the demo adapter: cayley and dense, alphas 0.2..0.8, the math-300 generation tasks
@@ -19,9 +20,11 @@ One JSON line per part on stdout. Numbers and how to read them: bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import functools
 import json
+import os
 import pstats
 import sys
 import tempfile
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import torch
 from lm_eval.models.utils_hf import stop_sequences_criteria
-from peft import OFTConfig
+from peft import LoraConfig, OFTConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoTokenizer
 
@@ -60,66 +63,113 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def per_step(model, ids: torch.Tensor, steps: int, stops=None) -> dict:
-    """aten ops and host milliseconds per decoding step: a greedy generate of steps + 1 new tokens less one of 1.
-    `stops(prompt_length, rows)`: the stop-string criteria the generation checks every step."""
+def generate(model, ids: torch.Tensor, new: int, stops=None) -> None:
+    """A greedy generate of exactly `new` tokens. `stops(prompt_length, rows)`: the stop-string criteria the
+    generation checks every step."""
+    options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
+    if stops is not None:
+        options["stopping_criteria"] = stops(ids.shape[1], ids.shape[0])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
+    assert out.shape[1] == ids.shape[1] + new, "a stop string ended the generation early"
 
-    def generate(new):
-        options = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False, "pad_token_id": 0}
-        if stops is not None:
-            options["stopping_criteria"] = stops(ids.shape[1], ids.shape[0])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
-        assert out.shape[1] == ids.shape[1] + new, "a stop string ended the generation early"
 
-    counts, seconds = [], []
+def ops_per_step(model, ids: torch.Tensor, steps: int, stops=None) -> dict:
+    """aten ops per decoding step: those of a generate of steps + 1 new tokens less those of one of 1."""
+    counts = []
     for new in (1, steps + 1):
         with OpCounter() as counter:
-            generate(new)
+            generate(model, ids, new, stops)
         counts.append(counter)
-        best = float("inf")  # the fastest of 5: other jobs on a shared CPU only ever add time
-        for _ in range(5):
-            start = time.perf_counter()
-            generate(new)
-            best = min(best, time.perf_counter() - start)
-        seconds.append(best)
     return {
         "ops": (counts[1].ops - counts[0].ops) / steps,
         "kernels": (counts[1].kernels - counts[0].kernels) / steps,
-        "ms": round(1000 * (seconds[1] - seconds[0]) / steps, 3),
     }
 
 
+def clock(model, ids: torch.Tensor, steps: int, stops=None) -> tuple[float, float, float, float]:
+    """Wall and process-CPU seconds of a generate of 1 new token and of steps + 1."""
+    out = []
+    for new in (1, steps + 1):
+        start, cpu = time.perf_counter(), time.process_time()
+        generate(model, ids, new, stops)
+        out += [time.perf_counter() - start, time.process_time() - cpu]
+    return tuple(out)
+
+
+# --ops runs: (adapter, path). LoRA r8 and OFT b16 on every linear module, as the demo adapters on SmolLM2.
+OPS_RUNS = {"lora": ["linear"], "oft": ["cayley", "dense"]}
+
+
+def ops_parts(ids: torch.Tensor, args, lm_eval_stops, rewind_stops) -> dict:
+    """name -> (rows, stops, grid points and rows or None: the model merged at 0.5)."""
+    points = [i / (args.batch_points - 1) for i in range(args.batch_points)]
+    wide = ids.repeat(len(points), 1)
+    mixed = torch.arange(len(points)).repeat(args.batch_size)  # row i at point i mod points: no two rows adjacent
+    return {
+        "merged": (ids, lm_eval_stops, None),
+        "merged_rewind_stops": (ids, rewind_stops, None),
+        "grid_rows": (wide, rewind_stops, None),
+        "one_point": (ids, rewind_stops, ([0.5], args.batch_size)),
+        "grid_lm_eval_stops": (wide, lm_eval_stops, (points, args.batch_size)),
+        "grid": (wide, rewind_stops, (points, args.batch_size)),
+        "grid_mixed": (wide, rewind_stops, (points, mixed)),
+    }
+
+
+def measure_parts(rw: engine.Rewinder, parts: dict, args) -> dict:
+    """Ops per step of every part, then host milliseconds per step timed in turns: each round runs every part once
+    (the merged ones, then the grid installed), so that other jobs' load falls on all parts alike; the best round
+    of --reps for each, wall and process CPU."""
+    record, times = {}, {name: [] for name in parts}
+    for round_ in range(args.reps + 1):  # round 0: ops counted, caches and allocator warmed
+        rw.set(0.5)
+        for gridded in (False, True):
+            grid = install(rw) if gridded else None
+            for name, (ids, stops_, at) in parts.items():
+                if (at is not None) != gridded:
+                    continue
+                with grid.at(*at) if gridded else contextlib.nullcontext():
+                    if round_ == 0:
+                        record[name] = ops_per_step(rw.model, ids, args.steps, stops_)
+                    else:
+                        times[name].append(clock(rw.model, ids, args.steps, stops_))
+            if grid:
+                grid.remove()  # the rewinder is at its base again
+    for name, runs in times.items():
+        best = [min(run[i] for run in runs) for i in range(4)]  # other jobs only ever add time
+        record[name]["ms"] = round(1000 * (best[2] - best[0]) / args.steps, 3)
+        record[name]["cpu_ms"] = round(1000 * (best[3] - best[1]) / args.steps, 3)
+    return record
+
+
 @torch.no_grad()
-def ops_part(work: Path, args) -> list[dict]:
-    """Per decoding step on a random --layers-layer Llama of hidden 64 and vocab 128 (tests/tiny.py) with OFT b16 on
-    all seven linear modules of every layer, as the demo adapter on SmolLM2's 30 layers: the ops are the real
-    model's, the arithmetic is nothing, so the milliseconds are host work. The math tasks' 4 stop strings, checked
-    by lm-eval's criteria (as point by point runs) or by rewind's (evaluate/stops.py); "grid_rows" is the merged
-    model at the grid's rows, without branches."""
+def ops_part(work: Path, args) -> None:
+    """Per decoding step on a random --layers-layer Llama of hidden 64 and vocab 128 (tests/tiny.py) with LoRA r8
+    or OFT b16 on all seven linear modules of every layer, as the demo adapters on SmolLM2's 30 layers: the ops are
+    the real model's, the arithmetic is nothing, so the milliseconds are host work. The math tasks' 4 stop strings,
+    checked by lm-eval's criteria (as point by point runs) or by rewind's (evaluate/stops.py). Parts: "merged" (one
+    point merged, lm-eval's stops) and "merged_rewind_stops"; "one_point" (the grid at one point, the same rows:
+    the branches' own cost against merged_rewind_stops); "grid_rows" (the merged model at the grid's rows, without
+    branches); "grid" (--batch-points points, rows blocked by point) and "grid_mixed" (the same rows interleaved,
+    the branches' general case). Prints one JSON line per run."""
     ADAPTERS["oft-all"] = (OFTConfig(r=0, oft_block_size=16, target_modules=ALL_LINEAR), 0.05)
+    ADAPTERS["lora-all"] = (LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), 0.1)
     model = tiny_base(layers=args.layers)
-    make_adapter("oft-all", model, work / "oft")
     tokenizer = AutoTokenizer.from_pretrained(models.embedded_dir())
     lm_eval_stops = functools.partial(stop_sequences_criteria, tokenizer, STOPS)
     rewind_stops = functools.partial(stops.criteria, tokenizer, STOPS)
     ids = torch.randint(3, 128, (args.batch_size, 32), generator=torch.Generator().manual_seed(0))
-    points = [i / (args.batch_points - 1) for i in range(args.batch_points)]
-    wide = ids.repeat(len(points), 1)
-    out = []
-    for path in ("cayley", "dense"):
-        rw = engine.attach(model, str(work / "oft"), path=path)
-        rw.set(0.5)
-        record = {"part": "ops", "path": path, "layers": args.layers, "rows": args.batch_size, "points": len(points)}
-        record["merged"] = per_step(model, ids, args.steps, lm_eval_stops)
-        record["grid_rows"] = per_step(model, wide, args.steps, rewind_stops)
-        grid = install(rw)
-        with grid.at(points, rows=args.batch_size):
-            record["grid_lm_eval_stops"] = per_step(model, wide, args.steps, lm_eval_stops)
-            record["grid"] = per_step(model, wide, args.steps, rewind_stops)
-        grid.remove()
-        rw.set(0.0)  # the next path binds to the base
-        out.append(record)
-    return out
+    parts = ops_parts(ids, args, lm_eval_stops, rewind_stops)
+    for method in args.methods.split(","):
+        make_adapter(f"{method}-all", model, work / method)
+        for path in OPS_RUNS[method]:
+            rw = engine.attach(model, str(work / method), path=path)
+            record = {"part": "ops", "method": method, "path": path, "layers": args.layers}
+            record.update(rows=args.batch_size, points=args.batch_points, steps=args.steps, reps=args.reps)
+            record.update(measure_parts(rw, parts, args))
+            record.update(load=round(os.getloadavg()[0], 2), date=time.strftime("%Y-%m-%d"))
+            print(json.dumps(record), flush=True)
+            rw.set(0.0)  # the next path binds to the base
 
 
 def sweep_part(work: Path, args) -> dict:
@@ -169,13 +219,16 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="entries of the profile printed to stderr")
     parser.add_argument("--layers", type=int, default=30, help="--ops: layers of the model (SmolLM2: 30)")
     parser.add_argument("--steps", type=int, default=32, help="--ops: decoding steps counted")
+    parser.add_argument("--reps", type=int, default=5, help="--ops: timed rounds (the best is kept)")
     parser.add_argument("--ops", action="store_true", help="count ops per decoding step instead of a sweep")
+    parser.add_argument("--methods", default="lora,oft", help="--ops: adapters (lora: linear; oft: cayley, dense)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the proxy measures host work: one core, as the GPU run's one busy core
     with tempfile.TemporaryDirectory() as tmp:
-        records = ops_part(Path(tmp), args) if args.ops else [sweep_part(Path(tmp), args)]
-    for record in records:
-        print(json.dumps(record), flush=True)
+        if args.ops:
+            ops_part(Path(tmp), args)  # prints each record as it is measured
+        else:
+            print(json.dumps(sweep_part(Path(tmp), args)), flush=True)
 
 
 if __name__ == "__main__":
