@@ -268,3 +268,55 @@ def test_update_kind_without_branch_is_refused(base, tmp_path):
     name = next(iter(rw.update.deltas))
     rw.update.deltas[name] = Geodesic()
     _refused(rw, rf"Geodesic updates \({name}\) have no per-row branch on the linear path")
+
+
+@pytest.mark.parametrize(
+    "kind,path,grad",
+    [
+        ("lora", "linear", False),
+        ("lora", "linear", True),
+        ("vera", "linear", False),
+        ("ia3", "linear", False),
+        ("oft", "cayley", False),
+        ("oft-share", "cayley", False),
+        ("oft", "dense", False),
+        ("oft", "dense", True),
+        ("dora", "dora", False),
+        ("dora", "dora", True),
+        ("full", "linear", False),
+    ],
+)
+def test_one_point_rows_equal_in_place(kind, path, grad, base, tmp_path):
+    """The whole batch at one point (branches then fold the point's alpha into their weights or their one product),
+    with autograd off as in evaluation and on (where branches do not add in place)."""
+    rw = _rewinder(kind, path, base, tmp_path)
+    ids = _ids(3)
+    with torch.no_grad():
+        rw.set(0.7)
+        reference = rw.model(input_ids=ids).logits
+        rw.set(0.0)
+        assert rel_err(reference, rw.model(input_ids=ids).logits) > 1e-3, "the point is the base: test is void"
+    grid = install(rw)
+    with torch.set_grad_enabled(grad), grid.at([0.7], rows=3):
+        out = rw.model(input_ids=ids).logits.detach()
+    grid.remove()
+    for row in range(3):
+        assert rel_err(out[row], reference[row]) <= TOL, (row, rel_err(out[row], reference[row]))
+
+
+def test_blocked_rows_with_autograd(base, tmp_path):
+    """Rows blocked by point with autograd on: the low-rank branch adds out of place, every row still at its point."""
+    rw = _rewinder("lora", "linear", base, tmp_path)
+    ids = _ids(6)
+    with torch.no_grad():
+        reference = []
+        for a in (0.3, 1.0):
+            rw.set(a)
+            reference.append(rw.model(input_ids=ids[:3]).logits)
+        rw.set(0.0)
+    grid = install(rw)
+    with grid.at([0.3, 1.0], rows=3):
+        out = rw.model(input_ids=torch.cat([ids[:3], ids[:3]])).logits
+    grid.remove()
+    assert out.requires_grad, "autograd was off: test is void"
+    assert rel_err(out[:3].detach(), reference[0]) <= TOL and rel_err(out[3:].detach(), reference[1]) <= TOL

@@ -31,7 +31,7 @@ class Rows:
     """The point of every batch row ([rows] indices into the points), moved to each device once."""
 
     def __init__(self, index: torch.Tensor, points: int):
-        self.index, self.points = index, points
+        self.index, self.points, self._count = index, points, len(index)  # the count: checked at every call
         self._on: dict[torch.device, tuple] = {}
         # k rows per point, point by point in order: branches may then batch over the points in one call
         k = len(index) // points
@@ -53,7 +53,7 @@ class Rows:
         return self._cached(device)[1]
 
     def __len__(self):
-        return len(self.index)
+        return self._count
 
 
 def _contiguous(rows: torch.Tensor) -> torch.Tensor | slice | None:
@@ -74,13 +74,30 @@ def add(y: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return y.add_(d) if not torch.is_grad_enabled() else y + d
 
 
-def add_linear(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """y + F.linear(h, weight): one addmm into y where `add` may work in place (one kernel, not a product and an
-    add: a decoding step calls every branch, and on a small model its host time is per op, not per flop)."""
+def add_linear(y: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """y + alpha F.linear(h, weight): one addmm into y where `add` may work in place (one kernel, not a product and
+    an add: a decoding step calls every branch, and on a small model its host time is per op, not per flop)."""
     if torch.is_grad_enabled() or not y.is_contiguous():
-        return y + F.linear(h, weight)
-    y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), weight.t())
+        return y + F.linear(h, weight) * alpha
+    y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), weight.t(), alpha=alpha)
     return y
+
+
+def add_blocked(y: torch.Tensor, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """y + h weights[p] for the rows of each point p, rows blocked by point ([points, in, out] weights): one baddbmm
+    into y viewed [points, rows of a point x tokens, out] where `add` may work in place."""
+    points = weights.shape[0]
+    if torch.is_grad_enabled() or not y.is_contiguous():
+        return y + torch.bmm(h.reshape(points, -1, h.shape[-1]), weights).view(y.shape)
+    y.view(points, -1, y.shape[-1]).baddbmm_(h.reshape(points, -1, h.shape[-1]), weights)
+    return y
+
+
+def scaled_transposes(B: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """[points, r, out]: B^T times each point's alpha s, for add_blocked (rows blocked by point, one point among
+    them): one baddbmm per step adds every point's update, not a per-row scale and an addmm. The product in fp32,
+    rounded once to B's dtype."""
+    return (B.t().float().unsqueeze(0) * scales.to(B.device, torch.float32).view(-1, 1, 1)).to(B.dtype)
 
 
 class Branch:
@@ -132,10 +149,14 @@ class LowRank(Branch):
 
     def prepare(self, alphas, rows):
         super().prepare(alphas, rows)
-        self._s = rows.gather(alphas[:, 0] * self.scale, self.A)
+        scales = alphas[:, 0] * self.scale
+        self._s = rows.gather(scales, self.A)
+        self._Bt = scaled_transposes(self.B, scales) if rows.blocked else None
 
     def post(self, x, y):
         h = F.linear(x, self.A)
+        if self._Bt is not None:
+            return add_blocked(y, h, self._Bt)
         return add_linear(y, h.mul_(by_row(self._s, h)), self.B)
 
 
@@ -219,7 +240,13 @@ class DenseLinear(Dense):
     def __init__(self, module, delta: Delta, w0: torch.Tensor):
         super().__init__(module, delta, w0, F.linear)
 
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        self._alpha = float(alphas[0, 0]) if rows.points == 1 else None
+
     def post(self, x, y):
+        if self._alpha is not None:  # one point: its alpha is addmm's own scalar, no per-row product
+            return add_linear(y, x, self.dW, self._alpha)
         return add_linear(y, x * by_row(self._a, x), self.dW)
 
 
@@ -255,12 +282,16 @@ class Dora(Branch):
             factors.append(torch.lerp(self.n0, m, a) / torch.linalg.vector_norm(v, dim=1))
         self._f = rows.gather(torch.stack(factors), self.B)
         self._s = rows.gather(alphas[:, 0] * d.scale, self.B)
+        self._Bt = scaled_transposes(self.B, alphas[:, 0] * d.scale) if rows.blocked else None
 
     def post(self, x, y):
         bias = self.module.bias
         z = y if bias is None else y - bias
         h = F.linear(x, self.A)
-        z = add(z, F.linear(h.mul_(by_row(self._s, h)), self.B))
+        if self._Bt is not None:
+            z = add_blocked(z, h, self._Bt)
+        else:
+            z = add(z, F.linear(h.mul_(by_row(self._s, h)), self.B))
         z = z * by_row(self._f, z)
         return z if bias is None else z + bias
 
