@@ -44,9 +44,9 @@ class Rows:
             self._on[device] = index, [(p, rows) for p, rows in groups if rows is not None]
         return self._on[device]
 
-    def gather(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def gather(self, values: torch.Tensor, like: torch.Tensor) -> PerRow:
         """Per-point values ([points] or [points, n]) as per-row values on `like`'s device and dtype."""
-        return values.to(like.device, like.dtype)[self._cached(like.device)[0]]
+        return PerRow(values.to(like.device, like.dtype)[self._cached(like.device)[0]])
 
     def groups(self, device) -> list[tuple[int, torch.Tensor | slice]]:
         """(point, its rows) for every point that has rows: a slice (a view, no copy) where they are adjacent."""
@@ -61,6 +61,21 @@ def _contiguous(rows: torch.Tensor) -> torch.Tensor | slice | None:
         return None
     first, last = int(rows[0]), int(rows[-1])
     return slice(first, last + 1) if last - first + 1 == len(rows) else rows
+
+
+class PerRow:
+    """Per-row values ([rows] or [rows, n]) and their views that broadcast against a tensor of each dimension, made
+    once: a branch scales by them at every call, and making the view each time cost more host time than the
+    product it feeds (4 us against 4 us on a 2-core CPU)."""
+
+    def __init__(self, values: torch.Tensor):
+        self.values, self._views = values, {}
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        view = self._views.get(t.dim())
+        if view is None:
+            view = self._views[t.dim()] = by_row(self.values, t)
+        return view
 
 
 def by_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -157,7 +172,7 @@ class LowRank(Branch):
         h = F.linear(x, self.A)
         if self._Bt is not None:
             return add_blocked(y, h, self._Bt)
-        return add_linear(y, h.mul_(by_row(self._s, h)), self.B)
+        return add_linear(y, h.mul_(self._s.like(h)), self.B)
 
 
 class Scale(Branch):
@@ -175,10 +190,10 @@ class Scale(Branch):
         self._f = rows.gather(factors, self.module.weight)
 
     def apply(self, x):
-        return x * by_row(self._f, x)
+        return x * self._f.like(x)
 
     def post(self, x, y):
-        return y.mul_(by_row(self._f, y)) if not torch.is_grad_enabled() else y * by_row(self._f, y)
+        return y.mul_(self._f.like(y)) if not torch.is_grad_enabled() else y * self._f.like(y)
 
 
 class Rotation(Branch):
@@ -231,7 +246,7 @@ class Dense(Branch):
 
     def post(self, x, y):
         d = self.product(x, self.dW)
-        return add(y, d.mul_(by_row(self._a, d)))
+        return add(y, d.mul_(self._a.like(d)))
 
 
 class DenseLinear(Dense):
@@ -247,7 +262,7 @@ class DenseLinear(Dense):
     def post(self, x, y):
         if self._alpha is not None:  # one point: its alpha is addmm's own scalar, no per-row product
             return add_linear(y, x, self.dW, self._alpha)
-        return add_linear(y, x * by_row(self._a, x), self.dW)
+        return add_linear(y, x * self._a.like(x), self.dW)
 
 
 def bias_product(x, db):
@@ -291,8 +306,8 @@ class Dora(Branch):
         if self._Bt is not None:
             z = add_blocked(z, h, self._Bt)
         else:
-            z = add(z, F.linear(h.mul_(by_row(self._s, h)), self.B))
-        z = z * by_row(self._f, z)
+            z = add(z, F.linear(h.mul_(self._s.like(h)), self.B))
+        z = z * self._f.like(z)
         return z if bias is None else z + bias
 
 
