@@ -74,7 +74,9 @@ def generate(model, ids: torch.Tensor, new: int, stops=None) -> None:
 
 
 def ops_per_step(model, ids: torch.Tensor, steps: int, stops=None) -> dict:
-    """aten ops per decoding step: those of a generate of steps + 1 new tokens less those of one of 1."""
+    """aten ops per decoding step: those of a generate of steps + 1 new tokens less those of one of 1, after a
+    generate that warms what branches make once per set of points (their per-row views)."""
+    generate(model, ids, 1, stops)
     counts = []
     for new in (1, steps + 1):
         with OpCounter() as counter:
@@ -94,6 +96,19 @@ def clock(model, ids: torch.Tensor, steps: int, stops=None) -> tuple[float, floa
         generate(model, ids, new, stops)
         out += [time.perf_counter() - start, time.process_time() - cpu]
     return tuple(out)
+
+
+def call_us(module: torch.nn.Module, rows: int, calls: int = 1000) -> float:
+    """Microseconds per call of one Linear on a decoding step's input (rows x 1 token): with the grid's points set,
+    its branch's own host cost, without the rest of the model's step around it; the best of 3 loops."""
+    x = torch.randn(rows, 1, module.in_features, generator=torch.Generator().manual_seed(0))
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            module(x)
+        best = min(best, time.perf_counter() - start)
+    return 1e6 * best / calls
 
 
 # --ops runs: (adapter, path). LoRA r8 and OFT b16 on every linear module, as the demo adapters on SmolLM2.
@@ -119,7 +134,7 @@ def ops_parts(ids: torch.Tensor, args, lm_eval_stops, rewind_stops) -> dict:
 def measure_parts(rw: engine.Rewinder, parts: dict, args) -> dict:
     """Ops per step of every part, then host milliseconds per step timed in turns: each round runs every part once
     (the merged ones, then the grid installed), so that other jobs' load falls on all parts alike; the best round
-    of --reps for each, wall and process CPU."""
+    of --reps for each, wall and process CPU, and the best microseconds per call of layer 0's q_proj (call_us)."""
     record, times = {}, {name: [] for name in parts}
     for round_ in range(args.reps + 1):  # round 0: ops counted, caches and allocator warmed
         rw.set(0.5)
@@ -132,13 +147,15 @@ def measure_parts(rw: engine.Rewinder, parts: dict, args) -> dict:
                     if round_ == 0:
                         record[name] = ops_per_step(rw.model, ids, args.steps, stops_)
                     else:
-                        times[name].append(clock(rw.model, ids, args.steps, stops_))
+                        call = call_us(rw.model.model.layers[0].self_attn.q_proj, len(ids))
+                        times[name].append((*clock(rw.model, ids, args.steps, stops_), call))
             if grid:
                 grid.remove()  # the rewinder is at its base again
     for name, runs in times.items():
         best = [min(run[i] for run in runs) for i in range(4)]  # other jobs only ever add time
         record[name]["ms"] = round(1000 * (best[2] - best[0]) / args.steps, 3)
         record[name]["cpu_ms"] = round(1000 * (best[3] - best[1]) / args.steps, 3)
+        record[name]["q_proj_us"] = round(min(run[4] for run in runs), 2)
     return record
 
 
