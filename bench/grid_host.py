@@ -6,8 +6,8 @@
 - --ops: per decoding step of a greedy HF generate on a random 30-layer Llama of hidden 64 and vocab 128 with LoRA
   or OFT on all its linear modules: aten ops (as the dispatcher sees them; and those that are not views) and host
   milliseconds, one merged point of --batch-size rows against the grid at that one point and at --batch-points
-  points, with lm-eval's stop-string criteria or rewind's (ops_part). The counts are the real model's; the
-  arithmetic is nothing.
+  points, with lm-eval's stop-string criteria or rewind's (ops_part), and microseconds per call of one branched
+  Linear (call_us). The counts are the real model's; the arithmetic is nothing.
 - sweep: seconds of a whole Sweep.run, grid mode (--batch-points) or point by point (1), on a random 2-layer Llama
   of hidden 64 with SmolLM2's tokenizer (tests/tinysweep.py) and a random OFT adapter (tests/tiny.py), swept as
   the H200 run swept the demo adapter: cayley and dense, alphas 0.2..0.8, the math-300 generation tasks
