@@ -1,0 +1,255 @@
+"""Which bf16 construction of a point is closer to the exact model: written in place (point by point) or a grid row.
+
+    python bench/bf16_agreement.py [--methods lora,oft] [--per-task 22] [--batch 22] [--new-tokens 48] [--out FILE]
+
+Why: on an H200 in bf16, a grid sweep and a `--batch-points 1` sweep of the same points scored ~11% of 2036 items
+differently (bench/item_agreement.py), with paired score differences near zero. Point by point rounds the whole
+W0 + alpha dW to bf16; a grid row keeps W0 in bf16 and computes the branch (alpha s B(A x), or x + x D(alpha))
+beside it. This script measures, on the embedded SmolLM2 (real weights) with the study's LoRA (linear path) and
+the demo OFT (cayley path), each construction against REF, the fp32 model with the point written in fp32:
+- MERGED: the bf16 model, the point written in place (Rewinder.set), a plain forward;
+- GRID: the bf16 model at its base, the point as a grid row (rewind.grid), all points in one batch.
+Prompts: the first --per-task validation items of each math-300 task, as lm-eval builds them (chat template), in
+HFLM's order (longest first) and batches, left-padded with its pad token and no attention mask, as HFLM's
+generate_until passes them. Per point:
+- logits: REF's greedy continuation (--new-tokens, cut after the first stop token) teacher-forced through each
+  construction; ||l - l_ref|| / ||l_ref|| at the prompt's last position and at every forced position, and the
+  share whose top-1 token is REF's;
+- greedy: the sequences (cut after the first stop token) that differ from REF's, and between MERGED and GRID;
+- a defect check: the same grid in fp32 against REF (grid rows equal the in-place model up to fp32 rounding).
+Alpha 0 is the base for both constructions: its errors are bf16's own, the floor the points are read against.
+CPU bf16 matmuls accumulate differently from CUDA's: this says which construction is closer to fp32, not the
+H200's flip count. One JSON line per (method, alpha) on stdout, appended to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from rewind import engine, models
+from rewind.evaluate import harness
+from rewind.grid import install
+
+RUNS = {"lora": ("docs/study/runs/lora-2026-12-02", "linear"), "oft": ("rewind/demo/oft-math", "cayley")}
+POINTS = (0.0, 0.4, 1.0)
+TASKS = ("math-300", "bench/tasks/math300")  # the study's target suite and its include dir
+STOP_TEXTS = ("<|im_end|>", "<|endoftext|>")  # the math tasks' `until` strings that are single tokens here
+
+
+class Prompts(HFLM):
+    """HFLM that only keeps the generation requests' contexts, as lm-eval built them."""
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        self.contexts += [r.args[0] for r in requests]
+        return [""] * len(requests)
+
+
+def prompt_batches(model, tokenizer, per_task: int, batch: int) -> list[torch.Tensor]:
+    """The contexts of the first `per_task` validation items of every task, encoded as HFLM does, longest first,
+    left-padded per batch."""
+    suites = harness.resolve_suites([TASKS[0]], [TASKS[1]])
+    evaluator = harness.Evaluator(model, tokenizer, suites, split="validation", limit=per_task, batch_size=batch)
+    lm = Prompts(pretrained=model, tokenizer=tokenizer, batch_size=batch)
+    lm.contexts = []
+    for entry in evaluator.entries:
+        evaluator.score(entry, lm=lm)
+    contexts = sorted(lm.contexts, key=lambda c: -len(lm.tok_encode(c)))  # HFLM's order: longest first
+    return [lm.tok_batch_encode(contexts[i : i + batch])[0] for i in range(0, len(contexts), batch)]
+
+
+def greedy(model, ids: torch.Tensor, new_tokens: int, pad: int) -> torch.Tensor:
+    """[rows, new_tokens] as HFLM's _model_generate decodes (no attention mask: pad = eos, so HF attends to all)."""
+    out = model.generate(input_ids=ids, max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad, use_cache=True)
+    new = out[:, ids.shape[1] :]
+    return torch.nn.functional.pad(new, (0, new_tokens - new.shape[1]), value=pad)
+
+
+def forced_logits(model, ids: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
+    """fp32 logits [rows, len(cont), vocab] of the positions that predict cont's tokens."""
+    inputs = torch.cat([ids, cont[:, :-1]], dim=1)
+    return model(input_ids=inputs, logits_to_keep=cont.shape[1]).logits.float()
+
+
+def cut(tokens: list[int], stops: set[int]) -> list[int]:
+    """Up to and including the first stop token: what lm-eval's `until` keeps of a generation."""
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[: i + 1]
+    return tokens
+
+
+@torch.no_grad()
+def merged(rw: engine.Rewinder, ids, conts, new_tokens: int, pad: int) -> list[tuple]:
+    """(greedy tokens, forced logits) per point, the point written in place; conts None: force its own tokens."""
+    out = []
+    for k, alpha in enumerate(POINTS):
+        rw.set(alpha)
+        tokens = greedy(rw.model, ids, new_tokens, pad)
+        out.append((tokens, forced_logits(rw.model, ids, tokens if conts is None else conts[k])))
+    rw.set(0.0)
+    return out
+
+
+@torch.no_grad()
+def gridded(rw: engine.Rewinder, ids, conts, new_tokens: int, pad: int, decode=True) -> list[tuple]:
+    """The same through one grid: every point a block of rows of one batch."""
+    grid, rows = install(rw), len(ids)
+    try:
+        with grid.at(POINTS, rows=rows):
+            tokens = greedy(rw.model, ids.repeat(len(POINTS), 1), new_tokens, pad) if decode else None
+            logits = forced_logits(rw.model, ids.repeat(len(POINTS), 1), torch.cat(conts))
+    finally:
+        grid.remove()
+    return [
+        (None if tokens is None else tokens[k * rows : (k + 1) * rows], logits[k * rows : (k + 1) * rows])
+        for k in range(len(POINTS))
+    ]
+
+
+def rounded(x: float) -> float:
+    return float(f"{x:.3g}")
+
+
+class Tally:
+    """One construction at one point against REF, over all batches."""
+
+    def __init__(self):
+        self.rel_last, self.rel_all, self.top1_last, self.top1_all = [], [], [], []
+        self.sequences, self.differ, self.diverge_at = 0, 0, []
+
+    def add(self, logits, ref_logits, valid, tokens, ref_sequences, stops) -> list[list[int]]:
+        rel = torch.linalg.vector_norm(logits - ref_logits, dim=-1) / torch.linalg.vector_norm(ref_logits, dim=-1)
+        same = logits.argmax(-1) == ref_logits.argmax(-1)
+        self.rel_last += rel[:, 0].tolist()
+        self.rel_all += rel[valid].tolist()
+        self.top1_last += same[:, 0].tolist()
+        self.top1_all += same[valid].tolist()
+        if tokens is None:
+            return []
+        sequences = [cut(row, stops) for row in tokens.tolist()]
+        for seq, ref in zip(sequences, ref_sequences):
+            self.sequences += 1
+            if seq != ref:
+                self.differ += 1
+                self.diverge_at.append(next(i for i, (a, b) in enumerate(zip(seq + [-1], ref + [-1])) if a != b))
+        return sequences
+
+    def summary(self) -> dict:
+        rel = sorted(self.rel_all)
+        out = {
+            "rel_last_median": statistics.median(self.rel_last),
+            "rel_last_max": max(self.rel_last),
+            "rel_median": statistics.median(rel),
+            "rel_p99": rel[int(0.99 * (len(rel) - 1))],
+            "rel_max": rel[-1],
+            "positions": len(rel),
+            "top1_last": round(sum(self.top1_last) / len(self.top1_last), 4),
+            "top1_all": round(sum(self.top1_all) / len(self.top1_all), 5),
+            "top1_all_missed": len(self.top1_all) - sum(self.top1_all),
+        }
+        if self.sequences:
+            out.update(sequences=self.sequences, greedy_differ=self.differ, diverge_at=sorted(self.diverge_at))
+        return {k: rounded(v) if isinstance(v, float) else v for k, v in out.items()}
+
+
+@torch.no_grad()
+def weight_rounding(ref_rw: engine.Rewinder, bf16_rw: engine.Rewinder, alpha: float) -> dict:
+    """How much of the update a bf16 in-place write keeps, over the updated tensors (medians): the update's size
+    ||W - W0|| / ||W0|| (fp32) and the write's error relative to it, ||bf16(W) - W|| / ||W - W0||."""
+    ref_rw.set(alpha)
+    bf16_rw.set(alpha)
+    ref_params, bf16_params = dict(ref_rw.model.named_parameters()), dict(bf16_rw.model.named_parameters())
+    size, error = [], []
+    for name, w0 in ref_rw.w0.items():
+        w, update = ref_params[name], ref_params[name] - w0
+        size.append(float(update.norm() / w0.norm()))
+        error.append(float((bf16_params[name].float() - w).norm() / update.norm()) if update.any() else 0.0)
+    ref_rw.set(0.0)
+    bf16_rw.set(0.0)
+    return {"update_size": rounded(statistics.median(size)), "write_error": rounded(statistics.median(error))}
+
+
+def compare(batches, ref_rw, bf16_rw, stops, args) -> list[dict]:
+    """Per point: REF, then MERGED, GRID (bf16) and the fp32 grid check, batch by batch."""
+    pad = ref_rw.tokenizer.pad_token_id
+    names = ("merged", "grid", "grid_fp32")
+    tallies = [{name: Tally() for name in names} for _ in POINTS]
+    both_differ = [0] * len(POINTS)
+    for ids in batches:
+        ref = merged(ref_rw, ids, None, args.new_tokens, pad)
+        conts = [tokens for tokens, _ in ref]
+        runs = {
+            "merged": merged(bf16_rw, ids, conts, args.new_tokens, pad),
+            "grid": gridded(bf16_rw, ids, conts, args.new_tokens, pad),
+            "grid_fp32": gridded(ref_rw, ids, conts, args.new_tokens, pad, decode=args.fp32_greedy),
+        }
+        for k, (ref_tokens, ref_logits) in enumerate(ref):
+            ref_sequences = [cut(row, stops) for row in ref_tokens.tolist()]
+            valid = torch.arange(args.new_tokens) < torch.tensor([len(s) for s in ref_sequences])[:, None]
+            seen = {}
+            for name in names:
+                tokens, logits = runs[name][k]
+                seen[name] = tallies[k][name].add(logits, ref_logits, valid, tokens, ref_sequences, stops)
+            both_differ[k] += sum(a != b for a, b in zip(seen["merged"], seen["grid"]))
+    return [
+        {
+            "alpha": alpha,
+            "weights": weight_rounding(ref_rw, bf16_rw, alpha),
+            **{name: t.summary() for name, t in tallies[k].items()},
+            "merged_vs_grid": both_differ[k],
+        }
+        for k, alpha in enumerate(POINTS)
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", default="lora,oft")
+    parser.add_argument("--per-task", type=int, default=22, help="validation items of each math-300 task")
+    parser.add_argument("--batch", type=int, default=22, help="prompts per batch (a grid pass: this x 3 rows)")
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--fp32-greedy", action="store_true", help="decode the fp32 grid too (slower)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ref_model, tokenizer = models.load_base("smollm2", "cpu", "fp32")
+    bf16_model, _ = models.load_base("smollm2", "cpu", "bf16")
+    batches = prompt_batches(bf16_model, tokenizer, args.per_task, args.batch)
+    stops = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TEXTS}
+    for method in args.methods.split(","):
+        adapter, path = RUNS[method]
+        start = time.perf_counter()
+        ref_rw = engine.attach(ref_model, adapter, path=path, tokenizer=tokenizer)
+        bf16_rw = engine.attach(bf16_model, adapter, path=path, tokenizer=tokenizer)
+        for line in compare(batches, ref_rw, bf16_rw, stops, args):
+            record = {
+                "method": method,
+                "adapter": adapter,
+                "path": path,
+                **line,
+                "prompts": sum(len(b) for b in batches),
+                "new_tokens": args.new_tokens,
+                "batch": args.batch,
+                "seconds": round(time.perf_counter() - start, 1),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "host": platform.node(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            print(json.dumps(record), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
