@@ -1,6 +1,7 @@
 """Which bf16 construction of a point is closer to the exact model: written in place (point by point) or a grid row.
 
-    python bench/bf16_agreement.py [--methods lora,oft] [--per-task 22] [--batch 22] [--new-tokens 48] [--out FILE]
+    python bench/bf16_agreement.py [--methods lora,oft] [--per-task 22] [--batch 22] [--new-tokens 48] \
+        [--fp32-greedy] [--fp64] [--threads 1] [--out FILE]
 
 Why: on an H200 in bf16, a grid sweep and a `--batch-points 1` sweep of the same points scored ~11% of 2036 items
 differently (bench/item_agreement.py), with paired score differences near zero. Point by point rounds the whole
@@ -16,7 +17,9 @@ generate_until passes them. Per point:
   construction; ||l - l_ref|| / ||l_ref|| at the prompt's last position and at every forced position, and the
   share whose top-1 token is REF's;
 - greedy: the sequences (cut after the first stop token) that differ from REF's, and between MERGED and GRID;
-- a defect check: the same grid in fp32 against REF (grid rows equal the in-place model up to fp32 rounding).
+- a defect check: the same grid in fp32 against REF (grid rows equal the in-place model up to fp32 rounding);
+  --fp64 adds the fp64 model (the same base values), in place and as a grid, and measures REF, the fp32 grid and
+  the fp64 grid against the fp64 in-place model: how far fp32 rounding alone moves the logits on this model.
 Alpha 0 is the base for both constructions: its errors are bf16's own, the floor the points are read against.
 CPU bf16 matmuls accumulate differently from CUDA's: this says which construction is closer to fp32, not the
 H200's flip count. One JSON line per (method, alpha) on stdout, appended to --out.
@@ -28,6 +31,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -86,13 +90,14 @@ def cut(tokens: list[int], stops: set[int]) -> list[int]:
 
 
 @torch.no_grad()
-def merged(rw: engine.Rewinder, ids, conts, new_tokens: int, pad: int) -> list[tuple]:
-    """(greedy tokens, forced logits) per point, the point written in place; conts None: force its own tokens."""
+def merged(rw: engine.Rewinder, ids, conts, new_tokens: int, pad: int, decode=True) -> list[tuple]:
+    """(greedy tokens or None, forced logits) per point, the point written in place; conts None: force its own
+    greedy tokens."""
     out = []
     for k, alpha in enumerate(POINTS):
         rw.set(alpha)
-        tokens = greedy(rw.model, ids, new_tokens, pad)
-        out.append((tokens, forced_logits(rw.model, ids, tokens if conts is None else conts[k])))
+        tokens = greedy(rw.model, ids, new_tokens, pad) if decode or conts is None else None
+        out.append((tokens if decode else None, forced_logits(rw.model, ids, tokens if conts is None else conts[k])))
     rw.set(0.0)
     return out
 
@@ -176,37 +181,71 @@ def weight_rounding(ref_rw: engine.Rewinder, bf16_rw: engine.Rewinder, alpha: fl
     return {"update_size": rounded(statistics.median(size)), "write_error": rounded(statistics.median(error))}
 
 
-def compare(batches, ref_rw, bf16_rw, stops, args) -> list[dict]:
-    """Per point: REF, then MERGED, GRID (bf16) and the fp32 grid check, batch by batch."""
-    pad = ref_rw.tokenizer.pad_token_id
-    names = ("merged", "grid", "grid_fp32")
-    tallies = [{name: Tally() for name in names} for _ in POINTS]
+class Clock:
+    """Seconds per stage of a batch, reported on stderr (a run takes minutes on 2 CPU cores)."""
+
+    def __init__(self, label: str):
+        self.label, self.seconds = label, {}
+
+    def __call__(self, stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[stage] = round(time.perf_counter() - start, 1)
+        return out
+
+    def report(self) -> None:
+        print(self.label, self.seconds, file=sys.stderr, flush=True)
+
+
+# (construction, what it is measured against): bf16 and the fp32 grid against REF, the fp32 in-place model;
+# with --fp64, the fp32 constructions and the fp64 grid against the fp64 in-place model.
+AGAINST_REF = (("merged", "ref"), ("grid", "ref"), ("grid_fp32", "ref"))
+AGAINST_FP64 = (("ref", "merged_fp64"), ("grid_fp32", "merged_fp64"), ("grid_fp64", "merged_fp64"))
+
+
+def batch_runs(rws: dict, ids, args, clock) -> dict[str, list[tuple]]:
+    """Every construction's (tokens, forced logits) per point on one batch, forced on REF's greedy tokens."""
+    pad, n = rws["fp32"].tokenizer.pad_token_id, args.new_tokens
+    runs = {"ref": clock("ref", merged, rws["fp32"], ids, None, n, pad)}
+    conts = [tokens for tokens, _ in runs["ref"]]
+    runs["merged"] = clock("merged", merged, rws["bf16"], ids, conts, n, pad)
+    runs["grid"] = clock("grid", gridded, rws["bf16"], ids, conts, n, pad)
+    runs["grid_fp32"] = clock("grid_fp32", gridded, rws["fp32"], ids, conts, n, pad, args.fp32_greedy)
+    if "fp64" in rws:
+        runs["merged_fp64"] = clock("merged_fp64", merged, rws["fp64"], ids, conts, n, pad, False)
+        runs["grid_fp64"] = clock("grid_fp64", gridded, rws["fp64"], ids, conts, n, pad, False)
+    return runs
+
+
+def compare(batches, rws: dict, stops, args) -> list[dict]:
+    """Per point, over all batches: each construction against what it is measured against (AGAINST_*), and the
+    greedy sequences that differ between MERGED and GRID."""
+    pairs = AGAINST_REF + (AGAINST_FP64 if "fp64" in rws else ())
+    tallies = [{pair: Tally() for pair in pairs} for _ in POINTS]
     both_differ = [0] * len(POINTS)
-    for ids in batches:
-        ref = merged(ref_rw, ids, None, args.new_tokens, pad)
-        conts = [tokens for tokens, _ in ref]
-        runs = {
-            "merged": merged(bf16_rw, ids, conts, args.new_tokens, pad),
-            "grid": gridded(bf16_rw, ids, conts, args.new_tokens, pad),
-            "grid_fp32": gridded(ref_rw, ids, conts, args.new_tokens, pad, decode=args.fp32_greedy),
-        }
-        for k, (ref_tokens, ref_logits) in enumerate(ref):
-            ref_sequences = [cut(row, stops) for row in ref_tokens.tolist()]
+    for i, ids in enumerate(batches):
+        clock = Clock(f"batch {i + 1}/{len(batches)}")
+        runs = batch_runs(rws, ids, args, clock)
+        clock.report()
+        for k in range(len(POINTS)):
+            ref_sequences = [cut(row, stops) for row in runs["ref"][k][0].tolist()]
             valid = torch.arange(args.new_tokens) < torch.tensor([len(s) for s in ref_sequences])[:, None]
             seen = {}
-            for name in names:
+            for name, against in pairs:
                 tokens, logits = runs[name][k]
-                seen[name] = tallies[k][name].add(logits, ref_logits, valid, tokens, ref_sequences, stops)
+                tokens = tokens if against == "ref" else None  # the fp64 model is not decoded
+                tally = tallies[k][name, against]
+                seen[name] = tally.add(logits, runs[against][k][1], valid, tokens, ref_sequences, stops)
             both_differ[k] += sum(a != b for a, b in zip(seen["merged"], seen["grid"]))
-    return [
-        {
-            "alpha": alpha,
-            "weights": weight_rounding(ref_rw, bf16_rw, alpha),
-            **{name: t.summary() for name, t in tallies[k].items()},
-            "merged_vs_grid": both_differ[k],
-        }
-        for k, alpha in enumerate(POINTS)
-    ]
+    out = []
+    for k, alpha in enumerate(POINTS):
+        line = {"alpha": alpha, "weights": weight_rounding(rws["fp32"], rws["bf16"], alpha)}
+        line.update({name: tallies[k][name, "ref"].summary() for name, _ in AGAINST_REF})
+        line["merged_vs_grid"] = both_differ[k]
+        if "fp64" in rws:
+            line["against_fp64"] = {name: tallies[k][name, against].summary() for name, against in AGAINST_FP64}
+        out.append(line)
+    return out
 
 
 def main() -> None:
@@ -216,21 +255,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=22, help="prompts per batch (a grid pass: this x 3 rows)")
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--fp32-greedy", action="store_true", help="decode the fp32 grid too (slower)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--fp64", action="store_true", help="also measure the fp32 constructions against fp64")
+    # On 2 shared cores, 2 threads made small decoding matmuls ~18x slower (OpenMP waits on the busy core)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ref_model, tokenizer = models.load_base("smollm2", "cpu", "fp32")
-    bf16_model, _ = models.load_base("smollm2", "cpu", "bf16")
-    batches = prompt_batches(bf16_model, tokenizer, args.per_task, args.batch)
+    torch.set_num_threads(args.threads)
+    loaded = {dtype: models.load_base("smollm2", "cpu", dtype) for dtype in ("fp32", "bf16")}
+    tokenizer = loaded["fp32"][1]
+    if args.fp64:  # the fp32 load upcast again: the same base values
+        loaded["fp64"] = (models.load_base("smollm2", "cpu", "fp32")[0].double(), tokenizer)
+    batches = prompt_batches(loaded["bf16"][0], tokenizer, args.per_task, args.batch)
     stops = {tokenizer.convert_tokens_to_ids(t) for t in STOP_TEXTS}
     for method in args.methods.split(","):
         adapter, path = RUNS[method]
         start = time.perf_counter()
-        ref_rw = engine.attach(ref_model, adapter, path=path, tokenizer=tokenizer)
-        bf16_rw = engine.attach(bf16_model, adapter, path=path, tokenizer=tokenizer)
-        for line in compare(batches, ref_rw, bf16_rw, stops, args):
+        rws = {
+            dtype: engine.attach(model, adapter, path=path, tokenizer=tokenizer) for dtype, (model, _) in loaded.items()
+        }
+        for line in compare(batches, rws, stops, args):
             record = {
                 "method": method,
                 "adapter": adapter,
