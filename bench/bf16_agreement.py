@@ -219,10 +219,11 @@ def batch_runs(rws: dict, ids, args, clock) -> dict[str, list[tuple]]:
 
 def compare(batches, rws: dict, stops, args) -> list[dict]:
     """Per point, over all batches: each construction against what it is measured against (AGAINST_*), and the
-    greedy sequences that differ between MERGED and GRID."""
+    greedy sequences that MERGED and GRID decode differently, and alike but not as REF does."""
     pairs = AGAINST_REF + (AGAINST_FP64 if "fp64" in rws else ())
     tallies = [{pair: Tally() for pair in pairs} for _ in POINTS]
-    both_differ = [0] * len(POINTS)
+    # greedy sequences: MERGED and GRID differ from each other; they agree with each other but not with REF
+    apart, together = [0] * len(POINTS), [0] * len(POINTS)
     for i, ids in enumerate(batches):
         clock = Clock(f"batch {i + 1}/{len(batches)}")
         runs = batch_runs(rws, ids, args, clock)
@@ -236,12 +237,14 @@ def compare(batches, rws: dict, stops, args) -> list[dict]:
                 tokens = tokens if against == "ref" else None  # the fp64 model is not decoded
                 tally = tallies[k][name, against]
                 seen[name] = tally.add(logits, runs[against][k][1], valid, tokens, ref_sequences, stops)
-            both_differ[k] += sum(a != b for a, b in zip(seen["merged"], seen["grid"]))
+            rows = list(zip(seen["merged"], seen["grid"], ref_sequences))
+            apart[k] += sum(m != g for m, g, _ in rows)
+            together[k] += sum(m == g != r for m, g, r in rows)
     out = []
     for k, alpha in enumerate(POINTS):
         line = {"alpha": alpha, "weights": weight_rounding(rws["fp32"], rws["bf16"], alpha)}
         line.update({name: tallies[k][name, "ref"].summary() for name, _ in AGAINST_REF})
-        line["merged_vs_grid"] = both_differ[k]
+        line.update(merged_vs_grid=apart[k], merged_and_grid_alike_not_ref=together[k])
         if "fp64" in rws:
             line["against_fp64"] = {name: tallies[k][name, against].summary() for name, against in AGAINST_FP64}
         out.append(line)
