@@ -156,23 +156,36 @@ class Branch:
         raise NotImplementedError
 
 
-class LowRank(Branch):
-    def __init__(self, module, delta):
-        super().__init__(module)
-        w = module.weight
-        self.B, self.A, self.scale = delta.B.to(w.device, w.dtype), delta.A.to(w.device, w.dtype), delta.scale
+class LowRankUpdate:
+    """y + alpha s B(A x) per row, for LowRank and Dora: with rows blocked by point, one baddbmm with each point's
+    B^T pre-scaled (`scaled_transposes`); else a per-row scale of A x and one addmm."""
 
-    def prepare(self, alphas, rows):
-        super().prepare(alphas, rows)
-        scales = alphas[:, 0] * self.scale
-        self._s = rows.gather(scales, self.A)
+    def __init__(self, B: torch.Tensor, A: torch.Tensor, like: torch.Tensor):
+        self.B, self.A = B.to(like.device, like.dtype), A.to(like.device, like.dtype)
+
+    def prepare(self, scales: torch.Tensor, rows: Rows) -> None:
+        """`scales` [points]: each point's alpha s."""
         self._Bt = scaled_transposes(self.B, scales) if rows.blocked else None
+        self._s = None if rows.blocked else rows.gather(scales, self.A)
 
-    def post(self, x, y):
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         h = F.linear(x, self.A)
         if self._Bt is not None:
             return add_blocked(y, h, self._Bt)
         return add_linear(y, h.mul_(self._s.like(h)), self.B)
+
+
+class LowRank(Branch):
+    def __init__(self, module, delta):
+        super().__init__(module)
+        self.update, self.scale = LowRankUpdate(delta.B, delta.A, module.weight), delta.scale
+
+    def prepare(self, alphas, rows):
+        super().prepare(alphas, rows)
+        self.update.prepare(alphas[:, 0] * self.scale, rows)
+
+    def post(self, x, y):
+        return self.update.add_to(y, x)
 
 
 class Scale(Branch):
@@ -282,9 +295,8 @@ class Dora(Branch):
 
     def __init__(self, module, delta, w0):
         super().__init__(module)
-        w = module.weight
         self.delta, self.w0, self.n0 = delta, w0, base_norms(w0)
-        self.B, self.A = delta.B.to(w.device, w.dtype), delta.A.to(w.device, w.dtype)
+        self.update = LowRankUpdate(delta.B, delta.A, module.weight)
 
     @torch.no_grad()
     def prepare(self, alphas, rows):
@@ -295,18 +307,13 @@ class Dora(Branch):
         for a in alphas[:, 0].tolist():
             v = torch.addmm(self.w0.float(), B, A, alpha=a * d.scale)
             factors.append(torch.lerp(self.n0, m, a) / torch.linalg.vector_norm(v, dim=1))
-        self._f = rows.gather(torch.stack(factors), self.B)
-        self._s = rows.gather(alphas[:, 0] * d.scale, self.B)
-        self._Bt = scaled_transposes(self.B, alphas[:, 0] * d.scale) if rows.blocked else None
+        self._f = rows.gather(torch.stack(factors), self.module.weight)
+        self.update.prepare(alphas[:, 0] * d.scale, rows)
 
     def post(self, x, y):
         bias = self.module.bias
         z = y if bias is None else y - bias
-        h = F.linear(x, self.A)
-        if self._Bt is not None:
-            z = add_blocked(z, h, self._Bt)
-        else:
-            z = add(z, F.linear(h.mul_(self._s.like(h)), self.B))
+        z = self.update.add_to(z, x)
         z = z * self._f.like(z)
         return z if bias is None else z + bias
 
