@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,6 +81,9 @@ def measure(rw: engine.Rewinder, kind: str, args) -> dict:
 
     times["grid"] = timed(lambda: gridded(alphas), args.device, args.reps, lambda: gridded(alphas, short))
     times["one_point_grid"] = timed(lambda: gridded([1.0]), args.device, args.reps, lambda: gridded([1.0], short))
+    if args.profile and kind == "generate":
+        profile("one point merged", lambda: merged([1.0], short), args.device)
+        profile("one point grid", lambda: gridded([1.0], short), args.device)
     grid.remove()
     record = {}
     for clock, i in (("wall", 0), ("cpu", 1)):
@@ -87,6 +91,25 @@ def measure(rw: engine.Rewinder, kind: str, args) -> dict:
         record[f"speedup_{clock}"] = round(times["merged"][i] / times["grid"][i], 3)
         record[f"one_point_overhead_{clock}"] = round(times["one_point_grid"][i] / times["one_point_merged"][i], 3)
     return record
+
+
+def profile(name: str, fn, device: str) -> None:
+    """Where one pass's time goes (torch.profiler; stderr): busy GPU time against the wall clock tells a host-bound
+    pass (the GPU waits for launches) from a device-bound one."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sync(device)
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"profile {name}: wall {wall:.3f} s (profiled), device busy {busy:.3f} s", file=sys.stderr)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
 
 
 def main() -> None:
@@ -103,6 +126,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--profile", action="store_true", help="profile one point of a short pass, both ways")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

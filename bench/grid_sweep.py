@@ -85,21 +85,28 @@ def differing(a: dict, b: dict) -> dict:
 def sweep_part(args, spec_fields: dict, work: Path) -> dict:
     grid_s, grid = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points="auto"), work / "grid")
     point_s, point = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points=1), work / "point")
-    session = Session(sweep.SweepSpec(**spec_fields, batch_points=1), work / "noise")
-    session.open()
-    SAMPLES.clear()
-    keys = [results.Point.of({"path": p.split("@")[0], "alpha": float(p.split("@")[1])}) for p in args.noise_points]
-    session.evaluate(keys, results.VALIDATION)
-    noise = dict(SAMPLES)
-    return {
+    record = {
         "part": "sweep",
         "grid_s": round(grid_s, 2),
         "point_by_point_s": round(point_s, 2),
         "speedup": round(point_s / grid_s, 3),
         "grid_vs_point": differing(grid, point),
-        "noise_floor": differing(noise, point),
         **{k: spec_fields[k] for k in ("base", "adapter", "paths", "target", "general", "limit", "device")},
+        "batch_size": spec_fields.get("batch_size") or "auto",
     }
+    if args.noise_points:
+        record["noise_floor"] = differing(noise_samples(args, spec_fields, work), point)
+    return record
+
+
+def noise_samples(args, spec_fields: dict, work: Path) -> dict:
+    """--noise-points scored again, point by point, by a fresh session: their per-document metrics."""
+    session = Session(sweep.SweepSpec(**spec_fields, batch_points=1), work / "noise")
+    session.open()
+    SAMPLES.clear()
+    keys = [results.Point.of({"path": p.split("@")[0], "alpha": float(p.split("@")[1])}) for p in args.noise_points]
+    session.evaluate(keys, results.VALIDATION)
+    return dict(SAMPLES)
 
 
 def generation_part(args) -> None:
@@ -145,7 +152,10 @@ def main() -> None:
     parser.add_argument("--target", action="append", default=None)
     parser.add_argument("--general", action="append", default=None)
     parser.add_argument("--limit", type=int, default=256)
-    parser.add_argument("--noise-points", nargs="+", default=["final@1", "base@0"])
+    parser.add_argument("--noise-points", nargs="*", default=["final@1", "base@0"], help="none: no noise floor")
+    parser.add_argument("--batch-size", type=int, default=None, help="items per batch (default: lm-eval's auto)")
+    parser.add_argument("--include-path", action="append", default=[], help="more task YAMLs, as rewind sweep's")
+    parser.add_argument("--keep", default=None, help="write the sweeps under this dir (grid, point), not a temp dir")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--gen-shape", default="qwen")
@@ -160,6 +170,7 @@ def main() -> None:
     capture_samples()
     with tempfile.TemporaryDirectory() as tmp:
         fields = {"base": args.base, "adapter": args.adapter, "paths": args.path or ["auto"], "limit": args.limit}
+        fields |= {"batch_size": args.batch_size, "include_path": args.include_path}
         if args.shape == "tiny":
             fields = tiny_inputs(Path(tmp))
             args.gen_shape, args.points, args.batch, args.tokens, args.new_tokens = "tiny", 3, 2, 16, 8
@@ -168,7 +179,7 @@ def main() -> None:
         fields |= {"alphas": [float(a) for a in args.alphas.split(",")], "device": args.device, "dtype": args.dtype}
         fields |= {"target": args.target or ["math-offline"], "general": args.general or ["general-offline"]}
         if args.skip != "sweep":
-            emit(sweep_part(args, fields, Path(tmp)), args.out)
+            emit(sweep_part(args, fields, Path(args.keep or tmp)), args.out)
     if args.skip != "generate":
         generation_part(args)
 

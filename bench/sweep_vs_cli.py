@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -39,12 +40,10 @@ def old_way(
     path = point["path"] if point["path"] not in ("base", "final") else "auto"
     export.export(spec["base"], spec["adapter"], out, alpha=alpha, path=path, force=True)
     merged_s = time.perf_counter() - start
-    scores = {}
-    for chat in (True, False):
-        names = [t for t, c in tasks.items() if c == chat]
-        if not names:
-            continue
-        results = workdir / f"lm_eval-{chat}"
+    scores, where = {}, task_dirs(tasks, spec.get("include_path") or [])
+    for chat, tasks_dir in sorted({(chat, where[t]) for t, chat in tasks.items()}):
+        names = [t for t, c in tasks.items() if c == chat and where[t] == tasks_dir]
+        results = workdir / f"lm_eval-{chat}-{len(scores)}"
         cmd = [
             sys.executable,
             "-m",
@@ -56,7 +55,7 @@ def old_way(
             "--tasks",
             ",".join(names),
             "--include_path",
-            str(TASKS_DIR),
+            tasks_dir,
             "--device",
             device,
             "--batch_size",
@@ -78,6 +77,21 @@ def old_way(
             for task, values in json.loads(file.read_text())["results"].items():
                 scores[task] = values
     return {"seconds": time.perf_counter() - start, "merge_seconds": merged_s, "scores": scores}
+
+
+def task_dirs(tasks, include_path: list[str]) -> dict[str, str]:
+    """The dir of each task's YAML: the sweep's --include-path dirs, then the bundled suites (the CLI takes one
+    --include_path per call, so tasks of different dirs run in different calls)."""
+    found: dict[str, str] = {}
+    for tasks_dir in [*include_path, str(TASKS_DIR)]:
+        for yaml in sorted(Path(tasks_dir).rglob("*.yaml")):
+            name = re.search(r"^task:\s*(\S+)", yaml.read_text(), re.M)
+            if name and name.group(1) in tasks:
+                found.setdefault(name.group(1), tasks_dir)
+    missing = set(tasks) - set(found)
+    if missing:
+        raise SystemExit(f"no task YAML for {sorted(missing)} under {[*include_path, str(TASKS_DIR)]}")
+    return found
 
 
 def remeasure(

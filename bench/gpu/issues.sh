@@ -5,10 +5,13 @@
 #   bash bench/gpu/issues.sh conf     # 17: the demo OFT adapter at 256 target items (bench/math_tasks.py), intervals
 #   bash bench/gpu/issues.sh race     # 17: a race at the conf sweep's item budget (10 points x 2036 items)
 #   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
+#   bash bench/gpu/issues.sh onepoint # 16: one LoRA point through the branches at 64 rows on the 7B shape, profiled
+#   bash bench/gpu/issues.sh cli      # 16: the old way (merge + lm_eval CLI) for two points of the sweep11 stage
 #   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] [agree] [agree-lora] > ~/rw/out/study.log 2>&1 &
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
-#       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora
+#       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora;
+#       sweep11 (16): the OFT adapter, 11 alphas on both paths, the study's suites, grid then point by point
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, two tarballs under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -63,6 +66,7 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
         ALPHAS=0.4 conf lora256-point $LORA --path linear --batch-points 1
         python3 bench/item_agreement.py docs/study/sweeps-256/lora "$O/sw/lora256-point" \
           --out "$OUT/item_agreement_lora_h200.jsonl" > "$OUT/agree-lora.log" 2>&1 ;;
+      sweep11) sweep11 ;;
       search)  # on the lora stage's sweep, or a copy of the one shipped (ran 2026-12-02): its points are free
         [ -d "$O/sw/lora256" ] || cp -r docs/study/sweeps-256/lora "$O/sw/lora256"
         stamp "search LoRA: 4 groups, 8 candidates"
@@ -70,6 +74,32 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
         stamp "search rc=$?" ;;
     esac
   done
+}
+
+ALPHAS11=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
+
+sweep11() {  # 16: one 11-alpha sweep twice on the same items (lm-eval's auto batch size both ways), kept in sw/
+  stamp "sweep11: grid vs point by point, OFT cayley + dense, 11 alphas, 256 items"
+  timeout 1500 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
+    --alphas $ALPHAS11 --include-path bench/tasks/math300 --target math-300 --general general-offline \
+    --limit 256 --noise-points --keep "$O/sw/sweep11" --skip generate --out "$OUT/grid_sweep_h200.jsonl" \
+    > "$OUT/sweep11.log" 2>&1
+  stamp "sweep11 rc=$?"
+}
+
+onepoint() {
+  stamp "7B shape, LoRA r8: 11 points merged vs one grid pass, and one point both ways, 64 rows, 128 new tokens"
+  timeout 400 python3 bench/grid_forward.py --shape qwen --device cuda --dtype bf16 --methods lora --kinds generate \
+    --points 11 --batch 64 --tokens 256 --new-tokens 128 --reps 1 --profile --out "$OUT/grid_onepoint_h200.jsonl" \
+    > "$OUT/onepoint.log" 2>&1
+  stamp "onepoint rc=$?"; tail -n 60 "$OUT/onepoint.log"
+}
+
+cli() {  # the old way for base and final on the test split, against sweep11's point-by-point sweep
+  stamp "old way: merge + lm_eval CLI per point"
+  timeout 560 python3 bench/sweep_vs_cli.py --sweep "$O/sw/sweep11/point" --points base@0,final@1 \
+    --out "$OUT/sweep_vs_cli_h200.jsonl" > "$OUT/cli.log" 2>&1
+  stamp "cli rc=$?"; tail -n 8 "$OUT/cli.log"
 }
 
 pack() { (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .); tail -n 25 "$OUT"/*.log; }
@@ -96,5 +126,7 @@ case "${1:-}" in
     (cd "$O" && tar czf "$OUT/logs.tgz" logs study.log) && (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .)
     tail -n 5 "$O"/logs/*.log ;;
   export) export_bench ;;
-  *) echo "usage: issues.sh grid|gen|conf|race|export|study|fetch"; exit 2 ;;
+  onepoint) onepoint ;;
+  cli) cli ;;
+  *) echo "usage: issues.sh grid|gen|conf|race|export|onepoint|cli|study|fetch"; exit 2 ;;
 esac
