@@ -12,6 +12,7 @@
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
 #       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora;
 #       sweep11 (16): the OFT adapter, 11 alphas on both paths, the study's suites, grid then point by point
+#       (LIMIT11, BATCH11: items per task and per batch; 2026-12-02 ran LIMIT11=32 BATCH11=32)
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, two tarballs under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -78,11 +79,12 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
 
 ALPHAS11=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
 
-sweep11() {  # 16: one 11-alpha sweep twice on the same items (lm-eval's auto batch size both ways), kept in sw/
-  stamp "sweep11: grid vs point by point, OFT cayley + dense, 11 alphas, 256 items"
+sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per batch both ways), kept in sw/
+  stamp "sweep11: grid vs point by point, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items"
   timeout 1500 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
     --alphas $ALPHAS11 --include-path bench/tasks/math300 --target math-300 --general general-offline \
-    --limit 256 --noise-points --keep "$O/sw/sweep11" --skip generate --out "$OUT/grid_sweep_h200.jsonl" \
+    --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --noise-points --keep "$O/sw/sweep11" --skip generate \
+    --out "$OUT/grid_sweep_h200.jsonl" \
     > "$OUT/sweep11.log" 2>&1
   stamp "sweep11 rc=$?"
 }
