@@ -41,9 +41,9 @@ def old_way(
     export.export(spec["base"], spec["adapter"], out, alpha=alpha, path=path, force=True)
     merged_s = time.perf_counter() - start
     scores, where = {}, task_dirs(tasks, spec.get("include_path") or [])
-    for chat, tasks_dir in sorted({(chat, where[t]) for t, chat in tasks.items()}):
+    for call, (chat, tasks_dir) in enumerate(sorted({(chat, where[t]) for t, chat in tasks.items()})):
         names = [t for t, c in tasks.items() if c == chat and where[t] == tasks_dir]
-        results = workdir / f"lm_eval-{chat}-{len(scores)}"
+        results = workdir / f"lm_eval-{call}"
         cmd = [
             sys.executable,
             "-m",
