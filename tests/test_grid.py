@@ -65,9 +65,15 @@ def _refused(rw, match):
     before = {n: p.clone() for n, p in rw.model.named_parameters()}
     with pytest.raises(RewindError, match=match):
         install(rw)
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rw.model.modules())
+    assert not any(_wrapped(m) for m in rw.model.modules())
     for name, p in rw.model.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+def _wrapped(module) -> bool:
+    """A branch left on the module: a forward hook (PerPoint) or a branch's wrapper of its forward."""
+    forward = module.__dict__.get("forward")
+    return bool(module._forward_hooks or module._forward_pre_hooks or getattr(forward, "__self__", None))
 
 
 def _rewinder(kind, path, base, tmp_path, cayley_scale="linear"):
@@ -106,7 +112,7 @@ def _check(rw, points, rows_of, allow_extrapolation=False):
     grid.remove()
     for name, p in rw.model.named_parameters():
         assert torch.equal(p, base_params[name]), f"{name} changed"
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in rw.model.modules()), "hooks left behind"
+    assert not any(_wrapped(m) for m in rw.model.modules()), "branches left behind"
     assert torch.equal(rw.model(input_ids=ids).logits, base_logits)
 
 
@@ -212,6 +218,23 @@ def test_greedy_generation_per_row(base, tmp_path):
         out = rw.model.generate(input_ids=batch, attention_mask=torch.ones_like(batch), **kwargs)
     grid.remove()
     assert torch.equal(out, torch.cat(reference))
+
+
+def test_forward_already_wrapped(base, tmp_path):
+    """A module whose instance already wraps its forward (as accelerate's hooks do): the branch runs around that
+    wrapper, which still runs, and remove puts that wrapper back, not the class's forward."""
+    rw = _rewinder("lora", "linear", base, tmp_path)
+    module = rw.model.model.layers[0].self_attn.q_proj
+    calls = []
+
+    def wrapper(x, inner=module.forward):
+        calls.append(x.shape[0])
+        return inner(x)
+
+    module.forward = wrapper
+    _check(rw, [0.0, 0.5, 1.0], [0, 1, 2, 2, 1, 0])  # removes the grid; then only `wrapper` may be left
+    assert calls and set(calls) >= {6}, "the wrapper did not run inside the grid"
+    assert module.__dict__.pop("forward") is wrapper
 
 
 def test_bad_input_changes_nothing(base, tmp_path):

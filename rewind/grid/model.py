@@ -88,7 +88,7 @@ class Grid:
 
     def remove(self) -> None:
         """Take every branch off; the weights were never touched, so the model is its base exactly."""
-        for handle in self._handles or ():
+        for handle in reversed(self._handles or ()):  # nested wrappers come off last-on first
             handle.remove()
         self._handles = None
 
