@@ -5,6 +5,11 @@ and final points are alpha 0 and 1 of the sweep's first path and join its group;
 path with its own per-layer alphas and joins that path's group; a training checkpoint is on no path and runs alone.
 A path without a per-row branch (rewind/grid/model.py) falls back to point by point in the session.
 
+Two kinds of grid (the session picks): where one copy of the updated tensors per point of the pass fits in
+STACK_SHARE of free memory, a stacked grid (rewind/grid/stacked.py) runs each row on its point's own weights, any
+path and any update, so the points of all paths share one pass (a grid pass decodes until its slowest point stops:
+one pass, one wait); else the branches, one path per pass.
+
 Which tasks grid, with N given: all of them. With `auto`, from measurements (bench/README.md), only on a GPU:
 - generation tasks always: a decoding step reads every weight for few rows, so more rows cost little (the issue's
   H200 probe: an 11-point generation pass 3.0x to 5.8x faster);
@@ -27,6 +32,9 @@ AUTO = "auto"
 # Parameters up to which loglikelihood tasks grid on a GPU under `auto`: between the two shapes measured (135M
 # gained, 7B lost); no size in between was measured, so the line is a round number between them.
 SMALL_MODEL = 1_000_000_000
+# Share of the free memory a stacked grid's weight copies may take (one copy of the updated tensors per point of a
+# pass); where they would take more, the branches grid, one path at a time.
+STACK_SHARE = 0.25
 
 
 def parse(value: int | str) -> int | str:
@@ -56,13 +64,15 @@ def points_per_pass(batch_points: int | str, device) -> int | str:
     return 1 if batch_points == AUTO and device.type != "cuda" else batch_points
 
 
-def groups(points: Iterable[Point], batch_points: int | str, first_path: str) -> list[list[Point]]:
-    """`points` in groups of one path, up to batch_points each, in the order of their first point."""
+def groups(points: Iterable[Point], batch_points: int | str, first_path: str, mixed=False) -> list[list[Point]]:
+    """`points` in groups of one path (`mixed`: of any path, as a stacked grid takes them), up to batch_points
+    each, in the order of their first point."""
     size = None if batch_points == AUTO else int(batch_points)
     by_path: dict[str | None, list[Point]] = {}
     alone: list[list[Point]] = []
     for point in points:
         path = path_of(point, first_path) if size != 1 else None
+        path = "any" if mixed and path is not None else path
         if path is None:
             alone.append([point])
         else:

@@ -281,8 +281,9 @@ class Session:
         if self.bar is not None:
             self.bar.cover(len(todo) * self.tasks)
         per_pass = grouping.points_per_pass(self.spec.batch_points, self.model.device)
-        for group in grouping.groups(todo, per_pass, self.path_names[0]):
-            grid = self._grid(grouping.path_of(group[0], self.path_names[0])) if len(group) > 1 else None
+        stack = self._stack(todo, per_pass)
+        for group in grouping.groups(todo, per_pass, self.path_names[0], mixed=stack is not None):
+            grid = None if len(group) < 2 else stack or self._grid(grouping.path_of(group[0], self.path_names[0]))
             if grid is None:
                 for point in group:
                     out += self._evaluate(point, split)
@@ -302,7 +303,7 @@ class Session:
         return records
 
     def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
-        """Score `points` (of one path) on `split`, task by task: one grid pass for the points where the task grids,
+        """Score `points` (of one path, or any on a stack) on `split`, task by task: one grid pass where the task grids,
         else point by point; then append each point's lines (a kill loses at most this group)."""
         from .evaluate import grid_lm
 
@@ -438,6 +439,29 @@ class Session:
                 log.info("%s: evaluated point by point", exc)
                 self.grids[path] = None
         return self.grids[path]
+
+    def _stack(self, points: list[Point], per_pass: int | str):
+        """The stacked grid (rewind/grid/stacked.py) with room for a pass of `points`, where every path's points
+        may share one pass; None where it cannot stack or the copies would not fit (the branches grid then)."""
+        from .evaluate.grid_lm import free_bytes
+        from .grid import stacked
+
+        size = sum(grouping.path_of(p, self.path_names[0]) is not None for p in points)
+        size = size if per_pass == grouping.AUTO else min(size, int(per_pass))
+        if size < 2:
+            return None
+        if "stacked" not in self.grids:
+            first = self._rewinder(self.path_names[0])
+            try:
+                self.grids["stacked"] = stacked.install(self._rewinder, first)
+            except RewindError as exc:
+                log.info("%s: the branches grid instead", exc)
+                self.grids["stacked"] = None
+        stack = self.grids["stacked"]
+        if stack is None or size * stack.bytes_per_point() > grouping.STACK_SHARE * free_bytes(self.model.device):
+            return None
+        stack.reserve(size)
+        return stack
 
     def _grid_lm(self, split: str):
         from .evaluate import grid_lm

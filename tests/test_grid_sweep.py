@@ -19,6 +19,7 @@ from tiny import make_adapter
 from rewind import engine, grid, grouping, models, results, sweep
 from rewind.evaluate import harness
 from rewind.evaluate.grid_lm import GridLM, built_once, score
+from rewind.grid import stacked
 from rewind.report import table
 from rewind.schedule import Schedule
 from rewind.session import Session
@@ -75,11 +76,16 @@ def _close(a, b) -> bool:
     return math.isclose(a, b, rel_tol=REL, abs_tol=1e-9)
 
 
-def _responses(rw, evaluator, lm, points):
+def _install(kind: str, rw):
+    """The branches' grid on rw, or a stacked grid of rw's path."""
+    return grid.install(rw) if kind == "branches" else stacked.install({rw.path_name: rw}.__getitem__, rw)
+
+
+def _responses(rw, evaluator, lm, points, grid_kind="branches"):
     """Each point's captured responses and TaskResults, point by point (in place) or from one grid pass."""
     out = []
     if isinstance(lm, GridLM):
-        g = grid.install(rw)
+        g = _install(grid_kind, rw)
         for entry in evaluator.entries:
             for k, result in enumerate(_per_point_grid(evaluator, entry, lm, g, points)):
                 out.append((k, entry.name, result))
@@ -124,8 +130,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("grid_kind", ["branches", "stacked"])
 @pytest.mark.parametrize("kind,path,layers", CASES)
-def test_grid_pass_answers_as_each_point_alone(kind, path, layers, root):
+def test_grid_pass_answers_as_each_point_alone(kind, path, layers, grid_kind, root):
     model, tokenizer = _load(root)
     rw = engine.attach(model, root / kind, path=path)
     schedule = Schedule.parse(layers)
@@ -133,7 +140,7 @@ def test_grid_pass_answers_as_each_point_alone(kind, path, layers, root):
     suites = harness.resolve_suites(TASKS)
     evaluator = harness.Evaluator(model, tokenizer, suites, limit=3, batch_size=2, chat_template="off")
     alone = _responses(rw, evaluator, PointLM(pretrained=model, tokenizer=tokenizer, batch_size=2), points)
-    gridded = _responses(rw, evaluator, CapturingGridLM(model, tokenizer, 2), points)
+    gridded = _responses(rw, evaluator, CapturingGridLM(model, tokenizer, 2), points, grid_kind)
     alone, gridded = sorted(alone, key=_by_point_task), sorted(gridded, key=_by_point_task)
     assert [(k, t) for k, t, _ in alone] == [(k, t) for k, t, _ in gridded]
     for (k, task, (a, seen_a)), (_, _, (g, seen_g)) in zip(alone, gridded):
@@ -227,8 +234,16 @@ def point_by_point(root):
     return out
 
 
-def test_sweep_grid_equals_point_by_point(root, point_by_point):
-    out = root / "sweep-grid"
+@pytest.fixture(params=["stacked", "branches"])
+def grid_kind(request, monkeypatch):
+    """The session's grid: stacked where the copies fit (the tiny model's always do), the branches without room."""
+    if request.param == "branches":
+        monkeypatch.setattr(grouping, "STACK_SHARE", 0.0)
+    return request.param
+
+
+def test_sweep_grid_equals_point_by_point(root, point_by_point, grid_kind):
+    out = root / f"sweep-grid-{grid_kind}"
     summary = sweep.Sweep(_spec(root, "lora", batch_points=3), out).run(progress=False)
     grid_values, point_values = _values(out), _values(point_by_point)
     assert grid_values.keys() == point_values.keys()
@@ -240,13 +255,14 @@ def test_sweep_grid_equals_point_by_point(root, point_by_point):
 
 
 @pytest.mark.parametrize("kind,path", [("lora", "linear"), ("oft", "cayley")])
-def test_searched_points_grid_together(kind, path, root):
+def test_searched_points_grid_together(kind, path, root, grid_kind):
     """`rewind search`'s candidates (per-layer alphas) passed to one evaluate run as one grid pass of their path,
     every row at its own layers, and score as each point alone."""
     points = [results.Point.at(path, 0.5, layers) for layers in ([0.3, 0.5, 0.5], [0.5, 0.7, 1.0], [1.0, 0.0, 0.5])]
     values = {}
     for per_pass in (3, 1):
-        session = Session(_spec(root, kind, paths=[path], batch_points=per_pass), root / f"searched-{kind}-{per_pass}")
+        out = root / f"searched-{kind}-{per_pass}-{grid_kind}"
+        session = Session(_spec(root, kind, paths=[path], batch_points=per_pass), out)
         session.open()
         lines = session.evaluate(points, results.VALIDATION)
         assert {(r["ran"], r["group"]) for r in lines} == {("grid", 3) if per_pass == 3 else ("point", 1)}
@@ -276,15 +292,33 @@ def test_auto_on_a_gpu_grids_generation_and_small_models():
     assert grouping.points_per_pass("auto", cpu.device) == 1 and grouping.points_per_pass("auto", gpu.device) == "auto"
 
 
-def test_path_without_branch_falls_back(root):
-    """BOFT's own path has no per-row branch: its points run one by one, as --batch-points 1 runs them."""
-    out = root / "sweep-boft"
+def test_path_without_branch_falls_back(root, grid_kind):
+    """BOFT's own path has no per-row branch: without room for stacks its points run one by one, as
+    --batch-points 1 runs them; stacked, they grid and score the same."""
+    out = root / f"sweep-boft-{grid_kind}"
     summary = sweep.Sweep(_spec(root, "boft", batch_points=3), out).run(progress=False)
     assert summary["paths"] == ["boft"]
-    assert {r["ran"] for r in _lines(out)} == {"point"}
+    assert {r["ran"] for r in _lines(out)} == {"point" if grid_kind == "branches" else "grid"}
     alone = root / "sweep-boft-points"
-    sweep.Sweep(_spec(root, "boft", batch_points=1), alone).run(progress=False)
-    assert _values(out) == _values(alone)
+    if not alone.exists():
+        sweep.Sweep(_spec(root, "boft", batch_points=1), alone).run(progress=False)
+    values, expected = _values(out), _values(alone)
+    assert values.keys() == expected.keys()
+    assert all(math.isclose(values[k], expected[k], rel_tol=REL) for k in expected)
+
+
+def test_two_paths_share_a_stacked_pass(root):
+    """Stacked, the cayley and dense points of an OFT sweep run in one group per pass, and score as alone."""
+    spec = dict(paths=["cayley", "dense"], alphas=[0.5, 1.0])
+    out, alone = root / "sweep-two-paths", root / "sweep-two-paths-points"
+    sweep.Sweep(_spec(root, "oft", batch_points=8, **spec), out).run(progress=False)
+    sweep.Sweep(_spec(root, "oft", batch_points=1, **spec), alone).run(progress=False)
+    validation = [r for r in _lines(out) if r["split"] == results.VALIDATION]
+    assert {r["point"].split("@")[0] for r in validation} >= {"cayley", "dense"}
+    assert {(r["ran"], r["group"]) for r in validation} == {("grid", len({r["point"] for r in validation}))}
+    values, expected = _values(out), _values(alone)
+    assert values.keys() == expected.keys()
+    assert all(math.isclose(values[k], expected[k], rel_tol=REL) for k in expected)
 
 
 def test_resume_after_a_partial_group(root, point_by_point, monkeypatch):

@@ -119,6 +119,14 @@ def plan(rw: Rewinder) -> list[tuple[kinds.Branch, list[int]]]:
     """
     if rw.path_name not in BRANCHED:
         raise RewindError(f"grid: the {rw.path_name} path has no per-row branch; evaluate its points one by one")
+    out = []
+    for module, leaves in adapted_modules(rw):
+        out += module_branches(rw, module, leaves)
+    return out
+
+
+def adapted_modules(rw: Rewinder) -> list[tuple[torch.nn.Module, dict[str, tuple[str, int]]]]:
+    """Every module holding an updated tensor, with its leaves: leaf -> (tensor name, column in rw.w0's order)."""
     params = dict(rw.model.named_parameters(remove_duplicate=False))
     holders: dict[int, list[tuple[torch.nn.Module, str]]] = {}
     for module in rw.model.modules():
@@ -129,10 +137,7 @@ def plan(rw: Rewinder) -> list[tuple[kinds.Branch, list[int]]]:
     for col, name in enumerate(rw.w0):
         for module, leaf in holders[id(params[name])]:
             by_module.setdefault(id(module), (module, {}))[1][leaf] = (name, col)
-    out = []
-    for module, leaves in by_module.values():
-        out += module_branches(rw, module, leaves)
-    return out
+    return list(by_module.values())
 
 
 def module_branches(rw: Rewinder, module, leaves: dict[str, tuple[str, int]]) -> list:

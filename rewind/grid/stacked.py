@@ -1,0 +1,165 @@
+"""Per-row points from each point's own weights: the updated tensors written at every point of a pass by the paths
+themselves (as a point-by-point sweep writes them) and kept in a stack, one copy per point; each updated Linear then
+runs all rows in one batched product, every row with its point's weight.
+
+Exact as the in-place model by construction, for any update and any path, and points of several paths share one
+pass. The price is memory: one copy of the updated tensors per point (`bytes_per_point`). It suits models whose
+copies fit many times over, such as the embedded SmolLM2 (about 0.2 GB a point in bf16). There a decoding step is
+bound by host work per op, and a branch's extra ops per module cost more than its products (bench/README.md). On a
+7B model the copies do not fit, and every point would read its own weights again: the branches (model.py) read W0
+once for all points.
+
+    stack = install(rewinder_of, first)                  # rewinder_of(path) -> that path's Rewinder on the model
+    with stack.at([Point("cayley", 0.5), Point("dense", 0.5)], rows=4):
+        logits = model(input_ids=ids.repeat(2, 1)).logits
+    stack.remove()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Point, Rewinder
+from ..errors import RewindError
+from .branches import Branch, Rows
+from .model import adapted_modules, row_index
+
+
+class Stacked:
+    def __init__(self, rewinder_of: Callable[[str], Rewinder], first: Rewinder):
+        self.rewinder_of, self.first = rewinder_of, first
+        self._linears = plan(first)
+        self._handles = [h for linear in self._linears for h in linear.hooks()]
+        self._filled: tuple | None = None  # the points the stacks hold, in order
+        self.points: tuple[Point, ...] | None = None
+
+    def bytes_per_point(self) -> int:
+        return sum(linear.bytes_per_point() for linear in self._linears)
+
+    def reserve(self, points: int) -> None:
+        """Stacks for `points` points, allocated now: a pass plans its rows from the memory left after them."""
+        for linear in self._linears:
+            linear.reserve(points)
+
+    @contextmanager
+    def at(
+        self, points: Sequence[Point], rows: int | Sequence[int] | torch.Tensor = 1, allow_extrapolation=False
+    ) -> Iterator[tuple[Point, ...]]:
+        """Batch row i sits at points[index[i]] (`rows`: that index, or k rows per point in order). The stacks are
+        written at the first `at` of these points and kept for the next; the model's weights end at the base."""
+        if self._handles is None:
+            raise RewindError("grid: removed; install it again")
+        if self.points is not None:
+            raise RewindError("grid: points are already set; leave the current `at` first")
+        points = tuple(points)
+        if not points:
+            raise RewindError("grid: no points")
+        index = row_index(rows, len(points))
+        self._fill(points, allow_extrapolation)
+        layout = Rows(index, len(points))
+        try:
+            for linear in self._linears:
+                linear.set_rows(layout)
+            self.points = points
+            yield points
+        finally:
+            for linear in self._linears:
+                linear.clear()
+            self.points = None
+
+    def _fill(self, points: tuple[Point, ...], allow_extrapolation: bool) -> None:
+        key = (points, allow_extrapolation)
+        if key == self._filled:
+            return
+        self._filled = None
+        self.reserve(len(points))
+        try:
+            for p, point in enumerate(points):
+                self.rewinder_of(point.path).set(point.alpha, point.schedule, allow_extrapolation)
+                for linear in self._linears:
+                    linear.keep(p)
+        finally:
+            self.first.set(0.0)
+        self._filled = key
+
+    def remove(self) -> None:
+        """Every wrapper off and the stacks freed; the model is at its base."""
+        for handle in reversed(self._handles or ()):
+            handle.remove()
+        self._handles, self._linears, self._filled = None, [], None
+
+
+def install(rewinder_of: Callable[[str], Rewinder], first: Rewinder) -> Stacked:
+    """Stacks for the update bound by `first` (any of the model's rewinders: all bind the same tensors)."""
+    return Stacked(rewinder_of, first)
+
+
+def plan(rw: Rewinder) -> list[StackedLinear]:
+    """A StackedLinear per module holding an updated tensor; refused unless each is a Linear's weight or bias."""
+    out = []
+    for module, leaves in adapted_modules(rw):
+        if not isinstance(module, torch.nn.Linear):
+            names = ", ".join(name for name, _ in leaves.values())
+            raise RewindError(f"grid: {names} is held by a {type(module).__name__}; stacks take Linear weights only")
+        out.append(StackedLinear(module, set(leaves)))
+    return out
+
+
+class StackedLinear(Branch):
+    """A Linear whose updated leaves (weight, bias) each row reads from its point's copy: one baddbmm for rows
+    blocked by point, one product per point otherwise."""
+
+    def __init__(self, module: torch.nn.Linear, leaves: set[str]):
+        super().__init__(module)
+        self.leaves = leaves
+        self._stacks: dict[str, torch.Tensor] = {}
+
+    def bytes_per_point(self) -> int:
+        return sum(getattr(self.module, leaf).nbytes for leaf in self.leaves)
+
+    def reserve(self, points: int) -> None:
+        for leaf in self.leaves:
+            value = getattr(self.module, leaf)
+            if leaf not in self._stacks or len(self._stacks[leaf]) < points:
+                self._stacks.pop(leaf, None)  # freed before the larger one is taken
+                self._stacks[leaf] = torch.empty(points, *value.shape, dtype=value.dtype, device=value.device)
+
+    def keep(self, p: int) -> None:
+        for leaf in self.leaves:
+            self._stacks[leaf][p].copy_(getattr(self.module, leaf))
+
+    def set_rows(self, rows: Rows) -> None:
+        self.rows, points, module = rows, rows.points, self.module
+        self._weights = self._stacks["weight"][:points] if "weight" in self.leaves else None
+        if "bias" in self.leaves:
+            self._bias = self._stacks["bias"][:points]
+        else:
+            self._bias = None if module.bias is None else module.bias.expand(points, -1)
+        if rows.blocked:  # [points, in, out] and [points, 1, out]: baddbmm's operands, made once per pass
+            weight = self._weights if self._weights is not None else module.weight.expand(points, -1, -1)
+            self._transposed = weight.transpose(1, 2)
+            self._bias3 = None if self._bias is None else self._bias.unsqueeze(1)
+
+    def _forward_output(self, x, *args, **kwargs):
+        if self.rows is None:
+            return self._inner(x, *args, **kwargs)
+        self._check(x)
+        if not self.rows.blocked:
+            return self._per_point(x)
+        grouped = x.reshape(self.rows.points, -1, x.shape[-1])
+        if self._bias3 is None:
+            y = torch.bmm(grouped, self._transposed)
+        else:
+            y = torch.baddbmm(self._bias3, grouped, self._transposed)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    def _per_point(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-1], self.module.out_features)
+        for p, idx in self.rows.groups(x.device):
+            weight = self._weights[p] if self._weights is not None else self.module.weight
+            out[idx] = F.linear(x[idx], weight, None if self._bias is None else self._bias[p])
+        return out
