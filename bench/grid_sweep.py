@@ -117,7 +117,7 @@ def generation_part(args) -> None:
         for method in args.gen_methods.split(","):
             rw = engine.attach(model, random_adapter(model, method, Path(tmp) / method), path=paths[method])
             timing = argparse.Namespace(**{k: getattr(args, k) for k in ("points", "batch", "tokens", "new_tokens")})
-            timing.device, timing.reps = args.device, 1
+            timing.device, timing.reps, timing.profile = args.device, 1, False
             record = {"part": "generate", "shape": shape, "method": method, "path": paths[method], **vars(timing)}
             emit(record | measure(rw, "generate", timing), args.out)  # at once: a later timeout keeps this one
             rw.set(0.0)  # the next adapter binds to the base
