@@ -11,6 +11,7 @@
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
 #       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora;
+#       agree-stacked: a stacked grid sweep of the agree stage's points against its saved run .../oft-point;
 #       sweep11 (16): the OFT adapter, 11 alphas on both paths, the study's suites, grid then point by point
 #       (LIMIT11, BATCH11: items per task and per batch; 2026-12-02 ran LIMIT11=32 BATCH11=32)
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, two tarballs under $OUT
@@ -67,6 +68,10 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
         ALPHAS=0.4 conf lora256-point $LORA --path linear --batch-points 1
         python3 bench/item_agreement.py docs/study/sweeps-256/lora "$O/sw/lora256-point" \
           --out "$OUT/item_agreement_lora_h200.jsonl" > "$OUT/agree-lora.log" 2>&1 ;;
+      agree-stacked)  # 16: base, final and cayley 0.4 in one stacked pass, against the saved point-by-point run
+        ALPHAS=0.4 conf oft256-stacked $DEMO --path cayley --batch-points auto
+        python3 bench/item_agreement.py "$O/sw/oft256-stacked" docs/study/sweeps-256/oft-point \
+          --out "$OUT/item_agreement_stacked.jsonl" > "$OUT/agree-stacked.log" 2>&1 ;;
       sweep11) sweep11 ;;
       search)  # on the lora stage's sweep, or a copy of the one shipped (ran 2026-12-02): its points are free
         [ -d "$O/sw/lora256" ] || cp -r docs/study/sweeps-256/lora "$O/sw/lora256"
