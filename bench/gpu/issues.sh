@@ -88,7 +88,7 @@ sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per
   stamp "sweep11: grid vs point by point, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items"
   timeout 1500 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
     --alphas $ALPHAS11 --include-path bench/tasks/math300 --target math-300 --general general-offline \
-    --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --noise-points --keep "$O/sw/sweep11" --skip generate \
+    --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --keep "$O/sw/sweep11" --skip generate \
     --out "$OUT/grid_sweep_h200.jsonl" \
     > "$OUT/sweep11.log" 2>&1
   stamp "sweep11 rc=$?"
