@@ -28,12 +28,11 @@ H200's flip count. One JSON line per (method, alpha) on stdout, appended to --ou
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
 
+import _records  # bench-local: the script's own directory is first on sys.path
 import torch
 from lm_eval.models.huggingface import HFLM
 
@@ -287,14 +286,8 @@ def main() -> None:
                 "batch": args.batch,
                 "seconds": round(time.perf_counter() - start, 1),
                 "threads": torch.get_num_threads(),
-                "torch": torch.__version__,
-                "host": platform.node(),
-                "date": time.strftime("%Y-%m-%d"),
             }
-            print(json.dumps(record), flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+            _records.emit(record, args.out)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,15 @@ a single point both ways at --batch rows: the cost of the unmerged branches them
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _shapes  # bench-local: the script's own directory is first on sys.path
+import _records  # these two are bench-local: the script's own directory is first on sys.path
+import _shapes
 import torch
 from alpha_switch import random_adapter, sync
 
@@ -147,14 +146,8 @@ def main() -> None:
                         **measure(rw, kind, args),
                         "threads": torch.get_num_threads(),
                         "load": round(os.getloadavg()[0], 2),
-                        "torch": torch.__version__,
-                        "host": platform.node(),
-                        "date": time.strftime("%Y-%m-%d"),
                     }
-                    print(json.dumps(record), flush=True)
-                    if args.out:
-                        with open(args.out, "a") as f:
-                            f.write(json.dumps(record) + "\n")
+                    _records.emit(record, args.out)
                 rw.set(0.0)  # the next adapter binds to the base
 
 

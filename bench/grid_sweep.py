@@ -18,14 +18,13 @@ One JSON object per part on stdout, appended to --out.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import _shapes  # bench-local: the script's own directory is first on sys.path
+import _records  # these two are bench-local: the script's own directory is first on sys.path
+import _shapes
 import torch
 from alpha_switch import random_adapter
 from grid_forward import measure
@@ -119,16 +118,8 @@ def generation_part(args) -> None:
             timing = argparse.Namespace(**{k: getattr(args, k) for k in ("points", "batch", "tokens", "new_tokens")})
             timing.device, timing.reps, timing.profile = args.device, 1, False
             record = {"part": "generate", "shape": shape, "method": method, "path": paths[method], **vars(timing)}
-            emit(record | measure(rw, "generate", timing), args.out)  # at once: a later timeout keeps this one
+            _records.emit(record | measure(rw, "generate", timing), args.out)  # at once: a later timeout keeps this one
             rw.set(0.0)  # the next adapter binds to the base
-
-
-def emit(record: dict, out: str | None) -> None:
-    record |= {"torch": torch.__version__, "host": platform.node(), "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps(record), flush=True)
-    if out:
-        with open(out, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def tiny_inputs(work: Path) -> dict:
@@ -179,7 +170,7 @@ def main() -> None:
         fields |= {"alphas": [float(a) for a in args.alphas.split(",")], "device": args.device, "dtype": args.dtype}
         fields |= {"target": args.target or ["math-offline"], "general": args.general or ["general-offline"]}
         if args.skip != "sweep":
-            emit(sweep_part(args, fields, Path(args.keep or tmp)), args.out)
+            _records.emit(sweep_part(args, fields, Path(args.keep or tmp)), args.out)
     if args.skip != "generate":
         generation_part(args)
 
