@@ -404,9 +404,10 @@ _SWEEP_OPTIONS = [
         "--batch-points",
         default="auto",
         show_default=True,
-        help="Points of one path evaluated in one batched pass per task, each row at its point (grid mode); 1: "
-        "point by point. auto: all of a path's points, on the tasks where it pays (generation; loglikelihood "
-        "only on a GPU and a model of at most 1B parameters).",
+        help="Points evaluated in one batched pass per task, each row at its point (grid mode): of all paths "
+        "where a weight copy per point fits in a quarter of free memory, else of one path; 1: point by point. "
+        "auto: all the points, on the tasks where it pays (generation; loglikelihood only on a GPU and a model "
+        "of at most 1B parameters).",
     ),
     click.option(
         "--chat-template",
