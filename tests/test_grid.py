@@ -220,6 +220,25 @@ def test_greedy_generation_per_row(base, tmp_path):
     assert torch.equal(out, torch.cat(reference))
 
 
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_shared_low_rank_products(kind, base, tmp_path):
+    """Siblings of one input size share one A x product (q, k, v and o here); o_proj reads another input, so its
+    product is computed again, not taken from q's: every row still equals its point."""
+    from tiny import randomize
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], use_dora=kind == "dora")
+    peft_model = get_peft_model(copy.deepcopy(base), config)
+    randomize(peft_model, 0.3, 1)
+    peft_model.save_pretrained(tmp_path / "a")
+    rw = attach(copy.deepcopy(base), tmp_path / "a", path="dora" if kind == "dora" else "linear")
+    grid = install(rw)
+    shared = {id(b.update.shared) for b, _ in grid._branches if b.module is rw.model.model.layers[0].self_attn.q_proj}
+    siblings = [b for b, _ in grid._branches if id(b.update.shared) in shared]
+    assert len(siblings) == 4, "q, k, v and o do not share one product: test is void"
+    grid.remove()
+    _check(rw, [0.0, 0.5, 1.0, 0.7], sorted(MIXED_ROWS))
+
+
 def test_forward_already_wrapped(base, tmp_path):
     """A module whose instance already wraps its forward (as accelerate's hooks do): the branch runs around that
     wrapper, which still runs, and remove puts that wrapper back, not the class's forward."""

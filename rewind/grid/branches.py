@@ -177,22 +177,58 @@ class Unwrap:
 
 class LowRankUpdate:
     """y + alpha s B(A x) per row, for LowRank and Dora: with rows blocked by point, one baddbmm with each point's
-    B^T pre-scaled (`scaled_transposes`); else a per-row scale of A x and one addmm."""
+    B^T pre-scaled (`scaled_transposes`), A x from the input's SharedProduct; else a per-row scale of A x and one
+    addmm."""
 
     def __init__(self, B: torch.Tensor, A: torch.Tensor, like: torch.Tensor):
         self.B, self.A = B.to(like.device, like.dtype), A.to(like.device, like.dtype)
-        self._At = self.A.t()
+        self.shared, self._columns = SharedProduct([self.A]), None  # None: the product is this update's alone
+
+    def share(self, shared: SharedProduct, columns: slice | None) -> None:
+        self.shared, self._columns = shared, columns
 
     def prepare(self, scales: torch.Tensor, rows: Rows) -> None:
         """`scales` [points]: each point's alpha s."""
         self._Bt = scaled_transposes(self.B, scales) if rows.blocked else None
         self._s = None if rows.blocked else rows.gather(scales, self.A)
+        self.shared.clear()
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self._Bt is not None:  # x viewed [points, rows of a point x tokens, in]: A x is one matmul, no views back
-            return add_blocked(y, torch.matmul(x.reshape(len(self._Bt), -1, x.shape[-1]), self._At), self._Bt)
+        if self._Bt is not None:
+            h = self.shared.product(x, len(self._Bt))
+            return add_blocked(y, h if self._columns is None else h[..., self._columns], self._Bt)
         h = F.linear(x, self.A)
         return add_linear(y, h.mul_(self._s.like(h)), self.B)
+
+
+class SharedProduct:
+    """x A^T for the low-rank updates of modules that may read one input (q, k and v; gate and up): their A stacked,
+    one product per input for all, each update reading its columns. A decoding step is bound by host time per
+    launch, and on a 7B model this takes 3 of a layer's 7 products away. The input is told by identity: a module
+    with another input (o_proj beside q, k, v) computes the product again, unused columns and all."""
+
+    def __init__(self, As: list[torch.Tensor]):
+        self._At = torch.cat(As).t()
+        self._x = self._h = None
+
+    def product(self, x: torch.Tensor, points: int) -> torch.Tensor:
+        """[points, rows of a point x tokens, stacked ranks], for rows blocked by point."""
+        if x is not self._x:  # the last input is held, so no other tensor can take its identity
+            self._x, self._h = x, torch.matmul(x.reshape(points, -1, x.shape[-1]), self._At)
+        return self._h
+
+    def clear(self) -> None:
+        self._x = self._h = None
+
+
+def share_products(updates: Sequence[LowRankUpdate]) -> None:
+    """One SharedProduct for `updates` (of modules with the same input size, dtype and device)."""
+    if len(updates) < 2:
+        return
+    shared, start = SharedProduct([u.A for u in updates]), 0
+    for update in updates:
+        update.share(shared, slice(start, start + len(update.A)))
+        start += len(update.A)
 
 
 class LowRank(Branch):
@@ -206,6 +242,10 @@ class LowRank(Branch):
 
     def post(self, x, y):
         return self.update.add_to(y, x)
+
+    def clear(self):
+        super().clear()
+        self.update.shared.clear()  # the last input and its product: freed with the points
 
 
 class Scale(Branch):
@@ -330,6 +370,10 @@ class Dora(Branch):
             factors.append(torch.lerp(self.n0, m, a) / torch.linalg.vector_norm(v, dim=1))
         self._f = rows.gather(torch.stack(factors), self.module.weight)
         self.update.prepare(alphas[:, 0] * d.scale, rows)
+
+    def clear(self):
+        super().clear()
+        self.update.shared.clear()
 
     def post(self, x, y):
         bias = self.module.bias

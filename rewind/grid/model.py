@@ -122,7 +122,20 @@ def plan(rw: Rewinder) -> list[tuple[kinds.Branch, list[int]]]:
     out = []
     for module, leaves in adapted_modules(rw):
         out += module_branches(rw, module, leaves)
+    share_products(rw.model, [branch for branch, _ in out])
     return out
+
+
+def share_products(model: torch.nn.Module, branches: list[kinds.Branch]) -> None:
+    """One A x product for the low-rank updates of sibling modules of one input size (kinds.SharedProduct)."""
+    parent = {id(child): id(module) for module in model.modules() for child in module.children()}
+    siblings: dict[tuple, list] = {}
+    for branch in branches:
+        if isinstance(branch, (kinds.LowRank, kinds.Dora)):
+            A = branch.update.A
+            siblings.setdefault((parent.get(id(branch.module)), A.shape[1], A.dtype, A.device), []).append(branch)
+    for group in siblings.values():
+        kinds.share_products([branch.update for branch in group])
 
 
 def adapted_modules(rw: Rewinder) -> list[tuple[torch.nn.Module, dict[str, tuple[str, int]]]]:
