@@ -43,7 +43,7 @@ from tiny import ADAPTERS, make_adapter, tiny_base
 
 from rewind import engine, models, sweep
 from rewind.evaluate import stops
-from rewind.grid import install
+from rewind.grid import install, stacked
 
 TASKS = Path(__file__).resolve().parent / "tasks" / "math300"
 STOPS = ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "</s>"]  # the math tasks' until
@@ -116,34 +116,39 @@ OPS_RUNS = {"lora": ["linear"], "oft": ["cayley", "dense"]}
 
 
 def ops_parts(ids: torch.Tensor, args, lm_eval_stops, rewind_stops) -> dict:
-    """name -> (rows, stops, grid points and rows or None: the model merged at 0.5)."""
+    """name -> (rows, stops, grid kind: None (the model merged at 0.5), "branches" or "stacked", points, rows)."""
     points = [i / (args.batch_points - 1) for i in range(args.batch_points)]
     wide = ids.repeat(len(points), 1)
     mixed = torch.arange(len(points)).repeat(args.batch_size)  # row i at point i mod points: no two rows adjacent
     return {
-        "merged": (ids, lm_eval_stops, None),
-        "merged_rewind_stops": (ids, rewind_stops, None),
-        "grid_rows": (wide, rewind_stops, None),
-        "one_point": (ids, rewind_stops, ([0.5], args.batch_size)),
-        "grid_lm_eval_stops": (wide, lm_eval_stops, (points, args.batch_size)),
-        "grid": (wide, rewind_stops, (points, args.batch_size)),
-        "grid_mixed": (wide, rewind_stops, (points, mixed)),
+        "merged": (ids, lm_eval_stops, None, None, None),
+        "merged_rewind_stops": (ids, rewind_stops, None, None, None),
+        "grid_rows": (wide, rewind_stops, None, None, None),
+        "one_point": (ids, rewind_stops, "branches", [0.5], args.batch_size),
+        "grid_lm_eval_stops": (wide, lm_eval_stops, "branches", points, args.batch_size),
+        "grid": (wide, rewind_stops, "branches", points, args.batch_size),
+        "grid_mixed": (wide, rewind_stops, "branches", points, mixed),
+        "stacked_one_point": (ids, rewind_stops, "stacked", [0.5], args.batch_size),
+        "stacked": (wide, rewind_stops, "stacked", points, args.batch_size),
     }
 
 
 def measure_parts(rw: engine.Rewinder, parts: dict, args) -> dict:
     """Ops per step of every part, then host milliseconds per step timed in turns: each round runs every part once
-    (the merged ones, then the grid installed), so that other jobs' load falls on all parts alike; the best round
-    of --reps for each, wall and process CPU, and the best microseconds per call of layer 0's q_proj (call_us)."""
+    (the merged ones, then each kind of grid installed), so that other jobs' load falls on all parts alike; the best
+    round of --reps for each, wall and process CPU, and the best microseconds per call of layer 0's q_proj."""
     record, times = {}, {name: [] for name in parts}
+    grids = {None: lambda: None, "branches": lambda: install(rw), "stacked": lambda: stacked.install(lambda _: rw, rw)}
     for round_ in range(args.reps + 1):  # round 0: ops counted, caches and allocator warmed
         rw.set(0.5)
-        for gridded in (False, True):
-            grid = install(rw) if gridded else None
-            for name, (ids, stops_, at) in parts.items():
-                if (at is not None) != gridded:
+        for kind, installed in grids.items():
+            grid = installed()
+            for name, (ids, stops_, at_kind, points, rows) in parts.items():
+                if at_kind != kind:
                     continue
-                with grid.at(*at) if gridded else contextlib.nullcontext():
+                if kind == "stacked":
+                    points = [engine.Point(rw.path_name, a) for a in points]
+                with grid.at(points, rows) if grid else contextlib.nullcontext():
                     if round_ == 0:
                         record[name] = ops_per_step(rw.model, ids, args.steps, stops_)
                     else:
@@ -168,7 +173,8 @@ def ops_part(work: Path, args) -> None:
     point merged, lm-eval's stops) and "merged_rewind_stops"; "one_point" (the grid at one point, the same rows:
     the branches' own cost against merged_rewind_stops); "grid_rows" (the merged model at the grid's rows, without
     branches); "grid" (--batch-points points, rows blocked by point) and "grid_mixed" (the same rows interleaved,
-    the branches' general case). Prints one JSON line per run."""
+    the branches' general case); "stacked_one_point" and "stacked" (rewind/grid/stacked.py: each point's own
+    weights, as "one_point" and "grid"). Prints one JSON line per run."""
     ADAPTERS["oft-all"] = (OFTConfig(r=0, oft_block_size=16, target_modules=ALL_LINEAR), 0.05)
     ADAPTERS["lora-all"] = (LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR), 0.1)
     model = tiny_base(layers=args.layers)
