@@ -458,7 +458,10 @@ class Session:
                 log.info("%s: the branches grid instead", exc)
                 self.grids["stacked"] = None
         stack = self.grids["stacked"]
-        if stack is None or size * stack.bytes_per_point() > grouping.STACK_SHARE * free_bytes(self.model.device):
+        if stack is None:
+            return None
+        room = grouping.STACK_SHARE * (free_bytes(self.model.device) + stack.reserved_bytes())
+        if size * stack.bytes_per_point() > room:
             return None
         stack.reserve(size)
         return stack

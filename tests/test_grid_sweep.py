@@ -307,6 +307,25 @@ def test_path_without_branch_falls_back(root, grid_kind):
     assert all(math.isclose(values[k], expected[k], rel_tol=REL) for k in expected)
 
 
+def test_stacks_that_do_not_fit_leave_the_branches(root, monkeypatch):
+    """Where a copy per point of the group would take more than STACK_SHARE of free memory (counting the stacks
+    already held as free), the session grids with the branches, one path per pass."""
+    from rewind.evaluate import grid_lm
+
+    session = Session(_spec(root, "oft", paths=["cayley", "dense"], alphas=[0.5, 1.0], batch_points=8), root / "x")
+    session.open()
+    stack = session._stack(session.planned(), 8)
+    assert stack is not None, "the tiny model's copies fit: test is void"
+    per_point = stack.bytes_per_point()
+    monkeypatch.setattr(grid_lm, "free_bytes", lambda device: int(2.5 * per_point / grouping.STACK_SHARE))
+    assert session._stack(session.planned()[:2], 8) is stack  # two points fit beside the stacks held
+    lines = session.evaluate(session.planned(), results.VALIDATION)
+    by_path = {r["point"].split("@")[0]: r["group"] for r in lines}
+    assert by_path["cayley"] == by_path["base"] and by_path["dense"] != by_path["cayley"], by_path
+    ran = {(r["point"], r["ran"]) for r in lines}
+    assert ran == {("base@0", "grid"), ("final@1", "grid"), ("cayley@0.5", "grid"), ("dense@0.5", "point")}  # alone
+
+
 def test_two_paths_share_a_stacked_pass(root):
     """Stacked, the cayley and dense points of an OFT sweep run in one group per pass, and score as alone."""
     spec = dict(paths=["cayley", "dense"], alphas=[0.5, 1.0])

@@ -40,6 +40,10 @@ class Stacked:
     def bytes_per_point(self) -> int:
         return sum(linear.bytes_per_point() for linear in self._linears)
 
+    def reserved_bytes(self) -> int:
+        """What the stacks hold now (`reserve`): free memory plus this is what a larger reserve may take."""
+        return sum(stack.nbytes for linear in self._linears for stack in linear.stacks.values())
+
     def reserve(self, points: int) -> None:
         """Stacks for `points` points, allocated now: a pass plans its rows from the memory left after them."""
         for linear in self._linears:
@@ -116,7 +120,7 @@ class StackedLinear(Branch):
     def __init__(self, module: torch.nn.Linear, leaves: set[str]):
         super().__init__(module)
         self.leaves = leaves
-        self._stacks: dict[str, torch.Tensor] = {}
+        self.stacks: dict[str, torch.Tensor] = {}
 
     def bytes_per_point(self) -> int:
         return sum(getattr(self.module, leaf).nbytes for leaf in self.leaves)
@@ -124,19 +128,19 @@ class StackedLinear(Branch):
     def reserve(self, points: int) -> None:
         for leaf in self.leaves:
             value = getattr(self.module, leaf)
-            if leaf not in self._stacks or len(self._stacks[leaf]) < points:
-                self._stacks.pop(leaf, None)  # freed before the larger one is taken
-                self._stacks[leaf] = torch.empty(points, *value.shape, dtype=value.dtype, device=value.device)
+            if leaf not in self.stacks or len(self.stacks[leaf]) < points:
+                self.stacks.pop(leaf, None)  # freed before the larger one is taken
+                self.stacks[leaf] = torch.empty(points, *value.shape, dtype=value.dtype, device=value.device)
 
     def keep(self, p: int) -> None:
         for leaf in self.leaves:
-            self._stacks[leaf][p].copy_(getattr(self.module, leaf))
+            self.stacks[leaf][p].copy_(getattr(self.module, leaf))
 
     def set_rows(self, rows: Rows) -> None:
         self.rows, points, module = rows, rows.points, self.module
-        self._weights = self._stacks["weight"][:points] if "weight" in self.leaves else None
+        self._weights = self.stacks["weight"][:points] if "weight" in self.leaves else None
         if "bias" in self.leaves:
-            self._bias = self._stacks["bias"][:points]
+            self._bias = self.stacks["bias"][:points]
         else:
             self._bias = None if module.bias is None else module.bias.expand(points, -1)
         if rows.blocked:  # [points, in, out] and [points, 1, out]: baddbmm's operands, made once per pass
