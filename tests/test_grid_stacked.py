@@ -92,6 +92,12 @@ def test_bad_points_leave_the_base(base, tmp_path):
     with pytest.raises(RewindError), grid.at([Point("linear", 0.5), Point("linear", 2.0)], rows=1):
         pass  # 2.0 is an extrapolation, refused: nothing runs
     assert torch.equal(rw.model(input_ids=ids).logits, before)
+    with (
+        pytest.raises(RewindError, match="not on the linear path"),
+        grid.at([Point("linear", 0.5, cayley_scale="sqrt")]),
+    ):
+        pass
+    assert torch.equal(rw.model(input_ids=ids).logits, before)
     with pytest.raises(RewindError, match="rows"), grid.at([Point("linear", 0.5)], rows=2):
         rw.model(input_ids=ids.repeat(2, 1))
     grid.remove()

@@ -83,7 +83,10 @@ class Stacked:
         self.reserve(len(points))
         try:
             for p, point in enumerate(points):
-                self.rewinder_of(point.path).set(point.alpha, point.schedule, allow_extrapolation)
+                rewinder = self.rewinder_of(point.path)
+                if point.cayley_scale != rewinder.cayley_scale:
+                    raise RewindError(f"grid: {point.describe()} is not on the {rewinder.path_name} path bound here")
+                rewinder.set(point.alpha, point.schedule, allow_extrapolation)
                 for linear in self._linears:
                     linear.keep(p)
         finally:
