@@ -175,7 +175,8 @@ class Session:
         self.chat = self._chat_template()
         self.rewinders: dict[str, engine.Rewinder] = {}
         self._checkpoint: engine.Rewinder | None = None  # a training checkpoint's weights currently in the model
-        self.grids: dict[str, object] = {}  # path -> its installed rewind.grid.Grid, or None: it cannot grid
+        # path -> its installed rewind.grid.Grid, and "stacked" -> the stacked grid; None: that one cannot grid
+        self.grids: dict[str, object] = {}
         self.grid_lms: dict[str, object] = {}  # split -> its evaluate.grid_lm.GridLM
         self._evaluators()
 
