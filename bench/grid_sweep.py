@@ -5,7 +5,8 @@
     python bench/grid_sweep.py --shape tiny            # CPU smoke test: a tiny random base and OFT adapter
 
 1. The same sweep (same items) twice: `--batch-points auto` and `--batch-points 1`, each timed whole (Sweep.run:
-   validation points, then the test split of three); ratio = point-by-point seconds / grid seconds.
+   validation points, then the test split of three); ratio = point-by-point seconds / grid seconds. `--arms grid`
+   or `point`: that sweep alone; `--trace FILE`: where its seconds go (bench/_trace.py), summed in the record.
 2. Per-item agreement: lm-eval's per-document samples of every (point, task), grid against point by point: the
    items whose per-document metrics differ; and the noise floor, the same count between two point-by-point runs of
    the same points (--noise-points, scored again by a fresh session).
@@ -23,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _records  # these two are bench-local: the script's own directory is first on sys.path
+import _records  # these three are bench-local: the script's own directory is first on sys.path
 import _shapes
+import _trace
 import torch
 from alpha_switch import random_adapter
 from grid_forward import measure
@@ -70,6 +72,7 @@ def capture_samples() -> None:
 
 def timed_sweep(spec: sweep.SweepSpec, out: Path) -> tuple[float, dict]:
     SAMPLES.clear()
+    _trace.ARM["name"] = out.name
     start = time.perf_counter()
     sweep.Sweep(spec, out).run(progress=False)
     return time.perf_counter() - start, dict(SAMPLES)
@@ -82,24 +85,29 @@ def differing(a: dict, b: dict) -> dict:
 
 
 def sweep_part(args, spec_fields: dict, work: Path) -> dict:
-    grid_s, grid = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points="auto"), work / "grid")
-    point_s, point = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points=1), work / "point")
-    record = {
-        "part": "sweep",
-        "grid_s": round(grid_s, 2),
-        "point_by_point_s": round(point_s, 2),
-        "speedup": round(point_s / grid_s, 3),
-        "grid_vs_point": differing(grid, point),
-        **{k: spec_fields[k] for k in ("base", "adapter", "paths", "target", "general", "limit", "device")},
-        "batch_size": spec_fields.get("batch_size") or "auto",
-    }
-    if args.noise_points:
+    """--arms grid,point: both sweeps, their ratio and agreement; one arm alone: its seconds (and --trace)."""
+    arms = args.arms.split(",")
+    record = {"part": "sweep", "arms": arms}
+    if "grid" in arms:
+        grid_s, grid = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points="auto"), work / "grid")
+        record["grid_s"] = round(grid_s, 2)
+    if "point" in arms:
+        point_s, point = timed_sweep(sweep.SweepSpec(**spec_fields, batch_points=1), work / "point")
+        record["point_by_point_s"] = round(point_s, 2)
+    if len(arms) == 2:
+        record |= {"speedup": round(point_s / grid_s, 3), "grid_vs_point": differing(grid, point)}
+    record |= {k: spec_fields[k] for k in ("base", "adapter", "paths", "target", "general", "limit", "device")}
+    record["batch_size"] = spec_fields.get("batch_size") or "auto"
+    if args.noise_points and "point" in arms:
         record["noise_floor"] = differing(noise_samples(args, spec_fields, work), point)
+    if args.trace:
+        record["seconds_in"] = _trace.summary(args.trace)
     return record
 
 
 def noise_samples(args, spec_fields: dict, work: Path) -> dict:
     """--noise-points scored again, point by point, by a fresh session: their per-document metrics."""
+    _trace.ARM["name"] = "noise"
     session = Session(sweep.SweepSpec(**spec_fields, batch_points=1), work / "noise")
     session.open()
     SAMPLES.clear()
@@ -156,9 +164,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--skip", choices=["sweep", "generate"], default=None)
+    parser.add_argument("--arms", default="grid,point", choices=["grid,point", "grid", "point"])
+    parser.add_argument("--trace", default=None, help="a JSONL file: every generate, forward, task and phase, timed")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     capture_samples()
+    if args.trace:
+        _trace.install(args.trace)
     with tempfile.TemporaryDirectory() as tmp:
         fields = {"base": args.base, "adapter": args.adapter, "paths": args.path or ["auto"], "limit": args.limit}
         fields |= {"batch_size": args.batch_size, "include_path": args.include_path}

@@ -7,13 +7,14 @@
 #   bash bench/gpu/issues.sh export   # 19: pipelined export on the 7B shape against the old way and a copy
 #   bash bench/gpu/issues.sh onepoint # 16: one LoRA point through the branches at 64 rows on the 7B shape, profiled
 #   bash bench/gpu/issues.sh cli      # 16: the old way (merge + lm_eval CLI) for two points of the sweep11 stage
-#   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] [agree] [agree-lora] > ~/rw/out/study.log 2>&1 &
+#   setsid nohup bash bench/gpu/issues.sh study [oft] [lora] [race] [search] [agree] [agree-lora] [agree-stacked] [agree-lora-stacked] [sweep11] > ~/rw/out/study.log 2>&1 &
 #       17, detached, from ~/rw/repo (mkdir -p ~/rw/out first): the 256-item sweeps of the OFT and LoRA adapters,
 #       the race at the OFT sweep's item budget, the LoRA sweep's per-layer search; agree (16): grid vs point by
 #       point per item, against the saved grid sweep docs/study/sweeps-256/oft; agree-lora, against .../lora;
 #       agree-stacked: a stacked grid sweep of the agree stage's points against its saved run .../oft-point;
 #       sweep11 (16): the OFT adapter, 11 alphas on both paths, the study's suites, grid then point by point
 #       (LIMIT11, BATCH11: items per task and per batch; 2026-12-02 ran LIMIT11=32 BATCH11=32)
+#   LIMIT=520 bash bench/gpu/issues.sh now STAGES...   # study stages in this call (under its 10 minutes), into $OUT
 #   bash bench/gpu/issues.sh fetch    # a later call: the study's logs and sweeps so far, two tarballs under $OUT
 # One step a call, alone: on 2026-12-02 grid, conf and race ran side by side in one call; each process planned its
 # grid passes from the same free GPU memory and conf died out of memory (since then a pass retries with fewer items),
@@ -52,7 +53,7 @@ conf() {  # NAME ADAPTER ARGS...: a 256-item sweep into $O/sw/NAME; ARGS: its pa
 LORA=docs/study/runs/lora-2026-12-02  # the study's LoRA recipe, retrained on 2026-12-02 (its README)
 
 study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
-  export LIMIT=1500
+  export LIMIT=${LIMIT:-1500}
   local stages=("$@")
   [ $# -gt 0 ] || stages=(oft lora race search)
   for stage in "${stages[@]}"; do
@@ -72,6 +73,10 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
         ALPHAS=0.4 conf oft256-stacked $DEMO --path cayley --batch-points auto
         python3 bench/item_agreement.py "$O/sw/oft256-stacked" docs/study/sweeps-256/oft-point \
           --out "$OUT/item_agreement_stacked.jsonl" > "$OUT/agree-stacked.log" 2>&1 ;;
+      agree-lora-stacked)  # 16: the same for the LoRA adapter, against docs/study/sweeps-256/lora-point
+        ALPHAS=0.4 conf lora256-stacked $LORA --path linear --batch-points auto
+        python3 bench/item_agreement.py "$O/sw/lora256-stacked" docs/study/sweeps-256/lora-point \
+          --out "$OUT/item_agreement_lora_stacked.jsonl" > "$OUT/agree-lora-stacked.log" 2>&1 ;;
       sweep11) sweep11 ;;
       search)  # on the lora stage's sweep, or a copy of the one shipped (ran 2026-12-02): its points are free
         [ -d "$O/sw/lora256" ] || cp -r docs/study/sweeps-256/lora "$O/sw/lora256"
@@ -84,14 +89,18 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
 
 ALPHAS11=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
 
-sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per batch both ways), kept in sw/
-  stamp "sweep11: grid vs point by point, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items"
-  timeout 1500 python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
+sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per batch both ways), kept in sw/;
+  # ARMS11=grid: the grid sweep alone. Every generate, forward, task and phase timed into trace11.jsonl, and the
+  # sweeps' results (per task seconds) in sweep11.tgz
+  stamp "sweep11: ${ARMS11:-grid,point}, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items"
+  rm -rf "$O/sw/sweep11"
+  timeout "${LIMIT:-1500}" python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
     --alphas $ALPHAS11 --include-path bench/tasks/math300 --target math-300 --general general-offline \
     --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --keep "$O/sw/sweep11" --skip generate \
-    --out "$OUT/grid_sweep_h200.jsonl" \
+    --arms "${ARMS11:-grid,point}" --trace "$OUT/trace11.jsonl" --out "$OUT/grid_sweep_h200.jsonl" \
     > "$OUT/sweep11.log" 2>&1
   stamp "sweep11 rc=$?"
+  (cd "$O/sw/sweep11" && tar czf "$OUT/sweep11.tgz" ./*/results.jsonl ./*/summary.json); tail -n 3 "$OUT/sweep11.log"
 }
 
 onepoint() {
@@ -129,6 +138,7 @@ case "${1:-}" in
   conf) mkdir -p "$O/sw"; conf oft256 $DEMO --path cayley --path dense; pack ;;
   race) mkdir -p "$O/sw"; conf race $DEMO --path cayley --path dense --race --budget 20360 --chunk 64; pack ;;
   study) shift; OUT=$O/logs; mkdir -p "$O/sw" "$OUT"; study "$@" ;;
+  now) shift; mkdir -p "$O/sw"; study "$@"; tail -n 5 "$OUT"/*.log ;;  # study stages in the foreground, into $OUT
   fetch)  # two tarballs: at most 8 files come back a call
     (cd "$O" && tar czf "$OUT/logs.tgz" logs study.log) && (cd "$O/sw" && tar czf "$OUT/sweeps.tgz" .)
     tail -n 5 "$O"/logs/*.log ;;
