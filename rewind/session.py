@@ -304,22 +304,25 @@ class Session:
         return records
 
     def _evaluate_group(self, points: list[Point], split: str, grid) -> list[dict]:
-        """Score `points` (of one path, or any on a stack) on `split`, task by task: one grid pass where the task grids,
-        else point by point; then append each point's lines (a kill loses at most this group)."""
+        """Score `points` (of one path, or any on a stack) on `split`: the tasks that grid in one grid pass per
+        request kind, all of them together (grid_lm.score), the others point by point; then append each point's
+        lines (a kill loses at most this group)."""
         from .evaluate import grid_lm
 
         start, evaluator, switch = time.perf_counter(), self.evaluators[split], 0.0
-        at = [self._engine_point(p) for p in points]
-        scored: list[list] = [[] for _ in points]
         self._at(points, split)
+        gridded = [entry for entry in evaluator.entries if self._grids(entry)]
+        by_entry: dict[int, list] = {}  # by id: a task and its pass@k entry share a name
+        if gridded:
+            self._move(BASE)  # the grid's branches add each row's point to the base weights
+            at = [self._engine_point(p) for p in points]
+            scored_tasks = grid_lm.score(evaluator, gridded, self._grid_lm(split), grid, at, self._ticks(len(points)))
+            by_entry = {id(entry): [(r, "grid") for r in rs] for entry, rs in zip(gridded, scored_tasks)}
+        scored: list[list] = [[] for _ in points]
         for entry in evaluator.entries:
-            types = [leaf.get_config("output_type") for leaf in entry.loaded["tasks"].values()]
-            if grouping.grids(types, self.model, self.spec.batch_points):
-                self._move(BASE)  # the grid's branches add each row's point to the base weights
-                results = grid_lm.score(evaluator, entry, self._grid_lm(split), grid, at)
-                for mine, result in zip(scored, results):
-                    mine.append((result, "grid"))
-                    self._tick(entry.name)
+            if id(entry) in by_entry:
+                for mine, result in zip(scored, by_entry[id(entry)]):
+                    mine.append(result)
                 continue
             for point, mine in zip(points, scored):
                 moved = time.perf_counter()
@@ -334,6 +337,11 @@ class Session:
             self._append(point, split, records, [r for r, _ in mine])
             out += records
         return out
+
+    def _grids(self, entry) -> bool:
+        """Whether the task of `entry` runs in the grid pass (grouping.grids, from its request kinds)."""
+        types = [leaf.get_config("output_type") for leaf in entry.loaded["tasks"].values()]
+        return grouping.grids(types, self.model, self.spec.batch_points)
 
     def _lines(self, point: Point, split: str, scored: list, group: int, switch: float, seconds: float) -> list[dict]:
         """A point's lines of results.jsonl: (TaskResult, how it ran: grid or point) per task."""
@@ -367,6 +375,10 @@ class Session:
         if self.bar is not None:
             group = f"{points[0].key}..{points[-1].key} (grid of {len(points)})" if len(points) > 1 else points[0].key
             self.bar.at(f"{group} {split}")
+
+    def _ticks(self, count: int):
+        """on_task for work done at `count` points at once."""
+        return lambda task: [self._tick(task) for _ in range(count)]
 
     def _tick(self, _task: str) -> None:
         if self.bar is not None:

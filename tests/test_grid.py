@@ -239,6 +239,25 @@ def test_shared_low_rank_products(kind, base, tmp_path):
     _check(rw, [0.0, 0.5, 1.0, 0.7], sorted(MIXED_ROWS))
 
 
+def test_shared_product_does_not_hold_its_input():
+    """The product is kept for the siblings, not the input: a 7B prefill ran out of memory while every layer's
+    shared product held its input. A new input of the same shape gets its own product."""
+    import gc
+    import weakref
+
+    from rewind.grid.branches import SharedProduct
+
+    shared = SharedProduct([torch.ones(2, 3), torch.ones(1, 3)])
+    x = torch.ones(4, 3)
+    first = shared.product(x, points=2)
+    assert shared.product(x, points=2) is first
+    held = weakref.ref(x)
+    del x
+    gc.collect()
+    assert held() is None, "the shared product keeps its input alive"
+    assert torch.equal(shared.product(2 * torch.ones(4, 3), points=2), 2 * first)
+
+
 def test_forward_already_wrapped(base, tmp_path):
     """A module whose instance already wraps its forward (as accelerate's hooks do): the branch runs around that
     wrapper, which still runs, and remove puts that wrapper back, not the class's forward."""

@@ -4,6 +4,7 @@ model answers each point alone (fp32, CPU, greedy), and the sweep's results, res
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -18,7 +19,7 @@ from tiny import make_adapter
 
 from rewind import engine, grid, grouping, models, results, sweep
 from rewind.evaluate import harness
-from rewind.evaluate.grid_lm import GridLM, built_once, score
+from rewind.evaluate.grid_lm import GridLM, score
 from rewind.grid import stacked
 from rewind.report import table
 from rewind.schedule import Schedule
@@ -86,9 +87,7 @@ def _responses(rw, evaluator, lm, points, grid_kind="branches"):
     out = []
     if isinstance(lm, GridLM):
         g = _install(grid_kind, rw)
-        for entry in evaluator.entries:
-            for k, result in enumerate(_per_point_grid(evaluator, entry, lm, g, points)):
-                out.append((k, entry.name, result))
+        out = _per_point_grid(evaluator, lm, g, points)
         g.remove()
         return out
     for k, p in enumerate(points):
@@ -101,25 +100,19 @@ def _responses(rw, evaluator, lm, points, grid_kind="branches"):
     return out
 
 
-def _per_point_grid(evaluator, entry, lm, g, points):
-    """grid_lm.score, with each point's responses captured from its own evaluate() run."""
-    seen = []
-    original = lm.start
-
-    def start_and_keep():
-        original()
-        seen.append(lm.seen)
-
-    with built_once(entry.loaded["tasks"].values()):
-        with lm.record(g, points):
-            start_and_keep()
-            first = evaluator.score(entry, lm)
-        rest = []
-        for k in range(1, len(points)):
-            with lm.replay(k):
-                start_and_keep()
-                rest.append(evaluator.score(entry, lm))
-    return list(zip([first, *rest], seen))
+def _per_point_grid(evaluator, lm, g, points):
+    """grid_lm.score of all the tasks together, with each point's responses: what the pass kept for it, asked again
+    by the task's own evaluate()."""
+    out = []
+    lm.start()
+    scored = score(evaluator, evaluator.entries, lm, g, points)
+    for i, (entry, per_point) in enumerate(zip(evaluator.entries, scored)):
+        for k, result in enumerate(per_point):
+            lm.start()
+            with lm.replay(k, str(i)):
+                evaluator.score(entry, lm)
+            out.append((k, entry.name, (result, lm.seen)))
+    return out
 
 
 CASES = [
@@ -182,7 +175,7 @@ def test_a_group_builds_each_request_once(root, monkeypatch):
 
     monkeypatch.setattr(Task, "build_all_requests", counted)
     g = grid.install(rw)
-    gridded = [score(evaluator, entry, GridLM(model, tokenizer, 2), g, points) for entry in evaluator.entries]
+    gridded = score(evaluator, evaluator.entries, GridLM(model, tokenizer, 2), g, points)
     g.remove()
     assert builds == dict.fromkeys(TASKS, 1)
     assert not any("build_all_requests" in vars(leaf) for e in evaluator.entries for leaf in e.loaded["tasks"].values())
@@ -194,6 +187,64 @@ def test_a_group_builds_each_request_once(root, monkeypatch):
             )
             assert math.isclose(a.value, g_.value, rel_tol=REL), (k, a.task, a.value, g_.value)
     assert [r.value for r in alone[0]] != [r.value for r in alone[2]]  # the points differ: not one point thrice
+
+
+def test_tasks_generate_in_one_pass(root, monkeypatch):
+    """Two generation tasks with the same generation arguments decode in one pass for every point (a pass waits for
+    its slowest row once, not once per task), and each point of each task scores as alone."""
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / "lora")
+    points = [engine.Point(rw.path_name, a) for a in (0.0, 0.5, 1.0)]
+    tasks = ["math_offline_basic_arithmetic", "math_offline_chain_sum"]
+    evaluator = harness.Evaluator(model, tokenizer, harness.resolve_suites(tasks), limit=3, batch_size=3)
+    alone = _responses(rw, evaluator, PointLM(pretrained=model, tokenizer=tokenizer, batch_size=3), points)
+    passes, original = [], HFLM._model_generate
+
+    def counted(self, context, *args, **kwargs):
+        passes.append(context.shape[0])
+        return original(self, context, *args, **kwargs)
+
+    monkeypatch.setattr(HFLM, "_model_generate", counted)
+    gridded = _responses(rw, evaluator, CapturingGridLM(model, tokenizer, 3), points)
+    assert passes == [2 * 3 * len(points)], passes  # both tasks' 3 items at 3 points: one pass
+    texts = {(k, task): seen["generate_until"] for k, task, (_, seen) in alone}
+    assert texts == {(k, task): seen["generate_until"] for k, task, (_, seen) in gridded}
+    assert texts[0, tasks[0]] != texts[2, tasks[0]], "the points answer alike: test is void"
+
+
+def test_a_task_asking_two_kinds_is_answered_in_turn(root):
+    """A task whose evaluate() asks loglikelihood and then generation requests (a group of mixed tasks) is asked
+    again after each answer until all its requests are answered; every point gets its own answers."""
+    from lm_eval.api.instance import Instance
+
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / "lora")
+    points = [engine.Point(rw.path_name, a) for a in (0.0, 1.0)]
+    likelihood = [Instance("loglikelihood", {}, ("2 + 2 =", " 4"), 0)]
+    generation = [Instance("generate_until", {}, ("2 + 2 =", {"until": ["\n"], "max_gen_toks": 4}), 0)]
+
+    @dataclasses.dataclass
+    class Answers:
+        answers: tuple
+        seconds: float = 0.0
+
+    class Mixed:
+        def score(self, entry, lm):
+            return Answers((lm.loglikelihood(likelihood), lm.generate_until(generation)))
+
+    leaf = SimpleNamespace(build_all_requests=lambda **kwargs: None)
+    entry = SimpleNamespace(name="mixed", loaded={"tasks": {"mixed": leaf}})
+    g = grid.install(rw)
+    (gridded,) = score(Mixed(), [entry], GridLM(model, tokenizer, 2), g, points)
+    g.remove()
+    hf = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2)
+    for p, result in zip(points, gridded):
+        rw.set(p.alpha)
+        (ll,), (text,) = result.answers
+        ((expected_ll, greedy),), (expected_text,) = hf.loglikelihood(likelihood), hf.generate_until(generation)
+        assert math.isclose(ll[0], expected_ll, rel_tol=REL) and ll[1] == greedy and text == expected_text
+    rw.set(0.0)
+    assert gridded[0].answers[0] != gridded[1].answers[0], "the points answer alike: test is void"
 
 
 def _by_point_task(item):
@@ -382,7 +433,7 @@ def test_code_sandbox_scores_each_point(root):
     points = [engine.Point(rw.path_name, a) for a in (0.0, 0.5, 1.0)]
     evaluator = harness.Evaluator(model, tokenizer, harness.resolve_suites(["code-offline"]), limit=2, batch_size=2)
     g = grid.install(rw)
-    scored = [score(evaluator, entry, GridLM(model, tokenizer, 2), g, points) for entry in evaluator.entries]
+    scored = score(evaluator, evaluator.entries, GridLM(model, tokenizer, 2), g, points)
     g.remove()
     assert [len(per_point) for per_point in scored] == [3] * len(evaluator.entries)
     assert all(r.n == 2 and 0 <= r.value <= 1 for per_point in scored for r in per_point)

@@ -1,13 +1,15 @@
 """lm-eval on a group of points: one batched pass of the resident base answers every request at every point of the
 group (issue 16); each point is then scored by lm-eval's own task code, as if it had run alone.
 
-`GridLM` is lm-eval's HFLM with two modes:
-- `record(grid, points)`: generate_until, loglikelihood and loglikelihood_rolling compute every point's responses,
-  one pass per batch with each row at its point (rewind.grid), return the first point's and keep the others;
-- `replay(k)`: the same calls return point k's kept responses, by request (a request not kept is an error).
-`score` runs lm-eval's `evaluate()` once recording (point 0) and once replaying per other point, so requests,
-filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a point-by-point run; the requests
-are built at point 0 only, the replays get fresh copies of them (`built_once`).
+`score(evaluator, entries, lm, grid, points)` runs each task's lm-eval `evaluate()` in three steps:
+- collect: each task's `evaluate()` builds its requests and asks `lm`; the asked requests are kept and the call is
+  abandoned (`_Asked`); the requests are built once (`built_once`), so every later call asks the same ones;
+- answer: the requests of *all* the tasks, per request kind, in one call of HFLM's own code with every row at its
+  point (rewind.grid): a pass decodes until its slowest row stops, so the tasks' generations in one pass wait once,
+  not once per task (HFLM still batches by generation arguments, as it would alone);
+- replay: each task's `evaluate()` again per point k, its requests answered with point k's responses (by task and
+  request). A task that asks more than one kind collects and answers again until it has all its answers.
+So requests, filters, metrics, pass@k and the code sandbox are lm-eval's and rewind's as in a point-by-point run.
 
 How the rows are laid out, HFLM's own code doing the rest:
 - generate_until: each request K times in a row. HFLM sorts stably by context, so every batch holds whole blocks of
@@ -18,8 +20,8 @@ How the rows are laid out, HFLM's own code doing the rest:
   point, then HFLM's `_loglikelihood_tokens` runs on it once per point, fed that point's logits, so continuation
   selection, the logits cache and the greedy check are HFLM's. A request's K answers travel as numpy vectors, which
   HFLM's rolling sum adds elementwise, then split per point.
-Items per pass: the batch size, unless K times its rows would not fit in free memory (`rows_that_fit`, from the
-pass's token lengths); then fewer, down to one item (K rows).
+Items per pass: the batch size per task answered, unless K times its rows would not fit in free memory
+(`rows_that_fit`, from the pass's token lengths); then fewer, down to one item (K rows).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
@@ -46,54 +49,94 @@ MEMORY_SHARE = 0.5
 class GridLM(HFLM):
     def __init__(self, model, tokenizer, batch_size: int):
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-        self.items = int(batch_size)  # items per pass at most: the point-by-point batch size
+        self.items = int(batch_size)  # items per pass and task answered at most: the point-by-point batch size
+        self._limit = self.items  # items per pass at most in the current answer: self.items per task in it
         self._grid, self._points, self._replaying = None, (), None
-        self._kept: dict[tuple, list] = {}
+        self._task: str | None = None  # whose requests are asked now (collect, replay)
+        self._asked: dict[str, list] = {}  # kind -> [(keys, requests)] collected, not answered yet
+        self._kept: dict[tuple, list] = {}  # request key -> its responses, one per point
         self._cap: int | None = None  # items per pass at most, once a pass ran out of memory
         self._feed: int | None = None  # _model_call: 0 runs the grid pass, k > 0 returns point k's logits
         self._logits: tuple[torch.Tensor, torch.Tensor] | None = None  # (inputs, [K, rows, T, V]) of one batch
 
     @contextmanager
     def record(self, grid, points: Sequence):
-        """Requests in here are answered at every point of `points` (on `grid`); each returns the first point's."""
-        self._grid, self._points, self._kept = grid, tuple(points), {}
+        """Requests asked in here are collected (`asking`) and answered at every point of `points` on `grid`
+        (`answer`); the answers are kept for `replay`."""
+        self._grid, self._points, self._kept, self._asked = grid, tuple(points), {}, {}
         try:
             yield
         finally:
-            self._grid = None
+            self._grid, self._asked = None, {}
 
     @contextmanager
-    def replay(self, k: int):
-        """Requests in here return point k's responses kept by the last `record`."""
-        self._replaying = k
+    def asking(self, task: str):
+        """In here, `task`'s requests: answered with point 0's kept responses where all are kept, else kept for
+        `answer` and the asking call abandoned (`_Asked`)."""
+        self._task = task
         try:
             yield
         finally:
-            self._replaying = None
+            self._task = None
+
+    @contextmanager
+    def replay(self, k: int, task: str):
+        """Requests of `task` (as `score` names it: its position in the entries) in here return point k's
+        responses kept by the last `record`."""
+        self._replaying, self._task = k, task
+        try:
+            yield
+        finally:
+            self._replaying = self._task = None
+
+    def answer(self) -> None:
+        """Every request collected since the last answer, at every point: one call per request kind, all the tasks'
+        requests of that kind together."""
+        asked, self._asked = self._asked, {}
+        for kind, calls in asked.items():
+            keys = [key for call_keys, _ in calls for key in call_keys]
+            requests = [request for _, call_requests in calls for request in call_requests]
+            compute, pick = self._kinds[kind]
+            self._limit = self.items * len({key[0] for key in keys})
+            values = self._fitting(lambda: compute(requests))  # noqa: B023
+            for key, value in zip(keys, values, strict=True):
+                self._kept[key] = [pick(value, k) for k in range(len(self._points))]
 
     # -- requests -------------------------------------------------------------------------------------------
+    @property
+    def _kinds(self) -> dict[str, tuple[Callable[[list], list], Callable]]:
+        """kind -> (HFLM's computation of a list of requests at every point, point k's response from its value)."""
+        return {
+            "generate_until": (self._generate_all, lambda v, k: v[k]),
+            "loglikelihood": (
+                lambda requests: HFLM.loglikelihood(self, requests, disable_tqdm=True),
+                lambda v, k: (float(v[0][k]), bool(v[1][k])),
+            ),
+            "loglikelihood_rolling": (
+                lambda requests: HFLM.loglikelihood_rolling(self, requests, disable_tqdm=True),
+                lambda v, k: float(v[k]),
+            ),
+        }
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        compute = lambda: self._generate_all(requests, disable_tqdm)  # noqa: E731
-        return self._respond("generate_until", requests, compute, lambda v, k: v[k])
+        return self._respond("generate_until", requests)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        compute = lambda: super(GridLM, self).loglikelihood(requests, disable_tqdm=disable_tqdm)  # noqa: E731
-        return self._respond("loglikelihood", requests, compute, lambda v, k: (float(v[0][k]), bool(v[1][k])))
+        return self._respond("loglikelihood", requests)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        compute = lambda: super(GridLM, self).loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)  # noqa: E731
-        return self._respond("loglikelihood_rolling", requests, compute, lambda v, k: float(v[k]))
+        return self._respond("loglikelihood_rolling", requests)
 
-    def _respond(self, kind: str, requests, compute: Callable[[], list], pick: Callable) -> list:
-        keys = _keys(kind, requests)
+    def _respond(self, kind: str, requests) -> list:
+        if self._task is None:
+            raise RewindError("grid: a request outside asking() or replay()")
+        keys = _keys(self._task, kind, requests)
         if self._replaying is not None:
             return [self._take(key) for key in keys]
-        if self._grid is None:
-            raise RewindError("grid: a request outside record() or replay()")
-        values = self._fitting(compute)
-        for key, value in zip(keys, values, strict=True):
-            self._kept[key] = [pick(value, k) for k in range(len(self._points))]
-        return [self._kept[key][0] for key in keys]
+        if all(key in self._kept for key in keys):
+            return [self._kept[key][0] for key in keys]
+        self._asked.setdefault(kind, []).append((keys, list(requests)))
+        raise _Asked
 
     def _fitting(self, compute: Callable[[], list]) -> list:
         """compute(), again with half the items per pass after the device ran out of memory: its free memory is
@@ -102,7 +145,7 @@ class GridLM(HFLM):
             try:
                 return compute()
             except (torch.cuda.OutOfMemoryError, torch.AcceleratorError) as exc:
-                items = min(self.items, self._cap or self.items)
+                items = min(self._limit, self._cap or self._limit)
                 if "out of memory" not in str(exc) or items == 1:
                     raise
                 self._cap = items // 2
@@ -112,18 +155,18 @@ class GridLM(HFLM):
     def _take(self, key: tuple):
         if key not in self._kept:
             raise RewindError(
-                f"grid: point {self._replaying} asked for a {key[0]} request the grid pass did not answer "
-                f"({str(key[1])[:80]!r}); evaluate with --batch-points 1"
+                f"grid: point {self._replaying} asked for a {key[1]} request the grid pass did not answer "
+                f"({str(key[2])[:80]!r}); evaluate with --batch-points 1"
             )
         return self._kept[key][self._replaying]
 
     # -- generation -----------------------------------------------------------------------------------------
-    def _generate_all(self, requests, disable_tqdm: bool) -> list[list[str]]:
+    def _generate_all(self, requests) -> list[list[str]]:
         K = len(self._points)
         copies = [_Args(r.args) for r in requests for _ in range(K)]
         tokens = max(len(self.tok_encode(r.args[0])) for r in requests) + max(self._new_tokens(r) for r in requests)
         with self._batch(self._items_per_pass(tokens, all_logits=False) * K):
-            out = HFLM.generate_until(self, copies, disable_tqdm=disable_tqdm)  # its bar shows with rewind -v
+            out = HFLM.generate_until(self, copies)  # its bar shows with rewind -v
         return [out[i * K : (i + 1) * K] for i in range(len(requests))]
 
     def _new_tokens(self, request) -> int:
@@ -176,7 +219,7 @@ class GridLM(HFLM):
     def _each_point(self, run: Callable[[], list]) -> list[list]:
         """`run` (HFLM on one batch) once per point: the first runs the grid pass, the others replay its logits."""
         try:
-            with self._batch(self.items):  # at least the groups of the batch: HFLM keeps it one batch
+            with self._batch(self._limit):  # at least the groups of the batch: HFLM keeps it one batch
                 answers = []
                 for k in range(len(self._points)):
                     self._feed = k
@@ -200,7 +243,7 @@ class GridLM(HFLM):
     # -- memory ---------------------------------------------------------------------------------------------
     def _items_per_pass(self, tokens: int, all_logits: bool) -> int:
         fit = rows_that_fit(self.model, tokens, all_logits)
-        return max(1, min(self.items, self._cap or self.items, fit // len(self._points)))
+        return max(1, min(self._limit, self._cap or self._limit, fit // len(self._points)))
 
     @contextmanager
     def _batch(self, size: int):
@@ -218,13 +261,18 @@ class _Args:
     args: tuple
 
 
-def _keys(kind: str, requests) -> list[tuple]:
-    """(kind, args, occurrence): identical requests (pass@k's repeats) are told apart by their order."""
+class _Asked(Exception):
+    """Raised out of a task's evaluate() once its requests are collected: the answers come from `GridLM.answer`."""
+
+
+def _keys(task: str, kind: str, requests) -> list[tuple]:
+    """(task, kind, args, occurrence): identical requests (pass@k's repeats) are told apart by their order, and
+    two tasks' identical requests by their task."""
     seen: Counter = Counter()
     keys = []
     for request in requests:
         args = _hashable(request.args)
-        keys.append((kind, args, seen[args]))
+        keys.append((task, kind, args, seen[args]))
         seen[args] += 1
     return keys
 
@@ -262,16 +310,43 @@ def free_bytes(device: torch.device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
 
 
-def score(evaluator, entry, lm: GridLM, grid, points: Sequence) -> list:
-    """One task's TaskResult at each of `points`, from one grid pass; each point's seconds are the pass's share."""
-    with built_once(entry.loaded["tasks"].values()):
-        with lm.record(grid, points):
-            results = [evaluator.score(entry, lm)]
-        for k in range(1, len(points)):
-            with lm.replay(k):
-                results.append(evaluator.score(entry, lm))
-    seconds = sum(r.seconds for r in results) / len(points)
-    return [dataclasses.replace(r, seconds=seconds) for r in results]
+def score(evaluator, entries: Sequence, lm: GridLM, grid, points: Sequence, on_task=None) -> list[list]:
+    """Each of `entries`' (tasks of `evaluator`) TaskResult at each of `points` ([entry][point]): their requests
+    answered together, one grid pass per request kind (module docstring). A task's seconds per point: its own
+    evaluate() calls and its share of the passes that answered it, over the points. `on_task(name)` after each
+    task's points are scored (a progress bar)."""
+    K = len(points)
+    seconds = [0.0] * len(entries)
+    first: dict[int, object] = {}
+    leaves = [leaf for entry in entries for leaf in entry.loaded["tasks"].values()]
+    with built_once(leaves), lm.record(grid, points):
+        waiting = list(range(len(entries)))  # by position: a task and its pass@k entry share a name
+        while waiting:  # a task that asks several kinds of request waits for each in turn
+            asked = []
+            for i in waiting:
+                start = time.perf_counter()
+                try:
+                    with lm.asking(str(i)):
+                        first[i] = evaluator.score(entries[i], lm)
+                except _Asked:
+                    asked.append(i)
+                seconds[i] += time.perf_counter() - start
+            start = time.perf_counter()
+            lm.answer()
+            for i in asked:
+                seconds[i] += (time.perf_counter() - start) / len(asked)
+            waiting = asked
+        out = []
+        for i, entry in enumerate(entries):
+            results = [first[i]]
+            for k in range(1, K):
+                with lm.replay(k, str(i)):
+                    results.append(evaluator.score(entry, lm))
+            share = (seconds[i] + sum(r.seconds for r in results[1:])) / K
+            out.append([dataclasses.replace(r, seconds=share) for r in results])
+            if on_task is not None:
+                on_task(entry.name)
+    return out
 
 
 @contextmanager

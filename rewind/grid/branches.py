@@ -13,6 +13,7 @@ in-place model at its point up to rounding:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -201,6 +202,10 @@ class LowRankUpdate:
         return add_linear(y, h.mul_(self._s.like(h)), self.B)
 
 
+def _dead() -> None:
+    """A weak reference to nothing: no input yet."""
+
+
 class SharedProduct:
     """x A^T for the low-rank updates of modules that may read one input (q, k and v; gate and up): their A stacked,
     one product per input for all, each update reading its columns. A decoding step is bound by host time per
@@ -209,16 +214,18 @@ class SharedProduct:
 
     def __init__(self, As: list[torch.Tensor]):
         self._At = torch.cat(As).t()
-        self._x = self._h = None
+        self.clear()
 
     def product(self, x: torch.Tensor, points: int) -> torch.Tensor:
         """[points, rows of a point x tokens, stacked ranks], for rows blocked by point."""
-        if x is not self._x:  # the last input is held, so no other tensor can take its identity
-            self._x, self._h = x, torch.matmul(x.reshape(points, -1, x.shape[-1]), self._At)
+        # The input is referenced weakly: holding it would keep every layer's prefill activations alive (a 7B
+        # prefill of 704 x 256 tokens ran out of memory), and a dead reference never matches a new tensor.
+        if self._x() is not x:
+            self._x, self._h = weakref.ref(x), torch.matmul(x.reshape(points, -1, x.shape[-1]), self._At)
         return self._h
 
     def clear(self) -> None:
-        self._x = self._h = None
+        self._x, self._h = _dead, None
 
 
 def share_products(updates: Sequence[LowRankUpdate]) -> None:
