@@ -404,7 +404,8 @@ _SWEEP_OPTIONS = [
         "--batch-points",
         default="auto",
         show_default=True,
-        help="Points evaluated in one batched pass per task, each row at its point (grid mode): of all paths "
+        help="Points evaluated in one batched pass per request kind, all tasks together, each row at its point "
+        "(grid mode): of all paths "
         "where a weight copy per point fits in a quarter of free memory, else of one path; 1: point by point. "
         "auto: all the points, on the tasks where it pays (generation; loglikelihood only on a GPU and a model "
         "of at most 1B parameters).",
@@ -548,7 +549,7 @@ def search(out, groups, budget, step, min_step, **options):
     --path picks the path searched (default the sweep's first). Candidates join the sweep's results.jsonl,
     table and pareto.png; `rewind export --from OUT` then writes the selected point.
     Each round moves every group's alpha one --step down and up from the best point so far and evaluates
-    those candidates together (one grid pass per task where --batch-points grids); the best one confidently
+    those candidates together (one grid pass where --batch-points grids); the best one confidently
     better (paired, jointly over the round) is kept, else the step halves, down to --min-step.
     """
     from . import search as searcher

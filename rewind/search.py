@@ -2,7 +2,7 @@
 
 The paper leaves open how to pick per-layer rewinding magnitudes. We climb the sweep's own selection objective
 (`pareto.objective`) with a compass search over contiguous layer groups, in rounds, so that a round's candidates are
-evaluated together (one `Session.evaluate` call: one grid pass per task for the points of a path, issue 16):
+evaluated together (one `Session.evaluate` call: one grid pass for the points, issue 16):
 - a round proposes, from the incumbent, each group's alpha moved by the step, up and down, snapped to the grid of
   the smallest step and kept within [0, 1]; the incumbent itself is left out;
 - candidates scored before (the sweep's points, an earlier round's) are free; the new ones are trimmed to what is
@@ -254,7 +254,7 @@ class Climb:
         return self.report.row(self.point(group_alphas)) is not None
 
     def evaluate(self, points: list[Groups]) -> None:
-        """One call for the round's new points: the session scores a path's points in one grid pass per task."""
+        """One call for the round's new points: the session scores the points in one grid pass."""
         scored = [self.point(p) for p in points]
         self.report.extend(self.session.evaluate(scored, VALIDATION), self.session.take_items())
         self.spent += len(scored)

@@ -276,7 +276,7 @@ class Session:
 
     def evaluate(self, points: list[Point], split: str) -> list[dict]:
         """Score on `split` each of `points` that this run has not scored there yet; returns the new lines. Points
-        of one path are scored in groups, one grid pass per task (--batch-points; grouping.py)."""
+        are scored in groups, one grid pass per request kind for all tasks (--batch-points; grouping.py)."""
         done, out = self.finished(), []
         todo = [point for point in dict.fromkeys(points) if (point.key, split) not in done]
         if self.bar is not None:
