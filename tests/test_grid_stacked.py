@@ -101,3 +101,27 @@ def test_bad_points_leave_the_base(base, tmp_path):
     with pytest.raises(RewindError, match="rows"), grid.at([Point("linear", 0.5)], rows=2):
         rw.model(input_ids=ids.repeat(2, 1))
     grid.remove()
+
+
+@torch.no_grad()
+def test_a_grid_under_another_comes_off_only_after_it(base, tmp_path):
+    """A branches grid and a stacked grid on one model nest their wrappers: the inner one refuses to come off while
+    the outer is on (it would take the outer's wrappers with it), and in order both come off, leaving the base."""
+    from rewind import grid as branches
+
+    rw = _rewinder("lora", "linear", base, tmp_path)
+    ids = _ids(2)
+    base_logits = rw.model(input_ids=ids).logits
+    inner = branches.install(rw)
+    outer = stacked.install({"linear": rw}.__getitem__, rw)
+    with pytest.raises(RewindError, match="remove that one first"):
+        inner.remove()
+    with outer.at([Point("linear", 1.0)], rows=2):  # the outer still works, over the idle inner branches
+        at_final = rw.model(input_ids=ids).logits
+    rw.set(1.0)
+    assert rel_err(at_final, rw.model(input_ids=ids).logits) <= TOL
+    rw.set(0.0)
+    outer.remove()
+    inner.remove()
+    assert not any(_wrapped(m) for m in rw.model.modules()), "wrappers left behind"
+    assert torch.equal(rw.model(input_ids=ids).logits, base_logits)

@@ -130,8 +130,9 @@ class Branch:
         the module's own matmul cost 4, the wrapper under 1."""
         module = self.module
         self._inner = module.forward  # the class's, or a wrapper already there (another branch, accelerate's)
-        handle = Unwrap(module, module.__dict__.get("forward"))
-        module.forward = self._forward_input if self.input_side else self._forward_output
+        wrapper = self._forward_input if self.input_side else self._forward_output
+        handle = Unwrap(module, module.__dict__.get("forward"), wrapper)
+        module.forward = wrapper
         return [handle]
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,10 +165,14 @@ class Branch:
 
 class Unwrap:
     """Puts back the forward a Branch wrapped: the one the instance had, or none (the class's). Wrappers on one
-    module nest, so they come off in the reverse order of `hooks`."""
+    module nest, so they come off in the reverse order of `hooks`, and only while on top (`on_top`): under another
+    wrapper (another grid's), putting the old forward back would drop that one too."""
 
-    def __init__(self, module: torch.nn.Module, previous):
-        self.module, self.previous = module, previous
+    def __init__(self, module: torch.nn.Module, previous, wrapper):
+        self.module, self.previous, self.wrapper = module, previous, wrapper
+
+    def on_top(self) -> bool:
+        return self.module.__dict__.get("forward") is self.wrapper
 
     def remove(self) -> None:
         if self.previous is None:
@@ -213,7 +218,7 @@ class SharedProduct:
     with another input (o_proj beside q, k, v) computes the product again, unused columns and all."""
 
     def __init__(self, As: list[torch.Tensor]):
-        self._At = torch.cat(As).t()
+        self._At = (As[0] if len(As) == 1 else torch.cat(As)).t()  # one update alone: its A, not a copy
         self.clear()
 
     def product(self, x: torch.Tensor, points: int) -> torch.Tensor:

@@ -29,7 +29,52 @@ BRANCHED = ("linear", "dense", "cayley", "dora")
 LERPED = (DoRA, Replace, MissTiled, MissBat, Hadamard, Kronecker)
 
 
-class Grid:
+class PointGrid:
+    """What both grids share: `at` puts each batch row at its point for a block of code, `remove` takes their
+    forward wrappers off. A grid implements `_set` (validate, then make the rows' points current) and `_clear`."""
+
+    _handles: list | None
+    points: tuple[Point, ...] | None = None
+
+    @contextmanager
+    def at(
+        self, points: Sequence, rows: int | Sequence[int] | torch.Tensor = 1, allow_extrapolation=False
+    ) -> Iterator[tuple[Point, ...]]:
+        """Batch row i sits at points[index[i]]: `rows` is that index, or k for k rows per point in order."""
+        if self._handles is None:
+            raise RewindError("grid: removed; install it again")
+        if self.points is not None:
+            raise RewindError("grid: points are already set; leave the current `at` first")
+        points = tuple(points)
+        if not points:
+            raise RewindError("grid: no points")
+        layout = kinds.Rows(row_index(rows, len(points)), len(points))
+        try:
+            self.points = self._set(points, layout, allow_extrapolation)
+            yield self.points
+        finally:
+            self._clear()
+            self.points = None
+
+    def _set(self, points: tuple, rows: kinds.Rows, allow_extrapolation: bool) -> tuple[Point, ...]:
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """Every wrapper off, last-on first (nested wrappers of one module come off in reverse); refused, with
+        nothing removed, while another grid's wrappers sit on top of this one's."""
+        wrappers = [handle for handle in self._handles or () if isinstance(handle, kinds.Unwrap)]  # hooks don't nest
+        outermost = {id(handle.module): handle for handle in wrappers}
+        if not all(handle.on_top() for handle in outermost.values()):
+            raise RewindError("grid: another grid is installed over this one; remove that one first")
+        for handle in reversed(self._handles or ()):
+            handle.remove()
+        self._handles = None
+
+
+class Grid(PointGrid):
     """Branches on every module the update touches; the weights stay at the base (alpha 0) all along.
 
     grid = install(rw)                                   # rw moves to its base first
@@ -38,6 +83,8 @@ class Grid:
     grid.remove()                                        # hooks gone; the model is its base, bit for bit
 
     Outside `at` the branches are idle and the model computes its base. Do not move the Rewinder while installed.
+    A float is a point of the installed path (uniform); a Point carries its own schedule. All points are validated
+    before any branch changes. `remove`: the weights were never touched, so the model is its base exactly.
     """
 
     def __init__(self, rewinder: Rewinder):
@@ -45,38 +92,20 @@ class Grid:
         self._branches = plan(rewinder)
         rewinder.set(0.0)
         self._handles = [h for branch, _ in self._branches for h in branch.hooks()]
-        self.points: tuple[Point, ...] | None = None
 
-    @contextmanager
-    def at(
-        self, points: Sequence[float | Point], rows: int | Sequence[int] | torch.Tensor = 1, allow_extrapolation=False
-    ) -> Iterator[tuple[Point, ...]]:
-        """Batch row i sits at points[index[i]]: `rows` is that index, or k for k rows per point in order.
-
-        A float is a point of the installed path (uniform); a Point carries its own schedule. All points are
-        validated before any branch changes.
-        """
-        if self._handles is None:
-            raise RewindError("grid: removed; install it again")
-        if self.points is not None:
-            raise RewindError("grid: points are already set; leave the current `at` first")
+    def _set(self, points, rows, allow_extrapolation) -> tuple[Point, ...]:
         resolved, table = self._alphas(points, allow_extrapolation)
-        index = row_index(rows, len(resolved))
-        try:
-            with torch.no_grad():
-                for branch, cols in self._branches:
-                    branch.prepare(table[:, cols], kinds.Rows(index, len(resolved)))
-            self.points = resolved
-            yield resolved
-        finally:
-            for branch, _ in self._branches:
-                branch.clear()
-            self.points = None
+        with torch.no_grad():
+            for branch, cols in self._branches:
+                branch.prepare(table[:, cols], rows)
+        return resolved
+
+    def _clear(self) -> None:
+        for branch, _ in self._branches:
+            branch.clear()
 
     def _alphas(self, points, allow_extrapolation) -> tuple[tuple[Point, ...], torch.Tensor]:
         rw, resolved, rows = self.rewinder, [], []
-        if not points:
-            raise RewindError("grid: no points")
         for p in points:
             if isinstance(p, Point) and (p.path, p.cayley_scale) != (rw.path_name, rw.cayley_scale):
                 raise RewindError(f"grid: {p.describe()} is not on the installed path {rw.path_name}")
@@ -85,12 +114,6 @@ class Grid:
             resolved.append(point)
             rows.append(alphas)
         return tuple(resolved), torch.tensor(rows, dtype=torch.float64)
-
-    def remove(self) -> None:
-        """Take every branch off; the weights were never touched, so the model is its base exactly."""
-        for handle in reversed(self._handles or ()):  # nested wrappers come off last-on first
-            handle.remove()
-        self._handles = None
 
 
 def install(rewinder: Rewinder) -> Grid:

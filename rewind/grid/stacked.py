@@ -17,8 +17,7 @@ once for all points.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +25,18 @@ import torch.nn.functional as F
 from ..engine import Point, Rewinder
 from ..errors import RewindError
 from .branches import Branch, Rows
-from .model import adapted_modules, row_index
+from .model import PointGrid, adapted_modules
 
 
-class Stacked:
+class Stacked(PointGrid):
+    """`at(points, rows)`: the stacks are written at the first `at` of these points and kept for the next; the
+    model's weights end at the base. `remove` frees the stacks too."""
+
     def __init__(self, rewinder_of: Callable[[str], Rewinder], first: Rewinder):
         self.rewinder_of, self.first = rewinder_of, first
         self._linears = plan(first)
         self._handles = [h for linear in self._linears for h in linear.hooks()]
         self._filled: tuple | None = None  # the points the stacks hold, in order
-        self.points: tuple[Point, ...] | None = None
 
     def bytes_per_point(self) -> int:
         return sum(linear.bytes_per_point() for linear in self._linears)
@@ -49,31 +50,15 @@ class Stacked:
         for linear in self._linears:
             linear.reserve(points)
 
-    @contextmanager
-    def at(
-        self, points: Sequence[Point], rows: int | Sequence[int] | torch.Tensor = 1, allow_extrapolation=False
-    ) -> Iterator[tuple[Point, ...]]:
-        """Batch row i sits at points[index[i]] (`rows`: that index, or k rows per point in order). The stacks are
-        written at the first `at` of these points and kept for the next; the model's weights end at the base."""
-        if self._handles is None:
-            raise RewindError("grid: removed; install it again")
-        if self.points is not None:
-            raise RewindError("grid: points are already set; leave the current `at` first")
-        points = tuple(points)
-        if not points:
-            raise RewindError("grid: no points")
-        index = row_index(rows, len(points))
+    def _set(self, points, rows, allow_extrapolation) -> tuple[Point, ...]:
         self._fill(points, allow_extrapolation)
-        layout = Rows(index, len(points))
-        try:
-            for linear in self._linears:
-                linear.set_rows(layout)
-            self.points = points
-            yield points
-        finally:
-            for linear in self._linears:
-                linear.clear()
-            self.points = None
+        for linear in self._linears:
+            linear.set_rows(rows)
+        return points
+
+    def _clear(self) -> None:
+        for linear in self._linears:
+            linear.clear()
 
     def _fill(self, points: tuple[Point, ...], allow_extrapolation: bool) -> None:
         key = (points, allow_extrapolation)
@@ -94,10 +79,8 @@ class Stacked:
         self._filled = key
 
     def remove(self) -> None:
-        """Every wrapper off and the stacks freed; the model is at its base."""
-        for handle in reversed(self._handles or ()):
-            handle.remove()
-        self._handles, self._linears, self._filled = None, [], None
+        super().remove()
+        self._linears, self._filled = [], None
 
 
 def install(rewinder_of: Callable[[str], Rewinder], first: Rewinder) -> Stacked:
