@@ -1,5 +1,6 @@
-"""Grid mode through lm-eval (issue 16): one batched pass per task answers every point of a group as the in-place
-model answers each point alone (fp32, CPU, greedy), and the sweep's results, resume and table follow."""
+"""Grid mode through lm-eval (issue 16): one batched pass per request kind, all tasks together, answers every point
+of a group as the in-place model answers each point alone (fp32, CPU, greedy), and the sweep's results, resume and
+table follow."""
 
 from __future__ import annotations
 
