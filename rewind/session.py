@@ -7,6 +7,7 @@ grid, `rewind search`'s climb).
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -316,7 +317,8 @@ class Session:
         if gridded:
             self._move(BASE)  # the grid's branches add each row's point to the base weights
             at = [self._engine_point(p) for p in points]
-            scored_tasks = grid_lm.score(evaluator, gridded, self._grid_lm(split), grid, at, self._ticks(len(points)))
+            tick = functools.partial(self._tick, points=len(points))  # a task scored at every point of the group
+            scored_tasks = grid_lm.score(evaluator, gridded, self._grid_lm(split), grid, at, tick)
             by_entry = {id(entry): [(r, "grid") for r in rs] for entry, rs in zip(gridded, scored_tasks)}
         scored: list[list] = [[] for _ in points]
         for entry in evaluator.entries:
@@ -376,13 +378,9 @@ class Session:
             group = f"{points[0].key}..{points[-1].key} (grid of {len(points)})" if len(points) > 1 else points[0].key
             self.bar.at(f"{group} {split}")
 
-    def _ticks(self, count: int):
-        """on_task for work done at `count` points at once."""
-        return lambda task: [self._tick(task) for _ in range(count)]
-
-    def _tick(self, _task: str) -> None:
+    def _tick(self, _task: str, points: int = 1) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(points)
 
     def _heads(self, point: Point, split: str, scored: list) -> list[dict]:
         """How each line of a point's evaluation names it."""
