@@ -213,6 +213,26 @@ def test_tasks_generate_in_one_pass(root, monkeypatch):
     assert texts[0, tasks[0]] != texts[2, tasks[0]], "the points answer alike: test is void"
 
 
+def test_evaluation_never_runs_cudnn_attention(root):
+    """Point by point and in a grid pass, the model runs with cuDNN's attention off (it plans every new shape;
+    harness.attention_backends), and the setting is the caller's again afterwards."""
+    model, tokenizer = _load(root)
+    rw = engine.attach(model, root / "lora")
+    points = [engine.Point(rw.path_name, a) for a in (0.0, 1.0)]
+    evaluator = harness.Evaluator(model, tokenizer, harness.resolve_suites(TASKS[:1]), limit=2, batch_size=2)
+    cudnn = []
+    hook = model.register_forward_pre_hook(lambda *_: cudnn.append(torch.backends.cuda.cudnn_sdp_enabled()))
+    try:
+        _responses(rw, evaluator, PointLM(pretrained=model, tokenizer=tokenizer, batch_size=2), points[:1])
+        point_calls = len(cudnn)
+        _responses(rw, evaluator, CapturingGridLM(model, tokenizer, 2), points)
+    finally:
+        hook.remove()
+    assert 0 < point_calls < len(cudnn), (point_calls, len(cudnn))  # both ways ran the model
+    assert not any(cudnn)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
 def test_a_task_asking_two_kinds_is_answered_in_turn(root):
     """A task whose evaluate() asks loglikelihood and then generation requests (a group of mixed tasks) is asked
     again after each answer until all its requests are answered; every point gets its own answers."""

@@ -40,7 +40,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import normalize_gen_kwargs
 
 from ..errors import RewindError
-from . import stops
+from . import harness, stops
 
 # Share of the free memory a grid pass may plan for: the estimate below leaves out transient buffers.
 MEMORY_SHARE = 0.5
@@ -98,7 +98,8 @@ class GridLM(HFLM):
             requests = [request for _, call_requests in calls for request in call_requests]
             compute, pick = self._kinds[kind]
             self._limit = self.items * len({key[0] for key in keys})
-            values = self._fitting(lambda: compute(requests))  # noqa: B023
+            with harness.attention_backends():
+                values = self._fitting(lambda: compute(requests))  # noqa: B023
             for key, value in zip(keys, values, strict=True):
                 self._kept[key] = [pick(value, k) for k in range(len(self._points))]
 
