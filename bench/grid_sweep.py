@@ -6,7 +6,8 @@
 
 1. The same sweep (same items) twice: `--batch-points auto` and `--batch-points 1`, each timed whole (Sweep.run:
    validation points, then the test split of three); ratio = point-by-point seconds / grid seconds. `--arms grid`
-   or `point`: that sweep alone; `--trace FILE`: where its seconds go (bench/_trace.py), summed in the record.
+   or `point`: that sweep alone; `--trace FILE`: where its seconds go (bench/_trace.py), summed in the record;
+   `--cudnn-attention`: both on torch's default attention backends, as rewind evaluated before it left cuDNN's out.
 2. Per-item agreement: lm-eval's per-document samples of every (point, task), grid against point by point: the
    items whose per-document metrics differ; and the noise floor, the same count between two point-by-point runs of
    the same points (--noise-points, scored again by a fresh session).
@@ -19,6 +20,7 @@ One JSON object per part on stdout, appended to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -98,6 +100,7 @@ def sweep_part(args, spec_fields: dict, work: Path) -> dict:
         record |= {"speedup": round(point_s / grid_s, 3), "grid_vs_point": differing(grid, point)}
     record |= {k: spec_fields[k] for k in ("base", "adapter", "paths", "target", "general", "limit", "device")}
     record["batch_size"] = spec_fields.get("batch_size") or "auto"
+    record["cudnn_attention"] = args.cudnn_attention
     if args.noise_points and "point" in arms:
         record["noise_floor"] = differing(noise_samples(args, spec_fields, work), point)
     if args.trace:
@@ -165,10 +168,17 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--skip", choices=["sweep", "generate"], default=None)
     parser.add_argument("--arms", default="grid,point", choices=["grid,point", "grid", "point"])
+    parser.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="evaluate on torch's default attention backends, cuDNN's too (rewind's before 2026-12-03)",
+    )
     parser.add_argument("--trace", default=None, help="a JSONL file: every generate, forward, task and phase, timed")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     capture_samples()
+    if args.cudnn_attention:
+        harness.attention_backends = contextlib.nullcontext
     if args.trace:
         _trace.install(args.trace)
     with tempfile.TemporaryDirectory() as tmp:

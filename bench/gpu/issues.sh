@@ -89,21 +89,23 @@ study() {  # STAGES...: each alone on the GPU, in the order given (default: all)
 
 ALPHAS11=0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1
 
-sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per batch both ways), kept in sw/;
-  # ARMS11=grid (or point): that sweep alone, the other arm's kept (two calls of under 10 minutes each).
+sweep11() {  # 16: one 11-alpha sweep twice on the same items (BATCH11 items per batch both ways), kept in KEEP11
+  # (default sw/sweep11); ARMS11=grid (or point): that sweep alone, the other arm's kept (two calls of under 10
+  # minutes each); CUDNN11=1: on torch's default attention backends (grid_sweep.py --cudnn-attention).
   # Every generate, forward, task and phase timed into trace11.jsonl, and the
   # sweeps' results (per task seconds) in sweep11.tgz
-  stamp "sweep11: ${ARMS11:-grid,point}, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items"
-  local arm; for arm in ${ARMS11//,/ }; do rm -rf "$O/sw/sweep11/$arm"; done  # an arm run alone keeps the other
+  local keep=${KEEP11:-$O/sw/sweep11}
+  stamp "sweep11: ${ARMS11:-grid,point}, OFT cayley + dense, 11 alphas, ${LIMIT11:-256} items, into $keep"
+  local arm; for arm in ${ARMS11//,/ }; do rm -rf "${keep:?}/$arm"; done  # an arm run alone keeps the other
   timeout "${LIMIT:-1500}" python3 bench/grid_sweep.py --base smollm2 --adapter $DEMO --path cayley --path dense \
     --alphas $ALPHAS11 --include-path bench/tasks/math300 --target math-300 --general general-offline \
-    --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --keep "$O/sw/sweep11" --skip generate \
-    --arms "${ARMS11:-grid,point}" --trace "$OUT/trace11.jsonl" --out "$OUT/grid_sweep_h200.jsonl" \
-    > "$OUT/sweep11.log" 2>&1
+    --limit "${LIMIT11:-256}" --batch-size "${BATCH11:-64}" --keep "$keep" --skip generate \
+    --arms "${ARMS11:-grid,point}" ${CUDNN11:+--cudnn-attention} --trace "$OUT/trace11.jsonl" \
+    --out "$OUT/grid_sweep_h200.jsonl" > "$OUT/sweep11.log" 2>&1
   stamp "sweep11 rc=$?"
-  (cd "$O/sw/sweep11" && tar czf "$OUT/sweep11.tgz" ./*/results.jsonl ./*/summary.json); tail -n 3 "$OUT/sweep11.log"
-  if [ -d "$O/sw/sweep11/grid" ] && [ -d "$O/sw/sweep11/point" ]; then  # arms of two calls: their items compared
-    python3 bench/item_agreement.py "$O/sw/sweep11/grid" "$O/sw/sweep11/point" \
+  (cd "$keep" && tar czf "$OUT/sweep11.tgz" ./*/results.jsonl ./*/summary.json); tail -n 3 "$OUT/sweep11.log"
+  if [ -d "$keep/grid" ] && [ -d "$keep/point" ]; then  # arms of two calls: their items compared
+    python3 bench/item_agreement.py "$keep/grid" "$keep/point" \
       --out "$OUT/item_agreement_sweep11.jsonl" > "$OUT/agree11.log" 2>&1; tail -n 25 "$OUT/agree11.log"
   fi
 }
